@@ -1,0 +1,194 @@
+"""Pairing consistency: which x maps to which y, and how far that is from chance.
+
+d(a, b) is the mean absolute pixel difference in [-1, 1] space. D_xy[i, j] = d(G(x_i), y_j);
+a(i) = argmin_j D_xy[i, j] (the lowest index on a tie); D_yx and b(j) likewise for Y -> X.
+A share counts a hit only where the partner is the strict minimum of its row, so a tie never
+scores. Every function here takes tensors or arrays and returns plain values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import binomtest, rankdata
+from torchvision.transforms.v2 import functional as TF
+
+Generator = Callable[[torch.Tensor], torch.Tensor]
+
+COPY_FACTOR = 0.5  # mem/holdout_copy_rate: "nearer to a training target than half the median within-Y distance"
+
+
+@dataclass
+class Share:
+    """k of n, with its chance level and an exact (Clopper-Pearson) 95% interval."""
+
+    k: int
+    n: int
+    chance: float
+    low: float
+    high: float
+
+    @property
+    def value(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+
+def share(k: int, n: int, chance: float) -> Share:
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="exact")
+    return Share(int(k), int(n), float(chance), float(ci.low), float(ci.high))
+
+
+def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """D[i, j] = mean |a_i - b_j| over all pixels and channels."""
+    a2, b2 = a.flatten(1).float().cpu(), b.flatten(1).float().cpu()
+    return torch.cdist(a2, b2, p=1) / a2.shape[1]
+
+
+def assignment(D: np.ndarray) -> np.ndarray:
+    return np.asarray(D).argmin(axis=1)
+
+
+def strict_hits(D: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """hit[i] = D[i, target[i]] is strictly below every other entry of row i."""
+    D = np.asarray(D, dtype=np.float64)
+    rows = np.arange(len(D))
+    partner = D[rows, target]
+    others = D.copy()
+    others[rows, target] = np.inf
+    return partner < others.min(axis=1)
+
+
+def top1(D: np.ndarray, target: np.ndarray) -> Share:
+    n = len(D)
+    return share(int(strict_hits(D, np.asarray(target)).sum()), n, 1.0 / n)
+
+
+def partner_rank(D: np.ndarray, target: np.ndarray) -> float:
+    """Mean rank (1 = best, ties averaged) of the paired target in its row; chance (N + 1) / 2."""
+    D = np.asarray(D)
+    ranks = rankdata(D, axis=1, method="average")
+    return float(ranks[np.arange(len(D)), np.asarray(target)].mean())
+
+
+def bijectivity(a: np.ndarray, n: int) -> Share:
+    """Distinct targets / N: 1 for a permutation, 1/N for collapse onto one target."""
+    chance = 1.0 - (1.0 - 1.0 / n) ** n  # expected share of distinct values of a uniform random map
+    return share(len(np.unique(a)), n, chance)
+
+
+def mutual(a: np.ndarray, b: np.ndarray) -> Share:
+    """Share of i with b(a(i)) = i: both directions agree on the pair."""
+    n = len(a)
+    return share(int((np.asarray(b)[np.asarray(a)] == np.arange(n)).sum()), n, 1.0 / n)
+
+
+def margin(D: np.ndarray, eps: float = 1e-12) -> float:
+    """Median over rows of (second best - best) / best: how decisively each x picks its y."""
+    part = np.sort(np.asarray(D, dtype=np.float64), axis=1)[:, :2]
+    return float(np.median((part[:, 1] - part[:, 0]) / (part[:, 0] + eps)))
+
+
+def hungarian_agreement(D: np.ndarray) -> float:
+    """Share of i whose nearest y is also its partner in the optimal one-to-one assignment."""
+    rows, cols = linear_sum_assignment(np.asarray(D))
+    optimal = np.empty(len(rows), dtype=int)
+    optimal[rows] = cols
+    return float((assignment(D) == optimal).mean())
+
+
+def seed_agreement(a1: np.ndarray, a2: np.ndarray) -> dict[str, float]:
+    """Across two runs that differ only in seed: share of i with the same a(i), and chance-adjusted."""
+    a1, a2 = np.asarray(a1), np.asarray(a2)
+    if a1.shape != a2.shape:
+        raise ValueError(f"assignments differ in length: {a1.shape} vs {a2.shape}")
+    n = len(a1)
+    raw = float((a1 == a2).mean())
+    return {"pair/seed_agreement": raw, "pair/seed_agreement_adjusted": (raw - 1 / n) / (1 - 1 / n)}
+
+
+def fixed_point_pvalue(k: int, n: int) -> float:
+    """P(a random permutation of n has >= k fixed points): the p-value of forward_top1 = k/n.
+
+    Exact: P(exactly m) = (1/m!) * sum_{j=0}^{n-m} (-1)^j / j!; for n >= 10 this is Poisson(1)."""
+    def exactly(m: int) -> float:
+        return sum((-1) ** j / math.factorial(j) for j in range(n - m + 1)) / math.factorial(m)
+
+    return float(min(1.0, max(0.0, sum(exactly(m) for m in range(k, n + 1)))))
+
+
+def holdout_copy_rate(outputs: torch.Tensor, targets: torch.Tensor, factor: float = COPY_FACTOR) -> float:
+    """Share of held-out outputs nearer to some training target than factor x the median within-Y distance."""
+    if len(outputs) == 0:
+        return float("nan")
+    within = distances(targets, targets)
+    iu = torch.triu_indices(len(targets), len(targets), offset=1)
+    threshold = factor * within[iu[0], iu[1]].median()
+    return float((distances(outputs, targets).min(dim=1).values < threshold).float().mean())
+
+
+def lowpass(images: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur scaled to the image: removes the high-frequency detail a cycle can hide the source in."""
+    sigma = max(1.0, images.shape[-1] / 32)
+    kernel = 2 * math.ceil(2 * sigma) + 1
+    return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+
+
+@dataclass
+class PairingResult:
+    metrics: dict[str, float]  # every `pair/...` and `mem/...` key of the design's table
+    shares: dict[str, Share]  # the k/N metrics with chance level and interval
+    D_xy: np.ndarray
+    D_yx: np.ndarray | None
+    a: np.ndarray
+    b: np.ndarray | None
+    pi: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+
+def evaluate_pairing(
+    forward: Generator,
+    backward: Generator | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    pi: torch.Tensor | np.ndarray | None = None,
+    x_holdout: torch.Tensor | None = None,
+    copy_factor: float = COPY_FACTOR,
+) -> PairingResult:
+    """Every pairing metric of one trained translator. `backward` is None for one-way schemes (pix2pix):
+    the metrics that need Y -> X are then NaN. For a one-generator model pass the same G twice."""
+    n = len(x)
+    pi_np = np.arange(n) if pi is None else np.asarray(pi)
+    inverse = np.argsort(pi_np)  # y_j's partner is x_{inverse[j]}
+    fx = forward(x)
+    D_xy = distances(fx, y).numpy()
+    a = assignment(D_xy)
+    shares = {"pair/forward_top1": top1(D_xy, pi_np), "pair/bijectivity": bijectivity(a, n)}
+    metrics = {
+        "pair/partner_rank": partner_rank(D_xy, pi_np),
+        "pair/margin": margin(D_xy),
+        "pair/hungarian_agreement": hungarian_agreement(D_xy),
+        "pair/forward_top1_pvalue": fixed_point_pvalue(shares["pair/forward_top1"].k, n),
+    }
+    D_yx = b = None
+    if backward is not None:
+        D_yx = distances(backward(y), x).numpy()
+        b = assignment(D_yx)
+        shares["pair/backward_top1"] = top1(D_yx, inverse)
+        shares["pair/mutual"] = mutual(a, b)
+        identity = np.arange(n)
+        shares["pair/cycle_top1"] = top1(distances(backward(fx), x).numpy(), identity)
+        shares["pair/cycle_top1_lowpass"] = top1(distances(backward(lowpass(fx)), x).numpy(), identity)
+    else:
+        metrics.update({k: float("nan") for k in ("pair/backward_top1", "pair/mutual", "pair/cycle_top1",
+                                                  "pair/cycle_top1_lowpass")})
+    metrics.update({k: s.value for k, s in shares.items()})
+    has_holdout = x_holdout is not None and len(x_holdout) > 0
+    metrics["mem/holdout_copy_rate"] = (
+        holdout_copy_rate(forward(x_holdout), y, copy_factor) if has_holdout else float("nan")
+    )
+    return PairingResult(metrics, shares, D_xy, D_yx, a, b, pi_np)

@@ -1,0 +1,166 @@
+"""RunConfig: the one dataclass that describes a run.
+
+Sweep files override its defaults and `--set key=value` overrides the sweep file, so every knob a
+study can turn lives here, with a default and a help string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data": ("synthetic", "folders", "hdf5"),
+    "pairing": ("aligned", "fixed", "shuffled"),
+    "scheme": ("cyclelike", "cyclegan", "pix2pix"),
+    "arch": ("encdec", "unet"),
+    "norm": ("batch", "instance", "none"),
+    "gan_loss": ("vanilla", "lsgan"),
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("fp32", "bf16"),
+    "x_domain": ("faces", "planes"),
+    "y_domain": ("faces", "planes"),
+}
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
+
+
+class ConfigError(ValueError):
+    """A RunConfig field holds a value it cannot take; the message names field, value and what is allowed."""
+
+
+def _help(text: str, default: Any, **kw: Any) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class RunConfig:
+    # data
+    data: str = _help("data source: synthetic (embedded), folders (two image folders) or hdf5", "synthetic")
+    x_path: str = _help("domain X: an image folder, or for hdf5 a file (optionally FILE:DATASET)", "")
+    y_path: str = _help("domain Y: an image folder, or for hdf5 a file (defaults to x_path)", "")
+    x_domain: str = _help("synthetic domain used as X", "faces")
+    y_domain: str = _help("synthetic domain used as Y", "planes")
+    n_images: int = _help("N: images per domain used for training", 10)
+    n_holdout: int = _help("held-out images per domain (for mem/holdout_copy_rate)", 4)
+    image_size: int = _help("square image side in pixels, a power of two in 16..256", 32)
+    data_seed: int = _help("seed of the train/held-out split and of the fixed pairing", 0)
+    pairing: str = _help("aligned (stored order), fixed (one seeded permutation) or shuffled (new each epoch)",
+                         "aligned")
+    # model
+    scheme: str = _help("cyclelike (one G both ways), cyclegan (G, F, D_X, D_Y) or pix2pix (X -> Y only)",
+                        "cyclelike")
+    arch: str = _help("generator: encdec (no skips) or unet (skip connections)", "unet")
+    base_filters: int = _help("filters of the first generator layer; layer i has base*min(8, 2^i)", 32)
+    d_filters: int = _help("filters of the first discriminator layer", 32)
+    norm: str = _help("normalisation layer: instance, batch or none (batch statistics mix the two domains G sees)",
+                     "instance")
+    dropout: float = _help("dropout in the three innermost decoder blocks", 0.0)
+    # losses
+    lambda_l1: float = _help("weight of L1 to the paired target", 10.0)
+    lambda_adv: float = _help("weight of the adversarial loss", 1.0)
+    lambda_cyc: float = _help("weight of the cycle loss L1(G(G(x)), x)", 0.0)
+    lambda_id: float = _help("weight of the identity loss L1(G(y), y)", 0.0)
+    gan_loss: str = _help("GAN objective: vanilla (BCE) or lsgan (least squares)", "vanilla")
+    # optimisation
+    lr: float = _help("Adam learning rate", 1e-3)
+    beta1: float = _help("Adam beta1", 0.5)
+    beta2: float = _help("Adam beta2", 0.999)
+    batch_size: int = _help("images per batch and direction", 5)
+    epochs: int = _help("epochs; one epoch = all N pairs in both directions", 30)
+    seed: int = _help("seed of initialisation, batch order and shuffled pairings", 0)
+    # execution
+    device: str = _help("auto (cuda when available), cpu or cuda", "auto")
+    precision: str = _help("fp32, or bf16 autocast", "fp32")
+    threads: int = _help("torch intra-op threads; 0 keeps torch's default", 0)
+    batch_directions: bool = _help("run X->Y and Y->X through the shared G in one batch (cyclelike)", True)
+    channels_last: bool = _help("channels-last memory format for convolutions", False)
+    warmup_epochs: int = _help("epochs left out of time/sec_per_epoch (allocator and cache warm-up)", 1)
+
+    def validate(self) -> RunConfig:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = type(f.default) if f.default is not dataclasses.MISSING else None
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+            if expected is not None and not isinstance(value, expected) or (
+                expected is int and isinstance(value, bool)
+            ):
+                raise ConfigError(
+                    f"{f.name}={value!r}: expected {expected.__name__}, got {type(value).__name__}"
+                )
+            if f.name in CHOICES and value not in CHOICES[f.name]:
+                raise ConfigError(f"{f.name}={value!r}: allowed values are {', '.join(CHOICES[f.name])}")
+        size = self.image_size
+        if not (MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE and size & (size - 1) == 0):
+            raise ConfigError(
+                f"image_size={size!r}: allowed values are powers of two from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"
+            )
+        self._at_least("n_images", 2)
+        self._at_least("n_holdout", 0)
+        self._at_least("batch_size", 1)
+        self._at_least("epochs", 1)
+        self._at_least("base_filters", 1)
+        self._at_least("d_filters", 1)
+        self._at_least("threads", 0)
+        self._at_least("warmup_epochs", 0)
+        for name in ("lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: allowed values are >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout!r}: allowed values are 0 <= dropout < 1")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr!r}: allowed values are > 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: allowed values are 0 <= {name} < 1")
+        if self.data in ("folders", "hdf5") and not self.x_path:
+            raise ConfigError(f"x_path={self.x_path!r}: data={self.data} needs a path for domain X")
+        if self.data == "folders" and not self.y_path:
+            raise ConfigError(f"y_path={self.y_path!r}: data=folders needs a folder for domain Y")
+        if self.data == "synthetic" and self.x_domain == self.y_domain:
+            raise ConfigError(f"y_domain={self.y_domain!r}: must differ from x_domain={self.x_domain!r}")
+        return self
+
+    def _at_least(self, name: str, low: int) -> None:
+        if getattr(self, name) < low:
+            raise ConfigError(f"{name}={getattr(self, name)!r}: allowed values are integers >= {low}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown RunConfig key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**values).validate()
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Turn the text of `--set name=text` into the type of RunConfig.name."""
+    types = {f.name: type(f.default) for f in fields(RunConfig)}
+    if name not in types:
+        raise ConfigError(f"unknown RunConfig key {name!r}; known keys: {', '.join(sorted(types))}")
+    kind = types[name]
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected {kind.__name__}") from None

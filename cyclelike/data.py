@@ -1,0 +1,202 @@
+"""Domains X and Y as tensors in memory, their train/held-out split and the pairing pi.
+
+A few dozen images fit in memory many times over, so there is no DataLoader: forking workers every
+epoch doubled the reference code's time per epoch on this kind of data. Files the user owns are only
+ever opened for reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from .config import RunConfig
+from .synthetic import synthetic_domain
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+HDF5_TRAIN_KEYS = ("train_data_raw", "train_data_gen")
+HDF5_VAL_KEYS = ("val_data_raw", "val_data_gen")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file or folder."""
+
+
+@dataclass
+class Pool:
+    """All images of one domain before the split, in stored order (file-name order for folders)."""
+
+    images: torch.Tensor
+    names: list[str]
+    source: str
+    holdout: torch.Tensor | None = None  # a held-out part stored apart, such as the HDF5 val_data_*
+
+
+@dataclass
+class Domains:
+    """The train and held-out parts of X and Y and the pairing in force.
+
+    x[i] is trained against y[pi[i]] for aligned and fixed pairing; shuffled pairing draws a fresh pi
+    each epoch (see `pairing_for_epoch`) and keeps `pi` at the aligned order for reporting.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_holdout: torch.Tensor
+    y_holdout: torch.Tensor
+    pairing: str
+    pi: torch.Tensor
+    x_names: list[str] = field(default_factory=list)
+    y_names: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    def pairing_for_epoch(self, generator: torch.Generator) -> torch.Tensor:
+        if self.pairing == "shuffled":
+            return torch.randperm(self.n, generator=generator)
+        return self.pi
+
+    def to(self, device: torch.device | str) -> Domains:
+        moved = {k: getattr(self, k).to(device) for k in ("x", "y", "x_holdout", "y_holdout")}
+        return Domains(**moved, pairing=self.pairing, pi=self.pi, x_names=self.x_names, y_names=self.y_names)
+
+
+def _to_unit_range(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 or float 0..255 NCHW -> float [-1, 1], resized (shorter side) and centre-cropped."""
+    if images.dtype == torch.uint8:
+        images = TF.to_dtype(images, torch.float32, scale=True)
+    else:
+        images = images.float() / 255.0
+    if images.shape[-3] == 1:
+        images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+    if images.shape[-2:] != (size, size):
+        images = TF.center_crop(TF.resize(images, size, antialias=True), [size, size])
+    return (images.clamp(0, 1) * 2 - 1).contiguous()
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    """One file as a uint8 CHW RGB tensor.
+
+    Pillow decodes: torchvision's decoders are deprecated since 0.29 and do not read BMP. 16-bit
+    greys are scaled down here because Pillow's own conversion to RGB clips them to white."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode.startswith("I"):
+                im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+            return TF.pil_to_tensor(im.convert("RGB"))
+    except Exception as err:  # Pillow raises several types for a bad or truncated file
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def load_folder(path: str | Path, size: int) -> Pool:
+    """Every image under a folder, searched recursively, in file-name order."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder (data=folders needs one folder per domain)")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+    images = torch.stack([_to_unit_range(_read_image(p), size) for p in files])
+    return Pool(images, [str(p.relative_to(root)) for p in files], str(root))
+
+
+def _hdf5_array(path: Path, key: str, size: int):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise DataError(f"{path} has no dataset {key!r}; it has {', '.join(sorted(f.keys())) or 'none'}")
+            array = np.asarray(f[key][()])
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"cannot read HDF5 file {path}: {err}") from err
+    if array.ndim == 3:  # (N, H, W) grey without a channel axis
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3):
+        raise DataError(f"{path}:{key} has shape {array.shape}; expected channels-last (N, H, W, 1 or 3)")
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+    if tensor.dtype != torch.uint8:
+        tensor = tensor.float()
+    return _to_unit_range(tensor, size)
+
+
+def load_hdf5(spec: str, default_key: str, size: int) -> Pool:
+    """A domain from the original HDF5 layout: FILE, or FILE:DATASET to name the array.
+
+    Without a dataset name X is `train_data_raw` and Y `train_data_gen`, as the original stored them;
+    a matching `val_data_*` array in the same file becomes the held-out part.
+    """
+    path, key = Path(spec).expanduser(), default_key
+    if not path.exists() and ":" in spec:
+        head, _, tail = spec.rpartition(":")
+        path, key = Path(head).expanduser(), tail
+    if not path.exists():
+        raise DataError(f"HDF5 file {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; data=hdf5 needs a file of the original layout")
+    images = _hdf5_array(path, key, size)
+    holdout = None
+    if key.startswith("train_data_"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            val_key = key.replace("train_", "val_", 1)
+            if val_key in f:
+                holdout = _hdf5_array(path, val_key, size)
+    return Pool(images, [f"{key}[{i}]" for i in range(len(images))], f"{path}:{key}", holdout)
+
+
+def _split(pool_size: int, n: int, n_holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(pool_size)
+    # sorted, so that the train part keeps the stored order the aligned pairing relies on
+    return np.sort(order[:n]), np.sort(order[n : n + n_holdout])
+
+
+def load_domains(config: RunConfig) -> Domains:
+    """The train and held-out parts of X and Y and the pairing pi that `config` asks for."""
+    n, n_holdout, size = config.n_images, config.n_holdout, config.image_size
+    if config.data == "synthetic":
+        x_pool = Pool(synthetic_domain(config.x_domain, n + n_holdout, size), [], f"synthetic:{config.x_domain}")
+        y_pool = Pool(synthetic_domain(config.y_domain, n + n_holdout, size), [], f"synthetic:{config.y_domain}")
+        x_pool.names = [f"{config.x_domain}[{i}]" for i in range(n + n_holdout)]
+        y_pool.names = [f"{config.y_domain}[{i}]" for i in range(n + n_holdout)]
+    elif config.data == "folders":
+        x_pool, y_pool = load_folder(config.x_path, size), load_folder(config.y_path, size)
+    else:
+        x_pool = load_hdf5(config.x_path, HDF5_TRAIN_KEYS[0], size)
+        y_pool = load_hdf5(config.y_path or config.x_path, HDF5_TRAIN_KEYS[1], size)
+
+    parts = []
+    for pool in (x_pool, y_pool):
+        needed = n + (0 if pool.holdout is not None else n_holdout)
+        if len(pool.images) < needed:
+            raise DataError(
+                f"{pool.source} has {len(pool.images)} images; n_images={n} and n_holdout={n_holdout} "
+                f"need {needed}"
+            )
+    # one split for both domains when they are the same length, so aligned rows stay aligned
+    same = len(x_pool.images) == len(y_pool.images)
+    for k, pool in enumerate((x_pool, y_pool)):
+        held = 0 if pool.holdout is not None else n_holdout
+        train_idx, hold_idx = _split(len(pool.images), n, held, config.data_seed + (0 if same else k))
+        holdout = pool.holdout[:n_holdout] if pool.holdout is not None else pool.images[hold_idx]
+        parts.append((pool.images[train_idx], holdout, [pool.names[i] for i in train_idx]))
+    (x, x_hold, x_names), (y, y_hold, y_names) = parts
+
+    if config.pairing == "fixed":
+        pi = torch.from_numpy(np.random.default_rng((config.data_seed, 1)).permutation(n))
+    else:
+        pi = torch.arange(n)
+    return Domains(x, y, x_hold, y_hold, config.pairing, pi, x_names, y_names)

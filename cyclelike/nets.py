@@ -1,0 +1,129 @@
+"""Generators (encdec, unet) and PatchGAN discriminators, built by name from a RunConfig.
+
+One factory per kind (`define_G`, `define_D`) is the one place to add an architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """N(0, 0.02) as in pix2pix: the default Kaiming init made the tiny-data GAN diverge more often."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """Stride-2 3x3 encoder down to 1x1, upsampling + 3x3 conv decoder, tanh output.
+
+    Layer i has base*min(8, 2^i) filters. `skips=True` is the U-Net: decoder block i also sees encoder
+    output i. The first and innermost encoder layers carry no norm, as in pix2pix: the innermost is
+    1x1, where instance norm is undefined and batch norm sees one value per image.
+    """
+
+    def __init__(self, image_size: int, base: int = 64, norm: str = "batch", dropout: float = 0.0,
+                 skips: bool = True, channels: int = 3):
+        super().__init__()
+        depth = int(math.log2(image_size))
+        widths = [base * min(8, 2**i) for i in range(depth)]
+        self.skips = skips
+        self.down = nn.ModuleList()
+        for i in range(depth):
+            layers = [nn.Conv2d(channels if i == 0 else widths[i - 1], widths[i], 3, stride=2, padding=1)]
+            if 0 < i < depth - 1:
+                layers.append(norm_layer(norm, widths[i]))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            self.down.append(nn.Sequential(*layers))
+        self.up = nn.ModuleList()
+        for i in range(depth - 1, 0, -1):
+            inner = i == depth - 1
+            in_ch = widths[i] * (1 if inner or not skips else 2)
+            layers = [nn.Upsample(scale_factor=2, mode="nearest"),
+                      nn.Conv2d(in_ch, widths[i - 1], 3, padding=1), norm_layer(norm, widths[i - 1])]
+            if dropout > 0 and i >= depth - 3:
+                layers.append(nn.Dropout(dropout))
+            layers.append(nn.ReLU(inplace=True))
+            self.up.append(nn.Sequential(*layers))
+        self.out = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(widths[0] * (2 if skips else 1), channels, 3, padding=1),
+            nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = []
+        for layer in self.down:
+            x = layer(x)
+            features.append(x)
+        for k, layer in enumerate(self.up):
+            if k > 0 and self.skips:
+                x = torch.cat([x, features[-1 - k]], dim=1)
+            x = layer(x)
+        if self.skips:
+            x = torch.cat([x, features[0]], dim=1)
+        return self.out(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: a grid of real/fake logits, one per overlapping patch.
+
+    Conditional (in_channels = 6) it sees the input and the candidate output together, as pix2pix's D
+    does. Its stride-2 depth shrinks with the image so that 16-pixel images still give a patch grid.
+    """
+
+    def __init__(self, image_size: int, in_channels: int, base: int = 64, norm: str = "batch"):
+        super().__init__()
+        n_down = max(1, min(3, int(math.log2(image_size)) - 3))
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, base, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        width = base
+        for i in range(1, n_down + 1):
+            nxt = base * min(8, 2**i)
+            layers += [nn.Conv2d(width, nxt, 4, stride=2 if i < n_down else 1, padding=1),
+                       norm_layer(norm, nxt), nn.LeakyReLU(0.2, True)]
+            width = nxt
+        layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, candidate: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if condition is not None:
+            candidate = torch.cat([condition, candidate], dim=1)
+        return self.model(candidate)
+
+
+GENERATORS: dict[str, Callable[[RunConfig], nn.Module]] = {
+    "encdec": lambda c: Generator(c.image_size, c.base_filters, c.norm, c.dropout, skips=False),
+    "unet": lambda c: Generator(c.image_size, c.base_filters, c.norm, c.dropout, skips=True),
+}
+
+
+def define_G(config: RunConfig) -> nn.Module:
+    net = GENERATORS[config.arch](config)
+    init_weights(net)
+    return net
+
+
+def define_D(config: RunConfig, conditional: bool) -> nn.Module:
+    net = PatchDiscriminator(config.image_size, 6 if conditional else 3, config.d_filters, config.norm)
+    init_weights(net)
+    return net

@@ -1,0 +1,338 @@
+"""Training: the cyclelike scheme and the cyclegan and pix2pix baselines.
+
+`train(config, data, callback)` runs epochs; one epoch is every one of the N pairs in both directions,
+discriminator and generator steps included. Each scheme's step is one function that reads top to
+bottom. The callback sees every epoch's stats and the current translator (to evaluate pairing for
+pruning) and stops the run by returning True. Nothing here knows about Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import RunConfig
+from .data import Domains, load_domains
+from .nets import define_D, define_G
+
+LOSS_WEIGHTS = {"adv": "lambda_adv", "l1": "lambda_l1", "cyc": "lambda_cyc", "id": "lambda_id"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or inf; training stops rather than burn the rest of its budget."""
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    epoch_s: float  # wall time of the whole epoch, device synchronised
+    losses: dict[str, float]  # raw `loss/G_l1` and weighted `loss/G_l1_w`, means over the epoch's steps
+
+
+@dataclass
+class Translator:
+    """The trained mappings as plain tensor functions: forward X -> Y, backward Y -> X (None for pix2pix)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    backward: Callable[[torch.Tensor], torch.Tensor] | None
+
+
+@dataclass
+class TrainResult:
+    config: RunConfig
+    history: list[EpochStats]
+    nets: dict[str, nn.Module]
+    translator: Translator
+    device: str
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sec_per_epoch(self) -> float:
+        """Median epoch time after the warm-up epochs: the first epochs pay for allocator and cache set-up."""
+        times = [s.epoch_s for s in self.history if s.epoch > self.config.warmup_epochs] or [
+            s.epoch_s for s in self.history
+        ]
+        return statistics.median(times) if times else float("nan")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but torch sees no CUDA device; use device=auto or cpu")
+    return torch.device(name)
+
+
+def gan_criterion(kind: str) -> Callable[[torch.Tensor, bool], torch.Tensor]:
+    def criterion(logits: torch.Tensor, real: bool) -> torch.Tensor:
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        if kind == "lsgan":
+            return F.mse_loss(logits, target)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    return criterion
+
+
+def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    # D gets no gradients during the G step: it is not updated there, so they would be wasted work
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def build(config: RunConfig, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+    if config.scheme == "cyclegan":
+        nets = {"G": define_G(config), "F": define_G(config),
+                "D_X": define_D(config, conditional=False), "D_Y": define_D(config, conditional=False)}
+        groups = {"G": ["G", "F"], "D": ["D_X", "D_Y"]}
+    else:
+        nets = {"G": define_G(config), "D": define_D(config, conditional=True)}
+        groups = {"G": ["G"], "D": ["D"]}
+    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    for net in nets.values():
+        net.to(device=device, memory_format=memory)
+    optims = {
+        name: torch.optim.Adam(chain(*(nets[k].parameters() for k in members)), lr=config.lr,
+                               betas=(config.beta1, config.beta2))
+        for name, members in groups.items()
+    }
+    return nets, optims
+
+
+def _weighted(raw: dict[str, torch.Tensor], config: RunConfig) -> torch.Tensor:
+    return sum(getattr(config, LOSS_WEIGHTS[k]) * v for k, v in raw.items())
+
+
+def paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=True) -> dict[str, torch.Tensor]:
+    """cyclelike (two_way): one G for both directions, so src is x (target y), y (target x) or both
+    stacked in one batch. pix2pix (not two_way): X -> Y only, so there is no way back for a cycle."""
+    G, D = nets["G"], nets["D"]
+    with autocast():
+        fake = G(src)
+    # D: the real pair (src, tgt) against the generated one (src, G(src))
+    set_requires_grad([D], True)
+    optims["D"].zero_grad(set_to_none=True)
+    with autocast():
+        loss_d = 0.5 * (gan(D(tgt, src), True) + gan(D(fake.detach(), src), False))
+    loss_d.backward()
+    optims["D"].step()
+    # G: fool D, match the paired target, and come back to src when applied twice
+    set_requires_grad([D], False)
+    optims["G"].zero_grad(set_to_none=True)
+    with autocast():
+        raw = {"adv": gan(D(fake, src), True), "l1": F.l1_loss(fake, tgt)}
+        if two_way and config.lambda_cyc > 0:
+            raw["cyc"] = F.l1_loss(G(fake), src)
+        if two_way and config.lambda_id > 0:
+            raw["id"] = F.l1_loss(G(tgt), tgt)
+        total = _weighted(raw, config)
+    total.backward()
+    optims["G"].step()
+    return {"D": loss_d.detach(), **{k: v.detach() for k, v in raw.items()}}
+
+
+def cyclegan_step(nets, optims, x, y, config, gan, autocast) -> dict[str, torch.Tensor]:
+    """G: X -> Y and F: Y -> X with unconditional D_Y, D_X; x and y are unpaired batches."""
+    G, Fn, D_X, D_Y = nets["G"], nets["F"], nets["D_X"], nets["D_Y"]
+    with autocast():
+        fake_y, fake_x = G(x), Fn(y)
+    set_requires_grad([D_X, D_Y], True)
+    optims["D"].zero_grad(set_to_none=True)
+    with autocast():
+        loss_d = 0.5 * (gan(D_Y(y), True) + gan(D_Y(fake_y.detach()), False)
+                        + gan(D_X(x), True) + gan(D_X(fake_x.detach()), False))
+    loss_d.backward()
+    optims["D"].step()
+    set_requires_grad([D_X, D_Y], False)
+    optims["G"].zero_grad(set_to_none=True)
+    with autocast():
+        raw = {"adv": gan(D_Y(fake_y), True) + gan(D_X(fake_x), True),
+               "cyc": F.l1_loss(Fn(fake_y), x) + F.l1_loss(G(fake_x), y)}
+        if config.lambda_id > 0:
+            raw["id"] = F.l1_loss(G(y), y) + F.l1_loss(Fn(x), x)
+        total = _weighted(raw, config)
+    total.backward()
+    optims["G"].step()
+    return {"D": loss_d.detach(), **{k: v.detach() for k, v in raw.items()}}
+
+
+def run_epoch(nets, optims, data: Domains, config: RunConfig, gen: torch.Generator, gan, autocast):
+    """One pass over all N pairs in both directions; returns the summed losses and the step count."""
+    n, bs = data.n, config.batch_size
+    pi = data.pairing_for_epoch(gen).to(data.x.device)
+    order = torch.randperm(n, generator=gen).to(data.x.device)
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+
+    def add(losses: dict[str, torch.Tensor]) -> None:
+        nonlocal steps
+        steps += 1
+        for k, v in losses.items():
+            sums[k] = sums[k] + v if k in sums else v.float()  # stays on the device: no per-step sync
+
+    for idx in order.split(bs):
+        if config.scheme == "cyclegan":
+            # unpaired: Y batches come from an independent order
+            y_idx = torch.randperm(n, generator=gen)[: len(idx)].to(data.x.device)
+            add(cyclegan_step(nets, optims, data.x[idx], data.y[y_idx], config, gan, autocast))
+            continue
+        x_b, y_b = data.x[idx], data.y[pi[idx]]
+        if config.scheme == "pix2pix":
+            add(paired_step(nets, optims, x_b, y_b, config, gan, autocast, two_way=False))
+        elif config.batch_directions:
+            # both directions through the one G in one batch: the model is the same G either way
+            add(paired_step(nets, optims, torch.cat([x_b, y_b]), torch.cat([y_b, x_b]), config, gan, autocast))
+        else:
+            add(paired_step(nets, optims, x_b, y_b, config, gan, autocast))
+            add(paired_step(nets, optims, y_b, x_b, config, gan, autocast))
+    return sums, steps
+
+
+def epoch_losses(sums: dict[str, torch.Tensor], steps: int, config: RunConfig) -> dict[str, float]:
+    if not sums:
+        return {}
+    keys = list(sums)
+    means = (torch.stack([sums[k] for k in keys]) / steps).tolist()  # the epoch's one host sync
+    raw = dict(zip(keys, means, strict=True))
+    out = {"loss/D": raw.pop("D")}
+    total = 0.0
+    for k, v in raw.items():
+        weighted = getattr(config, LOSS_WEIGHTS[k]) * v
+        out[f"loss/G_{k}"] = v
+        out[f"loss/G_{k}_w"] = weighted
+        total += weighted
+    out["loss/G_total"] = total
+    return out
+
+
+def make_translator(nets: dict[str, nn.Module], scheme: str, batch: int = 64) -> Translator:
+    def apply(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(images: torch.Tensor) -> torch.Tensor:
+            was_training = net.training
+            net.eval()
+            try:
+                with torch.inference_mode():
+                    device = next(net.parameters()).device
+                    return torch.cat([net(b.to(device)).float() for b in images.split(batch)])
+            finally:
+                net.train(was_training)
+
+        return run
+
+    backward = {"cyclelike": nets["G"], "cyclegan": nets.get("F"), "pix2pix": None}[scheme]
+    return Translator(apply(nets["G"]), apply(backward) if backward is not None else None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def save_checkpoint(path: Path, epoch: int, config: RunConfig, nets, optims, gen, history) -> None:
+    state = {
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "nets": {k: v.state_dict() for k, v in nets.items()},
+        "optims": {k: v.state_dict() for k, v in optims.items()},
+        "rng": {"data": gen.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "history": [asdict(s) for s in history],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+
+
+def _resume(path: Path, config: RunConfig, nets, optims, gen) -> tuple[int, list[EpochStats]]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = RunConfig.from_dict(state["config"])
+    # epochs and execution settings may change on resume; anything that changes the maths may not
+    free = {"epochs", "device", "threads", "warmup_epochs"}
+    changed = sorted(k for k, v in saved.to_dict().items() if k not in free and getattr(config, k) != v)
+    if changed:
+        raise ValueError(f"checkpoint {path} was made with other settings: {', '.join(changed)}; "
+                         "use another checkpoint path or the same config")
+    for k, net in nets.items():
+        net.load_state_dict(state["nets"][k])
+    for k, opt in optims.items():
+        opt.load_state_dict(state["optims"][k])
+    gen.set_state(state["rng"]["data"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["epoch"], [EpochStats(**s) for s in state["history"]]
+
+
+def train(
+    config: RunConfig,
+    data: Domains | None = None,
+    callback: Callable[[EpochStats, Translator], bool | None] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
+    progress: bool = False,
+    desc: str = "train",
+) -> TrainResult:
+    """Train one run. With `checkpoint`, resume from that file when it exists and save to it every
+    `checkpoint_every` epochs and at the end, optimizer state and random state included."""
+    config.validate()
+    device = resolve_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    data = (data if data is not None else load_domains(config)).to(device)
+    torch.manual_seed(config.seed)  # initialisation and dropout
+    gen = torch.Generator().manual_seed(config.seed)  # batch order and shuffled pairings
+    nets, optims = build(config, device)
+    gan = gan_criterion(config.gan_loss)
+    use_bf16 = config.precision == "bf16"
+
+    def autocast():
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    start, history = 0, []
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and path.exists():
+        start, history = _resume(path, config, nets, optims, gen)
+    translator = make_translator(nets, config.scheme)
+    stopped = False
+    bar = tqdm(range(start + 1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress,
+               initial=start, total=config.epochs, leave=False, dynamic_ncols=True)
+    for epoch in bar:
+        for net in nets.values():
+            net.train()
+        _sync(device)
+        t0 = time.perf_counter()
+        sums, steps = run_epoch(nets, optims, data, config, gen, gan, autocast)
+        losses = epoch_losses(sums, steps, config)
+        _sync(device)
+        stats = EpochStats(epoch, time.perf_counter() - t0, losses)
+        history.append(stats)
+        bad = {k: v for k, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}
+        if bad:
+            raise NonFiniteLossError(f"epoch {epoch}: non-finite loss {bad}")
+        bar.set_postfix({"s/epoch": f"{stats.epoch_s:.2f}", "D": f"{losses['loss/D']:.3f}",
+                         "G": f"{losses['loss/G_total']:.3f}"}, refresh=False)
+        if path is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):
+            save_checkpoint(path, epoch, config, nets, optims, gen, history)
+        if callback is not None and callback(stats, translator):
+            stopped = True
+            if path is not None:
+                save_checkpoint(path, epoch, config, nets, optims, gen, history)
+            break
+    bar.close()
+    return TrainResult(config, history, nets, translator, str(device), stopped, start)

@@ -1,0 +1,58 @@
+import pytest
+
+from cyclelike.config import ConfigError, RunConfig, parse_value
+
+
+def test_defaults_validate_and_round_trip():
+    config = RunConfig().validate()
+    assert RunConfig.from_dict(config.to_dict()) == config
+    changed = config.replace(n_images=20, pairing="shuffled")
+    assert RunConfig.from_dict(changed.to_dict()) == changed
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("pairing", "random", ["pairing", "'random'", "aligned, fixed, shuffled"]),
+        ("scheme", "unit", ["scheme", "cyclelike"]),
+        ("image_size", 48, ["image_size", "48", "powers of two"]),
+        ("image_size", 512, ["image_size", "512"]),
+        ("n_images", 1, ["n_images", ">= 2"]),
+        ("lambda_cyc", -1.0, ["lambda_cyc", ">= 0"]),
+        ("dropout", 1.0, ["dropout"]),
+        ("batch_size", "5", ["batch_size", "expected int"]),
+        ("device", "tpu", ["device", "auto, cpu, cuda"]),
+        ("precision", "fp16", ["precision", "fp32, bf16"]),
+    ],
+)
+def test_validate_names_field_value_and_allowed(key, value, words):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({key: value})
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_unknown_keys_are_an_error():
+    with pytest.raises(ConfigError, match="unknown RunConfig key.*lamda_l1"):
+        RunConfig.from_dict({"lamda_l1": 3.0})
+
+
+def test_paths_required_for_user_data():
+    with pytest.raises(ConfigError, match="x_path"):
+        RunConfig.from_dict({"data": "folders"})
+    with pytest.raises(ConfigError, match="y_path"):
+        RunConfig.from_dict({"data": "folders", "x_path": "a"})
+
+
+def test_int_is_accepted_for_float_fields():
+    assert RunConfig.from_dict({"lambda_l1": 3}).lambda_l1 == 3.0
+
+
+def test_parse_value_uses_field_types():
+    assert parse_value("n_images", "20") == 20
+    assert parse_value("lambda_cyc", "0.5") == 0.5
+    assert parse_value("batch_directions", "false") is False
+    with pytest.raises(ConfigError, match="n_images"):
+        parse_value("n_images", "many")
+    with pytest.raises(ConfigError, match="unknown"):
+        parse_value("nope", "1")

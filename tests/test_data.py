@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cyclelike.config import RunConfig
+from cyclelike.data import DataError, load_domains, load_folder, load_hdf5
+from cyclelike.synthetic import synthetic_domain
+
+
+def write_mixed_folder(root, n_extra=0):
+    """One image of every kind a user's folder may hold, nested, with the values we expect back."""
+    (root / "nested" / "deeper").mkdir(parents=True)
+    red = np.zeros((20, 20, 3), np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red).save(root / "a_rgb.png")
+    Image.fromarray(red).save(root / "b_rgb.jpg", quality=95)
+    Image.fromarray(red).save(root / "nested" / "c_rgb.webp", lossless=True)
+    Image.fromarray(red).save(root / "nested" / "deeper" / "d_rgb.bmp")
+    Image.fromarray(np.full((20, 20), 128, np.uint8), "L").save(root / "e_grey.png")
+    Image.fromarray(red).convert("P").save(root / "f_palette.png")
+    rgba = np.concatenate([red, np.full((20, 20, 1), 255, np.uint8)], axis=-1)
+    Image.fromarray(rgba, "RGBA").save(root / "g_rgba.png")
+    Image.fromarray(np.full((20, 20), 65535, np.uint16)).save(root / "h_grey16.png")
+    (root / "notes.txt").write_text("not an image")
+    for i in range(n_extra):
+        Image.fromarray(np.full((24, 16, 3), i * 10, np.uint8)).save(root / f"z{i:02d}.png")
+
+
+def test_folder_reads_every_format_and_mode_as_rgb(tmp_path):
+    write_mixed_folder(tmp_path)
+    pool = load_folder(tmp_path, 16)
+    assert pool.images.shape == (8, 3, 16, 16)
+    assert pool.names[:2] == ["a_rgb.png", "b_rgb.jpg"]  # file-name order, the aligned order
+    assert pool.images.min() >= -1 and pool.images.max() <= 1
+    by_name = dict(zip(pool.names, pool.images, strict=True))
+    for name in ("a_rgb.png", "nested/c_rgb.webp", "nested/deeper/d_rgb.bmp", "f_palette.png", "g_rgba.png"):
+        assert torch.allclose(by_name[name].mean(dim=(1, 2)), torch.tensor([1.0, -1.0, -1.0]), atol=0.02), name
+    assert torch.allclose(by_name["e_grey.png"], torch.full((3, 16, 16), 128 / 255 * 2 - 1), atol=0.01)
+    assert torch.allclose(by_name["h_grey16.png"], torch.ones(3, 16, 16), atol=0.01)  # 16-bit white stays white
+
+
+def test_corrupt_file_is_named(tmp_path):
+    write_mixed_folder(tmp_path)
+    good = (tmp_path / "a_rgb.png").read_bytes()
+    (tmp_path / "broken.png").write_bytes(good[: len(good) // 2])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match="broken.png"):
+        load_folder(tmp_path, 16)
+    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}  # nothing modified
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_folder(tmp_path / "missing", 16)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match=r"no images .* under .*empty"):
+        load_folder(tmp_path / "empty", 16)
+
+
+def test_load_domains_from_folders_splits_and_checks_counts(tmp_path):
+    for name in ("X", "Y"):
+        write_mixed_folder(tmp_path / name, n_extra=4)
+    config = RunConfig(data="folders", x_path=str(tmp_path / "X"), y_path=str(tmp_path / "Y"),
+                       n_images=6, n_holdout=2, image_size=16)
+    data = load_domains(config)
+    assert data.x.shape == (6, 3, 16, 16) and data.x_holdout.shape == (2, 3, 16, 16)
+    assert data.x_names == sorted(data.x_names) and data.x_names == data.y_names  # aligned rows
+    assert not set(data.x_names) & set(load_domains(config).x_names[:0])
+    with pytest.raises(DataError, match=r"X has 12 images; n_images=20"):
+        load_domains(config.replace(n_images=20))
+
+
+def test_hdf5_layout_of_the_original(tmp_path):
+    import h5py
+
+    path = tmp_path / "train.hdf5"
+    with h5py.File(path, "w") as f:
+        f["train_data_raw"] = np.full((6, 24, 24, 1), 255, np.uint8)
+        f["train_data_gen"] = np.zeros((6, 24, 24, 3), np.float32)
+        f["val_data_raw"] = np.zeros((2, 24, 24, 1), np.uint8)
+        f["val_data_gen"] = np.zeros((2, 24, 24, 3), np.float32)
+    data = load_domains(RunConfig(data="hdf5", x_path=str(path), n_images=6, n_holdout=2, image_size=16))
+    assert data.x.shape == (6, 3, 16, 16) and torch.all(data.x == 1)
+    assert torch.all(data.y == -1)
+    assert data.x_holdout.shape == (2, 3, 16, 16) and torch.all(data.x_holdout == -1)  # val_data_raw
+    with pytest.raises(DataError, match="no dataset 'nope'"):
+        load_hdf5(f"{path}:nope", "train_data_raw", 16)
+    (tmp_path / "bad.hdf5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(DataError, match="bad.hdf5"):
+        load_hdf5(str(tmp_path / "bad.hdf5"), "train_data_raw", 16)
+
+
+def test_shared_sample_files(shared_data):
+    for name in ("buttai_nekokao_trainC.hdf5", "buttai_nekokao_trainG.hdf5"):
+        path = shared_data / name
+        raw = load_hdf5(str(path), "train_data_raw", 32)
+        gen = load_hdf5(str(path), "train_data_gen", 32)
+        assert raw.images.shape == gen.images.shape == (10, 3, 32, 32)
+        assert raw.images.min() >= -1 and gen.images.max() <= 1
+        assert gen.images.std() > 0.1  # real colour faces, not an all-black misread of float 0..255
+    edges = load_hdf5(str(shared_data / "buttai_nekokao_trainC.hdf5"), "train_data_raw", 32).images
+    assert edges.mean() > 0.5  # white background, black edges
+    data = load_domains(RunConfig(data="hdf5", x_path=str(shared_data / "buttai_nekokao_trainG.hdf5"),
+                                  n_images=8, n_holdout=2, image_size=32))
+    assert data.x.shape == (8, 3, 32, 32) and data.y_holdout.shape == (2, 3, 32, 32)
+
+
+def test_synthetic_is_deterministic_distinct_and_sized():
+    a = synthetic_domain("faces", 200, 32)
+    assert torch.equal(a[:5], synthetic_domain("faces", 5, 32))
+    assert torch.equal(a[7:9], synthetic_domain("faces", 2, 32, start=7))
+    for domain in ("faces", "planes"):
+        images = a if domain == "faces" else synthetic_domain(domain, 200, 32)
+        d = torch.cdist(images.flatten(1), images.flatten(1), p=1) / images[0].numel()
+        d.fill_diagonal_(float("inf"))
+        assert d.min() > 0.05, f"two {domain} images are nearly identical"
+    for size in (16, 256):
+        assert synthetic_domain("planes", 2, size).shape == (2, 3, size, size)
+
+
+def test_pairings():
+    base = RunConfig(n_images=8, n_holdout=2, image_size=16)
+    aligned = load_domains(base)
+    assert torch.equal(aligned.pi, torch.arange(8))
+    fixed = load_domains(base.replace(pairing="fixed"))
+    assert sorted(fixed.pi.tolist()) == list(range(8)) and not torch.equal(fixed.pi, torch.arange(8))
+    assert torch.equal(fixed.pi, load_domains(base.replace(pairing="fixed", seed=5)).pi)  # data_seed decides
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(fixed.pairing_for_epoch(gen), fixed.pi)
+    shuffled = load_domains(base.replace(pairing="shuffled"))
+    draws = [shuffled.pairing_for_epoch(gen) for _ in range(5)]
+    assert len({tuple(d.tolist()) for d in draws}) > 1
+    assert torch.equal(aligned.x, fixed.x) and torch.equal(aligned.y, shuffled.y)
+    # held-out images are never training images
+    train = {tuple(t.flatten()[:64].tolist()) for t in aligned.x}
+    assert not any(tuple(t.flatten()[:64].tolist()) in train for t in aligned.x_holdout)
