@@ -7,7 +7,10 @@ PY := $(VENV)/bin/python
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
 .DEFAULT_GOAL := help
-.PHONY: help test lint train clean
+CONFIG ?= study/configs/default.toml
+PORT ?= 5000
+DASHBOARD_PORT ?= 8080
+.PHONY: help test lint train sweep run ui dashboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +32,21 @@ lint: .venv  ## ruff only
 
 train: .venv  ## one training on the embedded data, outputs under runs/ (ARGS="--set key=value ...")
 	$(PY) -m cyclelike train $(ARGS)
+
+sweep: .venv  ## run or resume an Optuna study (CONFIG=study/configs/x.toml ARGS="--workers 2 --set k=v")
+	$(PY) -m study sweep --config $(CONFIG) $(ARGS)
+
+run: .venv  ## one tracked training in MLflow (ARGS="--set pairing=fixed ...")
+	$(PY) -m study run $(ARGS)
+
+ui: .venv  ## the MLflow UI on 127.0.0.1 for this store
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (store $(MLFLOW_TRACKING_URI); Ctrl-C stops it)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) \
+		--workers 1 --backend-store-uri $(MLFLOW_TRACKING_URI)
+
+dashboard: .venv  ## optuna-dashboard on 127.0.0.1 for the study storage
+	@echo "Optuna dashboard: http://127.0.0.1:$(DASHBOARD_PORT)"
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) mlruns/optuna.journal
 
 clean:  ## remove generated runs, reports and the MLflow/Optuna stores (keeps .venv)
 	rm -rf runs reports bench.json

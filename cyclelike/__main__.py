@@ -15,20 +15,10 @@ from pathlib import Path
 
 from torchvision.utils import save_image
 
-from .config import ConfigError, RunConfig, parse_value
+from .config import ConfigError, RunConfig, parse_sets
 from .data import DataError, load_domains
 from .samples import sample_grid
 from .train import NonFiniteLossError, train
-
-
-def parse_sets(pairs: list[str]) -> dict:
-    values = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set {pair!r}: expected key=value")
-        key, _, text = pair.partition("=")
-        values[key.strip()] = parse_value(key.strip(), text)
-    return values
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,3 +164,14 @@ def parse_value(name: str, text: str) -> Any:
         return kind(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r}: expected {kind.__name__}") from None
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs from a command line, each typed as its RunConfig field."""
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        values[key.strip()] = parse_value(key.strip(), text)
+    return values

@@ -1,0 +1,210 @@
+"""Sweep files: a TOML file names the study, the fixed RunConfig values, the search space, the objective(s),
+the seeds and the evaluation interval. Everything is checked here, before any training starts.
+
+    name = "default"
+    sampler = "grid"                  # grid | random | tpe
+    trials = 20                       # random/tpe: configurations to sample (each run once per seed)
+    timeout_s = 0                     # 0: no time budget; else start no trial after this many seconds
+    seeds = [0, 1]
+    eval_every = 10                   # epochs between pairing evaluations (logged; pruning reads them)
+    pruner = "none"                   # none | median
+    objectives = ["pair/forward_top1"]
+    directions = ["maximize"]
+
+    [fixed]                           # any RunConfig field
+    image_size = 32
+
+    [space]                           # lists are categorical; tables are ranges
+    pairing = ["aligned", "fixed", "shuffled"]
+    lambda_l1 = { low = 1.0, high = 100.0, log = true }
+    n_images = { low = 5, high = 20, step = 5 }
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cyclelike.config import ConfigError, RunConfig
+
+OBJECTIVE_METRICS = (
+    "pair/forward_top1", "pair/backward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1",
+    "pair/cycle_top1_lowpass", "pair/margin", "pair/hungarian_agreement", "pair/partner_rank",
+    "mem/holdout_copy_rate", "time/sec_per_epoch", "loss/G_total", "loss/G_l1", "loss/D",
+)
+TOP_KEYS = {"name", "description", "sampler", "trials", "timeout_s", "seeds", "eval_every", "pruner",
+            "objectives", "directions", "fixed", "space"}
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "median")
+
+
+class SweepError(ValueError):
+    """A sweep file or value that cannot run; the message names the key and what is allowed."""
+
+
+@dataclass
+class Range:
+    low: float | int
+    high: float | int
+    log: bool = False
+    step: float | int | None = None
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.step, float)
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    fixed: dict[str, Any]
+    space: dict[str, list | Range]
+    sampler: str = "grid"
+    trials: int = 0
+    timeout_s: float = 0.0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval_every: int = 10
+    pruner: str = "none"
+    objectives: list[str] = field(default_factory=lambda: ["pair/forward_top1"])
+    directions: list[str] = field(default_factory=lambda: ["maximize"])
+    description: str = ""
+    source: str = ""
+
+    def base_config(self) -> RunConfig:
+        return RunConfig.from_dict(dict(self.fixed))
+
+    def config_for(self, params: dict[str, Any], seed: int) -> RunConfig:
+        return RunConfig.from_dict({**self.fixed, **params, "seed": seed})
+
+    def grid_cells(self) -> list[dict[str, Any]]:
+        """Every combination of the space's values: the factorial design (ranges are refused for grid)."""
+        names = sorted(self.space)
+        return [dict(zip(names, values, strict=True)) for values in itertools.product(*(self.space[n] for n in names))]
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Ask an Optuna trial for every dimension of the space, in one place."""
+        params = {}
+        for name in sorted(self.space):
+            dim = self.space[name]
+            if isinstance(dim, list):
+                params[name] = trial.suggest_categorical(name, dim)
+            elif dim.is_int:
+                params[name] = trial.suggest_int(name, dim.low, dim.high, step=dim.step or 1, log=dim.log)
+            else:
+                params[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
+        return params
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise SweepError(message)
+
+
+def _parse_dimension(name: str, value: Any) -> list | Range:
+    if isinstance(value, list):
+        _expect(len(value) > 0, f"space.{name}: the list is empty; give at least one value")
+        return value
+    _expect(isinstance(value, dict), f"space.{name}={value!r}: expected a list of values or a table {{low, high}}")
+    unknown = set(value) - {"low", "high", "log", "step"}
+    _expect(not unknown, f"space.{name}: unknown key(s) {sorted(unknown)}; allowed: low, high, log, step")
+    _expect("low" in value and "high" in value, f"space.{name}: a range needs both low and high")
+    dim = Range(value["low"], value["high"], bool(value.get("log", False)), value.get("step"))
+    _expect(dim.low < dim.high, f"space.{name}: low={dim.low} must be below high={dim.high} (an empty range)")
+    _expect(not dim.log or dim.low > 0, f"space.{name}: log=true needs low > 0, got {dim.low}")
+    return dim
+
+
+def _check_value(fixed: dict[str, Any], name: str, value: Any) -> None:
+    try:
+        RunConfig.from_dict({**fixed, name: value})
+    except ConfigError as err:
+        raise SweepError(f"space.{name}: {err}") from None
+
+
+def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | None = None) -> SweepSpec:
+    unknown = set(raw) - TOP_KEYS
+    _expect(not unknown,
+            f"{source}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    _expect(isinstance(raw.get("name"), str) and raw["name"].strip() != "",
+            f"{source}: 'name' (the study name) is required")
+    fixed = dict(raw.get("fixed", {}))
+    fixed.update(sets or {})
+    for name, value in fixed.items():
+        if isinstance(value, str) and "$" in value:
+            expanded = os.path.expandvars(value)
+            _expect("$" not in expanded, f"fixed.{name}={value!r}: the environment variable is not set; "
+                    f"export it or give --set {name}=...")
+            fixed[name] = expanded
+    try:
+        RunConfig.from_dict(fixed)
+    except ConfigError as err:
+        raise SweepError(f"fixed: {err}") from None
+    space_raw = dict(raw.get("space", {}))
+    for name in sets or {}:
+        space_raw.pop(name, None)  # --set pins a value the file would have swept
+    known = RunConfig.field_help()
+    space = {}
+    for name, value in space_raw.items():
+        _expect(name != "seed", "space.seed: use the top-level 'seeds' list to repeat configurations")
+        _expect(name in known, f"space.{name}: unknown RunConfig key; known keys: {', '.join(sorted(known))}")
+        space[name] = _parse_dimension(name, value)
+        if isinstance(space[name], list):
+            for v in space[name]:
+                _check_value(fixed, name, v)
+        else:
+            for v in (space[name].low, space[name].high):
+                _check_value(fixed, name, v)
+    sampler = raw.get("sampler", "grid")
+    _expect(sampler in SAMPLERS, f"sampler={sampler!r}: allowed values are {', '.join(SAMPLERS)}")
+    if sampler == "grid":
+        ranges = [n for n, d in space.items() if isinstance(d, Range)]
+        _expect(not ranges, f"space.{', '.join(ranges)}: sampler=grid needs lists of values, not ranges")
+    pruner = raw.get("pruner", "none")
+    _expect(pruner in PRUNERS, f"pruner={pruner!r}: allowed values are {', '.join(PRUNERS)}")
+    objectives = raw.get("objectives", ["pair/forward_top1"])
+    objectives = [objectives] if isinstance(objectives, str) else list(objectives)
+    _expect(len(objectives) > 0, "objectives: give at least one metric")
+    for m in objectives:
+        _expect(m in OBJECTIVE_METRICS, f"objectives: {m!r} is not a metric; allowed: {', '.join(OBJECTIVE_METRICS)}")
+    directions = raw.get("directions", ["maximize"] * len(objectives))
+    directions = [directions] if isinstance(directions, str) else list(directions)
+    _expect(len(directions) == len(objectives),
+            f"directions: {len(directions)} given for {len(objectives)} objectives; give one per objective")
+    for d in directions:
+        _expect(d in ("maximize", "minimize"), f"directions: {d!r}; allowed values are maximize, minimize")
+    _expect(not (pruner != "none" and len(objectives) > 1),
+            "pruner: multi-objective studies cannot prune in Optuna; use pruner = \"none\"")
+    seeds = raw.get("seeds", [0])
+    _expect(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds),
+            f"seeds={seeds!r}: expected a non-empty list of integers")
+    _expect(len(set(seeds)) == len(seeds), f"seeds={seeds!r}: repeated seed")
+    trials = raw.get("trials", 0)
+    _expect(isinstance(trials, int) and trials >= 0, f"trials={trials!r}: expected an integer >= 0")
+    _expect(sampler == "grid" or trials > 0 or raw.get("timeout_s", 0) > 0,
+            f"trials: sampler={sampler} needs trials > 0 or a timeout_s budget")
+    eval_every = raw.get("eval_every", 10)
+    _expect(isinstance(eval_every, int) and eval_every >= 0, f"eval_every={eval_every!r}: expected an integer >= 0")
+    timeout = raw.get("timeout_s", 0)
+    _expect(isinstance(timeout, int | float) and timeout >= 0, f"timeout_s={timeout!r}: expected a number >= 0")
+    return SweepSpec(raw["name"].strip(), fixed, space, sampler, trials, float(timeout), seeds, eval_every,
+                     pruner, objectives, directions, raw.get("description", ""), source)
+
+
+def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SweepError(f"{path}: not valid TOML: {err}") from None
+    return parse_sweep(raw, str(path), sets)
+

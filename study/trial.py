@@ -1,0 +1,122 @@
+"""One tracked training: train, evaluate pairing every few epochs, log everything to one MLflow run.
+
+Used by every sweep trial and by `python -m study run`. It knows MLflow (through RunLogger) but not
+Optuna: the sweep passes `report`, which sees each evaluation and answers whether to stop (prune).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analysis.figures import distance_heatmap
+from analysis.pairing import evaluate_pairing
+from cyclelike.config import RunConfig
+from cyclelike.data import Domains, load_domains
+from cyclelike.samples import sample_grid
+from cyclelike.train import EpochStats, Translator, train
+
+from .tracking import RunLogger
+
+Report = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass
+class TrialOutcome:
+    metrics: dict[str, float]
+    sec_per_epoch: float
+    epochs_run: int
+    pruned: bool = False
+    timing: dict[str, float] = field(default_factory=dict)  # train_s, eval_s, log_s, total_s
+    assignment: list[int] = field(default_factory=list)
+
+
+def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
+    buf = io.StringIO()
+    buf.write(",".join([f"{row}\\{col}", *(f"{col}{j}" for j in range(D.shape[1]))]) + "\n")
+    for i, r in enumerate(D):
+        buf.write(",".join([f"{row}{i}", *(f"{v:.6f}" for v in r)]) + "\n")
+    return buf.getvalue()
+
+
+def _evaluate(translator: Translator, data: Domains):
+    return evaluate_pairing(translator.forward, translator.backward, data.x, data.y, data.pi, data.x_holdout)
+
+
+def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
+              desc: str = "train", progress: bool = True, data: Domains | None = None) -> TrialOutcome:
+    t_start = time.perf_counter()
+    logger.log_params(config.to_dict())
+    logger.log_dict(config.to_dict(), "config.json")
+    data = data if data is not None else load_domains(config)
+    eval_s = 0.0
+    pruned = False
+    n_grids = 0
+
+    def on_epoch(stats: EpochStats, translator: Translator) -> bool:
+        nonlocal eval_s, pruned, n_grids
+        logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)
+        if not eval_every or stats.epoch % eval_every or stats.epoch == config.epochs:
+            return False
+        t0 = time.perf_counter()
+        result = _evaluate(translator, data)
+        eval_s += time.perf_counter() - t0
+        logger.log_metrics(result.metrics, step=stats.epoch)
+        if n_grids < 3:  # a few epochs' samples show the pairs forming without filling the store
+            n_grids += 1
+            logger.log_image(sample_grid(translator, data), f"samples/epoch_{stats.epoch:04d}.png")
+        logger.flush()  # live curves in the UI at every evaluation
+        if report is not None and report(stats.epoch, result.metrics):
+            pruned = True
+            return True
+        return False
+
+    t_train = time.perf_counter()
+    result = train(config, data, callback=on_epoch, progress=progress, desc=desc)
+    train_s = time.perf_counter() - t_train - eval_s
+    epoch = result.history[-1].epoch
+    t0 = time.perf_counter()
+    final = _evaluate(result.translator, data)
+    eval_s += time.perf_counter() - t0
+    metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
+               **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
+    logger.log_metrics(final.metrics, step=epoch)
+    logger.log_metrics({"time/sec_per_epoch": result.sec_per_epoch, "time/train_s": train_s, "time/eval_s": eval_s,
+                        "time/warmup_epochs": config.warmup_epochs}, step=epoch)
+    for key, share in final.shares.items():
+        logger.log_metrics({f"{key}_ci_low": share.low, f"{key}_ci_high": share.high, f"{key}_chance": share.chance},
+                           step=epoch)
+    logger.flush()
+    _log_final_artifacts(logger, result, final, data, epoch)
+    timing = {"train_s": train_s, "eval_s": eval_s, "log_s": logger.log_seconds,
+              "total_s": time.perf_counter() - t_start}
+    logger.log_metrics({"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]}, step=epoch)
+    logger.flush()
+    return TrialOutcome(metrics, result.sec_per_epoch, epoch, pruned, timing, final.a.tolist())
+
+
+def _log_final_artifacts(logger: RunLogger, result, final, data: Domains, epoch: int) -> None:
+    logger.log_image(sample_grid(result.translator, data), f"samples/epoch_{epoch:04d}.png")
+    logger.log_text(_matrix_csv(final.D_xy, "x", "y"), "pairing/D_xy.csv")
+    logger.log_figure(distance_heatmap(final.D_xy, final.a, final.pi), "pairing/D_xy.png")
+    if final.D_yx is not None:
+        logger.log_text(_matrix_csv(final.D_yx, "y", "x"), "pairing/D_yx.csv")
+        logger.log_figure(distance_heatmap(final.D_yx, final.b, np.argsort(final.pi),
+                                           title="D_yx[j, i] = d(G(y_j), x_i)", row_label="y_j", col_label="x_i"),
+                          "pairing/D_yx.png")
+    logger.log_dict({"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(),
+                     "pi": final.pi.tolist(), "x_names": data.x_names, "y_names": data.y_names},
+                    "pairing/assignment.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, net in result.nets.items():
+            if name.startswith("G") or name == "F":
+                path = Path(tmp) / f"{name}.pt"
+                torch.save({k: v.cpu() for k, v in net.state_dict().items()}, path)
+                logger.log_file(path, "model")

@@ -1,0 +1,270 @@
+"""The sweep harness end to end: real (tiny) trainings, read back through MLflow and Optuna."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from study.spec import SweepError, load_sweep, parse_sweep
+from study.sweep import open_storage, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """
+name = "{name}"
+seeds = [0, 1]
+eval_every = 2
+objectives = ["pair/forward_top1"]
+[fixed]
+image_size = 16
+n_images = 4
+n_holdout = 1
+base_filters = 8
+d_filters = 8
+batch_size = 2
+epochs = {epochs}
+[space]
+pairing = ["aligned", "fixed"]
+{extra}
+"""
+
+
+def write_sweep(folder: Path, name: str, epochs: int = 4, extra: str = "") -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(TINY.format(name=name, epochs=epochs, extra=extra))
+    return path
+
+
+def env_for(folder: Path) -> dict:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlruns/mlflow.db", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One real sweep (2 cells x 2 seeds), run twice: the second run must resume, not repeat."""
+    folder = tmp_path_factory.mktemp("sweep")
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(folder)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlruns/mlflow.db"
+    try:
+        spec = load_sweep(write_sweep(folder, "tiny"))
+        first = run_sweep(spec)
+        second = run_sweep(spec)
+        yield folder, spec, first, second
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+def test_sweep_logs_every_trial_to_mlflow(swept):
+    folder, spec, first, _ = swept
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None
+    assert experiment.artifact_location.startswith((folder / "mlruns" / "artifacts").as_uri())
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    trials = [r for r in runs if "trial" in r.data.tags]
+    assert len(parents) == 1 and len(trials) == 4 == len(first)
+    assert sorted(r.info.run_name for r in trials) == [f"trial-{i:04d}" for i in range(4)]
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["study"] == "tiny" and run.data.tags["optuna.state"] == "COMPLETE"
+        assert run.data.params["pairing"] in ("aligned", "fixed") and run.data.params["epochs"] == "4"
+        assert set(run.data.params) >= {"lambda_l1", "lambda_cyc", "arch", "n_images", "seed", "image_size"}
+        history = client.get_metric_history(run.info.run_id, "loss/G_l1")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4]
+        assert len(client.get_metric_history(run.info.run_id, "time/epoch_s")) == 4
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "pair/forward_top1")] == [2, 4]
+        for key in ("pair/bijectivity", "pair/mutual", "pair/cycle_top1", "mem/holdout_copy_rate",
+                    "time/sec_per_epoch"):
+            assert key in run.data.metrics
+        paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "model", "pairing", "samples"} <= paths
+        pairing = {a.path for a in client.list_artifacts(run.info.run_id, "pairing")}
+        assert {"pairing/D_xy.csv", "pairing/D_xy.png", "pairing/D_yx.csv", "pairing/D_yx.png"} <= pairing
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/G.pt"}
+        assert len(client.list_artifacts(run.info.run_id, "samples")) == 2  # epoch 2 and the final epoch 4
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["study/trials_complete"] == 4
+
+
+def test_second_invocation_resumes_without_duplicates(swept):
+    folder, spec, first, second = swept
+    assert len(second) == 4 and second.attrs["trials_this_run"] == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(str(folder / "mlruns" / "optuna.journal")))
+    cells = [(t.params["pairing"], t.user_attrs["seed"]) for t in study.trials]
+    assert sorted(cells) == sorted({(p, s) for p in ("aligned", "fixed") for s in (0, 1)})
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_sweep_resumes_with_every_trial_once(tmp_path):
+    config = write_sweep(tmp_path, "killed", epochs=150)
+    cmd = [sys.executable, "-m", "study", "sweep", "--config", str(config)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = tmp_path / "mlruns" / "optuna.journal"
+
+    def running_trial():
+        if not journal.exists():
+            return None
+        try:
+            study = optuna.load_study(study_name="killed", storage=open_storage(str(journal)))
+        except KeyError:
+            return None
+        running = [t for t in study.trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+        return running[0] if running and running[0].number >= 1 else None
+
+    try:
+        victim = _wait_for(running_trial, 120, "a trial in the middle of training")
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out = subprocess.run(cmd, cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"recovered trial(s) [{victim.number}]" in out.stdout
+    study = optuna.load_study(study_name="killed", storage=open_storage(str(journal)))
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL and "killed" in killed.user_attrs["failure"]
+    complete = [(t.params["pairing"], t.user_attrs["seed"]) for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == sorted({(p, s) for p in ("aligned", "fixed") for s in (0, 1)})  # each exactly once
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "FAIL"
+    experiment = client.get_experiment_by_name("killed")
+    assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+
+
+def test_two_workers_do_every_trial_once(tmp_path):
+    config = write_sweep(tmp_path, "workers", extra='arch = ["encdec", "unet"]')
+    out = subprocess.run([sys.executable, "-m", "study", "sweep", "--config", str(config), "--workers", "2"],
+                         cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = optuna.load_study(study_name="workers", storage=open_storage(str(tmp_path / "mlruns" / "optuna.journal")))
+    done = [(t.params["pairing"], t.params["arch"], t.user_attrs["seed"]) for t in study.trials
+            if t.state == TrialState.COMPLETE]
+    assert len(done) == 8 and len(set(done)) == 8
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("workers").experiment_id], "tags.trial != ''")
+    assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_nan_trial_fails_and_the_study_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    spec = load_sweep(write_sweep(tmp_path, "nan", epochs=2, extra="lambda_adv = [1.0, inf]"))
+    table = run_sweep(spec)
+    states = table.groupby("lambda_adv")["state"].agg(set).to_dict()
+    assert states[1.0] == {"COMPLETE"} and states[float("inf")] == {"FAIL"}
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    failed = client.search_runs([client.get_experiment_by_name("nan").experiment_id], "tags.`optuna.state` = 'FAIL'")
+    assert len(failed) == 4 and all("non-finite" in r.data.tags["failure"] for r in failed)
+    assert all(r.info.status == "FAILED" for r in failed)
+
+
+GOOD = {"name": "s", "fixed": {"image_size": 16}, "space": {"pairing": ["aligned", "fixed"]}}
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"bogus": 1}, ["bogus", "allowed"]),
+        ({"space": {"pairing": ["aligned", "sideways"]}}, ["space.pairing", "sideways", "aligned, fixed, shuffled"]),
+        ({"space": {"pairing": []}}, ["space.pairing", "empty"]),
+        ({"space": {"n_imagez": [4]}}, ["space.n_imagez", "unknown RunConfig key"]),
+        ({"space": {"lambda_l1": {"low": 5.0, "high": 1.0}}, "sampler": "random", "trials": 3}, ["lambda_l1", "empty"]),
+        ({"space": {"lambda_l1": {"low": 1.0, "high": 5.0}}}, ["space.lambda_l1", "sampler=grid"]),
+        ({"objectives": ["pair/forward_top5"]}, ["pair/forward_top5", "not a metric", "pair/forward_top1"]),
+        ({"fixed": {"image_size": 20}}, ["fixed", "image_size=20"]),
+        ({"sampler": "bayes"}, ["sampler='bayes'", "grid, random, tpe"]),
+        ({"objectives": ["pair/forward_top1", "time/sec_per_epoch"], "directions": ["maximize"]}, ["directions"]),
+    ],
+)
+def test_bad_sweep_files_name_the_key(change, words):
+    with pytest.raises(SweepError) as err:
+        parse_sweep({**GOOD, **change}, "bad.toml")
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_bad_sweep_file_stops_before_training(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "bad"\n[space]\narch = ["unet", "resnet"]\n')
+    out = subprocess.run([sys.executable, "-m", "study", "sweep", "--config", str(path)], cwd=tmp_path,
+                         env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "space.arch" in out.stderr and "resnet" in out.stderr
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_shipped_sweep_files_parse(monkeypatch):
+    monkeypatch.setenv("X_PATH", "/data/pets")
+    monkeypatch.setenv("Y_PATH", "/data/men")
+    default = load_sweep(REPO / "study" / "configs" / "default.toml")
+    assert {"pairing", "arch", "n_images", "lambda_cyc"} <= set(default.space)
+    assert load_sweep(REPO / "study" / "configs" / "seed_pets_men.toml").base_config().x_path == "/data/pets"
+    scaling = load_sweep(REPO / "study" / "configs" / "scaling.toml")
+    assert scaling.space["n_images"] == [5, 10, 20, 40, 80]
+    monkeypatch.delenv("X_PATH")
+    with pytest.raises(SweepError, match="x_path"):
+        load_sweep(REPO / "study" / "configs" / "seed_pets_men.toml")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_serves_the_runs(swept):
+    folder = swept[0]
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen([str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{folder}/mlruns/mlflow.db"],
+                            env={**env_for(folder), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        def get_experiment():
+            try:
+                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=tiny", timeout=2) as r:
+                    return json.load(r)["experiment"]
+            except OSError:
+                return None
+
+        experiment = _wait_for(get_experiment, 90, "the MLflow server")
+        body = json.dumps({"experiment_ids": [experiment["experiment_id"]], "max_results": 100}).encode()
+        request = urllib.request.Request(f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            runs = json.load(r)["runs"]
+        names = sorted(r["info"]["run_name"] for r in runs)
+        assert names == ["study-tiny"] + [f"trial-{i:04d}" for i in range(4)]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
