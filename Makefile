@@ -5,12 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # MLflow 3 refuses a plain ./mlruns file store: sqlite beside the artifacts, unless the user points elsewhere
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
 .DEFAULT_GOAL := help
 CONFIG ?= study/configs/default.toml
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
-.PHONY: help test lint train sweep run ui dashboard clean
+STUDY ?=
+.PHONY: help test lint train sweep run ui dashboard report scaling browser clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 
 .venv: $(VENV)/.installed  ## create the virtual environment and install the project
 
-test: .venv  ## ruff and the test suite
+test: .venv browser  ## ruff and the test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
@@ -47,6 +49,19 @@ ui: .venv  ## the MLflow UI on 127.0.0.1 for this store
 dashboard: .venv  ## optuna-dashboard on 127.0.0.1 for the study storage
 	@echo "Optuna dashboard: http://127.0.0.1:$(DASHBOARD_PORT)"
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) mlruns/optuna.journal
+
+report: .venv  ## report on the most recent study, or STUDY=name: reports/<study>/index.html
+	$(PY) -m analysis report $(if $(STUDY),--experiment $(STUDY))
+
+scaling: .venv  ## the seconds-per-epoch scaling study (study/configs/scaling.toml), then its report
+	$(PY) -m study sweep --config study/configs/scaling.toml $(ARGS)
+	$(PY) -m analysis report --experiment scaling
+
+# headless Chromium for the report's browser test; where it cannot be installed that test skips and says why
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: the report's browser test will skip"; }
 
 clean:  ## remove generated runs, reports and the MLflow/Optuna stores (keeps .venv)
 	rm -rf runs reports bench.json

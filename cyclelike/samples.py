@@ -23,3 +23,15 @@ def sample_grid(translator: Translator, data: Domains, k: int = 6) -> torch.Tens
         rows += [y, translator.backward(y).cpu(), x, x, fx, translator.backward(fx.to(x.device)).cpu()]
     images = torch.cat(rows)
     return make_grid(images.clamp(-1, 1) * 0.5 + 0.5, nrow=k, padding=2, pad_value=1.0)
+
+
+def assignment_strip(translator: Translator, data: Domains, a, k: int = 8) -> torch.Tensor:
+    """Rows x_i, G(x_i), the nearest y (y_a(i)), G(G(x_i)) for the first k training images: what the
+    pairing metrics measure, as a picture. `a` is the assignment a(i) = argmin_j d(G(x_i), y_j)."""
+    k = min(k, data.n)
+    x = data.x[:k].cpu()
+    fx = translator.forward(x).cpu()
+    rows = [x, fx, data.y[torch.as_tensor(a[:k]).to(data.y.device)].cpu()]
+    if translator.backward is not None:
+        rows.append(translator.backward(fx).cpu())
+    return make_grid(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, nrow=k, padding=2, pad_value=1.0)

@@ -37,7 +37,7 @@ def _sweep(args) -> int:
 
 
 def _run(args) -> int:
-    from .tracking import RunLogger, ensure_experiment, prepare_store
+    from .tracking import RunLogger, ensure_experiment, prepare_store, provenance
     from .trial import run_trial
 
     sets = parse_sets(args.sets)
@@ -49,7 +49,8 @@ def _run(args) -> int:
     client = prepare_store()
     experiment_id = ensure_experiment(client, experiment)
     name = f"run-{config.scheme}-{config.pairing}-seed{config.seed}-{time.strftime('%H%M%S')}"
-    logger = RunLogger.start(client, experiment_id, name, tags={"study": experiment, "role": "single run"})
+    logger = RunLogger.start(client, experiment_id, name,
+                             tags={"study": experiment, "role": "single run", **provenance()})
     try:
         outcome = run_trial(config, logger, eval_every, desc=name)
     except KeyboardInterrupt:

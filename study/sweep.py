@@ -30,7 +30,7 @@ from cyclelike.data import DataError
 from cyclelike.train import NonFiniteLossError
 
 from .spec import SweepError, SweepSpec
-from .tracking import RunLogger, prepare_store, tracking_uri
+from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, tracking_uri
 from .trial import run_trial
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -264,8 +264,6 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1,
         raise SweepError(f"--workers {workers}: expected an integer >= 1")
     t0 = time.time()
     client = prepare_store()
-    from .tracking import ensure_experiment
-
     experiment_id = ensure_experiment(client, spec.name)
     storage = open_storage(storage_url, workers)
     study = load_study(spec, storage, create=True)
@@ -274,6 +272,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1,
                          f"the sweep file asks for {spec.directions}: rename the study or use another --storage")
     parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
     parent = RunLogger(client, parent_run_id)
+    parent.set_tags(provenance())
     recovered = recover_stale(study, storage, client)
     if recovered:
         print(f"recovered trial(s) {recovered} left RUNNING by a dead process: marked FAILED and queued again")

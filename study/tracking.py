@@ -21,6 +21,32 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
+def provenance() -> dict[str, str]:
+    """What a report needs to say how to reproduce the runs: the command, the commit, the versions."""
+    import platform
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    tags = {"command": " ".join(["python -m study", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py")
+            else " ".join(sys.argv),
+            "mlflow.source.git.commit": git("rev-parse", "HEAD") or "unknown",
+            "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))),
+            "python": platform.python_version(), "machine": f"{platform.machine()} {os.cpu_count()} cores"}
+    for package in ("torch", "torchvision", "mlflow", "optuna", "numpy", "scipy", "pandas", "seaborn"):
+        try:
+            tags[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            pass
+    return tags
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 

@@ -20,7 +20,7 @@ from analysis.figures import distance_heatmap
 from analysis.pairing import evaluate_pairing
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, load_domains
-from cyclelike.samples import sample_grid
+from cyclelike.samples import assignment_strip, sample_grid
 from cyclelike.train import EpochStats, Translator, train
 
 from .tracking import RunLogger
@@ -104,6 +104,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
 
 def _log_final_artifacts(logger: RunLogger, result, final, data: Domains, epoch: int) -> None:
     logger.log_image(sample_grid(result.translator, data), f"samples/epoch_{epoch:04d}.png")
+    logger.log_image(assignment_strip(result.translator, data, final.a), "pairing/strip.png")
     logger.log_text(_matrix_csv(final.D_xy, "x", "y"), "pairing/D_xy.csv")
     logger.log_figure(distance_heatmap(final.D_xy, final.a, final.pi), "pairing/D_xy.png")
     if final.D_yx is not None:

@@ -1,0 +1,131 @@
+"""A report as a list of blocks, written both as Markdown and as one self-contained HTML page.
+
+Figures are PNG files beside the page, referenced by relative path, so the folder opens from disk with
+no server and can be zipped or copied as it is.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222;
+       line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; } th { background: #f0f0f0; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #555; } pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+.note { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.5em 1em; }
+"""
+
+# lets a headless browser test read how many figures failed to load
+CHECK_IMAGES = """
+<script>
+window.addEventListener("load", function () {
+  var broken = Array.from(document.images).filter(function (i) { return !i.complete || i.naturalWidth === 0; });
+  document.body.setAttribute("data-images", document.images.length);
+  document.body.setAttribute("data-broken-images", broken.length);
+});
+</script>
+"""
+
+
+@dataclass
+class Block:
+    kind: str  # h1, h2, h3, p, note, figure, table, code
+    text: str = ""
+    path: str = ""
+    table: pd.DataFrame | None = None
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+class Document:
+    def __init__(self, title: str, out: Path):
+        self.title, self.out = title, Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.blocks: list[Block] = [Block("h1", title)]
+
+    def h2(self, text: str) -> None:
+        self.blocks.append(Block("h2", text))
+
+    def h3(self, text: str) -> None:
+        self.blocks.append(Block("h3", text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(Block("p", text))
+
+    def note(self, text: str) -> None:
+        self.blocks.append(Block("note", text))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(Block("code", text))
+
+    def table(self, df: pd.DataFrame, caption: str = "") -> None:
+        self.blocks.append(Block("table", caption, table=df))
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        import matplotlib.pyplot as plt
+
+        fig.savefig(self.out / name, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        self.blocks.append(Block("figure", caption, path=name))
+
+    def image(self, name: str, caption: str) -> None:
+        """A PNG already written into the report folder."""
+        self.blocks.append(Block("figure", caption, path=name))
+
+    def markdown(self) -> str:
+        parts = []
+        for b in self.blocks:
+            if b.kind in ("h1", "h2", "h3"):
+                parts.append("#" * int(b.kind[1]) + " " + b.text)
+            elif b.kind == "p":
+                parts.append(b.text)
+            elif b.kind == "note":
+                parts.append("> " + b.text)
+            elif b.kind == "code":
+                parts.append("```\n" + b.text + "\n```")
+            elif b.kind == "table":
+                parts.append((f"{b.text}\n\n" if b.text else "") + _md_table(b.table))
+            elif b.kind == "figure":
+                parts.append(f"![{b.text}]({b.path})\n\n*{b.text}*")
+        return "\n\n".join(parts) + "\n"
+
+    def html(self) -> str:
+        parts = []
+        for b in self.blocks:
+            if b.kind in ("h1", "h2", "h3"):
+                parts.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
+            elif b.kind == "p":
+                parts.append(f"<p>{html.escape(b.text)}</p>")
+            elif b.kind == "note":
+                parts.append(f'<p class="note">{html.escape(b.text)}</p>')
+            elif b.kind == "code":
+                parts.append(f"<pre>{html.escape(b.text)}</pre>")
+            elif b.kind == "table":
+                caption = f"<p>{html.escape(b.text)}</p>" if b.text else ""
+                parts.append(caption + b.table.to_html(index=False, border=0, na_rep="-"))
+            elif b.kind == "figure":
+                parts.append(f'<figure><img src="{html.escape(b.path)}" alt="{html.escape(b.text)}">'
+                             f"<figcaption>{html.escape(b.text)}</figcaption></figure>")
+        body = "\n".join(parts)
+        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}"
+                f"</title><style>{CSS}</style></head>\n<body>\n{body}\n{CHECK_IMAGES}</body></html>\n")
+
+    def write(self) -> tuple[Path, Path]:
+        md, page = self.out / "report.md", self.out / "index.html"
+        md.write_text(self.markdown())
+        page.write_text(self.html())
+        return md, page

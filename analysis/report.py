@@ -1,0 +1,506 @@
+"""The study report: where does pair formation come from, and how does time per epoch grow with N.
+
+Everything is read through MLflow (mlflow.search_runs into pandas, artifacts through the client), so
+the report works the same against a remote tracking server. Each section draws what the runs allow
+and says in words what it could not draw; a bad or thin experiment never ends in a stack trace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import sys
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .document import Document
+from .figures import distance_heatmap, plt, sns
+from .pairing import seed_agreement
+from .scaling import REFERENCE_LOGLOG_SLOPE, REFERENCE_POINTS, fit_scaling
+
+CORE_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1", "pair/seed_agreement",
+                "mem/holdout_copy_rate")
+FACTORS = ("pairing", "arch", "scheme", "n_images", "lambda_l1", "lambda_cyc")
+NUMERIC_PARAMS = ("n_images", "image_size", "lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id", "seed", "epochs",
+                  "batch_size", "base_filters", "n_holdout", "lr", "warmup_epochs")
+
+
+def chance(metric: str, n: float) -> float | None:
+    if metric == "pair/bijectivity":
+        return 1.0 - (1.0 - 1.0 / n) ** n
+    if metric == "mem/holdout_copy_rate":
+        return None
+    return 1.0 / n
+
+
+@dataclass
+class StudyRuns:
+    name: str
+    experiment_id: str | None
+    parent: pd.Series | None  # the study's parent run
+    trials: pd.DataFrame  # one row per trial run; params.* parsed to numbers where they are numbers
+    objectives: list[str]
+    directions: list[str]
+
+
+def _strip(df: pd.DataFrame) -> pd.DataFrame:
+    """`params.n_images` -> `n_images`, metrics keep their `pair/...` names."""
+    renamed = {c: c.split(".", 1)[1] for c in df.columns if c.startswith(("params.", "metrics."))}
+    df = df.rename(columns=renamed)
+    for col in NUMERIC_PARAMS:
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+            whole = df[col].dropna()
+            if len(whole) and (whole == whole.round()).all() and col not in ("lambda_l1", "lambda_adv", "lambda_cyc",
+                                                                             "lambda_id", "lr"):
+                df[col] = df[col].astype("Int64")  # N = 10, not 10.0, in tables and axes
+    return df
+
+
+def load_study_runs(client, name: str) -> StudyRuns:
+    import mlflow
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return StudyRuns(name, None, None, pd.DataFrame(), [], [])
+    runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], max_results=50000)
+    if runs.empty:
+        return StudyRuns(name, experiment.experiment_id, None, pd.DataFrame(), [], [])
+    role = runs.get("tags.role", pd.Series(index=runs.index, dtype=object))
+    parents = runs[role == "study"]
+    parent = parents.sort_values("start_time").iloc[-1] if len(parents) else None
+    trials = _strip(runs[role != "study"].copy())
+    if "tags.optuna.state" in trials:
+        trials["state"] = trials["tags.optuna.state"].fillna(trials["status"])
+    else:
+        trials["state"] = trials["status"].map({"FINISHED": "COMPLETE", "FAILED": "FAIL"}).fillna(trials["status"])
+    trials = trials.sort_values("start_time").reset_index(drop=True)
+    objectives, directions = ["pair/forward_top1"], ["maximize"]
+    if parent is not None:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                sweep = json.loads(Path(client.download_artifacts(parent.run_id, "sweep.json", tmp)).read_text())
+            objectives, directions = sweep["objectives"], sweep["directions"]
+        except Exception:
+            pass  # an older or hand-made parent run: fall back to forward_top1
+    return StudyRuns(name, experiment.experiment_id, parent, trials, objectives, directions)
+
+
+def most_recent_study(client) -> str | None:
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    if not experiments:
+        return None
+    return max(experiments, key=lambda e: e.last_update_time or e.creation_time or 0).name
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _swept(trials: pd.DataFrame) -> list[str]:
+    params = [c for c in trials.columns if c in FACTORS or c in NUMERIC_PARAMS or c in ("data", "norm", "gan_loss")]
+    return [c for c in params if c != "seed" and trials[c].nunique(dropna=True) > 1]
+
+
+def _complete(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["state"] == "COMPLETE"] if len(trials) else trials
+
+
+def add_seed_agreement(client, trials: pd.DataFrame) -> pd.DataFrame:
+    """pair/seed_agreement per configuration: mean over seed pairs of the share of i with the same a(i)."""
+    done = _complete(trials)
+    if "tags.config_key" not in done or done.empty:
+        return trials
+    assignments = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in done.itertuples():
+            try:
+                path = client.download_artifacts(row.run_id, "pairing/assignment.json", tmp)
+                assignments[row.run_id] = np.asarray(json.loads(Path(path).read_text())["a"])
+            except Exception:
+                continue
+    trials = trials.copy()
+    for key, group in done.groupby("tags.config_key"):
+        ids = [r for r in group.run_id if r in assignments]
+        pairs = [seed_agreement(assignments[p], assignments[q]) for p, q in itertools.combinations(ids, 2)]
+        if pairs:
+            trials.loc[trials["tags.config_key"] == key, "pair/seed_agreement"] = float(
+                np.mean([s["pair/seed_agreement"] for s in pairs]))
+            trials.loc[trials["tags.config_key"] == key, "pair/seed_agreement_adjusted"] = float(
+                np.mean([s["pair/seed_agreement_adjusted"] for s in pairs]))
+    return trials
+
+
+# ---------------------------------------------------------------- sections
+
+
+def section_glance(doc: Document, runs: StudyRuns, client) -> None:
+    doc.h2("1. The study at a glance")
+    t = runs.trials
+    swept = _swept(t)
+    seeds = sorted(t["seed"].dropna().unique().tolist()) if "seed" in t else []
+    counts = t["state"].value_counts().to_dict()
+    other = sum(v for k, v in counts.items() if k not in ("COMPLETE", "PRUNED", "FAIL"))
+    wall = float("nan")
+    if runs.parent is not None:
+        history = client.get_metric_history(runs.parent.run_id, "time/sweep_wall_s")
+        wall = sum(m.value for m in history) if history else float("nan")
+    if math.isnan(wall) and len(t):
+        wall = (t["end_time"].max() - t["start_time"].min()).total_seconds()
+    sweeps = ", ".join(f"{c} in {{{', '.join(str(v) for v in sorted(t[c].dropna().unique()))}}}" for c in swept)
+    doc.p(f"Study '{runs.name}': {len(t)} trial runs; swept {sweeps or 'nothing (every run has the same settings)'}; "
+          f"seeds {seeds}. Trials complete: {counts.get('COMPLETE', 0)}, pruned: {counts.get('PRUNED', 0)}, "
+          f"failed: {counts.get('FAIL', 0)}, other: {other}. "
+          f"Total wall time {_fmt(wall / 60, 1)} min. Objective: "
+          + ", ".join(f"{o} ({d})" for o, d in zip(runs.objectives, runs.directions, strict=True)) + ".")
+    done = _complete(t)
+    objective, direction = runs.objectives[0], runs.directions[0]
+    if done.empty or objective not in done:
+        doc.note("No completed trial reports the objective: no best configuration to show.")
+        return
+    keys = swept or ["run_id"]
+    best = (done.groupby(keys, dropna=False)[objective].agg(["mean", "min", "max", "count"]).reset_index()
+            .sort_values("mean", ascending=direction == "minimize").head(5))
+    best = best.rename(columns={"mean": f"{objective} mean", "min": "min", "max": "max", "count": "runs"})
+    doc.table(best.round(3), f"Best configurations by {objective} (mean over seeds, {direction}):")
+
+
+def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure:
+    fig, axes = plt.subplots(1, len(factors), figsize=(4.2 * len(factors), 3.6), squeeze=False, sharey=True)
+    hue = "pairing" if "pairing" in factors and t["pairing"].nunique() > 1 else None
+    for ax, factor in zip(axes[0], factors, strict=True):
+        data = t.dropna(subset=[metric, factor])
+        order = sorted(data[factor].unique())
+        sns.pointplot(data=data, x=factor, y=metric, order=order, hue=hue if factor != "pairing" else None,
+                      errorbar=("ci", 95), dodge=0.3 if hue and factor != "pairing" else False, ax=ax,
+                      linestyles="none" if factor == "pairing" else "-", capsize=0.1, seed=0)
+        if chance(metric, 10) is not None:
+            if factor == "n_images":
+                ax.plot(range(len(order)), [chance(metric, n) for n in order], "k--", lw=1, label="chance")
+            else:
+                ax.axhline(float(np.mean([chance(metric, n) for n in data["n_images"]])), color="k", ls="--", lw=1,
+                           label="chance")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(f"{metric} vs {factor}")
+        if ax.get_legend() is not None and ax is not axes[0][-1]:
+            ax.get_legend().remove()
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def findings(t: pd.DataFrame) -> list[str]:
+    """Sentences that restate the numbers per pairing: nothing the numbers do not show."""
+    done = _complete(t)
+    if done.empty or "pairing" not in done or "pair/forward_top1" not in done:
+        return []
+    out = []
+    for pairing, g in done.groupby("pairing"):
+        f = g["pair/forward_top1"].dropna()
+        if f.empty:
+            continue
+        c = float(np.mean(1.0 / g["n_images"]))
+        sig = int((g.get("pair/forward_top1_pvalue", pd.Series(dtype=float)) < 0.05).sum())
+        parts = [f"With {pairing} pairing, forward_top1 = {f.mean():.2f} over {len(f)} runs "
+                 f"(range {f.min():.2f} to {f.max():.2f}; chance {c:.2f}); {sig} of {len(f)} runs beat a random "
+                 f"permutation at p < 0.05"]
+        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/bijectivity", "bijectivity"),
+                           ("pair/mutual", "mutual"), ("pair/seed_agreement", "seed_agreement")):
+            if key in g and g[key].notna().any():
+                parts.append(f"{label} = {g[key].mean():.2f}")
+        out.append(", ".join(parts) + ".")
+    if done["n_images"].min() <= 10:
+        n = int(done["n_images"].min())
+        out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric; pairing scores are "
+                   f"measured against pi, which for shuffled pairing is the aligned order.")
+    return out
+
+
+def section_pairs(doc: Document, runs: StudyRuns) -> None:
+    doc.h2("2. Pair formation")
+    t = _complete(runs.trials)
+    if t.empty:
+        doc.note("No completed trials: nothing to show about pair formation.")
+        return
+    for sentence in findings(t):
+        doc.p(sentence)
+    factors = [f for f in FACTORS if f in t and t[f].nunique() > 1] or [f for f in ("pairing",) if f in t]
+    if not factors:
+        doc.note("No factor varies across the completed runs.")
+        return
+    for metric in CORE_METRICS:
+        if metric not in t or t[metric].notna().sum() == 0:
+            doc.p(f"{metric}: no run reports it"
+                  + (" (it needs at least two seeds per configuration)." if "seed" in metric else "."))
+            continue
+        name = metric.replace("/", "_") + ".png"
+        doc.figure(_plot_metric(t, metric, factors), name,
+                   f"{metric} against each factor swept; points are means over runs with 95% bootstrap intervals "
+                   f"over runs (seeds), dashed line the chance level; {t[metric].notna().sum()} runs.")
+
+
+def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
+    doc.h2("3. Assignment pictures")
+    t = _complete(runs.trials)
+    objective = runs.objectives[0]
+    if t.empty or objective not in t:
+        doc.note("No completed trials with the objective: no runs to picture.")
+        return
+    ordered = t.dropna(subset=[objective]).sort_values(objective, ascending=runs.directions[0] == "minimize")
+    chosen = [("best", ordered.iloc[0]), ("worst", ordered.iloc[-1])]
+    if "pairing" in t:
+        chosen += [(f"{p} pairing", g.iloc[0]) for p, g in t.groupby("pairing")]
+    seen = set()
+    for label, row in chosen:
+        if row.run_id in seen:
+            continue
+        seen.add(row.run_id)
+        settings = ", ".join(f"{c}={row[c]}" for c in _swept(t) + ["seed"] if c in row)
+        doc.h3(f"{label}: {row.get('tags.mlflow.runName', row.run_id)} ({settings})")
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                D = pd.read_csv(client.download_artifacts(row.run_id, "pairing/D_xy.csv", tmp), index_col=0).to_numpy()
+                info_path = client.download_artifacts(row.run_id, "pairing/assignment.json", tmp)
+                info = json.loads(Path(info_path).read_text())
+        except Exception as err:
+            doc.note(f"distance matrix not available for this run ({type(err).__name__}).")
+            continue
+        a, pi = np.asarray(info["a"]), np.asarray(info["pi"])
+        fig = distance_heatmap(D, a, pi, title=f"{objective} = {row[objective]:.2f}")
+        doc.figure(fig, f"heatmap_{row.run_id[:8]}.png",
+                   "D_xy with the nearest y of each x (white squares) and the pair given (black dots).")
+        try:
+            name = f"strip_{row.run_id[:8]}.png"
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy(client.download_artifacts(row.run_id, "pairing/strip.png", tmp), doc.out / name)
+            doc.image(name, "Rows: x_i; G(x_i); the nearest y, y_a(i); G(G(x_i)) (first training images).")
+        except Exception as err:
+            doc.note(f"image strip not available for this run ({type(err).__name__}).")
+
+
+def _eta_squared(t: pd.DataFrame, objective: str, params: list[str]) -> dict[str, float]:
+    """Share of the objective's variance explained by each parameter alone (a one-way ANOVA per factor)."""
+    y = t[objective]
+    total = ((y - y.mean()) ** 2).sum()
+    if total == 0:
+        return {p: 0.0 for p in params}
+    return {p: float(t.groupby(p)[objective].apply(lambda g: len(g) * (g.mean() - y.mean()) ** 2).sum() / total)
+            for p in params}
+
+
+def section_importance(doc: Document, runs: StudyRuns, storage: str | None) -> None:
+    doc.h2("4. Parameter importance")
+    t = _complete(runs.trials)
+    objective = runs.objectives[0]
+    params = [p for p in _swept(t)]
+    if t.empty or objective not in t or not params:
+        doc.note("Too few completed trials or swept parameters to rank importance.")
+        return
+    rows = []
+    try:
+        import optuna
+
+        study = optuna.load_study(study_name=runs.name, storage=_open_storage(storage))
+        n_done = len([x for x in study.trials if x.state == optuna.trial.TrialState.COMPLETE])
+        for label, evaluator in (("PED-ANOVA", None), ("fANOVA", optuna.importance.FanovaImportanceEvaluator(seed=0))):
+            sign = -1.0 if runs.directions[0] == "maximize" else 1.0  # PED-ANOVA ranks what achieves LOW values
+            with warnings.catch_warnings():  # PED-ANOVA warns about the target's sign, which is handled above
+                warnings.simplefilter("ignore")
+                values = optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                                 target=lambda x, s=sign: s * x.values[0])
+            rows += [{"evaluator": label, "parameter": k, "importance": v} for k, v in values.items()]
+        source = f"Optuna's evaluators on the study ({n_done} completed trials)"
+    except Exception as err:
+        values = _eta_squared(t, objective, params)
+        rows = [{"evaluator": "eta^2 (one-way)", "parameter": k, "importance": v} for k, v in values.items()]
+        source = (f"variance explained by each parameter alone on the MLflow table ({len(t)} runs); the Optuna study "
+                  f"was not at hand ({type(err).__name__})")
+    imp = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * imp["parameter"].nunique() * max(1, imp["evaluator"].nunique())))
+    sns.barplot(data=imp, y="parameter", x="importance", hue="evaluator", ax=ax, orient="h")
+    ax.set_title(f"importance for {objective}")
+    fig.tight_layout()
+    doc.figure(fig, "importance.png", f"Parameter importance for {objective}: {source}. On few trials the "
+               "evaluators can disagree; read them together with the plots above.")
+    doc.figure(_parallel(t, params, objective), "parallel.png",
+               f"Every completed trial as one line across the swept parameters, coloured by {objective}.")
+
+
+def _parallel(t: pd.DataFrame, params: list[str], objective: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(1.8 * (len(params) + 1) + 1, 4))
+    cols = params + [objective]
+    scaled = {}
+    labels = {}
+    for c in cols:
+        values = t[c]
+        levels = sorted(values.dropna().unique(), key=lambda v: (isinstance(v, str), v))
+        codes = values.map({v: i for i, v in enumerate(levels)}).astype(float)
+        if c == objective:
+            low, high = values.min(), values.max()
+            scaled[c] = (values - low) / (high - low) if high > low else values * 0 + 0.5
+            labels[c] = [f"{low:.2f}", f"{high:.2f}"]
+        else:
+            scaled[c] = codes / max(1, len(levels) - 1) if len(levels) > 1 else codes * 0 + 0.5
+            labels[c] = [str(v) for v in levels]
+    cmap = plt.get_cmap("viridis")
+    jitter = np.random.default_rng(0).normal(0, 0.012, size=(len(t), len(cols)))
+    for k, (_, row) in enumerate(pd.DataFrame(scaled).iterrows()):
+        ax.plot(range(len(cols)), row.values + jitter[k], color=cmap(float(scaled[objective].iloc[k])), alpha=0.6, lw=1)
+    for i, c in enumerate(cols):
+        levels = labels[c]
+        positions = [0.0, 1.0] if c == objective else (np.linspace(0, 1, len(levels)) if len(levels) > 1 else [0.5])
+        for pos, lab in zip(positions, levels, strict=False):
+            ax.text(i + 0.03, pos, lab, fontsize=8, va="center")
+        ax.axvline(i, color="grey", lw=0.8)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks([])
+    ax.set_title("trials in parallel coordinates")
+    fig.tight_layout()
+    return fig
+
+
+def _open_storage(storage: str | None):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = storage or "mlruns/optuna.journal"
+    if "://" in path:
+        return path
+    if not Path(path).exists():
+        raise FileNotFoundError(path)
+    return JournalStorage(JournalFileBackend(path))
+
+
+def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
+    doc.h2("5. Seconds per epoch against N")
+    t = runs.trials.dropna(subset=["time/sec_per_epoch"]) if "time/sec_per_epoch" in runs.trials else pd.DataFrame()
+    if t.empty or "n_images" not in t:
+        doc.note("No run reports time/sec_per_epoch.")
+        return
+    warm = int(t["warmup_epochs"].dropna().iloc[0]) if "warmup_epochs" in t and t["warmup_epochs"].notna().any() else 1
+    spreads = []
+    for _, row in t.iterrows():
+        epochs = [m.value for m in client.get_metric_history(row.run_id, "time/epoch_s") if m.step > warm]
+        values = epochs or [row["time/sec_per_epoch"]]
+        spreads.append((min(values), max(values), len(epochs)))
+    t = t.assign(epoch_min=[s[0] for s in spreads], epoch_max=[s[1] for s in spreads],
+                 epochs_timed=[s[2] for s in spreads])
+    series_keys = [k for k in ("arch", "image_size", "scheme") if k in t and t[k].nunique() > 1]
+    t["series"] = t[series_keys].astype(str).agg(", ".join, axis=1) if series_keys else "all runs"
+    fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rows, fits = [], []
+    palette = dict(zip(sorted(t["series"].unique()), sns.color_palette("deep"), strict=False))
+    for series, g in t.groupby("series"):
+        colour = palette[series]
+        for axis in (ax, ax_log):
+            axis.errorbar(g["n_images"], g["time/sec_per_epoch"],
+                          yerr=[g["time/sec_per_epoch"] - g["epoch_min"], g["epoch_max"] - g["time/sec_per_epoch"]],
+                          fmt="o", color=colour, capsize=3, label=f"{series} (runs; bars: epoch min-max)")
+        for n, gn in g.groupby("n_images"):
+            rows.append({"series": series, "N": int(n),
+                         "sec/epoch (median of runs)": round(gn["time/sec_per_epoch"].median(), 4),
+                         "epoch min": round(gn["epoch_min"].min(), 4), "epoch max": round(gn["epoch_max"].max(), 4),
+                         "runs": len(gn), "epochs timed per run": int(gn["epochs_timed"].median())})
+        try:
+            fit = fit_scaling(g["n_images"].to_numpy(), g["time/sec_per_epoch"].to_numpy())
+        except ValueError as err:
+            doc.p(f"{series}: {err}.")
+            continue
+        grid = np.linspace(g["n_images"].min(), g["n_images"].max(), 50)
+        for axis in (ax, ax_log):
+            axis.plot(grid, fit.predict(grid), color=colour, lw=1.2,
+                      label=f"{series}: t = {fit.a:.3f} + {fit.b:.4f} N" if axis is ax else None)
+        fits.append({"series": series, "a (s)": round(fit.a, 4), "b (s per image)": round(fit.b, 5),
+                     "R^2": round(fit.r2, 3), "log-log slope": round(fit.loglog_slope, 3),
+                     "slope 95% interval": f"{_fmt(fit.loglog_low, 3)} to {_fmt(fit.loglog_high, 3)}",
+                     "points": fit.n_points})
+    ref_n, ref_t = zip(*REFERENCE_POINTS, strict=True)
+    for axis in (ax, ax_log):
+        axis.plot(ref_n, ref_t, "X", color="crimson", ms=10, label="original report, 128 px, 2018 GPU")
+        axis.set_xlabel("N (images per domain)")
+        axis.set_ylabel("seconds per epoch")
+    ax_log.set_xscale("log")
+    ax_log.set_yscale("log")
+    ax.set_title("linear axes")
+    ax_log.set_title("log-log axes (slope 1 = linear in N)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    doc.figure(fig, "scaling.png", f"time/sec_per_epoch (median over epochs after {warm} warm-up) against N, with "
+               f"the least-squares line t = a + bN; red crosses: the original (10, 1.5 s) and (20, 2.89 s), "
+               f"whose log-log slope is {REFERENCE_LOGLOG_SLOPE:.3f}.")
+    doc.table(pd.DataFrame(rows), "Seconds per epoch by N:")
+    if fits:
+        doc.table(pd.DataFrame(fits), "Fits (one point per run):")
+        for f in fits:
+            doc.p(f"{f['series']}: t(N) = {f['a (s)']} + {f['b (s per image)']} N (R^2 = {f['R^2']}); log-log slope "
+                  f"{f['log-log slope']} (95% interval {f['slope 95% interval']}), "
+                  f"against {REFERENCE_LOGLOG_SLOPE:.3f} "
+                  "for the original's two points.")
+
+
+def section_reproduction(doc: Document, runs: StudyRuns, client) -> None:
+    doc.h2("6. Reproduction")
+    tags = runs.parent.filter(like="tags.").to_dict() if runs.parent is not None else {}
+    get = lambda k: tags.get(f"tags.{k}", None)  # noqa: E731
+    doc.p(f"Experiment '{runs.name}' in the MLflow store {client.tracking_uri}.")
+    if not tags:
+        doc.note("No study parent run: the command and commit behind these runs were not recorded.")
+        return
+    doc.code(f"# command\n{get('command')}\n# git commit {get('mlflow.source.git.commit')}"
+             f"{' (with uncommitted changes)' if get('git_dirty') == 'True' else ''}\n"
+             f"make report STUDY={runs.name}")
+    versions = {k.removeprefix("tags.version."): v for k, v in tags.items() if k.startswith("tags.version.") and v}
+    versions["python"] = get("python")
+    doc.table(pd.DataFrame([versions]), f"Package versions ({get('machine')}):")
+
+
+def build_report(name: str | None, out: Path | None = None, storage: str | None = None, client=None) -> Path:
+    """Write reports/<study>/index.html and report.md; returns the folder. Raises nothing for thin data."""
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient()
+    name = name or most_recent_study(client)
+    if name is None:
+        name = "no-study"
+    out = Path(out or Path("reports") / name)
+    doc = Document(f"Study report: {name}", out)
+    runs = load_study_runs(client, name)
+    if runs.experiment_id is None:
+        known = ", ".join(e.name for e in client.search_experiments()) or "none"
+        doc.note(f"There is no experiment '{name}' in {client.tracking_uri}. Experiments there: {known}.")
+        doc.write()
+        return out
+    if runs.trials.empty:
+        doc.note(f"Experiment '{name}' has no trial runs yet: run the sweep first (make sweep).")
+        doc.write()
+        return out
+    if len(runs.trials) == 1:
+        doc.note("This study has one run only: no comparison, interval or fit can be drawn from it.")
+    runs.trials = add_seed_agreement(client, runs.trials)
+    missing = [m for m in CORE_METRICS if m not in runs.trials]
+    if missing:
+        doc.note(f"Metrics that no run reports: {', '.join(missing)}.")
+    for section in (section_glance, section_pairs, section_assignments, section_importance, section_scaling,
+                    section_reproduction):
+        try:
+            if section is section_pairs:
+                section(doc, runs)
+            elif section is section_importance:
+                section(doc, runs, storage)
+            else:
+                section(doc, runs, client)
+        except Exception as err:  # one broken section must not lose the others
+            doc.note(f"This section could not be drawn: {type(err).__name__}: {err}")
+            print(f"warning: {section.__name__}: {type(err).__name__}: {err}", file=sys.stderr)
+            traceback.print_exc(limit=2, file=sys.stderr)
+    doc.write()
+    return out

@@ -1,0 +1,142 @@
+"""The report, built from a small real sweep run here, checked against the MLflow numbers."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis.report import build_report
+from study.spec import load_sweep
+from study.sweep import run_sweep
+from study.tracking import RunLogger, ensure_experiment, prepare_store
+from study.trial import run_trial
+
+SWEEP = """
+name = "rep"
+seeds = [0, 1]
+eval_every = 0
+[fixed]
+image_size = 16
+n_images = 4
+n_holdout = 1
+base_filters = 8
+d_filters = 8
+batch_size = 2
+epochs = 5
+[space]
+pairing = ["aligned", "shuffled"]
+n_images = [4, 6]
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(folder)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        (folder / "rep.toml").write_text(SWEEP)
+        run_sweep(load_sweep(folder / "rep.toml"))
+        client = MlflowClient(uri)
+        # a trial that died before reporting any metric: the report must cope with it
+        experiment_id = client.get_experiment_by_name("rep").experiment_id
+        dead = client.create_run(experiment_id, run_name="trial-0099", tags={"trial": "99", "optuna.state": "FAIL"})
+        client.set_terminated(dead.info.run_id, "FAILED")
+        out = build_report("rep", folder / "reports" / "rep", str(folder / "mlruns" / "optuna.journal"), client)
+        yield folder, client, out
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+def test_report_files_exist_and_every_figure_is_there(store):
+    _, _, out = store
+    md = (out / "report.md").read_text()
+    html = (out / "index.html").read_text()
+    figures = re.findall(r"\]\(([^)]+\.png)\)", md)
+    assert len(figures) >= 10
+    for name in figures:
+        assert (out / name).stat().st_size > 1000, name
+        assert f'src="{name}"' in html
+    for heading in ("1. The study at a glance", "2. Pair formation", "3. Assignment pictures",
+                    "4. Parameter importance", "5. Seconds per epoch against N", "6. Reproduction"):
+        assert heading in md
+    assert "could not be drawn" not in md
+    assert "failed: 1" in md  # the dead trial is counted, not hidden
+
+
+def test_report_numbers_match_mlflow(store):
+    _, client, out = store
+    md = (out / "report.md").read_text()
+    runs = mlflow.search_runs(experiment_names=["rep"], filter_string="tags.`optuna.state` = 'COMPLETE'")
+    assert len(runs) == 8
+    for pairing, group in runs.groupby("params.pairing"):
+        mean = group["metrics.pair/forward_top1"].mean()
+        assert f"With {pairing} pairing, forward_top1 = {mean:.2f} over {len(group)} runs" in md
+        cycle = group["metrics.pair/cycle_top1"].mean()
+        assert re.search(rf"With {pairing} pairing,.*cycle_top1 = {cycle:.2f}", md)
+    for n, group in runs.groupby("params.n_images"):
+        median = round(group["metrics.time/sec_per_epoch"].median(), 4)
+        assert re.search(rf"\| all runs \| {n} \| {median} \|", md), (n, median)
+    assert "git commit" in md and "torch" in md
+
+
+def test_report_on_missing_empty_and_single_run_experiments(store, tmp_path):
+    folder, client, _ = store
+    out = build_report("no-such-study", tmp_path / "missing", client=client)
+    assert "There is no experiment 'no-such-study'" in (out / "report.md").read_text()
+    ensure_experiment(client, "empty")
+    out = build_report("empty", tmp_path / "empty", client=client)
+    assert "has no trial runs yet" in (out / "report.md").read_text()
+    prepare_store(client.tracking_uri)
+    experiment_id = ensure_experiment(client, "single")
+    logger = RunLogger.start(client, experiment_id, "run-1", tags={"study": "single"})
+    from cyclelike.config import RunConfig
+
+    run_trial(RunConfig(image_size=16, n_images=4, n_holdout=1, base_filters=8, d_filters=8, epochs=2), logger,
+              eval_every=0, progress=False)
+    logger.finish()
+    out = build_report("single", tmp_path / "single", client=client)
+    md = (out / "report.md").read_text()
+    assert "one run only" in md and "2. Pair formation" in md and (out / "index.html").exists()
+
+
+def test_report_command_says_when_the_experiment_is_missing(store):
+    folder, _, _ = store
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlruns/mlflow.db"}
+    out = subprocess.run([sys.executable, "-m", "analysis", "report", "--experiment", "nope", "--out",
+                          str(folder / "nope")], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "no experiment 'nope'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_index_html_renders_in_headless_chromium(store):
+    _, _, out = store
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs Debian's chromium where it can)")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={out.parent / 'chromium-profile'}", "--virtual-time-budget=10000"]
+    page = (out / "index.html").as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    images = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    assert images >= 10
+    assert 'data-broken-images="0"' in dom
+    shot = out / "screenshot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400", page], capture_output=True,
+                   timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20000
+    keep = os.environ.get("REPORT_SCREENSHOT")  # a person can look at it: REPORT_SCREENSHOT=/tmp/shot.png
+    if keep:
+        shutil.copy(shot, keep)
