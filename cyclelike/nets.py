@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import RunConfig
@@ -34,6 +35,47 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """3x3 kernels -> the four 2x2 kernels that act on the low-resolution input, one per output phase.
+
+    Nearest 2x upsampling repeats each pixel, so output row 2i (phase 0) sees input rows i-1, i, i with
+    taps W0, W1, W2 (the two taps on row i sum), and row 2i+1 (phase 1) sees rows i, i, i+1. Likewise
+    for columns. Order of the result: phases (0,0), (0,1), (1,0), (1,1) stacked on the output axis."""
+    w0, w1, w2 = weight[:, :, 0], weight[:, :, 1], weight[:, :, 2]
+    rows = (torch.stack([w0, w1 + w2], 2), torch.stack([w0 + w1, w2], 2))
+    kernels = []
+    for r in rows:
+        c0, c1, c2 = r[..., 0], r[..., 1], r[..., 2]
+        kernels += [torch.stack([c0, c1 + c2], -1), torch.stack([c0 + c1, c2], -1)]
+    return torch.cat(kernels, 0)
+
+
+class UpConv(nn.Module):
+    """Nearest 2x upsampling then a 3x3 convolution, as in the original decoder.
+
+    `fused=True` computes the same function without building the upsampled tensor: four 2x2
+    convolutions on the low-resolution input, interleaved. That is 16 instead of 36 multiply-adds per
+    output pixel and channel pair; the weights (and the state dict) are those of the 3x3 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, fused: bool = True, bias: bool = True):
+        super().__init__()
+        self.fused = fused
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the 2x2 convolutions also cover a one-pixel border: at h <= 2 that costs more than it saves
+        if not self.fused or min(x.shape[-2:]) <= 2:
+            return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        n, _, h, w = x.shape
+        c = self.conv.out_channels
+        bias = self.conv.bias.repeat(4) if self.conv.bias is not None else None
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), _phase_kernels(self.conv.weight), bias)
+        offsets = ((0, 0), (0, 1), (1, 0), (1, 1))
+        phases = [y[:, k * c : (k + 1) * c, a : a + h, b : b + w] for k, (a, b) in enumerate(offsets)]
+        out = torch.stack(phases, 2).view(n, c, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+        return out.reshape(n, c, 2 * h, 2 * w)
+
+
 class Generator(nn.Module):
     """Stride-2 3x3 encoder down to 1x1, upsampling + 3x3 conv decoder, tanh output.
 
@@ -43,15 +85,19 @@ class Generator(nn.Module):
     """
 
     def __init__(self, image_size: int, base: int = 64, norm: str = "batch", dropout: float = 0.0,
-                 skips: bool = True, channels: int = 3):
+                 skips: bool = True, channels: int = 3, fused_upsample: bool = True):
         super().__init__()
         depth = int(math.log2(image_size))
         widths = [base * min(8, 2**i) for i in range(depth)]
         self.skips = skips
         self.down = nn.ModuleList()
+        # a bias right before a norm layer is removed by it: its gradient is rounding noise
+        normed = norm != "none"
         for i in range(depth):
-            layers = [nn.Conv2d(channels if i == 0 else widths[i - 1], widths[i], 3, stride=2, padding=1)]
-            if 0 < i < depth - 1:
+            has_norm = 0 < i < depth - 1
+            layers = [nn.Conv2d(channels if i == 0 else widths[i - 1], widths[i], 3, stride=2, padding=1,
+                                bias=not (has_norm and normed))]
+            if has_norm:
                 layers.append(norm_layer(norm, widths[i]))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             self.down.append(nn.Sequential(*layers))
@@ -59,17 +105,12 @@ class Generator(nn.Module):
         for i in range(depth - 1, 0, -1):
             inner = i == depth - 1
             in_ch = widths[i] * (1 if inner or not skips else 2)
-            layers = [nn.Upsample(scale_factor=2, mode="nearest"),
-                      nn.Conv2d(in_ch, widths[i - 1], 3, padding=1), norm_layer(norm, widths[i - 1])]
+            layers = [UpConv(in_ch, widths[i - 1], fused_upsample, bias=not normed), norm_layer(norm, widths[i - 1])]
             if dropout > 0 and i >= depth - 3:
                 layers.append(nn.Dropout(dropout))
             layers.append(nn.ReLU(inplace=True))
             self.up.append(nn.Sequential(*layers))
-        self.out = nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(widths[0] * (2 if skips else 1), channels, 3, padding=1),
-            nn.Tanh(),
-        )
+        self.out = nn.Sequential(UpConv(widths[0] * (2 if skips else 1), channels, fused_upsample), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = []
@@ -99,7 +140,7 @@ class PatchDiscriminator(nn.Module):
         width = base
         for i in range(1, n_down + 1):
             nxt = base * min(8, 2**i)
-            layers += [nn.Conv2d(width, nxt, 4, stride=2 if i < n_down else 1, padding=1),
+            layers += [nn.Conv2d(width, nxt, 4, stride=2 if i < n_down else 1, padding=1, bias=norm == "none"),
                        norm_layer(norm, nxt), nn.LeakyReLU(0.2, True)]
             width = nxt
         layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
@@ -112,8 +153,8 @@ class PatchDiscriminator(nn.Module):
 
 
 GENERATORS: dict[str, Callable[[RunConfig], nn.Module]] = {
-    "encdec": lambda c: Generator(c.image_size, c.base_filters, c.norm, c.dropout, skips=False),
-    "unet": lambda c: Generator(c.image_size, c.base_filters, c.norm, c.dropout, skips=True),
+    "encdec": lambda c: Generator(c.image_size, c.base_filters, c.norm, c.dropout, False, 3, c.fused_upsample),
+    "unet": lambda c: Generator(c.image_size, c.base_filters, c.norm, c.dropout, True, 3, c.fused_upsample),
 }
 
 

@@ -97,6 +97,7 @@ class RunLogger:
         self.client, self.run_id = client, run_id
         self.flush_seconds = flush_seconds
         self._metrics: list[Metric] = []
+        self.pending_tags: dict[str, Any] = {}  # sent with the closing batch
         self._last_flush = time.monotonic()
         self.log_seconds = 0.0  # time spent in MLflow calls: the logging overhead, measured
 
@@ -136,6 +137,9 @@ class RunLogger:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._timed(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_dir(self, folder: str | Path) -> None:
+        self._timed(self.client.log_artifacts, self.run_id, str(folder))
+
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._timed(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
@@ -163,8 +167,10 @@ class RunLogger:
     def finish(self, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:
         """Flush and close with FINISHED, FAILED or KILLED; never leaves the run RUNNING."""
         try:
+            tags = {**self.pending_tags, **(tags or {})}
+            batch, self._metrics = self._metrics[:MAX_BATCH], self._metrics[MAX_BATCH:]
             self.flush()
-            if tags:
-                self.set_tags(tags)
+            self._timed(self.client.log_batch, self.run_id, metrics=batch,
+                        tags=[RunTag(k, str(v)) for k, v in tags.items()])
         finally:
             self._timed(self.client.set_terminated, self.run_id, status)

@@ -7,6 +7,7 @@ Optuna: the sweep passes `report`, which sees each evaluation and answers whethe
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.utils import save_image
 
-from analysis.figures import distance_heatmap
+from analysis.figures import distance_heatmap_image
 from analysis.pairing import evaluate_pairing
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, load_domains
@@ -54,7 +56,6 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
               desc: str = "train", progress: bool = True, data: Domains | None = None) -> TrialOutcome:
     t_start = time.perf_counter()
     logger.log_params(config.to_dict())
-    logger.log_dict(config.to_dict(), "config.json")
     data = data if data is not None else load_domains(config)
     eval_s = 0.0
     pruned = False
@@ -98,26 +99,29 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     timing = {"train_s": train_s, "eval_s": eval_s, "log_s": logger.log_seconds,
               "total_s": time.perf_counter() - t_start}
     logger.log_metrics({"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]}, step=epoch)
-    logger.flush()
+    logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
     return TrialOutcome(metrics, result.sec_per_epoch, epoch, pruned, timing, final.a.tolist())
 
 
 def _log_final_artifacts(logger: RunLogger, result, final, data: Domains, epoch: int) -> None:
-    logger.log_image(sample_grid(result.translator, data), f"samples/epoch_{epoch:04d}.png")
-    logger.log_image(assignment_strip(result.translator, data, final.a), "pairing/strip.png")
-    logger.log_text(_matrix_csv(final.D_xy, "x", "y"), "pairing/D_xy.csv")
-    logger.log_figure(distance_heatmap(final.D_xy, final.a, final.pi), "pairing/D_xy.png")
-    if final.D_yx is not None:
-        logger.log_text(_matrix_csv(final.D_yx, "y", "x"), "pairing/D_yx.csv")
-        logger.log_figure(distance_heatmap(final.D_yx, final.b, np.argsort(final.pi),
-                                           title="D_yx[j, i] = d(G(y_j), x_i)", row_label="y_j", col_label="x_i"),
-                          "pairing/D_yx.png")
-    logger.log_dict({"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(),
-                     "pi": final.pi.tolist(), "x_names": data.x_names, "y_names": data.y_names},
-                    "pairing/assignment.json")
+    """Every end-of-run artifact written into one folder and logged with one call: each MLflow call on a
+    sqlite store costs milliseconds, and a sweep makes hundreds of them."""
     with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for sub in ("samples", "pairing", "model"):
+            (root / sub).mkdir()
+        save_image(sample_grid(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
+        save_image(assignment_strip(result.translator, data, final.a), root / "pairing" / "strip.png")
+        (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
+        save_image(distance_heatmap_image(final.D_xy, final.a, final.pi), root / "pairing" / "D_xy.png")
+        if final.D_yx is not None:
+            (root / "pairing" / "D_yx.csv").write_text(_matrix_csv(final.D_yx, "y", "x"))
+            save_image(distance_heatmap_image(final.D_yx, final.b, np.argsort(final.pi)), root / "pairing" / "D_yx.png")
+        (root / "pairing" / "assignment.json").write_text(json.dumps(
+            {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
+             "x_names": data.x_names, "y_names": data.y_names}, indent=1))
+        (root / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2))
         for name, net in result.nets.items():
-            if name.startswith("G") or name == "F":
-                path = Path(tmp) / f"{name}.pt"
-                torch.save({k: v.cpu() for k, v in net.state_dict().items()}, path)
-                logger.log_file(path, "model")
+            if name in ("G", "F"):
+                torch.save({k: v.cpu() for k, v in net.state_dict().items()}, root / "model" / f"{name}.pt")
+        logger.log_dir(root)

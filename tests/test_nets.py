@@ -34,4 +34,18 @@ def test_encoder_goes_down_to_one_pixel_with_capped_widths():
 def test_unet_differs_from_encdec_by_its_skips():
     unet = define_G(RunConfig(arch="unet", image_size=32))
     encdec = define_G(RunConfig(arch="encdec", image_size=32))
-    assert unet.out[1].in_channels == 2 * encdec.out[1].in_channels
+    assert unet.out[0].conv.in_channels == 2 * encdec.out[0].conv.in_channels
+
+
+def test_fused_upsample_computes_the_same_function_and_gradients():
+    torch.manual_seed(0)
+    fused = define_G(RunConfig(arch="unet", image_size=32, base_filters=8, fused_upsample=True)).double()
+    plain = define_G(RunConfig(arch="unet", image_size=32, base_filters=8, fused_upsample=False)).double()
+    plain.load_state_dict(fused.state_dict())  # one set of weights serves both
+    x = torch.randn(3, 3, 32, 32, dtype=torch.double)
+    out_f, out_p = fused(x), plain(x)
+    assert torch.allclose(out_f, out_p, atol=1e-12)
+    (out_f**2).sum().backward()
+    (out_p**2).sum().backward()
+    for (name, pf), pp in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(pf.grad, pp.grad, atol=1e-10), name
