@@ -12,7 +12,7 @@ CONFIG ?= study/configs/default.toml
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 STUDY ?=
-.PHONY: help test lint train sweep run ui dashboard report scaling browser clean
+.PHONY: help test lint train sweep run ui dashboard report scaling bench browser clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ report: .venv  ## report on the most recent study, or STUDY=name: reports/<study
 scaling: .venv  ## the seconds-per-epoch scaling study (study/configs/scaling.toml), then its report
 	$(PY) -m study sweep --config study/configs/scaling.toml $(ARGS)
 	$(PY) -m analysis report --experiment scaling
+
+bench: .venv  ## reference vs fast path, FLOP utilisation, harness overhead: a table and bench.json
+	$(PY) -m study.bench $(ARGS)
 
 # headless Chromium for the report's browser test; where it cannot be installed that test skips and says why
 browser:

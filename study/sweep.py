@@ -186,7 +186,6 @@ def run_one(study: optuna.Study, ctx: Context, client) -> None:
     config = spec.config_for(params, seed)
     if config.threads == 0:
         config = config.replace(threads=ctx.threads)
-    trial.set_user_attr("invocation", ctx.invocation)
     logger = RunLogger.start(client, ctx.experiment_id, f"trial-{trial.number:04d}", parent_run_id=ctx.parent_run_id,
                              tags={"study": spec.name, "trial": trial.number, "seed": seed,
                                    "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING"})
@@ -210,9 +209,9 @@ def run_one(study: optuna.Study, ctx: Context, client) -> None:
         return _fail(study, trial, logger, f"{type(err).__name__}: {err}")
     except Exception:
         return _fail(study, trial, logger, traceback.format_exc())
-    for k, v in outcome.timing.items():
-        trial.set_user_attr(f"time_{k}", v)
-    trial.set_user_attr("sec_per_epoch", outcome.sec_per_epoch)
+    # one attribute, one storage write: several per trial added up to a visible share of a short sweep
+    trial.set_user_attr("timing", {**outcome.timing, "sec_per_epoch": outcome.sec_per_epoch,
+                                   "invocation": ctx.invocation})
     summary = " ".join(f"{k}={v}" for k, v in params.items())
     if outcome.pruned:
         trial.set_user_attr("pruned_at_epoch", outcome.epochs_run)
@@ -323,9 +322,10 @@ def trials_table(study: optuna.Study, spec: SweepSpec) -> pd.DataFrame:
         row = {"trial": t.number, "state": t.state.name, "seed": t.user_attrs.get("seed"), **t.params}
         for i, m in enumerate(spec.objectives):
             row[m] = t.values[i] if t.values else float("nan")
-        row["sec_per_epoch"] = t.user_attrs.get("sec_per_epoch", float("nan"))
-        for k in ("time_train_s", "time_eval_s", "time_total_s"):
-            row[k] = t.user_attrs.get(k, 0.0)
-        row["invocation"] = t.user_attrs.get("invocation", "")
+        timing = t.user_attrs.get("timing", {})
+        row["sec_per_epoch"] = timing.get("sec_per_epoch", float("nan"))
+        for k in ("train_s", "eval_s", "total_s"):
+            row[f"time_{k}"] = timing.get(k, 0.0)
+        row["invocation"] = timing.get("invocation", "")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -59,11 +59,16 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     data = data if data is not None else load_domains(config)
     eval_s = 0.0
     pruned = False
+    # every artifact is written here and sent with one call at the end: each MLflow call costs milliseconds
+    staging = tempfile.TemporaryDirectory()
+    root = Path(staging.name)
+    for sub in ("samples", "pairing", "model"):
+        (root / sub).mkdir()
     n_grids = 0
 
     def on_epoch(stats: EpochStats, translator: Translator) -> bool:
         nonlocal eval_s, pruned, n_grids
-        logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)
+        logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
         if not eval_every or stats.epoch % eval_every or stats.epoch == config.epochs:
             return False
         t0 = time.perf_counter()
@@ -72,30 +77,32 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         logger.log_metrics(result.metrics, step=stats.epoch)
         if n_grids < 3:  # a few epochs' samples show the pairs forming without filling the store
             n_grids += 1
-            logger.log_image(sample_grid(translator, data), f"samples/epoch_{stats.epoch:04d}.png")
-        logger.flush()  # live curves in the UI at every evaluation
+            save_image(sample_grid(translator, data), root / "samples" / f"epoch_{stats.epoch:04d}.png")
         if report is not None and report(stats.epoch, result.metrics):
             pruned = True
             return True
         return False
 
-    t_train = time.perf_counter()
-    result = train(config, data, callback=on_epoch, progress=progress, desc=desc)
-    train_s = time.perf_counter() - t_train - eval_s
-    epoch = result.history[-1].epoch
-    t0 = time.perf_counter()
-    final = _evaluate(result.translator, data)
-    eval_s += time.perf_counter() - t0
-    metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
-               **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
-    logger.log_metrics(final.metrics, step=epoch)
-    logger.log_metrics({"time/sec_per_epoch": result.sec_per_epoch, "time/train_s": train_s, "time/eval_s": eval_s,
-                        "time/warmup_epochs": config.warmup_epochs}, step=epoch)
-    for key, share in final.shares.items():
-        logger.log_metrics({f"{key}_ci_low": share.low, f"{key}_ci_high": share.high, f"{key}_chance": share.chance},
-                           step=epoch)
-    logger.flush()
-    _log_final_artifacts(logger, result, final, data, epoch)
+    try:
+        t_train = time.perf_counter()
+        result = train(config, data, callback=on_epoch, progress=progress, desc=desc)
+        train_s = time.perf_counter() - t_train - eval_s
+        epoch = result.history[-1].epoch
+        t0 = time.perf_counter()
+        final = _evaluate(result.translator, data)
+        eval_s += time.perf_counter() - t0
+        metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
+                   **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
+        logger.log_metrics(final.metrics, step=epoch)
+        logger.log_metrics({"time/sec_per_epoch": result.sec_per_epoch, "time/train_s": train_s,
+                            "time/eval_s": eval_s, "time/warmup_epochs": config.warmup_epochs}, step=epoch)
+        for key, share in final.shares.items():
+            logger.log_metrics({f"{key}_ci_low": share.low, f"{key}_ci_high": share.high,
+                                f"{key}_chance": share.chance}, step=epoch)
+        _write_final_artifacts(root, result, final, data, epoch)
+    finally:
+        logger.log_dir(root)  # whatever exists, also when training failed half-way
+        staging.cleanup()
     timing = {"train_s": train_s, "eval_s": eval_s, "log_s": logger.log_seconds,
               "total_s": time.perf_counter() - t_start}
     logger.log_metrics({"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]}, step=epoch)
@@ -103,25 +110,19 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     return TrialOutcome(metrics, result.sec_per_epoch, epoch, pruned, timing, final.a.tolist())
 
 
-def _log_final_artifacts(logger: RunLogger, result, final, data: Domains, epoch: int) -> None:
-    """Every end-of-run artifact written into one folder and logged with one call: each MLflow call on a
-    sqlite store costs milliseconds, and a sweep makes hundreds of them."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for sub in ("samples", "pairing", "model"):
-            (root / sub).mkdir()
-        save_image(sample_grid(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
-        save_image(assignment_strip(result.translator, data, final.a), root / "pairing" / "strip.png")
-        (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
-        save_image(distance_heatmap_image(final.D_xy, final.a, final.pi), root / "pairing" / "D_xy.png")
-        if final.D_yx is not None:
-            (root / "pairing" / "D_yx.csv").write_text(_matrix_csv(final.D_yx, "y", "x"))
-            save_image(distance_heatmap_image(final.D_yx, final.b, np.argsort(final.pi)), root / "pairing" / "D_yx.png")
-        (root / "pairing" / "assignment.json").write_text(json.dumps(
-            {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
-             "x_names": data.x_names, "y_names": data.y_names}, indent=1))
-        (root / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2))
-        for name, net in result.nets.items():
-            if name in ("G", "F"):
-                torch.save({k: v.cpu() for k, v in net.state_dict().items()}, root / "model" / f"{name}.pt")
-        logger.log_dir(root)
+def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int) -> None:
+    """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
+    save_image(sample_grid(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
+    save_image(assignment_strip(result.translator, data, final.a), root / "pairing" / "strip.png")
+    (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
+    save_image(distance_heatmap_image(final.D_xy, final.a, final.pi), root / "pairing" / "D_xy.png")
+    if final.D_yx is not None:
+        (root / "pairing" / "D_yx.csv").write_text(_matrix_csv(final.D_yx, "y", "x"))
+        save_image(distance_heatmap_image(final.D_yx, final.b, np.argsort(final.pi)), root / "pairing" / "D_yx.png")
+    (root / "pairing" / "assignment.json").write_text(json.dumps(
+        {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
+         "x_names": data.x_names, "y_names": data.y_names}, indent=1))
+    (root / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2))
+    for name, net in result.nets.items():
+        if name in ("G", "F"):
+            torch.save({k: v.cpu() for k, v in net.state_dict().items()}, root / "model" / f"{name}.pt")
