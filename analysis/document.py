@@ -20,6 +20,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; } th { background: #f0f0f0; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #555; } pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+img.pixels { width: 100%; max-width: 900px; image-rendering: pixelated; }
 .note { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.5em 1em; }
 """
 
@@ -41,6 +42,7 @@ class Block:
     text: str = ""
     path: str = ""
     table: pd.DataFrame | None = None
+    wide: bool = False  # small pixel images shown enlarged, without smoothing
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -82,9 +84,9 @@ class Document:
         plt.close(fig)
         self.blocks.append(Block("figure", caption, path=name))
 
-    def image(self, name: str, caption: str) -> None:
+    def image(self, name: str, caption: str, wide: bool = False) -> None:
         """A PNG already written into the report folder."""
-        self.blocks.append(Block("figure", caption, path=name))
+        self.blocks.append(Block("figure", caption, path=name, wide=wide))
 
     def markdown(self) -> str:
         parts = []
@@ -118,7 +120,8 @@ class Document:
                 caption = f"<p>{html.escape(b.text)}</p>" if b.text else ""
                 parts.append(caption + b.table.to_html(index=False, border=0, na_rep="-"))
             elif b.kind == "figure":
-                parts.append(f'<figure><img src="{html.escape(b.path)}" alt="{html.escape(b.text)}">'
+                wide = ' class="pixels"' if b.wide else ""
+                parts.append(f'<figure><img{wide} src="{html.escape(b.path)}" alt="{html.escape(b.text)}">'
                              f"<figcaption>{html.escape(b.text)}</figcaption></figure>")
         body = "\n".join(parts)
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}"

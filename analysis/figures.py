@@ -15,7 +15,7 @@ def distance_heatmap(D: np.ndarray, a: np.ndarray | None = None, pi: np.ndarray 
                      title: str = "D_xy[i, j] = d(G(x_i), y_j)", row_label: str = "x_i",
                      col_label: str = "y_j") -> plt.Figure:
     """The distance matrix with the nearest target of each row (a, white square) and the pairing in force
-    (pi, black dot) marked: where they coincide, the pair given is the pair formed."""
+    (pi, red dot) marked: where they coincide, the pair given is the pair formed."""
     n_rows, n_cols = D.shape
     side = min(10.0, 2.0 + 0.35 * max(n_rows, n_cols))
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
@@ -26,7 +26,7 @@ def distance_heatmap(D: np.ndarray, a: np.ndarray | None = None, pi: np.ndarray 
         ax.scatter(np.asarray(a) + 0.5, rows + 0.5, marker="s", s=120, facecolors="none", edgecolors="white",
                    linewidths=1.8, label="nearest y (a(i))")
     if pi is not None:
-        ax.scatter(np.asarray(pi) + 0.5, rows + 0.5, marker="o", s=18, color="black", label="given pair (pi(i))")
+        ax.scatter(np.asarray(pi) + 0.5, rows + 0.5, marker="o", s=22, color="orangered", label="given pair (pi(i))")
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
     ax.set_title(title)
@@ -54,7 +54,7 @@ def distance_heatmap_image(D: np.ndarray, a: np.ndarray | None = None, pi: np.nd
             r0, c0 = i * cell, int(a[i]) * cell
             image[r0 : r0 + cell, [c0, c0 + cell - 1]] = 1.0
             image[[r0, r0 + cell - 1], c0 : c0 + cell] = 1.0
-        if pi is not None:  # black dot: the pair given pi(i)
+        if pi is not None:  # red dot: the pair given pi(i)
             q, r0, c0 = max(1, cell // 4), i * cell + cell // 2, int(pi[i]) * cell + cell // 2
-            image[r0 - q // 2 : r0 + q - q // 2, c0 - q // 2 : c0 + q - q // 2] = 0.0
+            image[r0 - q // 2 : r0 + q - q // 2, c0 - q // 2 : c0 + q - q // 2] = (1.0, 0.27, 0.0)
     return torch.from_numpy(image).permute(2, 0, 1).float()

@@ -277,12 +277,12 @@ def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
         a, pi = np.asarray(info["a"]), np.asarray(info["pi"])
         fig = distance_heatmap(D, a, pi, title=f"{objective} = {row[objective]:.2f}")
         doc.figure(fig, f"heatmap_{row.run_id[:8]}.png",
-                   "D_xy with the nearest y of each x (white squares) and the pair given (black dots).")
+                   "D_xy with the nearest y of each x (white squares) and the pair given (red dots).")
         try:
             name = f"strip_{row.run_id[:8]}.png"
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy(client.download_artifacts(row.run_id, "pairing/strip.png", tmp), doc.out / name)
-            doc.image(name, "Rows: x_i; G(x_i); the nearest y, y_a(i); G(G(x_i)) (first training images).")
+            doc.image(name, "Rows: x_i; G(x_i); the nearest y, y_a(i); G(G(x_i)) (first training images).", wide=True)
         except Exception as err:
             doc.note(f"image strip not available for this run ({type(err).__name__}).")
 
@@ -420,7 +420,7 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
             axis.plot(grid, fit.predict(grid), color=colour, lw=1.2,
                       label=f"{series}: t = {fit.a:.3f} + {fit.b:.4f} N" if axis is ax else None)
         fits.append({"series": series, "a (s)": round(fit.a, 4), "b (s per image)": round(fit.b, 5),
-                     "R^2": round(fit.r2, 3), "log-log slope": round(fit.loglog_slope, 3),
+                     "R^2": round(fit.r2, 4), "log-log slope": round(fit.loglog_slope, 3),
                      "slope 95% interval": f"{_fmt(fit.loglog_low, 3)} to {_fmt(fit.loglog_high, 3)}",
                      "points": fit.n_points})
     ref_n, ref_t = zip(*REFERENCE_POINTS, strict=True)

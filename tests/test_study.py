@@ -268,3 +268,24 @@ def test_mlflow_server_serves_the_runs(swept):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_pruned_trials_end_pruned_and_tagged(tmp_path, monkeypatch):
+    """Pruning decisions are Optuna's; what is ours is ending the trial and its run correctly."""
+    import study.sweep as sweep_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    # forward_top1 is at most 1, so this pruner stops every trial at its first evaluation
+    monkeypatch.setattr(sweep_module, "make_pruner", lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
+    path = write_sweep(tmp_path, "pruned", epochs=6)
+    path.write_text(path.read_text().replace('eval_every = 2', 'eval_every = 2\npruner = "median"'))
+    table = run_sweep(load_sweep(path))
+    assert set(table["state"]) == {"PRUNED"} and len(table) == 4
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("pruned").experiment_id], "tags.trial != ''")
+    assert len(runs) == 4
+    for run in runs:
+        assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+        assert run.data.tags["pruned_at_epoch"] == "2"
+        assert len(client.get_metric_history(run.info.run_id, "loss/G_l1")) == 2  # it stopped training there
