@@ -1,3 +1,5 @@
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -18,3 +20,22 @@ def shared_data() -> Path:
     if not folder.is_dir():
         pytest.skip(f"sample data not found at {folder} (../shared/data beside the checkout)")
     return folder
+
+
+@contextlib.contextmanager
+def store_in(folder: Path):
+    """Run inside `folder` with its own MLflow store, as `make sweep` run from there would; restored after.
+
+    For module-scoped fixtures, where pytest's monkeypatch is not available."""
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    os.chdir(folder)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield uri
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri

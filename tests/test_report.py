@@ -8,6 +8,7 @@ import sys
 
 import mlflow
 import pytest
+from conftest import store_in
 from mlflow.tracking import MlflowClient
 
 from analysis.report import build_report
@@ -37,12 +38,8 @@ n_images = [4, 6]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
-    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
-    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    with store_in(folder) as uri:
+        mlflow.set_tracking_uri(uri)
         (folder / "rep.toml").write_text(SWEEP)
         run_sweep(load_sweep(folder / "rep.toml"))
         client = MlflowClient(uri)
@@ -52,12 +49,6 @@ def store(tmp_path_factory):
         client.set_terminated(dead.info.run_id, "FAILED")
         out = build_report("rep", folder / "reports" / "rep", str(folder / "mlruns" / "optuna.journal"), client)
         yield folder, client, out
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
 
 
 def test_report_files_exist_and_every_figure_is_there(store):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import store_in
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -53,20 +54,11 @@ def env_for(folder: Path) -> dict:
 def swept(tmp_path_factory):
     """One real sweep (2 cells x 2 seeds), run twice: the second run must resume, not repeat."""
     folder = tmp_path_factory.mktemp("sweep")
-    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlruns/mlflow.db"
-    try:
+    with store_in(folder):
         spec = load_sweep(write_sweep(folder, "tiny"))
         first = run_sweep(spec)
         second = run_sweep(spec)
         yield folder, spec, first, second
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
 
 
 def test_sweep_logs_every_trial_to_mlflow(swept):
