@@ -216,8 +216,12 @@ def findings(t: pd.DataFrame) -> list[str]:
         for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/bijectivity", "bijectivity"),
                            ("pair/mutual", "mutual"), ("pair/seed_agreement", "seed_agreement")):
             if key in g and g[key].notna().any():
-                parts.append(f"{label} = {g[key].mean():.2f}")
+                level = float(np.mean([chance(key, n) for n in g["n_images"]]))
+                parts.append(f"{label} = {g[key].mean():.2f} (chance {level:.2f})")
         out.append(", ".join(parts) + ".")
+    if done["n_images"].nunique() > 1:
+        out.append("Chance levels are means over the runs of each group (1/N for a share of N images; "
+                   "1 - (1 - 1/N)^N distinct targets for bijectivity, the value of a uniformly random map).")
     if done["n_images"].min() <= 10:
         n = int(done["n_images"].min())
         out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric; pairing scores are "
