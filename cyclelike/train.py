@@ -274,7 +274,7 @@ def _resume(path: Path, config: RunConfig, nets, optims, gen) -> tuple[int, list
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = RunConfig.from_dict(state["config"])
     # epochs and execution settings may change on resume; anything that changes the maths may not
-    free = {"epochs", "device", "threads", "warmup_epochs"}
+    free = {"epochs", "device", "threads", "warmup_epochs", "compile"}
     changed = sorted(k for k, v in saved.to_dict().items() if k not in free and getattr(config, k) != v)
     if changed:
         raise ValueError(f"checkpoint {path} was made with other settings: {', '.join(changed)}; "
@@ -323,6 +323,8 @@ def train(
     if path is not None and path.exists():
         start, history = _resume(path, config, nets, optims, gen)
     translator = make_translator(nets, config.scheme)
+    # compiled wrappers share the parameters; checkpoints and evaluation keep using the plain modules
+    step_nets = {k: torch.compile(v) for k, v in nets.items()} if config.compile else nets
     stopped = False
     bar = tqdm(range(start + 1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress,
                initial=start, total=config.epochs, leave=False, dynamic_ncols=True)
@@ -331,7 +333,7 @@ def train(
             net.train()
         _sync(device)
         t0 = time.perf_counter()
-        sums, steps = run_epoch(nets, optims, data, config, gen, gan, autocast)
+        sums, steps = run_epoch(step_nets, optims, data, config, gen, gan, autocast)
         losses = epoch_losses(sums, steps, config)
         _sync(device)
         stats = EpochStats(epoch, time.perf_counter() - t0, losses)
