@@ -52,8 +52,11 @@ def open_storage(url: str | None, workers: int = 1):
     if url.startswith("sqlite") and workers > 1:
         raise SweepError(f"--storage {url}: Optuna on sqlite is unsafe with several workers (trials run twice); "
                          "use a journal file (the default) or PostgreSQL")
-    # an RDB (PostgreSQL for several machines): heartbeats let Optuna fail the trials of a dead worker
-    return RDBStorage(url, heartbeat_interval=60, grace_period=180) if not url.startswith("sqlite") else RDBStorage(url)
+    if url.startswith("sqlite"):
+        return RDBStorage(url)
+    # PostgreSQL for several machines: no process can tell another machine's live trial from a dead one,
+    # so heartbeats decide, and Optuna hands each dead trial to `_killed` as it fails it
+    return RDBStorage(url, heartbeat_interval=60, grace_period=180, failed_trial_callback=_killed)
 
 
 def make_sampler(spec: SweepSpec, seed: int = 0) -> optuna.samplers.BaseSampler:
@@ -92,11 +95,31 @@ def load_study(spec: SweepSpec, storage, create: bool = False) -> optuna.Study:
     return optuna.load_study(**kwargs)
 
 
+def _retry(study: optuna.Study, trial) -> None:
+    """Queue a killed trial's configuration and seed again: it did not fail, it was stopped."""
+    if "config_key" in trial.user_attrs:
+        study.enqueue_trial(trial.params, user_attrs={k: trial.user_attrs[k] for k in ("seed", "config_key")}
+                            | {"retry_of": trial.number})
+
+
+def _killed(study: optuna.Study, trial) -> None:
+    """Optuna's callback for a trial it failed on a missed heartbeat: close its run, queue it again."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        client = MlflowClient(tracking_uri())
+        client.set_tag(run_id, "optuna.state", "FAIL")
+        client.set_tag(run_id, "failure", "killed: its worker stopped sending heartbeats")
+        client.set_terminated(run_id, "KILLED")
+    _retry(study, trial)
+
+
 def recover_stale(study: optuna.Study, storage, client) -> list[int]:
     """Trials left RUNNING by a process that died: FAIL them, close their MLflow runs as KILLED and
     queue their configuration again. Runs before any worker of this sweep starts."""
     if isinstance(storage, RDBStorage) and storage.heartbeat_interval:
-        optuna.storages.fail_stale_trials(study)
+        optuna.storages.fail_stale_trials(study)  # calls _killed for each trial it fails
         return []
     study_id = storage.get_study_id_from_name(study.study_name)
     recovered = []
@@ -104,9 +127,7 @@ def recover_stale(study: optuna.Study, storage, client) -> list[int]:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         storage.set_trial_user_attr(trial_id, "failure", "killed: its process died while the trial was RUNNING")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        if "config_key" in t.user_attrs:
-            study.enqueue_trial(t.params, user_attrs={k: t.user_attrs[k] for k in ("seed", "config_key")}
-                                | {"retry_of": t.number})
+        _retry(study, t)
         recovered.append(t.number)
     # every MLflow trial run still RUNNING belongs to a dead process now
     experiment = client.get_experiment_by_name(study.study_name)
@@ -202,8 +223,11 @@ def run_one(study: optuna.Study, ctx: Context, client) -> None:
     try:
         outcome = run_trial(config, logger, spec.eval_every, report, desc=f"trial-{trial.number:04d}")
     except KeyboardInterrupt:
-        logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": "interrupted"})
+        # stopped, not failed: the next invocation runs this configuration again
+        trial.set_user_attr("failure", "killed: interrupted")
+        logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": "killed: interrupted"})
         study.tell(trial, state=TrialState.FAIL)
+        _retry(study, trial)
         raise
     except (NonFiniteLossError, DataError) as err:
         return _fail(study, trial, logger, f"{type(err).__name__}: {err}")
