@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -147,7 +147,6 @@ class PairingResult:
     a: np.ndarray
     b: np.ndarray | None
     pi: np.ndarray
-    extra: dict = field(default_factory=dict)
 
 
 def evaluate_pairing(

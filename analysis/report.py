@@ -503,18 +503,17 @@ def build_report(name: str | None, out: Path | None = None, storage: str | None 
     missing = [m for m in CORE_METRICS if m not in runs.trials]
     if missing:
         doc.note(f"Metrics that no run reports: {', '.join(missing)}.")
-    for section in (section_glance, section_pairs, section_assignments, section_importance, section_scaling,
-                    section_reproduction):
+    sections = {"glance": lambda: section_glance(doc, runs, client), "pairs": lambda: section_pairs(doc, runs),
+                "assignments": lambda: section_assignments(doc, runs, client),
+                "importance": lambda: section_importance(doc, runs, storage),
+                "scaling": lambda: section_scaling(doc, runs, client),
+                "reproduction": lambda: section_reproduction(doc, runs, client)}
+    for name, draw in sections.items():
         try:
-            if section is section_pairs:
-                section(doc, runs)
-            elif section is section_importance:
-                section(doc, runs, storage)
-            else:
-                section(doc, runs, client)
+            draw()
         except Exception as err:  # one broken section must not lose the others
             doc.note(f"This section could not be drawn: {type(err).__name__}: {err}")
-            print(f"warning: {section.__name__}: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"warning: section {name}: {type(err).__name__}: {err}", file=sys.stderr)
             traceback.print_exc(limit=2, file=sys.stderr)
     doc.write()
     return out

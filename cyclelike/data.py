@@ -7,6 +7,7 @@ ever opened for reading.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class Domains:
     pi: torch.Tensor
     x_names: list[str] = field(default_factory=list)
     y_names: list[str] = field(default_factory=list)
+    x_holdout_names: list[str] = field(default_factory=list)  # which images were held out, for the record
+    y_holdout_names: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -65,7 +68,7 @@ class Domains:
 
     def to(self, device: torch.device | str) -> Domains:
         moved = {k: getattr(self, k).to(device) for k in ("x", "y", "x_holdout", "y_holdout")}
-        return Domains(**moved, pairing=self.pairing, pi=self.pi, x_names=self.x_names, y_names=self.y_names)
+        return dataclasses.replace(self, **moved)
 
 
 def _to_unit_range(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -191,12 +194,15 @@ def load_domains(config: RunConfig) -> Domains:
     for k, pool in enumerate((x_pool, y_pool)):
         held = 0 if pool.holdout is not None else n_holdout
         train_idx, hold_idx = _split(len(pool.images), n, held, config.data_seed + (0 if same else k))
-        holdout = pool.holdout[:n_holdout] if pool.holdout is not None else pool.images[hold_idx]
-        parts.append((pool.images[train_idx], holdout, [pool.names[i] for i in train_idx]))
-    (x, x_hold, x_names), (y, y_hold, y_names) = parts
+        if pool.holdout is not None:
+            holdout, hold_names = pool.holdout[:n_holdout], [f"held-out[{i}]" for i in range(n_holdout)]
+        else:
+            holdout, hold_names = pool.images[hold_idx], [pool.names[i] for i in hold_idx]
+        parts.append((pool.images[train_idx], holdout, [pool.names[i] for i in train_idx], hold_names))
+    (x, x_hold, x_names, x_hold_names), (y, y_hold, y_names, y_hold_names) = parts
 
     if config.pairing == "fixed":
         pi = torch.from_numpy(np.random.default_rng((config.data_seed, 1)).permutation(n))
     else:
         pi = torch.arange(n)
-    return Domains(x, y, x_hold, y_hold, config.pairing, pi, x_names, y_names)
+    return Domains(x, y, x_hold, y_hold, config.pairing, pi, x_names, y_names, x_hold_names, y_hold_names)

@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
 
@@ -58,7 +58,6 @@ class TrainResult:
     precision: str = "fp32"  # what precision=auto resolved to
     stopped_early: bool = False
     resumed_from_epoch: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def sec_per_epoch(self) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -142,21 +141,6 @@ class RunLogger:
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._timed(self.client.log_artifact, self.run_id, str(path), artifact_path)
-
-    def log_figure(self, figure, name: str) -> None:
-        import matplotlib.pyplot as plt
-
-        self._timed(self.client.log_figure, self.run_id, figure, name)
-        plt.close(figure)
-
-    def log_image(self, image, name: str) -> None:
-        """A (3, H, W) tensor in [0, 1] as a PNG artifact."""
-        from torchvision.utils import save_image
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(name).name
-            save_image(image, path)
-            self.log_file(path, str(Path(name).parent) if Path(name).parent != Path(".") else None)
 
     def log_text(self, text: str, name: str) -> None:
         self._timed(self.client.log_text, self.run_id, text, name)

@@ -37,7 +37,6 @@ class TrialOutcome:
     epochs_run: int
     pruned: bool = False
     timing: dict[str, float] = field(default_factory=dict)  # train_s, eval_s, log_s, total_s
-    assignment: list[int] = field(default_factory=list)
 
 
 def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
@@ -107,7 +106,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
               "total_s": time.perf_counter() - t_start}
     logger.log_metrics({"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]}, step=epoch)
     logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
-    return TrialOutcome(metrics, result.sec_per_epoch, epoch, pruned, timing, final.a.tolist())
+    return TrialOutcome(metrics, result.sec_per_epoch, epoch, pruned, timing)
 
 
 def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int) -> None:
