@@ -18,17 +18,21 @@ from torchvision.utils import save_image
 from .config import ConfigError, RunConfig, parse_sets
 from .data import DataError, load_domains
 from .samples import sample_grid
-from .train import NonFiniteLossError, train
+from .train import NonFiniteLossError, check_resumable, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    fields = "\n".join(f"  {k}: {v}" for k, v in RunConfig.field_help().items())
     parser = argparse.ArgumentParser(
         prog="python -m cyclelike", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train one cycle-like translator and write its outputs to a folder.",
-        epilog=f"RunConfig keys for --set:\n{fields}")
+        epilog=RunConfig.keys_help())
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one run; resumes from OUT/checkpoint.pt when it exists")
+    p = sub.add_parser("train", help="train one run; resumes from OUT/checkpoint.pt when it exists",
+                       description="Train one run; resumes from OUT/checkpoint.pt when it exists (same settings "
+                                   "only, except epochs and execution keys).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  python -m cyclelike train --set pairing=fixed --set n_images=20 "
+                              "--out runs/fixed20\n\n" + RunConfig.keys_help())
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a RunConfig field (repeatable), e.g. --set n_images=20")
     p.add_argument("--out", default=None, help="output folder (default runs/train-<time>)")
@@ -40,10 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     try:
+        if (out / "checkpoint.pt").exists():
+            check_resumable(out / "checkpoint.pt", config)  # before config.json is touched
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         result = train(config, data, checkpoint=out / "checkpoint.pt", progress=True)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

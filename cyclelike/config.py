@@ -19,11 +19,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "gan_loss": ("vanilla", "lsgan"),
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "fp32", "bf16"),
+    "direction_schedule": ("alternate", "interleave", "joint"),
     "x_domain": ("faces", "planes"),
     "y_domain": ("faces", "planes"),
 }
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
+# how a run is executed, not what it computes: two runs that differ only here are the same condition
+EXECUTION_KEYS = ("threads", "device", "compile")
 
 
 class ConfigError(ValueError):
@@ -48,8 +51,8 @@ class RunConfig:
     n_holdout: int = _help("held-out images per domain (for mem/holdout_copy_rate)", 4)
     image_size: int = _help("square image side in pixels, a power of two in 16..256", 32)
     data_seed: int = _help("seed of the train/held-out split and of the fixed pairing", 0)
-    pairing: str = _help("aligned (stored order), fixed (one seeded permutation) or shuffled (new each epoch)",
-                         "aligned")
+    pairing: str = _help("aligned (stored order), fixed (one seeded derangement: no x keeps its aligned partner) "
+                         "or shuffled (a new random pairing each epoch)", "aligned")
     # model
     scheme: str = _help("cyclelike (one G both ways), cyclegan (G, F, D_X, D_Y) or pix2pix (X -> Y only)",
                         "cyclelike")
@@ -63,7 +66,8 @@ class RunConfig:
     lambda_l1: float = _help("weight of L1 to the paired target", 10.0)
     lambda_adv: float = _help("weight of the adversarial loss", 1.0)
     lambda_cyc: float = _help("weight of the cycle loss L1(G(G(x)), x)", 0.0)
-    lambda_id: float = _help("weight of the identity loss L1(G(y), y)", 0.0)
+    lambda_id: float = _help("weight of the identity loss L1(G(y), y) and L1(F(x), x): cyclegan only, since one G "
+                             "cannot map y to x (L1 term) and y to y (identity) at once", 0.0)
     gan_loss: str = _help("GAN objective: vanilla (BCE) or lsgan (least squares)", "vanilla")
     # optimisation
     lr: float = _help("Adam learning rate", 1e-3)
@@ -71,13 +75,16 @@ class RunConfig:
     beta2: float = _help("Adam beta2", 0.999)
     batch_size: int = _help("images per batch and direction", 5)
     epochs: int = _help("epochs; one epoch = all N pairs in both directions", 30)
+    direction_schedule: str = _help(
+        "cyclelike's order of the two directions in an epoch, each batch with its own D and G step: alternate "
+        "(the original's: every X->Y batch, then every Y->X batch), interleave (X->Y and Y->X batches take turns) "
+        "or joint (both directions in ONE batch: half the optimizer steps, a different algorithm)", "alternate")
     seed: int = _help("seed of initialisation, batch order and shuffled pairings", 0)
     # execution
     device: str = _help("auto (cuda when available), cpu or cuda", "auto")
     precision: str = _help("auto (bf16 autocast where the CPU or GPU computes bf16 natively, else fp32), fp32 or bf16",
                            "auto")
     threads: int = _help("torch intra-op threads; 0 keeps torch's default", 0)
-    batch_directions: bool = _help("run X->Y and Y->X through the shared G in one batch (cyclelike)", True)
     channels_last: bool = _help("channels-last memory format for convolutions", False)
     fused_upsample: bool = _help("decoder upsample+3x3 conv as four 2x2 convs on the small input: same maths, "
                                  "2.25x fewer multiply-adds", True)
@@ -112,10 +119,17 @@ class RunConfig:
         self._at_least("base_filters", 1)
         self._at_least("d_filters", 1)
         self._at_least("threads", 0)
+        self._at_least("seed", 0)
+        self._at_least("data_seed", 0)
         self._at_least("warmup_epochs", 0)
         for name in ("lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: allowed values are >= 0")
+        if self.lambda_id > 0 and self.scheme != "cyclegan":
+            raise ConfigError(
+                f"lambda_id={self.lambda_id!r}: the identity loss is for scheme=cyclegan only; with "
+                f"scheme={self.scheme} one G would have to map y to its partner x (L1 term) and y to y (identity) "
+                "at once, which contradict")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout!r}: allowed values are 0 <= dropout < 1")
         if not self.lr > 0:
@@ -146,12 +160,25 @@ class RunConfig:
             raise ConfigError(f"unknown RunConfig key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
         return cls(**values).validate()
 
+    def condition(self) -> dict[str, Any]:
+        """The identity of the experimental condition: every field except the seed and how it is executed."""
+        return {k: v for k, v in self.to_dict().items() if k != "seed" and k not in EXECUTION_KEYS}
+
     def replace(self, **changes: Any) -> RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    @classmethod
+    def keys_help(cls) -> str:
+        """Every key with its default and help, for the epilog of each command that takes --set."""
+        lines = []
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name} (default {default!r}): {f.metadata.get('help', '')}")
+        return "RunConfig keys for --set KEY=VALUE:\n" + "\n".join(lines)
 
 
 def parse_value(name: str, text: str) -> Any:

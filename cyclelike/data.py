@@ -167,6 +167,17 @@ def _split(pool_size: int, n: int, n_holdout: int, seed: int) -> tuple[np.ndarra
     return np.sort(order[:n]), np.sort(order[n : n + n_holdout])
 
 
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded random permutation with no fixed point, so that `fixed` shares no pair with `aligned`.
+
+    Rejection sampling draws uniformly among derangements; about e (2.7) draws are needed on average."""
+    rng = np.random.default_rng((seed, 1))
+    while True:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm
+
+
 def load_domains(config: RunConfig) -> Domains:
     """The train and held-out parts of X and Y and the pairing pi that `config` asks for."""
     n, n_holdout, size = config.n_images, config.n_holdout, config.image_size
@@ -202,7 +213,7 @@ def load_domains(config: RunConfig) -> Domains:
     (x, x_hold, x_names, x_hold_names), (y, y_hold, y_names, y_hold_names) = parts
 
     if config.pairing == "fixed":
-        pi = torch.from_numpy(np.random.default_rng((config.data_seed, 1)).permutation(n))
+        pi = torch.from_numpy(derangement(n, config.data_seed))
     else:
         pi = torch.arange(n)
     return Domains(x, y, x_hold, y_hold, config.pairing, pi, x_names, y_names, x_hold_names, y_hold_names)

@@ -27,11 +27,15 @@ def sample_grid(translator: Translator, data: Domains, k: int = 6) -> torch.Tens
 
 def assignment_strip(translator: Translator, data: Domains, a, k: int = 8) -> torch.Tensor:
     """Rows x_i, G(x_i), the nearest y (y_a(i)), G(G(x_i)) for the first k training images: what the
-    pairing metrics measure, as a picture. `a` is the assignment a(i) = argmin_j d(G(x_i), y_j)."""
+    pairing metrics measure, as a picture. `a` is the assignment a(i) = argmin_j d(G(x_i), y_j), negative
+    on a tied row, which shows a blank."""
     k = min(k, data.n)
     x = data.x[:k].cpu()
     fx = translator.forward(x).cpu()
-    rows = [x, fx, data.y[torch.as_tensor(a[:k]).to(data.y.device)].cpu()]
+    a = torch.as_tensor(a[:k])
+    nearest = data.y[a.clamp(min=0).to(data.y.device)].cpu()
+    nearest[a < 0] = 1.0
+    rows = [x, fx, nearest]
     if translator.backward is not None:
         rows.append(translator.backward(fx).cpu())
     return make_grid(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, nrow=k, padding=2, pad_value=1.0)

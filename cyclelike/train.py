@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import Domains, load_domains
 from .nets import define_D, define_G
 
@@ -58,6 +58,7 @@ class TrainResult:
     precision: str = "fp32"  # what precision=auto resolved to
     stopped_early: bool = False
     resumed_from_epoch: int = 0
+    optims: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
 
     @property
     def sec_per_epoch(self) -> float:
@@ -72,7 +73,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but torch sees no CUDA device; use device=auto or cpu")
+        raise ConfigError("device='cuda': torch sees no CUDA device on this machine; use device=auto or cpu")
     return torch.device(name)
 
 
@@ -124,13 +125,10 @@ def build(config: RunConfig, device: torch.device) -> tuple[dict[str, nn.Module]
     return nets, optims
 
 
-def _weighted(raw: dict[str, torch.Tensor], config: RunConfig) -> torch.Tensor:
-    return sum(getattr(config, LOSS_WEIGHTS[k]) * v for k, v in raw.items())
-
-
 def paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=True) -> dict[str, torch.Tensor]:
-    """cyclelike (two_way): one G for both directions, so src is x (target y), y (target x) or both
-    stacked in one batch. pix2pix (not two_way): X -> Y only, so there is no way back for a cycle."""
+    """One D step and one G step on the batch src -> tgt. cyclelike (two_way): the one G serves both
+    directions, so src is x (target y) or y (target x), or both stacked for the joint schedule.
+    pix2pix (not two_way): X -> Y only, so there is no way back for a cycle."""
     G, D = nets["G"], nets["D"]
     with autocast():
         fake = G(src)
@@ -148,9 +146,7 @@ def paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=True) -> 
         raw = {"adv": gan(D(fake, src), True), "l1": F.l1_loss(fake, tgt)}
         if two_way and config.lambda_cyc > 0:
             raw["cyc"] = F.l1_loss(G(fake), src)
-        if two_way and config.lambda_id > 0:
-            raw["id"] = F.l1_loss(G(tgt), tgt)
-        total = _weighted(raw, config)
+        total = config.lambda_adv * raw["adv"] + config.lambda_l1 * raw["l1"] + config.lambda_cyc * raw.get("cyc", 0)
     total.backward()
     optims["G"].step()
     return {"D": loss_d.detach(), **{k: v.detach() for k, v in raw.items()}}
@@ -175,7 +171,7 @@ def cyclegan_step(nets, optims, x, y, config, gan, autocast) -> dict[str, torch.
                "cyc": F.l1_loss(Fn(fake_y), x) + F.l1_loss(G(fake_x), y)}
         if config.lambda_id > 0:
             raw["id"] = F.l1_loss(G(y), y) + F.l1_loss(Fn(x), x)
-        total = _weighted(raw, config)
+        total = config.lambda_adv * raw["adv"] + config.lambda_cyc * raw["cyc"] + config.lambda_id * raw.get("id", 0)
     total.backward()
     optims["G"].step()
     return {"D": loss_d.detach(), **{k: v.detach() for k, v in raw.items()}}
@@ -195,21 +191,31 @@ def run_epoch(nets, optims, data: Domains, config: RunConfig, gen: torch.Generat
         for k, v in losses.items():
             sums[k] = sums[k] + v if k in sums else v.float()  # stays on the device: no per-step sync
 
-    for idx in order.split(bs):
-        if config.scheme == "cyclegan":
+    batches = order.split(bs)
+    if config.scheme == "cyclegan":
+        for idx in batches:
             # unpaired: Y batches come from an independent order
             y_idx = torch.randperm(n, generator=gen)[: len(idx)].to(data.x.device)
             add(cyclegan_step(nets, optims, data.x[idx], data.y[y_idx], config, gan, autocast))
-            continue
-        x_b, y_b = data.x[idx], data.y[pi[idx]]
-        if config.scheme == "pix2pix":
+        return sums, steps
+    pairs = [(data.x[idx], data.y[pi[idx]]) for idx in batches]
+    if config.scheme == "pix2pix":
+        for x_b, y_b in pairs:
             add(paired_step(nets, optims, x_b, y_b, config, gan, autocast, two_way=False))
-        elif config.batch_directions:
-            # both directions through the one G in one batch: the model is the same G either way
-            add(paired_step(nets, optims, torch.cat([x_b, y_b]), torch.cat([y_b, x_b]), config, gan, autocast))
-        else:
+        return sums, steps
+    # the schedule is part of the algorithm: joint takes half the steps on twice the batch
+    if config.direction_schedule == "alternate":
+        for x_b, y_b in pairs:
+            add(paired_step(nets, optims, x_b, y_b, config, gan, autocast))
+        for x_b, y_b in pairs:
+            add(paired_step(nets, optims, y_b, x_b, config, gan, autocast))
+    elif config.direction_schedule == "interleave":
+        for x_b, y_b in pairs:
             add(paired_step(nets, optims, x_b, y_b, config, gan, autocast))
             add(paired_step(nets, optims, y_b, x_b, config, gan, autocast))
+    else:
+        for x_b, y_b in pairs:
+            add(paired_step(nets, optims, torch.cat([x_b, y_b]), torch.cat([y_b, x_b]), config, gan, autocast))
     return sums, steps
 
 
@@ -269,15 +275,28 @@ def save_checkpoint(path: Path, epoch: int, config: RunConfig, nets, optims, gen
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
 
 
-def _resume(path: Path, config: RunConfig, nets, optims, gen) -> tuple[int, list[EpochStats]]:
+# epochs and execution settings may change on resume; anything that changes the maths may not
+RESUMABLE_CHANGES = {"epochs", "device", "threads", "warmup_epochs", "compile"}
+
+
+def check_resumable(path: Path, config: RunConfig) -> dict:
+    """The checkpoint's state, or a ConfigError naming every setting the checkpoint was made with otherwise."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = RunConfig.from_dict(state["config"])
-    # epochs and execution settings may change on resume; anything that changes the maths may not
-    free = {"epochs", "device", "threads", "warmup_epochs", "compile"}
-    changed = sorted(k for k, v in saved.to_dict().items() if k not in free and getattr(config, k) != v)
+    try:
+        saved = RunConfig.from_dict(state["config"])
+    except ConfigError as err:
+        raise ConfigError(f"checkpoint {path} is from an incompatible version ({err}); use another output folder") \
+            from None
+    changed = sorted(k for k, v in saved.to_dict().items() if k not in RESUMABLE_CHANGES and getattr(config, k) != v)
     if changed:
-        raise ValueError(f"checkpoint {path} was made with other settings: {', '.join(changed)}; "
-                         "use another checkpoint path or the same config")
+        raise ConfigError(f"checkpoint {path} was made with other settings: "
+                          + ", ".join(f"{k} ({getattr(saved, k)!r} -> {getattr(config, k)!r})" for k in changed)
+                          + "; use another output folder or the same settings")
+    return state
+
+
+def _resume(path: Path, config: RunConfig, nets, optims, gen) -> tuple[int, list[EpochStats]]:
+    state = check_resumable(path, config)
     for k, net in nets.items():
         net.load_state_dict(state["nets"][k])
     for k, opt in optims.items():
@@ -350,4 +369,4 @@ def train(
                 save_checkpoint(path, epoch, config, nets, optims, gen, history)
             break
     bar.close()
-    return TrainResult(config, history, nets, translator, str(device), precision, stopped, start)
+    return TrainResult(config, history, nets, translator, str(device), precision, stopped, start, optims)

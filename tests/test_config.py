@@ -23,6 +23,9 @@ def test_defaults_validate_and_round_trip():
         ("batch_size", "5", ["batch_size", "expected int"]),
         ("device", "tpu", ["device", "auto, cpu, cuda"]),
         ("precision", "fp16", ["precision", "fp32, bf16"]),
+        ("direction_schedule", "both", ["direction_schedule", "alternate, interleave, joint"]),
+        ("data_seed", -1, ["data_seed", ">= 0"]),
+        ("seed", -3, ["seed", ">= 0"]),
     ],
 )
 def test_validate_names_field_value_and_allowed(key, value, words):
@@ -51,8 +54,23 @@ def test_int_is_accepted_for_float_fields():
 def test_parse_value_uses_field_types():
     assert parse_value("n_images", "20") == 20
     assert parse_value("lambda_cyc", "0.5") == 0.5
-    assert parse_value("batch_directions", "false") is False
+    assert parse_value("fused_adam", "false") is False
     with pytest.raises(ConfigError, match="n_images"):
         parse_value("n_images", "many")
     with pytest.raises(ConfigError, match="unknown"):
         parse_value("nope", "1")
+
+
+@pytest.mark.parametrize("scheme", ["cyclelike", "pix2pix"])
+def test_identity_loss_is_refused_where_one_generator_cannot_honour_it(scheme):
+    """One G maps y to its partner x for the L1 term; identity would ask it to map y to y as well."""
+    with pytest.raises(ConfigError, match=r"lambda_id=0.5.*cyclegan only.*contradict"):
+        RunConfig.from_dict({"scheme": scheme, "lambda_id": 0.5})
+    assert RunConfig.from_dict({"scheme": "cyclegan", "lambda_id": 0.5}).lambda_id == 0.5
+
+
+def test_condition_is_everything_but_the_seed_and_execution():
+    base = RunConfig()
+    assert base.replace(seed=3, threads=1, device="cpu").condition() == base.condition()
+    assert base.replace(epochs=31).condition() != base.condition()
+    assert "direction_schedule" in base.condition() and base.direction_schedule == "alternate"

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from cyclelike.config import RunConfig
-from cyclelike.data import DataError, load_domains, load_folder, load_hdf5
+from cyclelike.data import DataError, derangement, load_domains, load_folder, load_hdf5
 from cyclelike.synthetic import synthetic_domain
 
 
@@ -136,3 +136,15 @@ def test_pairings():
     # held-out images are never training images
     train = {tuple(t.flatten()[:64].tolist()) for t in aligned.x}
     assert not any(tuple(t.flatten()[:64].tolist()) in train for t in aligned.x_holdout)
+
+
+def test_fixed_pairing_is_a_derangement_for_every_size_and_seed():
+    """`fixed` must share no pair with `aligned`: one shared pair is 1/N of the fixed-vs-aligned control."""
+    for seed in (0, 1, 7, 123):
+        perms = [derangement(n, seed) for n in range(2, 201)]
+        for n, perm in zip(range(2, 201), perms, strict=True):
+            assert sorted(perm.tolist()) == list(range(n)), (n, seed)
+            assert not (perm == np.arange(n)).any(), (n, seed)
+    assert not np.array_equal(derangement(10, 0), derangement(10, 1))
+    pi = load_domains(RunConfig(n_images=10, n_holdout=0, image_size=16, pairing="fixed", data_seed=0)).pi
+    assert not (pi == torch.arange(10)).any()

@@ -14,8 +14,10 @@ def weights(result):
     return {f"{k}.{n}": p.detach().clone() for k, net in result.nets.items() for n, p in net.state_dict().items()}
 
 
-def test_cyclelike_learns_the_given_pairing_and_shuffled_is_reported():
-    """The learning test: with a fixed pairing, G maps each x to its given partner and back."""
+def test_cyclelike_learns_the_given_pairing_and_collapses_without_one():
+    """The learning test: with a fixed pairing, G maps each x to its given partner and back; with a new
+    pairing every epoch and an L1 term, no pair is learned and G collapses onto fewer targets than a
+    random map would hit."""
     config = RunConfig(n_images=6, n_holdout=2, image_size=32, pairing="fixed", batch_size=3, epochs=30)
     scores = {}
     for pairing in ("fixed", "shuffled"):
@@ -23,11 +25,12 @@ def test_cyclelike_learns_the_given_pairing_and_shuffled_is_reported():
         data = load_domains(run)
         result = train(run, data)
         scores[pairing] = evaluate_pairing(result.translator.forward, result.translator.backward, data.x, data.y,
-                                           data.pi, data.x_holdout).metrics
-        print(pairing, {k: round(v, 3) for k, v in scores[pairing].items()},
-              f"{result.sec_per_epoch:.3f} s/epoch")
-    assert scores["fixed"]["pair/forward_top1"] >= 0.8
-    assert scores["fixed"]["pair/cycle_top1"] >= 0.8
+                                           data.pi, data.x_holdout)
+    fixed, shuffled = scores["fixed"], scores["shuffled"]
+    assert fixed.metrics["pair/forward_top1"] >= 0.8 and fixed.metrics["pair/cycle_top1"] >= 0.8
+    assert fixed.metrics["pair/forward_top1_pvalue"] < 0.05
+    assert shuffled.metrics["pair/forward_top1_pvalue"] > 0.05  # the stored order is no better than a random one
+    assert shuffled.distinct.p_collapse < 0.05, shuffled.distinct
 
 
 def test_seeded_runs_are_reproducible_and_seeds_differ():
@@ -57,26 +60,24 @@ def test_resume_continues_with_the_same_optimizer_state(tmp_path):
 
 
 @pytest.mark.parametrize("scheme", ["cyclelike", "cyclegan", "pix2pix"])
-def test_schemes_report_raw_and_weighted_losses(scheme):
-    config = TINY.replace(scheme=scheme, lambda_cyc=2.0, lambda_id=0.5)
+def test_schemes_train_their_own_nets_and_losses(scheme):
+    config = TINY.replace(scheme=scheme, lambda_cyc=2.0, lambda_id=0.5 if scheme == "cyclegan" else 0.0)
     result = train(config)
     losses = result.history[-1].losses
     assert set(result.nets) == ({"G", "F", "D_X", "D_Y"} if scheme == "cyclegan" else {"G", "D"})
-    expected = {"cyclelike": {"adv", "l1", "cyc", "id"}, "cyclegan": {"adv", "cyc", "id"}, "pix2pix": {"adv", "l1"}}
-    for term in expected[scheme]:
-        weight = {"adv": 1.0, "l1": 10.0, "cyc": 2.0, "id": 0.5}[term]
-        assert losses[f"loss/G_{term}_w"] == pytest.approx(weight * losses[f"loss/G_{term}"])
-    assert losses["loss/G_total"] == pytest.approx(sum(v for k, v in losses.items() if k.endswith("_w")))
-    assert all(s.epoch_s > 0 for s in result.history)
+    terms = {k.removeprefix("loss/G_") for k in losses if k.startswith("loss/G_") and not k.endswith(("_w", "total"))}
+    expected = {"cyclelike": {"adv", "l1", "cyc"}, "cyclegan": {"adv", "cyc", "id"}, "pix2pix": {"adv", "l1"}}
+    assert terms == expected[scheme]
     assert (result.translator.backward is None) == (scheme == "pix2pix")
     grid = sample_grid(result.translator, load_domains(config), k=3)
-    assert grid.shape[0] == 3 and grid.min() >= 0 and grid.max() <= 1
+    assert grid.shape == (3, 2 + (9 if scheme != "pix2pix" else 3) * 18, 2 + 3 * 18)  # 16 px images, 2 px padding
 
 
-def test_reference_path_runs_directions_one_after_the_other():
-    batched = train(TINY.replace(batch_directions=True, epochs=1))
-    split = train(TINY.replace(batch_directions=False, epochs=1))
-    assert batched.history[0].losses != split.history[0].losses
+def test_each_schedule_is_its_own_algorithm():
+    """The schedules differ in what the optimizer sees, so their losses after two epochs differ."""
+    ran = {s: train(TINY.replace(direction_schedule=s)).history[-1].losses
+           for s in ("alternate", "interleave", "joint")}
+    assert ran["alternate"] != ran["interleave"] != ran["joint"] != ran["alternate"]
 
 
 def test_callback_sees_every_epoch_and_can_stop():
