@@ -11,25 +11,43 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="write reports/<study>/index.html and report.md with figures")
+    rep = sub.add_parser("report", help="write reports/<study>/index.html and report.md with figures",
+                         description="Write reports/<study>/index.html and report.md from the study's MLflow runs.",
+                         epilog="example: python -m analysis report --experiment default")
     rep.add_argument("--experiment", default=None, help="study (MLflow experiment) name; default: the most recent")
-    rep.add_argument("--out", default=None, help="output folder (default reports/<study>)")
+    rep.add_argument("--out", default=None, help="output folder (default reports/<study> in the project)")
     rep.add_argument("--storage", default=None,
                      help="Optuna storage for parameter importance (default mlruns/optuna.journal; an RDB URL works)")
+    rep.add_argument("--store", default=None, metavar="DIR",
+                     help="folder of the MLflow database and Optuna journal (default: the project's mlruns/)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file is noise
+    from .store import PROJECT, tracking_uri, use_store
+
+    use_store(args.store)
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    from .report import build_report, load_study_runs
+    from .report import build_report, most_recent_study, study_names
 
-    client = MlflowClient()
-    out = build_report(args.experiment, Path(args.out) if args.out else None, args.storage, client)
-    print(f"report: {out / 'index.html'}\n        {out / 'report.md'}")
-    if args.experiment and client.get_experiment_by_name(args.experiment) is None:
-        print(f"error: there is no experiment {args.experiment!r} (the report says which exist)", file=sys.stderr)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)  # mlflow.search_runs reads the global URI
+    client = MlflowClient(uri)
+    try:
+        known = study_names(client)
+    except Exception as err:  # a missing or unreadable database, a server that is down
+        print(f"error: cannot read the MLflow store {uri}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 1
-    if args.experiment and load_study_runs(client, args.experiment).trials.empty:
-        print(f"warning: experiment {args.experiment!r} has no trial runs", file=sys.stderr)
+    name = args.experiment or most_recent_study(client)
+    if name is None:
+        print(f"error: no study in {uri}; run one first (make sweep)", file=sys.stderr)
+        return 1
+    if name not in known:
+        print(f"error: there is no study {name!r} in {uri}; studies there: {', '.join(known) or 'none'}",
+              file=sys.stderr)
+        return 1
+    out = build_report(name, Path(args.out) if args.out else PROJECT / "reports" / name, args.storage, client)
+    print(f"report: {out / 'index.html'}\n        {out / 'report.md'}")
     return 0
 
 

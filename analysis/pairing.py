@@ -1,9 +1,16 @@
 """Pairing consistency: which x maps to which y, and how far that is from chance.
 
 d(a, b) is the mean absolute pixel difference in [-1, 1] space. D_xy[i, j] = d(G(x_i), y_j);
-a(i) = argmin_j D_xy[i, j] (the lowest index on a tie); D_yx and b(j) likewise for Y -> X.
-A share counts a hit only where the partner is the strict minimum of its row, so a tie never
-scores. Every function here takes tensors or arrays and returns plain values.
+a(i) = argmin_j D_xy[i, j]; D_yx and b(j) likewise for Y -> X.
+
+The tie rule, one for every assignment metric: a row whose minimum is shared by two or more columns
+has no nearest neighbour, a(i) = -1 (`NO_MATCH`). Such a row is never a hit (top-1 shares, mutual,
+cycle, agreement with a predictor or with another seed) and contributes no target to bijectivity.
+
+Chance levels come from `chance_level` alone; the report reads them from here. Shares k/N carry an
+exact Clopper-Pearson interval; bijectivity is not a binomial share, so it is tested against its own
+null, the number of distinct values of a uniformly random map (the occupancy distribution).
+Every function here takes tensors or arrays and returns plain values.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -21,6 +30,19 @@ from torchvision.transforms.v2 import functional as TF
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
 COPY_FACTOR = 0.5  # mem/holdout_copy_rate: "nearer to a training target than half the median within-Y distance"
+NO_MATCH = -1  # a(i) of a tied row
+
+
+def chance_level(metric: str, n: int) -> float | None:
+    """What a metric scores for an untrained, uniformly random map of N images; None where no chance exists."""
+    if metric == "pair/bijectivity":
+        return 1.0 - (1.0 - 1.0 / n) ** n  # expected share of distinct values of a random map
+    if metric == "pair/partner_rank":
+        return (n + 1) / 2
+    if metric.startswith(("pair/forward_top1", "pair/backward_top1", "pair/mutual", "pair/cycle_top1",
+                          "pair/seed_agreement", "pair/agree_", "pair/hungarian_agreement")):
+        return 1.0 / n
+    return None
 
 
 @dataclass
@@ -50,22 +72,23 @@ def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def assignment(D: np.ndarray) -> np.ndarray:
-    return np.asarray(D).argmin(axis=1)
-
-
-def strict_hits(D: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """hit[i] = D[i, target[i]] is strictly below every other entry of row i."""
+    """a(i) = argmin_j D[i, j], or NO_MATCH where the row's minimum is tied."""
     D = np.asarray(D, dtype=np.float64)
-    rows = np.arange(len(D))
-    partner = D[rows, target]
-    others = D.copy()
-    others[rows, target] = np.inf
-    return partner < others.min(axis=1)
+    a = D.argmin(axis=1)
+    tied = (D == D.min(axis=1, keepdims=True)).sum(axis=1) > 1
+    a[tied] = NO_MATCH
+    return a
+
+
+def matches(a: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """hit[i] = a(i) == target(i), where a tied row (NO_MATCH) never matches anything, even another tie."""
+    a, target = np.asarray(a), np.asarray(target)
+    return (a == target) & (a != NO_MATCH)
 
 
 def top1(D: np.ndarray, target: np.ndarray) -> Share:
     n = len(D)
-    return share(int(strict_hits(D, np.asarray(target)).sum()), n, 1.0 / n)
+    return share(int(matches(assignment(D), target).sum()), n, chance_level("pair/forward_top1", n))
 
 
 def partner_rank(D: np.ndarray, target: np.ndarray) -> float:
@@ -75,16 +98,54 @@ def partner_rank(D: np.ndarray, target: np.ndarray) -> float:
     return float(ranks[np.arange(len(D)), np.asarray(target)].mean())
 
 
-def bijectivity(a: np.ndarray, n: int) -> Share:
-    """Distinct targets / N: 1 for a permutation, 1/N for collapse onto one target."""
-    chance = 1.0 - (1.0 - 1.0 / n) ** n  # expected share of distinct values of a uniform random map
-    return share(len(np.unique(a)), n, chance)
+@lru_cache(maxsize=64)
+def distinct_values_null(n: int) -> tuple[float, ...]:
+    """P(a uniformly random map of n points onto n has exactly k distinct values), k = 0..n.
+
+    Exact: C(n, k) * k! * S(n, k) / n^n with S the Stirling numbers of the second kind."""
+    stirling = [1] + [0] * n  # S(m, k) for k = 0..n, from m = 0 up to m = n
+    for _ in range(n):
+        stirling = [0] + [k * stirling[k] + stirling[k - 1] for k in range(1, n + 1)]
+    total = n**n
+    return tuple(float(Fraction(math.comb(n, k) * math.factorial(k) * stirling[k], total)) for k in range(n + 1))
+
+
+@dataclass
+class Distinct:
+    """Bijectivity k/n against a random map: its expected share, the central 95% range of the null, and
+    the one-sided p-values for fewer distinct targets (collapse) and for more (towards a permutation)."""
+
+    k: int
+    n: int
+    chance: float
+    null_low: float
+    null_high: float
+    p_collapse: float
+    p_permutation: float
+
+    @property
+    def value(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+
+def bijectivity(a: np.ndarray, n: int) -> Distinct:
+    """Distinct targets / N: 1 for a permutation, 1/N for collapse onto one target; tied rows count no target."""
+    a = np.asarray(a)
+    k = len(np.unique(a[a != NO_MATCH]))
+    pmf = np.asarray(distinct_values_null(n))
+    cdf = np.cumsum(pmf)
+    low = int(np.searchsorted(cdf, 0.025))  # smallest k with P(K <= k) >= 2.5%
+    high = int(np.searchsorted(cdf, 0.975))
+    return Distinct(k, n, chance_level("pair/bijectivity", n), low / n, high / n,
+                    float(min(1.0, pmf[: k + 1].sum())), float(min(1.0, pmf[k:].sum())))
 
 
 def mutual(a: np.ndarray, b: np.ndarray) -> Share:
     """Share of i with b(a(i)) = i: both directions agree on the pair."""
+    a, b = np.asarray(a), np.asarray(b)
     n = len(a)
-    return share(int((np.asarray(b)[np.asarray(a)] == np.arange(n)).sum()), n, 1.0 / n)
+    back = np.where(a != NO_MATCH, b[np.where(a != NO_MATCH, a, 0)], NO_MATCH)
+    return share(int(matches(back, np.arange(n)).sum()), n, chance_level("pair/mutual", n))
 
 
 def margin(D: np.ndarray, eps: float = 1e-12) -> float:
@@ -93,12 +154,17 @@ def margin(D: np.ndarray, eps: float = 1e-12) -> float:
     return float(np.median((part[:, 1] - part[:, 0]) / (part[:, 0] + eps)))
 
 
-def hungarian_agreement(D: np.ndarray) -> float:
-    """Share of i whose nearest y is also its partner in the optimal one-to-one assignment."""
+def optimal_assignment(D: np.ndarray) -> np.ndarray:
+    """The one-to-one assignment of least total distance (Hungarian): partner[i] for each row."""
     rows, cols = linear_sum_assignment(np.asarray(D))
     optimal = np.empty(len(rows), dtype=int)
     optimal[rows] = cols
-    return float((assignment(D) == optimal).mean())
+    return optimal
+
+
+def hungarian_agreement(D: np.ndarray) -> float:
+    """Share of i whose nearest y is also its partner in the optimal one-to-one assignment."""
+    return float(matches(assignment(D), optimal_assignment(D)).mean())
 
 
 def seed_agreement(a1: np.ndarray, a2: np.ndarray) -> dict[str, float]:
@@ -107,7 +173,7 @@ def seed_agreement(a1: np.ndarray, a2: np.ndarray) -> dict[str, float]:
     if a1.shape != a2.shape:
         raise ValueError(f"assignments differ in length: {a1.shape} vs {a2.shape}")
     n = len(a1)
-    raw = float((a1 == a2).mean())
+    raw = float(matches(a1, a2).mean())
     return {"pair/seed_agreement": raw, "pair/seed_agreement_adjusted": (raw - 1 / n) / (1 - 1 / n)}
 
 
@@ -142,11 +208,27 @@ def lowpass(images: torch.Tensor) -> torch.Tensor:
 class PairingResult:
     metrics: dict[str, float]  # every `pair/...` and `mem/...` key of the design's table
     shares: dict[str, Share]  # the k/N metrics with chance level and interval
+    distinct: Distinct  # bijectivity against the random-map null
     D_xy: np.ndarray
     D_yx: np.ndarray | None
     a: np.ndarray
     b: np.ndarray | None
     pi: np.ndarray
+    copy_factor: float = COPY_FACTOR
+
+    @property
+    def statistics(self) -> dict[str, float]:
+        """Each metric's chance level and interval, bijectivity's null range and p-values: logged once a run."""
+        out: dict[str, float] = {}
+        for key, s in self.shares.items():
+            out |= {f"{key}_ci_low": s.low, f"{key}_ci_high": s.high, f"{key}_chance": s.chance}
+        d = self.distinct
+        out |= {"pair/bijectivity_chance": d.chance, "pair/bijectivity_null_low": d.null_low,
+                "pair/bijectivity_null_high": d.null_high, "pair/bijectivity_p_collapse": d.p_collapse,
+                "pair/bijectivity_p_permutation": d.p_permutation,
+                "pair/partner_rank_chance": chance_level("pair/partner_rank", len(self.a)),
+                "mem/copy_factor": self.copy_factor}
+        return out
 
 
 def evaluate_pairing(
@@ -166,8 +248,10 @@ def evaluate_pairing(
     fx = forward(x)
     D_xy = distances(fx, y).numpy()
     a = assignment(D_xy)
-    shares = {"pair/forward_top1": top1(D_xy, pi_np), "pair/bijectivity": bijectivity(a, n)}
+    shares = {"pair/forward_top1": top1(D_xy, pi_np)}
+    distinct = bijectivity(a, n)
     metrics = {
+        "pair/bijectivity": distinct.value,
         "pair/partner_rank": partner_rank(D_xy, pi_np),
         "pair/margin": margin(D_xy),
         "pair/hungarian_agreement": hungarian_agreement(D_xy),
@@ -190,4 +274,4 @@ def evaluate_pairing(
     metrics["mem/holdout_copy_rate"] = (
         holdout_copy_rate(forward(x_holdout), y, copy_factor) if has_holdout else float("nan")
     )
-    return PairingResult(metrics, shares, D_xy, D_yx, a, b, pi_np)
+    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor)

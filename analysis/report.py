@@ -22,23 +22,15 @@ import numpy as np
 import pandas as pd
 
 from .document import Document
-from .figures import distance_heatmap, plt, sns
-from .pairing import seed_agreement
+from .figures import distance_heatmap, plt, reference_label, sns
+from .pairing import chance_level, seed_agreement
 from .scaling import REFERENCE_LOGLOG_SLOPE, REFERENCE_POINTS, fit_scaling
 
 CORE_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1", "pair/seed_agreement",
                 "mem/holdout_copy_rate")
-FACTORS = ("pairing", "arch", "scheme", "n_images", "lambda_l1", "lambda_cyc")
+FACTORS = ("pairing", "direction_schedule", "arch", "scheme", "n_images", "lambda_l1", "lambda_cyc")
 NUMERIC_PARAMS = ("n_images", "image_size", "lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id", "seed", "epochs",
                   "batch_size", "base_filters", "n_holdout", "lr", "warmup_epochs")
-
-
-def chance(metric: str, n: float) -> float | None:
-    if metric == "pair/bijectivity":
-        return 1.0 - (1.0 - 1.0 / n) ** n
-    if metric == "mem/holdout_copy_rate":
-        return None
-    return 1.0 / n
 
 
 @dataclass
@@ -66,11 +58,13 @@ def _strip(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_study_runs(client, name: str) -> StudyRuns:
+    """The one loader: a study's runs as one tidy DataFrame, read through the client's own store."""
     import mlflow
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return StudyRuns(name, None, None, pd.DataFrame(), [], [])
+    mlflow.set_tracking_uri(client.tracking_uri)  # search_runs reads the global URI: make it this client's store
     runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], max_results=50000)
     if runs.empty:
         return StudyRuns(name, experiment.experiment_id, None, pd.DataFrame(), [], [])
@@ -92,6 +86,10 @@ def load_study_runs(client, name: str) -> StudyRuns:
         except Exception:
             pass  # an older or hand-made parent run: fall back to forward_top1
     return StudyRuns(name, experiment.experiment_id, parent, trials, objectives, directions)
+
+
+def study_names(client) -> list[str]:
+    return sorted(e.name for e in client.search_experiments() if e.name != "Default")
 
 
 def most_recent_study(client) -> str | None:
@@ -182,12 +180,12 @@ def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure
         sns.pointplot(data=data, x=factor, y=metric, order=order, hue=hue if factor != "pairing" else None,
                       errorbar=("ci", 95), dodge=0.3 if hue and factor != "pairing" else False, ax=ax,
                       linestyles="none" if factor == "pairing" else "-", capsize=0.1, seed=0)
-        if chance(metric, 10) is not None:
+        if chance_level(metric, 10) is not None:
             if factor == "n_images":
-                ax.plot(range(len(order)), [chance(metric, n) for n in order], "k--", lw=1, label="chance")
+                ax.plot(range(len(order)), [chance_level(metric, n) for n in order], "k--", lw=1, label="chance")
             else:
-                ax.axhline(float(np.mean([chance(metric, n) for n in data["n_images"]])), color="k", ls="--", lw=1,
-                           label="chance")
+                ax.axhline(float(np.mean([chance_level(metric, n) for n in data["n_images"]])), color="k", ls="--",
+                           lw=1, label="chance")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(f"{metric} vs {factor}")
         if ax.get_legend() is not None and ax is not axes[0][-1]:
@@ -198,34 +196,54 @@ def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure
     return fig
 
 
+def _condition(keys: list[str], values) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    named = dict(zip(keys, values, strict=True))
+    text = f"{named['pairing']} pairing"
+    if "direction_schedule" in named:
+        text += f" ({named['direction_schedule']} schedule)"
+    return text
+
+
 def findings(t: pd.DataFrame) -> list[str]:
-    """Sentences that restate the numbers per pairing: nothing the numbers do not show."""
+    """Sentences that restate the numbers per pairing and schedule: nothing the numbers do not show."""
     done = _complete(t)
     if done.empty or "pairing" not in done or "pair/forward_top1" not in done:
         return []
+    keys = ["pairing"] + [k for k in ("direction_schedule",) if k in done and done[k].nunique() > 1]
     out = []
-    for pairing, g in done.groupby("pairing"):
+    for values, g in done.groupby(keys):
         f = g["pair/forward_top1"].dropna()
         if f.empty:
             continue
-        c = float(np.mean(1.0 / g["n_images"]))
+        c = float(np.mean([chance_level("pair/forward_top1", n) for n in g["n_images"]]))
         sig = int((g.get("pair/forward_top1_pvalue", pd.Series(dtype=float)) < 0.05).sum())
-        parts = [f"With {pairing} pairing, forward_top1 = {f.mean():.2f} over {len(f)} runs "
-                 f"(range {f.min():.2f} to {f.max():.2f}; chance {c:.2f}); {sig} of {len(f)} runs beat a random "
+        target = "the stored order (no pair is given)" if g["pairing"].iloc[0] == "shuffled" else "the pair given"
+        parts = [f"With {_condition(keys, values)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} "
+                 f"runs (range {f.min():.2f} to {f.max():.2f}; chance {c:.2f}); {sig} of {len(f)} runs beat a random "
                  f"permutation at p < 0.05"]
-        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/bijectivity", "bijectivity"),
-                           ("pair/mutual", "mutual"), ("pair/seed_agreement", "seed_agreement")):
+        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/mutual", "mutual"),
+                           ("pair/seed_agreement", "seed_agreement")):
             if key in g and g[key].notna().any():
-                level = float(np.mean([chance(key, n) for n in g["n_images"]]))
+                level = float(np.mean([chance_level(key, n) for n in g["n_images"]]))
                 parts.append(f"{label} = {g[key].mean():.2f} (chance {level:.2f})")
+        if "pair/bijectivity" in g and g["pair/bijectivity"].notna().any():
+            level = float(np.mean([chance_level("pair/bijectivity", n) for n in g["n_images"]]))
+            text = f"bijectivity = {g['pair/bijectivity'].mean():.2f} (a random map: {level:.2f}"
+            if "pair/bijectivity_p_collapse" in g:
+                fewer = int((g["pair/bijectivity_p_collapse"] < 0.05).sum())
+                more = int((g["pair/bijectivity_p_permutation"] < 0.05).sum())
+                text += (f"; {fewer} of {len(g)} runs have fewer distinct targets than a random map at p < 0.05, "
+                         f"{more} more")
+            parts.append(text + ")")
         out.append(", ".join(parts) + ".")
     if done["n_images"].nunique() > 1:
         out.append("Chance levels are means over the runs of each group (1/N for a share of N images; "
                    "1 - (1 - 1/N)^N distinct targets for bijectivity, the value of a uniformly random map).")
     if done["n_images"].min() <= 10:
         n = int(done["n_images"].min())
-        out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric; pairing scores are "
-                   f"measured against pi, which for shuffled pairing is the aligned order.")
+        out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric. Bijectivity is tested "
+                   "against the exact distribution of distinct targets of a random map, not as a binomial share.")
     return out
 
 
@@ -279,9 +297,12 @@ def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
             doc.note(f"distance matrix not available for this run ({type(err).__name__}).")
             continue
         a, pi = np.asarray(info["a"]), np.asarray(info["pi"])
-        fig = distance_heatmap(D, a, pi, title=f"{objective} = {row[objective]:.2f}")
-        doc.figure(fig, f"heatmap_{row.run_id[:8]}.png",
-                   "D_xy with the nearest y of each x (white squares) and the pair given (red dots).")
+        pairing = row.get("pairing")
+        doc.figure(distance_heatmap(D, a, pi, title=_run_score(row, objective), pairing=pairing),
+                   f"heatmap_{row.run_id[:8]}.png",
+                   f"D_xy of this one run with the nearest y of each x (white squares) and the "
+                   f"{reference_label(pairing)} (red dots); the interval is the run's exact 95% interval over its "
+                   f"{len(a)} images.")
         try:
             name = f"strip_{row.run_id[:8]}.png"
             with tempfile.TemporaryDirectory() as tmp:
@@ -289,6 +310,14 @@ def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
             doc.image(name, "Rows: x_i; G(x_i); the nearest y, y_a(i); G(G(x_i)) (first training images).", wide=True)
         except Exception as err:
             doc.note(f"image strip not available for this run ({type(err).__name__}).")
+
+
+def _run_score(row: pd.Series, metric: str) -> str:
+    """One run's score with its own exact interval (Clopper-Pearson over its N images) where it has one."""
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{metric} = {row[metric]:.2f}"
+    return f"{metric} = {row[metric]:.2f} [95% CI {low:.2f}, {high:.2f}]"
 
 
 def _eta_squared(t: pd.DataFrame, objective: str, params: list[str]) -> dict[str, float]:
@@ -376,7 +405,9 @@ def _open_storage(storage: str | None):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    path = storage or "mlruns/optuna.journal"
+    from .store import optuna_storage
+
+    path = optuna_storage(storage)
     if "://" in path:
         return path
     if not Path(path).exists():
@@ -403,8 +434,8 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
         t["cycle pass"] = np.where(t["lambda_cyc"] > 0, "cycle", "no cycle")
     if "lambda_id" in t:
         t["identity pass"] = np.where(t["lambda_id"] > 0, "identity", "no identity")
-    candidates = ("arch", "image_size", "scheme", "batch_size", "base_filters", "precision", "cycle pass",
-                  "identity pass")
+    candidates = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "precision",
+                  "cycle pass", "identity pass")
     series_keys = [k for k in candidates if k in t and t[k].nunique() > 1]
     t["series"] = t[series_keys].astype(str).agg(", ".join, axis=1) if series_keys else "all runs"
     fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -481,11 +512,13 @@ def build_report(name: str | None, out: Path | None = None, storage: str | None 
     """Write reports/<study>/index.html and report.md; returns the folder. Raises nothing for thin data."""
     from mlflow.tracking import MlflowClient
 
-    client = client or MlflowClient()
+    from .store import PROJECT, tracking_uri
+
+    client = client or MlflowClient(tracking_uri())
     name = name or most_recent_study(client)
     if name is None:
         name = "no-study"
-    out = Path(out or Path("reports") / name)
+    out = Path(out or PROJECT / "reports" / name)
     doc = Document(f"Study report: {name}", out)
     runs = load_study_runs(client, name)
     if runs.experiment_id is None:

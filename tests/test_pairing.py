@@ -3,7 +3,11 @@ import pytest
 import torch
 
 from analysis.pairing import (
+    NO_MATCH,
+    assignment,
     bijectivity,
+    chance_level,
+    distinct_values_null,
     evaluate_pairing,
     fixed_point_pvalue,
     hungarian_agreement,
@@ -66,7 +70,40 @@ def test_share_has_chance_and_exact_interval():
     s = top1(matrix_for(np.arange(N)), np.arange(N))
     assert (s.k, s.n, s.chance) == (N, N, 1 / N)
     assert s.high == 1.0 and 0.45 < s.low < 0.6  # Clopper-Pearson lower bound for 5/5 is 0.478
-    assert bijectivity(np.arange(N), N).chance == pytest.approx(1 - (1 - 1 / N) ** N)
+
+
+def test_bijectivity_is_tested_against_the_random_map_null():
+    """Not a binomial share: a permutation of 10 is what a random map gives with probability 10!/10^10."""
+    pmf = distinct_values_null(10)
+    assert sum(pmf) == pytest.approx(1.0)
+    assert sum(k * p for k, p in enumerate(pmf)) / 10 == pytest.approx(chance_level("pair/bijectivity", 10))
+    assert pmf[10] == pytest.approx(3628800 / 10**10)
+    perfect = bijectivity(np.arange(10), 10)
+    assert perfect.value == 1.0 and perfect.p_permutation == pytest.approx(3.6288e-4) and perfect.p_collapse == 1.0
+    collapsed = bijectivity(np.zeros(10, dtype=int), 10)
+    assert collapsed.p_collapse == pytest.approx(10 / 10**10) and collapsed.p_permutation == 1.0
+    typical = bijectivity(np.array([0, 0, 1, 2, 3, 3, 4, 5, 6, 6]), 10)  # 7 distinct: what a random map does
+    assert typical.p_collapse > 0.05 and typical.p_permutation > 0.05
+    assert typical.null_low <= 0.65 <= typical.null_high
+    # simulated random maps land in the central 95% range about 95% of the time
+    rng = np.random.default_rng(0)
+    inside = np.mean([perfect.null_low <= len(np.unique(rng.integers(0, 10, 10))) / 10 <= perfect.null_high
+                      for _ in range(4000)])
+    assert inside >= 0.95
+
+
+def test_one_tie_rule_for_every_assignment_metric():
+    """A row whose minimum is shared has no nearest neighbour: it scores in no share and adds no target."""
+    D = matrix_for(np.arange(N))
+    D[0, 1] = D[0, 0]
+    a = assignment(D)
+    assert a[0] == NO_MATCH and (a[1:] == np.arange(1, N)).all()
+    assert top1(D, np.arange(N)).k == N - 1
+    assert bijectivity(a, N).k == N - 1
+    assert hungarian_agreement(D) == pytest.approx((N - 1) / N)
+    assert mutual(a, np.arange(N)).k == N - 1
+    tied = np.full(N, NO_MATCH)
+    assert seed_agreement(tied, tied)["pair/seed_agreement"] == 0.0  # two ties are no agreement
 
 
 def test_fixed_point_pvalues_match_the_design():
@@ -107,8 +144,42 @@ def test_evaluate_pairing_with_a_known_generator():
     assert m["pair/partner_rank"] == 1.0
     assert m["pair/forward_top1_pvalue"] == pytest.approx(1 / 120)
     assert m["mem/holdout_copy_rate"] == 1.0  # it outputs a training target whatever it is given
-    assert m["pair/cycle_top1_lowpass"] <= 1.0
+    assert result.statistics["pair/partner_rank_chance"] == (N + 1) / 2
+    assert result.statistics["pair/bijectivity_p_permutation"] == pytest.approx(120 / 5**5)
     against_aligned = evaluate_pairing(G, G, x, y, None)
     assert against_aligned.metrics["pair/forward_top1"] == pytest.approx(1 / N)  # only pi(1) = 1
     one_way = evaluate_pairing(G, None, x, y, pi)
     assert np.isnan(one_way.metrics["pair/cycle_top1"]) and one_way.metrics["pair/forward_top1"] == 1.0
+
+
+def test_steganography_passes_the_cycle_but_not_the_lowpass_cycle():
+    """A generator that hides the source index in invisible high-frequency detail (Chu et al. 2017) gets
+    cycle_top1 = 1; blurring G(x) before the way back destroys the code, so the low-pass cycle is at chance."""
+    n, size = 8, 16
+    torch.manual_seed(0)
+    x = torch.rand(n, 3, size, size) * 2 - 1
+    y = torch.rand(n, 3, size, size).mul(2).sub(1)
+    y = torch.nn.functional.avg_pool2d(y, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)  # smooth targets
+    checker = ((torch.arange(size)[:, None] + torch.arange(size)[None, :]) % 2 * 2 - 1).float()
+    stripe = size // n  # code i: a faint checkerboard on column stripe i
+
+    def hide(i: int) -> torch.Tensor:
+        code = torch.zeros(size, size)
+        code[:, i * stripe : (i + 1) * stripe] = 0.02 * checker[:, i * stripe : (i + 1) * stripe]
+        return code
+
+    def G(images):
+        out = []
+        for im in images:
+            source = (x - im).abs().flatten(1).mean(1)
+            if source.min() < 1e-6:  # an x: hide its index in the image of an unrelated y
+                i = int(source.argmin())
+                out.append(y[(i + 3) % n] + hide(i))
+            else:  # a y-like image: read the code back, or give x_0 when there is none
+                strength = torch.stack([(im.mean(0) * hide(i)).sum() for i in range(n)])
+                out.append(x[int(strength.argmax())] if strength.max() > 1e-3 else x[0])
+        return torch.stack(out)
+
+    m = evaluate_pairing(G, G, x, y, np.arange(n)).metrics
+    assert m["pair/cycle_top1"] == 1.0
+    assert m["pair/cycle_top1_lowpass"] <= 2 / n

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -72,9 +73,11 @@ def test_report_numbers_match_mlflow(store):
     md = (out / "report.md").read_text()
     runs = mlflow.search_runs(experiment_names=["rep"], filter_string="tags.`optuna.state` = 'COMPLETE'")
     assert len(runs) == 8
+    targets = {"aligned": "the pair given", "shuffled": "the stored order (no pair is given)"}
     for pairing, group in runs.groupby("params.pairing"):
         mean = group["metrics.pair/forward_top1"].mean()
-        assert f"With {pairing} pairing, forward_top1 = {mean:.2f} over {len(group)} runs" in md
+        assert (f"With {pairing} pairing, forward_top1 against {targets[pairing]} = {mean:.2f} over {len(group)} runs"
+                in md)
         cycle = group["metrics.pair/cycle_top1"].mean()
         assert re.search(rf"With {pairing} pairing,.*cycle_top1 = {cycle:.2f}", md)
     for n, group in runs.groupby("params.n_images"):
@@ -108,7 +111,47 @@ def test_report_command_says_when_the_experiment_is_missing(store):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlruns/mlflow.db"}
     out = subprocess.run([sys.executable, "-m", "analysis", "report", "--experiment", "nope", "--out",
                           str(folder / "nope")], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "no experiment 'nope'" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "no study 'nope'" in out.stderr and "studies there: " in out.stderr and "rep" in out.stderr
+    assert not (folder / "nope").exists()
+
+
+def test_report_reads_the_project_store_from_any_folder(store, tmp_path):
+    """One store for every command: started elsewhere, the report finds the study the sweep wrote."""
+    folder, _, _ = store
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = subprocess.run([sys.executable, "-m", "analysis", "report", "--store", str(folder / "mlruns"),
+                          "--experiment", "rep", "--out", str(tmp_path / "rep")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "forward_top1" in (tmp_path / "rep" / "report.md").read_text()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_the_store_is_anchored_to_the_project_not_the_current_folder(tmp_path, monkeypatch):
+    from analysis import store
+
+    for name in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "CYCLELIKE_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    project = Path(__file__).resolve().parents[1]
+    assert store.tracking_uri() == f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    assert store.optuna_storage() == str(project / "mlruns" / "optuna.journal")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db")  # relative: still the project's
+    assert store.tracking_uri() == f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+
+
+def test_shuffled_runs_are_not_labelled_as_a_given_pair():
+    import numpy as np
+
+    from analysis.figures import distance_heatmap
+
+    D = np.random.default_rng(0).random((4, 4))
+    labels = {p: [t.get_text() for t in distance_heatmap(D, D.argmin(1), np.arange(4), pairing=p).axes[0]
+                  .get_legend().get_texts()] for p in ("fixed", "shuffled")}
+    assert "given pair (pi(i))" in labels["fixed"]
+    assert not any("given pair" in t for t in labels["shuffled"])
+    assert any("stored order" in t for t in labels["shuffled"])
 
 
 def test_index_html_renders_in_headless_chromium(store):

@@ -1,0 +1,60 @@
+"""Where the studies live: the one place that resolves the MLflow tracking URI and the Optuna storage.
+
+Every command (study, analysis, the Makefile's targets, the dashboard) asks here, so a report started
+from another folder reads the store the sweep wrote. The store is the project's `mlruns/` folder,
+anchored to this checkout and never to the current directory, unless one of these says otherwise:
+- `CYCLELIKE_STORE=DIR` (or a command's `--store DIR`): another folder, holding mlflow.db and optuna.journal;
+- `MLFLOW_TRACKING_URI`: a tracking server (http://...) or another database, for many machines;
+- `OPTUNA_STORAGE` (or a command's `--storage URL`): the Optuna storage, e.g. PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+STORE_ENV = "CYCLELIKE_STORE"
+
+
+def store_dir() -> Path:
+    folder = os.environ.get(STORE_ENV)
+    return Path(folder).expanduser().resolve() if folder else PROJECT / "mlruns"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the sqlite database in the store folder (MLflow 3 refuses a plain ./mlruns)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        db = sqlite_path(uri)
+        # a relative sqlite path would follow the current directory: anchor it to the project instead
+        if db is not None and not db.is_absolute():
+            return f"sqlite:///{PROJECT / db}"
+        return uri
+    return f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def optuna_storage(explicit: str | None = None) -> str:
+    """--storage, else OPTUNA_STORAGE, else the journal file beside the MLflow database (or in the store folder)."""
+    url = explicit or os.environ.get("OPTUNA_STORAGE")
+    if url:
+        return url
+    db = sqlite_path(tracking_uri())
+    return str((db.parent if db is not None else store_dir()) / "optuna.journal")
+
+
+def use_store(folder: str | None) -> None:
+    """A command's `--store DIR`: the same as CYCLELIKE_STORE=DIR for this process and its workers."""
+    if folder:
+        os.environ[STORE_ENV] = str(Path(folder).expanduser().resolve())
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # the flag on the command line wins over the environment
+
+
+if __name__ == "__main__":  # `python -m analysis.store`: what the Makefile's ui and dashboard targets open
+    import sys
+
+    print(optuna_storage() if sys.argv[1:] == ["optuna"] else tracking_uri())
