@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# MLflow 3 refuses a plain ./mlruns file store: sqlite beside the artifacts, unless the user points elsewhere
-export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+# The store (mlruns/mlflow.db and mlruns/optuna.journal in this checkout, unless MLFLOW_TRACKING_URI,
+# OPTUNA_STORAGE or CYCLELIKE_STORE say otherwise) is resolved by analysis/store.py for every target.
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 
 .DEFAULT_GOAL := help
@@ -42,13 +42,13 @@ run: .venv  ## one tracked training in MLflow (ARGS="--set pairing=fixed ...")
 	$(PY) -m study run $(ARGS)
 
 ui: .venv  ## the MLflow UI on 127.0.0.1 for this store
-	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (store $(MLFLOW_TRACKING_URI); Ctrl-C stops it)"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) \
-		--workers 1 --backend-store-uri $(MLFLOW_TRACKING_URI)
+	@uri=$$($(PY) -m analysis.store); echo "MLflow UI: http://127.0.0.1:$(PORT)  (store $$uri; Ctrl-C stops it)"; \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) \
+		--workers 1 --backend-store-uri "$$uri"
 
 dashboard: .venv  ## optuna-dashboard on 127.0.0.1 for the study storage
-	@echo "Optuna dashboard: http://127.0.0.1:$(DASHBOARD_PORT)"
-	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) mlruns/optuna.journal
+	@storage=$$($(PY) -m analysis.store optuna); echo "Optuna dashboard: http://127.0.0.1:$(DASHBOARD_PORT)  ($$storage)"; \
+	exec $(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) "$$storage"
 
 report: .venv  ## report on the most recent study, or STUDY=name: reports/<study>/index.html
 	$(PY) -m analysis report $(if $(STUDY),--experiment $(STUDY))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.store import use_store
 from cyclelike.config import ConfigError, RunConfig, parse_sets
 from cyclelike.data import DataError
 from cyclelike.train import NonFiniteLossError
@@ -19,11 +20,16 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 
 
 def _sweep(args) -> int:
-    from .sweep import run_sweep
+    from .sweep import SweepFailed, run_sweep
 
     spec = load_sweep(args.config, parse_sets(args.sets))
+    _check_device(spec.base_config())
     print(f"study {spec.name}: {spec.description}".rstrip(": "))
-    table = run_sweep(spec, args.storage, args.workers, args.trials)
+    try:
+        table = run_sweep(spec, args.storage, args.workers, args.trials)
+    except SweepFailed as err:
+        print(f"error: study {spec.name}: {err}", file=sys.stderr)
+        return err.code
     if len(table):
         shown = table.drop(columns=["invocation", "time_train_s", "time_eval_s", "time_total_s"])
         with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.3f}".format):
@@ -36,6 +42,14 @@ def _sweep(args) -> int:
     return 0
 
 
+def _check_device(config: RunConfig) -> None:
+    """device=cuda on a machine without one: one line before any store or run is created."""
+    if config.device == "cuda":
+        from cyclelike.train import resolve_device
+
+        resolve_device(config.device)
+
+
 def _run(args) -> int:
     from .tracking import RunLogger, ensure_experiment, prepare_store, provenance
     from .trial import run_trial
@@ -46,6 +60,7 @@ def _run(args) -> int:
         config, experiment, eval_every = spec.base_config(), args.experiment or spec.name, spec.eval_every
     else:
         config, experiment, eval_every = RunConfig.from_dict(sets), args.experiment or "runs", args.eval_every
+    _check_device(config)
     client = prepare_store()
     experiment_id = ensure_experiment(client, experiment)
     name = f"run-{config.scheme}-{config.pairing}-seed{config.seed}-{time.strftime('%H%M%S')}"
@@ -68,27 +83,63 @@ def _run(args) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; expected an integer >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected an integer >= 1")
+    return value
+
+
+SWEEP_EXAMPLES = """examples:
+  python -m study sweep                                   # the default study (study/configs/default.toml)
+  python -m study sweep --config study/configs/scaling.toml --workers 2
+  python -m study sweep --set epochs=30 --trials 4        # override a fixed value; at most 4 trials now
+"""
+RUN_EXAMPLES = """examples:
+  python -m study run --set pairing=fixed --set n_images=20
+  python -m study run --config study/configs/default.toml --set arch=encdec
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    keys = "\n".join(f"  {k}: {v}" for k, v in RunConfig.field_help().items())
     parser = argparse.ArgumentParser(prog="python -m study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=f"RunConfig keys for --set:\n{keys}")
+                                     epilog=RunConfig.keys_help())
     sub = parser.add_subparsers(dest="command", required=True)
-    sweep = sub.add_parser("sweep", help="run (or resume) an Optuna study from a sweep file")
+    raw = argparse.RawDescriptionHelpFormatter
+    sweep = sub.add_parser("sweep", help="run (or resume) an Optuna study from a sweep file", formatter_class=raw,
+                           description="Run or resume an Optuna study: each (condition, seed) once, every trial an "
+                                       "MLflow run.", epilog=SWEEP_EXAMPLES + "\n" + RunConfig.keys_help())
     sweep.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep file (TOML), default %(default)s")
-    sweep.add_argument("--trials", type=int, default=0,
+    sweep.add_argument("--trials", type=_non_negative, default=0,
                        help="run at most this many trials in this invocation (0: all the file asks for)")
-    sweep.add_argument("--workers", type=int, default=1, help="worker processes on the study (default 1)")
+    sweep.add_argument("--workers", type=_positive, default=1, help="worker processes on the study (default 1)")
     sweep.add_argument("--storage", default=None,
                        help="Optuna storage: a journal file path (default mlruns/optuna.journal) or an RDB URL")
-    run = sub.add_parser("run", help="one tracked training (the sweep file's fixed values, or defaults)")
+    run = sub.add_parser("run", help="one tracked training (the sweep file's fixed values, or defaults)",
+                         formatter_class=raw, description="One tracked training in MLflow.",
+                         epilog=RUN_EXAMPLES + "\n" + RunConfig.keys_help())
     run.add_argument("--config", default=None, help="sweep file whose [fixed] values to use")
     run.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep name, or 'runs')")
-    run.add_argument("--eval-every", type=int, default=10, help="epochs between pairing evaluations")
+    run.add_argument("--eval-every", type=_non_negative, default=10,
+                     help="epochs between pairing evaluations (0: only at the end)")
     for p in (sweep, run):
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override a RunConfig field (repeatable), e.g. --set data=folders --set x_path=DIR")
+        p.add_argument("--store", default=None, metavar="DIR",
+                       help="folder of the MLflow database and Optuna journal (default: the project's mlruns/)")
     args = parser.parse_args(argv)
+    use_store(args.store)
     try:
         return _sweep(args) if args.command == "sweep" else _run(args)
     except (SweepError, ConfigError, DataError, NonFiniteLossError) as err:

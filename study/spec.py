@@ -6,6 +6,8 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
     trials = 20                       # random/tpe: configurations to sample (each run once per seed)
     timeout_s = 0                     # 0: no time budget; else start no trial after this many seconds
     seeds = [0, 1]
+    sampler_seed = 0                  # random/tpe: each worker's sampler seed is derived from it
+    max_retries = 2                   # a failed (not pruned, not killed) condition is queued again this often
     eval_every = 10                   # epochs between pairing evaluations (logged; pruning reads them)
     pruner = "none"                   # none | median
     objectives = ["pair/forward_top1"]
@@ -22,7 +24,9 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -37,7 +41,7 @@ OBJECTIVE_METRICS = (
     "mem/holdout_copy_rate", "time/sec_per_epoch", "loss/G_total", "loss/G_l1", "loss/D",
 )
 TOP_KEYS = {"name", "description", "sampler", "trials", "timeout_s", "seeds", "eval_every", "pruner",
-            "objectives", "directions", "fixed", "space"}
+            "objectives", "directions", "fixed", "space", "sampler_seed", "max_retries"}
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median")
 
@@ -73,12 +77,20 @@ class SweepSpec:
     directions: list[str] = field(default_factory=lambda: ["maximize"])
     description: str = ""
     source: str = ""
+    sampler_seed: int = 0
+    max_retries: int = 2
 
     def base_config(self) -> RunConfig:
         return RunConfig.from_dict(dict(self.fixed))
 
     def config_for(self, params: dict[str, Any], seed: int) -> RunConfig:
         return RunConfig.from_dict({**self.fixed, **params, "seed": seed})
+
+    @property
+    def fixed_key(self) -> str:
+        """The identity of what this sweep file holds fixed (the space and the seed aside)."""
+        fixed = {k: v for k, v in self.base_config().condition().items() if k not in self.space}
+        return hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def grid_cells(self) -> list[dict[str, Any]]:
         """Every combination of the space's values: the factorial design (ranges are refused for grid)."""
@@ -192,10 +204,16 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
             f"trials: sampler={sampler} needs trials > 0 or a timeout_s budget")
     eval_every = raw.get("eval_every", 10)
     _expect(isinstance(eval_every, int) and eval_every >= 0, f"eval_every={eval_every!r}: expected an integer >= 0")
+    sampler_seed = raw.get("sampler_seed", 0)
+    _expect(isinstance(sampler_seed, int) and sampler_seed >= 0,
+            f"sampler_seed={sampler_seed!r}: expected an integer >= 0")
+    max_retries = raw.get("max_retries", 2)
+    _expect(isinstance(max_retries, int) and max_retries >= 0,
+            f"max_retries={max_retries!r}: expected an integer >= 0")
     timeout = raw.get("timeout_s", 0)
     _expect(isinstance(timeout, int | float) and timeout >= 0, f"timeout_s={timeout!r}: expected a number >= 0")
     return SweepSpec(raw["name"].strip(), fixed, space, sampler, trials, float(timeout), seeds, eval_every,
-                     pruner, objectives, directions, raw.get("description", ""), source)
+                     pruner, objectives, directions, raw.get("description", ""), source, sampler_seed, max_retries)
 
 
 def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> SweepSpec:

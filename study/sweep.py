@@ -1,20 +1,28 @@
 """Optuna sweeps: one study per sweep file, one MLflow run per trial nested under a parent run per study.
 
-The coordinator (this process) prepares everything before any worker starts: the MLflow store, the
-experiment and parent run, the recovery of trials a dead process left RUNNING, and for grid sweeps
-the queue of every cell x seed not yet done. Workers then pop trials until the queue (or the trial
-budget) is empty, so each trial runs exactly once however many workers there are.
+The coordinator (this process) prepares everything under a lock before any worker starts: the MLflow
+store, the experiment and parent run, the recovery of trials whose owner died, and the queue of every
+(condition, seed) not yet done. Workers then pop trials until the queue (or the trial budget) is empty.
+
+A condition is its whole RunConfig except the seed (and how it is executed); each (condition, seed)
+runs once. A trial is failed as stale only when its owner is known dead: the same host and a dead
+process, or a lease (a timestamp the owner refreshes) older than a grace period.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
+import socket
+import threading
 import time
 import traceback
-from dataclasses import dataclass
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,43 +31,64 @@ import pandas as pd
 import torch
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from analysis.store import optuna_storage, sqlite_path, tracking_uri
+from cyclelike.config import ConfigError, RunConfig
 from cyclelike.data import DataError
 from cyclelike.train import NonFiniteLossError
 
 from .spec import SweepError, SweepSpec
-from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, tracking_uri
+from .tracking import RunLogger, ensure_experiment, file_lock, prepare_store, provenance
 from .trial import run_trial
 
 PARENT_ATTR = "mlflow_parent_run_id"
+LEASE_EVERY_S = 30.0
+LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another host's trial is dead past this
+HOST = socket.gethostname()
+DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says more
 
 
-def default_storage_url() -> str:
-    """The Optuna journal beside the MLflow store: safe for several processes on one machine."""
-    uri = tracking_uri()
-    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path("mlruns")
-    return str(folder / "optuna.journal")
-
-
 def open_storage(url: str | None, workers: int = 1):
-    url = url or default_storage_url()
+    url = optuna_storage(url)
     if "://" not in url:  # a journal file: one machine, any number of processes
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
+        path = Path(url)
+        if path.is_dir():
+            raise SweepError(f"--storage {url}: is a folder; give a journal file (e.g. {path / 'optuna.journal'}) "
+                             "or a database URL")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        except OSError as err:
+            raise SweepError(f"--storage {url}: cannot write the Optuna journal ({err.strerror})") from None
     if url.startswith("sqlite") and workers > 1:
         raise SweepError(f"--storage {url}: Optuna on sqlite is unsafe with several workers (trials run twice); "
                          "use a journal file (the default) or PostgreSQL")
-    if url.startswith("sqlite"):
-        return RDBStorage(url)
-    # PostgreSQL for several machines: no process can tell another machine's live trial from a dead one,
-    # so heartbeats decide, and Optuna hands each dead trial to `_killed` as it fails it
-    return RDBStorage(url, heartbeat_interval=60, grace_period=180, failed_trial_callback=_killed)
+    try:
+        if url.startswith("sqlite"):
+            return RDBStorage(url)
+        # PostgreSQL for several machines: no process can tell another machine's live trial from a dead one,
+        # so heartbeats decide, and Optuna hands each dead trial to `_killed` as it fails it
+        return RDBStorage(url, heartbeat_interval=60, grace_period=180, failed_trial_callback=_killed)
+    except Exception as err:  # SQLAlchemy and the drivers raise many types for a bad URL or a server that is down
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SweepError(f"--storage {url}: cannot open it: {reason}") from None
 
 
-def make_sampler(spec: SweepSpec, seed: int = 0) -> optuna.samplers.BaseSampler:
+def coordinator_lock(storage_url: str | None):
+    """One coordinator at a time per store on this machine: recovery and queueing read, then write."""
+    url = optuna_storage(storage_url)
+    if "://" not in url:
+        return file_lock(Path(url + ".coordinator"))  # not ".lock": the journal backend takes that name
+    db = sqlite_path(tracking_uri())
+    return file_lock(db.parent / ".coordinator.lock") if db is not None else contextlib.nullcontext()
+
+
+def make_sampler(spec: SweepSpec, worker: int = 0, history: int = 0) -> optuna.samplers.BaseSampler:
+    """Each worker draws its own sequence: one seed for all would make every worker draw the same trials."""
+    seed = int(hashlib.sha256(f"{spec.sampler_seed}/{worker}/{history}".encode()).hexdigest()[:8], 16)
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     # grid: every cell is enqueued, so the sampler never draws; random draws uniformly
@@ -72,34 +101,77 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def config_key(params: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def config_key(config: RunConfig) -> str:
+    return hashlib.sha1(json.dumps(config.condition(), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-@dataclass
-class Context:
-    spec: SweepSpec
-    storage_url: str | None
-    experiment_id: str
-    parent_run_id: str
-    threads: int
-    invocation: str
-    deadline: float  # 0: none
-    max_trials: int  # 0: no limit for this invocation
-
-
-def load_study(spec: SweepSpec, storage, create: bool = False) -> optuna.Study:
-    kwargs = dict(study_name=spec.name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec))
+def load_study(spec: SweepSpec, storage, create: bool = False, worker: int = 0, history: int = 0) -> optuna.Study:
+    kwargs = dict(study_name=spec.name, storage=storage, sampler=make_sampler(spec, worker, history),
+                  pruner=make_pruner(spec))
     if create:
         return optuna.create_study(directions=spec.directions, load_if_exists=True, **kwargs)
     return optuna.load_study(**kwargs)
 
 
-def _retry(study: optuna.Study, trial) -> None:
-    """Queue a killed trial's configuration and seed again: it did not fail, it was stopped."""
+# ---------------------------------------------------------------- owners, leases and recovery
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process: a pid reused by another process has another one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_record(invocation: str) -> dict[str, Any]:
+    return {"host": HOST, "pid": os.getpid(), "pid_start": _process_start(os.getpid()), "invocation": invocation}
+
+
+def owner_alive(trial: FrozenTrial, now: float | None = None) -> bool:
+    owner, now = trial.user_attrs.get("owner"), now or time.time()
+    if owner and owner.get("host") == HOST:
+        return _process_start(owner["pid"]) is not None and _process_start(owner["pid"]) == owner.get("pid_start")
+    started = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - float(trial.user_attrs.get("lease", started)) < LEASE_GRACE_S
+
+
+@contextlib.contextmanager
+def lease(storage, trial_id: int):
+    """Refresh the trial's lease while it runs, so that other machines can tell it is alive."""
+    stop = threading.Event()
+
+    def refresh():
+        while not stop.wait(LEASE_EVERY_S):
+            with contextlib.suppress(Exception):  # a missed refresh is retried; the grace is ten of them
+                storage.set_trial_user_attr(trial_id, "lease", time.time())
+
+    thread = threading.Thread(target=refresh, daemon=True, name=f"lease-{trial_id}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _is_killed(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and "killed" in str(trial.user_attrs.get("failure", ""))
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a killed trial's condition and seed again: it did not fail, it was stopped."""
     if "config_key" in trial.user_attrs:
-        study.enqueue_trial(trial.params, user_attrs={k: trial.user_attrs[k] for k in ("seed", "config_key")}
-                            | {"retry_of": trial.number})
+        keep = {k: trial.user_attrs[k] for k in ("seed", "config_key", "fixed_key") if k in trial.user_attrs}
+        study.enqueue_trial(trial.params, user_attrs=keep | {"retry_of": trial.number})
+
+
+def _close_run(client, run_id: str, state: str, failure: str | None) -> None:
+    if failure:
+        client.set_tag(run_id, "failure", failure)
+    client.set_tag(run_id, "optuna.state", state)
+    status = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
+    client.set_terminated(run_id, "KILLED" if "killed" in (failure or "") else status)
 
 
 def _killed(study: optuna.Study, trial) -> None:
@@ -108,53 +180,74 @@ def _killed(study: optuna.Study, trial) -> None:
 
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        client = MlflowClient(tracking_uri())
-        client.set_tag(run_id, "optuna.state", "FAIL")
-        client.set_tag(run_id, "failure", "killed: its worker stopped sending heartbeats")
-        client.set_terminated(run_id, "KILLED")
+        _close_run(MlflowClient(tracking_uri()), run_id, "FAIL", "killed: its worker stopped sending heartbeats")
     _retry(study, trial)
 
 
 def recover_stale(study: optuna.Study, storage, client) -> list[int]:
-    """Trials left RUNNING by a process that died: FAIL them, close their MLflow runs as KILLED and
-    queue their configuration again. Runs before any worker of this sweep starts."""
+    """Fail the RUNNING trials whose owner is dead, then close every MLflow trial run left RUNNING whose
+    trial has ended (its process died between telling Optuna and closing the run)."""
     if isinstance(storage, RDBStorage) and storage.heartbeat_interval:
         optuna.storages.fail_stale_trials(study)  # calls _killed for each trial it fails
-        return []
     study_id = storage.get_study_id_from_name(study.study_name)
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if owner_alive(t) or isinstance(storage, RDBStorage) and storage.heartbeat_interval:
+            continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         storage.set_trial_user_attr(trial_id, "failure", "killed: its process died while the trial was RUNNING")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        _retry(study, t)
         recovered.append(t.number)
-    # every MLflow trial run still RUNNING belongs to a dead process now
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     experiment = client.get_experiment_by_name(study.study_name)
     if experiment is not None:
-        stale = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and tags.trial != ''")
-        for run in stale:
-            client.set_tag(run.info.run_id, "optuna.state", "FAIL")
-            client.set_tag(run.info.run_id, "failure", "killed: its process died while the trial was RUNNING")
-            client.set_terminated(run.info.run_id, "KILLED")
+        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and tags.trial != ''"):
+            t = trials.get(int(run.data.tags["trial"]))
+            if t is None or t.state == TrialState.RUNNING:
+                continue  # a live trial, or one Optuna has not heard of yet
+            _close_run(client, run.info.run_id, t.state.name, t.user_attrs.get("failure"))
     return recovered
 
 
-def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
-    """Queue every cell x seed that has no trial yet (a killed one was re-queued by recover_stale)."""
-    done = set()
+def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
+    """Queue each (condition, seed) asked for that has no trial done, running or waiting: the grid's cells
+    not yet run, killed trials, and failed ones up to spec.max_retries times (their cause may be gone)."""
+    tried: dict[tuple[str, int], list[FrozenTrial]] = defaultdict(list)
     for t in study.get_trials(deepcopy=False):
-        killed = t.state == TrialState.FAIL and "killed" in t.user_attrs.get("failure", "")
-        if "config_key" in t.user_attrs and not killed:
-            done.add((t.user_attrs["config_key"], t.user_attrs["seed"]))
-    added = 0
-    for params in spec.grid_cells():
-        key = config_key(params)
-        for seed in spec.seeds:
-            if (key, seed) not in done:
-                study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key})
-                added += 1
-    return added
+        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious"):
+            tried[(t.user_attrs["config_key"], t.user_attrs["seed"])].append(t)
+    wanted: dict[tuple[str, int], dict] = {}
+    if spec.sampler == "grid":
+        for params in spec.grid_cells():
+            for seed in spec.seeds:
+                wanted[(config_key(spec.config_for(params, seed)), seed)] = params
+    for (key, seed), trials in tried.items():  # sampled conditions of this sweep's fixed values
+        if trials[-1].user_attrs.get("fixed_key") == spec.fixed_key and not spec.sampler == "grid":
+            wanted.setdefault((key, seed), trials[-1].params)
+    report = {"queued": 0, "retries": 0, "exhausted": [], "changed": {}}
+    for (key, seed), params in wanted.items():
+        trials = tried.get((key, seed), [])
+        if any(t.state in DONE for t in trials):
+            continue
+        failures = [t for t in trials if t.state == TrialState.FAIL and not _is_killed(t)]
+        if len(failures) > spec.max_retries:
+            report["exhausted"].append((params, seed, failures[-1].user_attrs.get("failure", "")))
+            continue
+        report["retries"] += bool(failures)
+        study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key})
+        report["queued"] += 1
+    report["changed"] = changed_fixed(study, spec)
+    return report
+
+
+def changed_fixed(study: optuna.Study, spec: SweepSpec) -> dict[str, tuple[Any, Any]]:
+    """The fixed values this sweep file now asks for that differ from the study's earlier trials."""
+    earlier = [t for t in study.get_trials(deepcopy=False) if "condition" in t.user_attrs]
+    if not earlier:
+        return {}
+    last = earlier[-1]
+    now = spec.config_for(last.params, last.user_attrs["seed"]).condition()
+    return {k: (v, now.get(k)) for k, v in last.user_attrs["condition"].items() if now.get(k) != v}
 
 
 def ensure_parent_run(client, study: optuna.Study, spec: SweepSpec, experiment_id: str) -> str:
@@ -178,33 +271,69 @@ def ensure_parent_run(client, study: optuna.Study, spec: SweepSpec, experiment_i
     return parent.run_id
 
 
-def _count_configs(study: optuna.Study) -> int:
-    return len({t.user_attrs["config_key"] for t in study.get_trials(deepcopy=False) if "config_key" in t.user_attrs})
+# ---------------------------------------------------------------- workers
 
 
-def _fail(study, trial, logger, reason: str) -> None:
-    trial.set_user_attr("failure", reason[-2000:])
-    logger.finish("FAILED", tags={"optuna.state": "FAIL", "failure": reason[-5000:]})
-    study.tell(trial, state=TrialState.FAIL)
-    tqdm.write(f"trial {trial.number:4d} FAILED: {reason.splitlines()[-1] if reason else ''}")
+@dataclass
+class Context:
+    spec: SweepSpec
+    storage_url: str | None
+    experiment_id: str
+    parent_run_id: str
+    threads: int
+    invocation: str
+    deadline: float  # 0: none
+    max_trials: int  # 0: no limit for this invocation
+    history: int = 0  # trials in the study when this invocation began: seeds the samplers
+    current: dict = field(default_factory=dict)  # the trial this process runs, for the error that names it
 
 
-def run_one(study: optuna.Study, ctx: Context, client) -> None:
+def _count_configs(study: optuna.Study, spec: SweepSpec) -> int:
+    return len({t.user_attrs["config_key"] for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("fixed_key") == spec.fixed_key})
+
+
+def _claim(study: optuna.Study, ctx: Context):
+    """Ask for a trial and give it its condition and seed; None when the draw is no new condition."""
     spec = ctx.spec
     trial = study.ask()
     params = spec.suggest(trial)
     if "config_key" not in trial.user_attrs:
-        if spec.sampler == "grid":  # another worker took the last queued cell between our check and ask
+        key = config_key(spec.config_for(params, spec.seeds[0]))
+        taken = {t.user_attrs.get("config_key") for t in study.get_trials(deepcopy=False) if t.number != trial.number}
+        # grid: another worker took the last queued cell between our check and ask; random/tpe: a repeat draw
+        if spec.sampler == "grid" or key in taken:
             trial.set_user_attr("spurious", True)
             study.tell(trial, state=TrialState.FAIL)
-            return
-        key = config_key(params)
+            return None
         trial.set_user_attr("config_key", key)
         trial.set_user_attr("seed", spec.seeds[0])
-        for seed in spec.seeds[1:]:  # the same configuration again with each other seed
-            study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key})
+        trial.set_user_attr("fixed_key", spec.fixed_key)
+        for seed in spec.seeds[1:]:  # the same condition again with each other seed
+            study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key})
     seed = trial.user_attrs["seed"]
     config = spec.config_for(params, seed)
+    trial.set_user_attr("owner", owner_record(ctx.invocation))
+    trial.set_user_attr("condition", config.condition())
+    return trial, params, config
+
+
+def _fail(study, trial, logger, reason: str) -> None:
+    trial.set_user_attr("failure", reason[-2000:])
+    study.tell(trial, state=TrialState.FAIL)  # Optuna first: a run closed before its trial is told is never retried
+    logger.finish("FAILED", tags={"optuna.state": "FAIL", "failure": reason[-5000:]})
+    tqdm.write(f"trial {trial.number:4d} FAILED: {reason.strip().splitlines()[-1] if reason.strip() else ''}")
+
+
+def run_one(study: optuna.Study, storage, ctx: Context, client) -> bool:
+    """Claim and run one trial; False when the draw was no new condition."""
+    spec = ctx.spec
+    claimed = _claim(study, ctx)
+    if claimed is None:
+        return False
+    trial, params, config = claimed
+    seed = trial.user_attrs["seed"]
+    ctx.current.update(number=trial.number)
     if config.threads == 0:
         config = config.replace(threads=ctx.threads)
     logger = RunLogger.start(client, ctx.experiment_id, f"trial-{trial.number:04d}", parent_run_id=ctx.parent_run_id,
@@ -221,110 +350,174 @@ def run_one(study: optuna.Study, ctx: Context, client) -> None:
         return trial.should_prune()
 
     try:
-        outcome = run_trial(config, logger, spec.eval_every, report, desc=f"trial-{trial.number:04d}")
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec.name),
+                                                                   trial.number)
+        with lease(storage, trial_id):
+            outcome = run_trial(config, logger, spec.eval_every, report, desc=f"trial-{trial.number:04d}")
     except KeyboardInterrupt:
-        # stopped, not failed: the next invocation runs this configuration again
+        # stopped, not failed: the next invocation runs this condition again
         trial.set_user_attr("failure", "killed: interrupted")
-        logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": "killed: interrupted"})
         study.tell(trial, state=TrialState.FAIL)
-        _retry(study, trial)
+        logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": "killed: interrupted"})
         raise
-    except (NonFiniteLossError, DataError) as err:
-        return _fail(study, trial, logger, f"{type(err).__name__}: {err}")
+    except (NonFiniteLossError, DataError, ConfigError) as err:
+        _fail(study, trial, logger, f"{type(err).__name__}: {err}")
+        return True
     except Exception:
-        return _fail(study, trial, logger, traceback.format_exc())
+        _fail(study, trial, logger, traceback.format_exc())
+        return True
+    finally:
+        ctx.current.clear()
     # one attribute, one storage write: several per trial added up to a visible share of a short sweep
     trial.set_user_attr("timing", {**outcome.timing, "sec_per_epoch": outcome.sec_per_epoch,
                                    "invocation": ctx.invocation})
     summary = " ".join(f"{k}={v}" for k, v in params.items())
     if outcome.pruned:
         trial.set_user_attr("pruned_at_epoch", outcome.epochs_run)
-        logger.finish("KILLED", tags={"optuna.state": "PRUNED", "pruned_at_epoch": outcome.epochs_run})
         study.tell(trial, state=TrialState.PRUNED)
+        logger.finish("KILLED", tags={"optuna.state": "PRUNED", "pruned_at_epoch": outcome.epochs_run})
         tqdm.write(f"trial {trial.number:4d} PRUNED at epoch {outcome.epochs_run}  {summary} seed={seed}")
-        return
+        return True
     values = [outcome.metrics.get(m, float("nan")) for m in spec.objectives]
     if any(v != v for v in values):
-        return _fail(study, trial, logger, f"objective {spec.objectives} is NaN for scheme={config.scheme} "
-                                           "(a metric this scheme does not define)")
-    logger.finish("FINISHED", tags={"optuna.state": "COMPLETE"})
+        _fail(study, trial, logger, f"objective {spec.objectives} is NaN for scheme={config.scheme} "
+                                    "(a metric this scheme does not define)")
+        return True
     study.tell(trial, values)
+    logger.finish("FINISHED", tags={"optuna.state": "COMPLETE"})
     scores = " ".join(f"{m}={v:.3f}" for m, v in zip(spec.objectives, values, strict=True))
     tqdm.write(f"trial {trial.number:4d} COMPLETE {scores}  {outcome.sec_per_epoch:.3f} s/epoch  {summary} seed={seed}")
+    return True
 
 
-def worker_loop(ctx: Context, counter=None) -> None:
+def worker_loop(ctx: Context, counter=None, worker: int = 0) -> None:
     """Pop and run trials until the queue or the budget is empty."""
     torch.set_num_threads(ctx.threads)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri())
-    study = load_study(ctx.spec, open_storage(ctx.storage_url))
+    storage = open_storage(ctx.storage_url)
+    study = load_study(ctx.spec, storage, worker=worker, history=ctx.history)
     spec = ctx.spec
-    while True:
+    repeats = 0
+    while repeats < 50:  # fifty repeat draws in a row: the space holds no new condition
         if ctx.deadline and time.time() > ctx.deadline:
             break
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not waiting and (spec.sampler == "grid" or (spec.trials and _count_configs(study) >= spec.trials)):
+        if not waiting and (spec.sampler == "grid" or (spec.trials and _count_configs(study, spec) >= spec.trials)):
             break
         if counter is not None:
             with counter.get_lock():
                 if ctx.max_trials and counter.value >= ctx.max_trials:
                     break
                 counter.value += 1
-        run_one(study, ctx, client)
+        ran = run_one(study, storage, ctx, client)
+        repeats = 0 if ran else repeats + 1
+        if not ran and counter is not None:
+            with counter.get_lock():
+                counter.value -= 1
 
 
-def _worker_main(ctx: Context, counter) -> None:
+def _worker_main(ctx: Context, counter, worker: int) -> None:
     try:
-        worker_loop(ctx, counter)
+        worker_loop(ctx, counter, worker)
     except KeyboardInterrupt:
-        pass
+        raise SystemExit(130) from None
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+class SweepFailed(RuntimeError):
+    """The sweep stopped or its trials failed; the message names the trials and why. `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
+    """Store, study, parent run, recovery and queue, under the coordinator lock."""
+    client = prepare_store()
+    storage = open_storage(storage_url, workers)
+    with coordinator_lock(storage_url):
+        experiment_id = ensure_experiment(client, spec.name)
+        study = load_study(spec, storage, create=True)
+        if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in spec.directions]:
+            raise SweepError(f"study {spec.name!r} exists with directions "
+                             f"{[d.name.lower() for d in study.directions]}; the sweep file asks for "
+                             f"{spec.directions}: rename the study or use another --storage")
+        parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
+        RunLogger(client, parent_run_id).set_tags(provenance())
+        recovered = recover_stale(study, storage, client)
+        queue = queue_missing(study, spec)
+    if recovered:
+        print(f"recovered trial(s) {recovered} left RUNNING by a dead process: marked FAILED and queued again")
+    if queue["changed"]:
+        changes = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in queue["changed"].items())
+        print(f"study {spec.name}: the settings differ from its earlier trials in {changes}; these conditions "
+              f"are new trials of the same study (to keep them apart, rename the study in the sweep file)")
+    for params, seed, reason in queue["exhausted"]:
+        print(f"not retried ({spec.max_retries} retries used): {params} seed={seed}: "
+              f"{reason.strip().splitlines()[-1] if reason.strip() else ''}")
+    if spec.sampler == "grid":
+        total = len(spec.grid_cells()) * len(spec.seeds)
+        print(f"study {spec.name}: grid of {total} trials ({len(spec.grid_cells())} cells x {len(spec.seeds)} seeds), "
+              f"{queue['queued']} queued now ({queue['retries']} of them retries of failed trials)")
+    return client, study, experiment_id, parent_run_id
 
 
 def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1, max_trials: int = 0) -> pd.DataFrame:
+    """Run the study; returns the trials table. Raises SweepFailed, after closing everything, when the sweep
+    was interrupted, a worker died, or every trial of this invocation failed."""
     if workers < 1:
         raise SweepError(f"--workers {workers}: expected an integer >= 1")
     t0 = time.time()
-    client = prepare_store()
-    experiment_id = ensure_experiment(client, spec.name)
-    storage = open_storage(storage_url, workers)
-    study = load_study(spec, storage, create=True)
-    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in spec.directions]:
-        raise SweepError(f"study {spec.name!r} exists with directions {[d.name.lower() for d in study.directions]}; "
-                         f"the sweep file asks for {spec.directions}: rename the study or use another --storage")
-    parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
-    parent = RunLogger(client, parent_run_id)
-    parent.set_tags(provenance())
-    recovered = recover_stale(study, storage, client)
-    if recovered:
-        print(f"recovered trial(s) {recovered} left RUNNING by a dead process: marked FAILED and queued again")
-    if spec.sampler == "grid":
-        added = enqueue_grid(study, spec)
-        total = len(spec.grid_cells()) * len(spec.seeds)
-        print(f"study {spec.name}: grid of {total} trials ({len(spec.grid_cells())} cells x {len(spec.seeds)} seeds), "
-              f"{added} queued now, {total - added} already done or queued")
+    client, study, experiment_id, parent_run_id = prepare(spec, storage_url, workers)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    invocation = f"{int(t0)}-{os.getpid()}"
+    invocation = f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctx = Context(spec, storage_url, experiment_id, parent_run_id, max(1, cores // workers), invocation,
-                  t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials)
-    status = "FINISHED"
+                  t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials, len(study.trials))
+    status, problem = "FINISHED", None
+    counter = mp.get_context("spawn").Value("i", 0)
     try:
-        counter = mp.get_context("spawn").Value("i", 0)
         if workers == 1:
             worker_loop(ctx, counter)
         else:
-            procs = [mp.get_context("spawn").Process(target=_worker_main, args=(ctx, counter)) for _ in range(workers)]
+            procs = [mp.get_context("spawn").Process(target=_worker_main, args=(ctx, counter, k))
+                     for k in range(workers)]
             for p in procs:
                 p.start()
-            for p in procs:
-                p.join()
+            try:
+                for p in procs:
+                    p.join()
+            except KeyboardInterrupt:
+                for p in procs:  # they got the same Ctrl-C: let them close their trials
+                    p.join()
+                raise
+            dead = [p for p in procs if p.exitcode not in (0, 130)]
+            if any(p.exitcode == 130 for p in procs):
+                raise KeyboardInterrupt
+            if dead:
+                status = "FAILED"
+                problem = SweepFailed("worker process(es) " + ", ".join(f"{p.pid} (exit code {p.exitcode})"
+                                                                        for p in dead) + " died")
     except KeyboardInterrupt:
         status = "KILLED"
-        print("interrupted: the study resumes where it stopped when the same command runs again")
+        problem = SweepFailed("interrupted", code=130)
+    except Exception as err:
+        status = "FAILED"
+        number = ctx.current.get("number")
+        problem = SweepFailed(f"the worker crashed{f' during trial {number}' if number is not None else ''}: "
+                              f"{type(err).__name__}: {err}")
     finally:
         wall = time.time() - t0
-        table = trials_table(load_study(spec, open_storage(storage_url)), spec)
+        storage = open_storage(storage_url)
+        study = load_study(spec, storage)
+        with coordinator_lock(storage_url):
+            recover_stale(study, storage, client)  # a crashed worker's trial, closed now
+        table = trials_table(study, spec)
+        parent = RunLogger(client, parent_run_id)
         mine = table[table["invocation"] == invocation] if len(table) else table
         work = float(mine[["time_train_s", "time_eval_s"]].sum().sum()) if len(mine) else 0.0
         overhead = 1.0 - work / (wall * workers) if wall > 0 and len(mine) else float("nan")
@@ -335,13 +528,28 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1,
                             "time/harness_overhead": overhead}, step=int(t0))
         parent.finish(status, tags={"workers": workers, "last_invocation": invocation})
     table.attrs.update(wall_s=wall, harness_overhead=overhead, trials_this_run=len(mine))
+    ended = _ended_here(study, invocation)
+    if problem is not None:
+        stopped = [t.number for t in ended if _is_killed(t)]
+        raise SweepFailed(f"{problem}{f'; trial(s) {stopped} stopped' if stopped else ''}; the same command "
+                          "resumes the study", problem.code)
+    failed = [t for t in ended if t.state == TrialState.FAIL]
+    if ended and len(failed) == len(ended):
+        reasons = sorted({str(t.user_attrs.get("failure", "")).strip().splitlines()[-1:][0]
+                          if str(t.user_attrs.get("failure", "")).strip() else "unknown" for t in failed})
+        raise SweepFailed(f"all {len(failed)} trial(s) of this invocation failed: " + "; ".join(reasons))
     return table
+
+
+def _ended_here(study: optuna.Study, invocation: str) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get("spurious")
+            and t.user_attrs.get("owner", {}).get("invocation") == invocation]
 
 
 def trials_table(study: optuna.Study, spec: SweepSpec) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("spurious"):
+        if t.user_attrs.get("spurious") or t.state == TrialState.WAITING:
             continue
         row = {"trial": t.number, "state": t.state.name, "seed": t.user_attrs.get("seed"), **t.params}
         for i, m in enumerate(spec.objectives):
@@ -350,6 +558,7 @@ def trials_table(study: optuna.Study, spec: SweepSpec) -> pd.DataFrame:
         row["sec_per_epoch"] = timing.get("sec_per_epoch", float("nan"))
         for k in ("train_s", "eval_s", "total_s"):
             row[f"time_{k}"] = timing.get(k, 0.0)
-        row["invocation"] = timing.get("invocation", "")
+        row["invocation"] = t.user_attrs.get("owner", {}).get("invocation", timing.get("invocation", ""))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["trial", "state", "seed", "invocation", "time_train_s",
+                                                         "time_eval_s", "time_total_s"])

@@ -6,17 +6,24 @@ trial's per-epoch losses cost one call per evaluation instead of one per value.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+from analysis.store import sqlite_path, tracking_uri
+
+from .spec import SweepError
+
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
@@ -46,32 +53,58 @@ def provenance() -> dict[str, str]:
     return tags
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock between the processes of this machine (released if the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+def _check_server(uri: str) -> None:
+    """A tracking server that is down gives one line at once, not minutes of MLflow's retries."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+            pass
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise SweepError(f"MLflow tracking server {uri} cannot be reached ({reason}); start it (make server) "
+                         "or unset MLFLOW_TRACKING_URI") from None
 
 
 def prepare_store(uri: str | None = None) -> MlflowClient:
-    """Create the store once, in this process, before any worker starts: two processes creating a fresh
+    """Create the store once, under a lock, before any worker starts: two processes creating a fresh
     sqlite database at once race in MLflow's schema migration."""
     uri = uri or tracking_uri()
-    db = _sqlite_path(uri)
-    if db is not None:
+    db = sqlite_path(uri)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    try:
+        if db is None:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+            return client
         db.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
-    client.search_experiments(max_results=1)  # runs the migration
-    if db is not None:
-        with sqlite3.connect(db) as con:
-            con.execute("PRAGMA journal_mode=WAL")  # concurrent writers from several workers, ~3x faster
-    return client
+        with file_lock(db.parent / ".store.lock"):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # runs the migration
+            with sqlite3.connect(db) as con:
+                con.execute("PRAGMA journal_mode=WAL")  # concurrent writers from several workers, ~3x faster
+        return client
+    except SweepError:
+        raise
+    except Exception as err:  # MLflow wraps OS and database errors in several types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SweepError(f"cannot open the MLflow store {uri}: {reason}") from None
 
 
 def artifact_root(uri: str) -> str | None:
     """mlruns/artifacts beside a local sqlite store; a server decides for itself."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     return (db.parent.resolve() / "artifacts").as_uri() if db is not None else None
 
 
@@ -103,7 +136,7 @@ class RunLogger:
     @classmethod
     def start(cls, client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
               parent_run_id: str | None = None) -> RunLogger:
-        tags = dict(tags or {})
+        tags = {k: str(v) for k, v in (tags or {}).items()}  # a tracking server takes strings only
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)

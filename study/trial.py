@@ -95,9 +95,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         logger.log_metrics(final.metrics, step=epoch)
         logger.log_metrics({"time/sec_per_epoch": result.sec_per_epoch, "time/train_s": train_s,
                             "time/eval_s": eval_s, "time/warmup_epochs": config.warmup_epochs}, step=epoch)
-        for key, share in final.shares.items():
-            logger.log_metrics({f"{key}_ci_low": share.low, f"{key}_ci_high": share.high,
-                                f"{key}_chance": share.chance}, step=epoch)
+        logger.log_metrics(final.statistics, step=epoch)
         _write_final_artifacts(root, result, final, data, epoch)
     finally:
         logger.log_dir(root)  # whatever exists, also when training failed half-way

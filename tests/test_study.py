@@ -10,14 +10,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+import torch
 from conftest import store_in
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from study.spec import SweepError, load_sweep, parse_sweep
-from study.sweep import open_storage, run_sweep
+from study.sweep import SweepFailed, open_storage, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,10 +118,12 @@ def _wait_for(predicate, timeout: float, what: str):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
 def test_killed_sweep_resumes_with_every_trial_once(tmp_path, sig):
-    config = write_sweep(tmp_path, "killed", epochs=150)
+    config = write_sweep(tmp_path, "killed", epochs=30)
+    config.write_text(config.read_text().replace("eval_every = 2", "eval_every = 20"))
     cmd = [sys.executable, "-m", "study", "sweep", "--config", str(config)]
+    stderr = open(tmp_path / "stderr.txt", "w")  # noqa: SIM115 - closed below, after the process ends
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=stderr, start_new_session=True)
     journal = tmp_path / "mlruns" / "optuna.journal"
 
     def running_trial():
@@ -138,6 +142,10 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path, sig):
     finally:
         os.killpg(proc.pid, sig)
         proc.wait(timeout=60)
+        stderr.close()
+    if sig == signal.SIGINT:  # interrupted: non-zero, and the trial it stopped is named
+        said = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
+        assert proc.returncode == 130 and f"trial(s) [{victim.number}] stopped" in said, said
     out = subprocess.run(cmd, cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     if sig == signal.SIGKILL:  # a dead process cannot close its trial: the next start does
@@ -283,3 +291,186 @@ def test_pruned_trials_end_pruned_and_tagged(tmp_path, monkeypatch):
         assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
         assert run.data.tags["pruned_at_epoch"] == "2"
         assert len(client.get_metric_history(run.info.run_id, "loss/G_l1")) == 2  # it stopped training there
+
+
+def _study(folder: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(str(folder / "mlruns" / "optuna.journal")))
+
+
+def _sweep_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "study", "sweep", "--config", str(config), *args]
+
+
+def _no_run_left_running(folder: Path, name: str) -> None:
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(name)
+    assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+
+
+def test_random_sweep_workers_draw_different_conditions(tmp_path):
+    """Every worker seeded its sampler with 0, so two workers drew the same configurations."""
+    config = tmp_path / "rand.toml"
+    config.write_text(TINY.format(name="rand", epochs=1, extra="lambda_l1 = { low = 1.0, high = 100.0, log = true }")
+                      .replace('seeds = [0, 1]', 'seeds = [0]\nsampler = "random"\ntrials = 4\neval_every = 0')
+                      .replace('eval_every = 2\n', '').replace('pairing = ["aligned", "fixed"]\n', ''))
+    out = subprocess.run(_sweep_cmd(config, "--workers", "2"), cwd=tmp_path, env=env_for(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    done = [(t.user_attrs["config_key"], t.user_attrs["seed"]) for t in _study(tmp_path, "rand").trials
+            if t.state == TrialState.COMPLETE]
+    assert len(done) >= 4 and len(set(done)) == len(done)
+
+
+def test_changed_fixed_values_become_new_trials_of_the_study(swept, capsys):
+    """Resuming with another fixed value used to queue nothing and print the old table."""
+    folder, spec, _, _ = swept
+    with store_in(folder):
+        changed = load_sweep(folder / "tiny.toml", {"epochs": 3})
+        table = run_sweep(changed)
+    printed = capsys.readouterr().out
+    assert "epochs (4 -> 3)" in printed and "4 queued now" in printed
+    assert table.attrs["trials_this_run"] == 4
+    conditions = [t.user_attrs["condition"] for t in _study(folder, "tiny").trials if t.state == TrialState.COMPLETE]
+    assert sorted(c["epochs"] for c in conditions) == [3, 3, 3, 3, 4, 4, 4, 4]
+
+
+def test_two_invocations_at_once_run_every_cell_once(tmp_path):
+    """Each invocation used to fail the other's RUNNING trials at start-up; on a new store they also raced in
+    MLflow's database set-up."""
+    config = write_sweep(tmp_path, "twice", epochs=20)
+    procs = [subprocess.Popen(_sweep_cmd(config), cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    trials = _study(tmp_path, "twice").trials
+    complete = [(t.params["pairing"], t.user_attrs["seed"]) for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == sorted({(p, s) for p in ("aligned", "fixed") for s in (0, 1)})
+    assert not [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("spurious")]
+    _no_run_left_running(tmp_path, "twice")
+
+
+def _images(folder: Path, n: int, seed: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+
+
+def test_failed_trials_are_retried_once_their_cause_is_gone(tmp_path, capsys):
+    config = write_sweep(tmp_path, "missing", epochs=2)
+    config.write_text(config.read_text().replace("[fixed]", f'[fixed]\ndata = "folders"\nx_path = "{tmp_path}/x"\n'
+                                                                  f'y_path = "{tmp_path}/y"'))
+    first = subprocess.run(_sweep_cmd(config), cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 1 and "Traceback" not in first.stderr
+    assert "all 4 trial(s) of this invocation failed" in first.stderr and "does not exist" in first.stderr
+    _images(tmp_path / "x", 6, 0)
+    _images(tmp_path / "y", 6, 1)
+    with store_in(tmp_path):
+        run_sweep(load_sweep(config))
+    assert "4 queued now (4 of them retries of failed trials)" in capsys.readouterr().out
+    states = [t.state for t in _study(tmp_path, "missing").trials]
+    assert states.count(TrialState.COMPLETE) == 4 and states.count(TrialState.FAIL) == 4
+
+
+def test_retries_stop_after_max_retries(tmp_path, capsys):
+    config = write_sweep(tmp_path, "hopeless", epochs=2)
+    config.write_text(config.read_text().replace("seeds = [0, 1]", "seeds = [0]\nmax_retries = 1")
+                      .replace("[fixed]", '[fixed]\ndata = "folders"\nx_path = "/nonexistent/x"\n'
+                                          'y_path = "/nonexistent/y"'))
+    with store_in(tmp_path):
+        for _ in range(2):
+            with pytest.raises(SweepFailed, match="all 2 trial"):
+                run_sweep(load_sweep(config))
+        capsys.readouterr()
+        run_sweep(load_sweep(config))
+    printed = capsys.readouterr().out
+    assert "not retried (1 retries used)" in printed and "0 queued now" in printed
+    assert len(_study(tmp_path, "hopeless").trials) == 4  # 2 cells x (1 try + 1 retry)
+
+
+def _main(capsys, monkeypatch, folder: Path, *argv: str) -> tuple[int, str]:
+    """`python -m study ...` in this process (a subprocess costs seconds of imports); the store is `folder`'s."""
+    from study.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
+    monkeypatch.setenv("CYCLELIKE_STORE", str(folder / "mlruns"))  # --store rewrites both: restored after
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:  # argparse's usage errors and --help
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--set", "data_seed=-1"], ["data_seed=-1", ">= 0"]),
+        (["--storage", "{tmp}"], ["is a folder"]),
+        (["--trials", "-1"], ["--trials", "negative"]),
+        (["--workers", "0"], ["--workers"]),
+        (["--store", "/proc/no-such-store"], ["cannot open the MLflow store"]),
+    ],
+    ids=["data_seed", "storage-folder", "trials", "workers", "store-unwritable"],
+)
+def test_bad_command_lines_give_one_line_errors(tmp_path, capsys, monkeypatch, args, words):
+    config = write_sweep(tmp_path, "bad", epochs=1)
+    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config),
+                       *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and "Traceback" not in said, said[-3000:]
+    last = said.strip().splitlines()[-1]
+    assert all(w in last for w in words), last
+
+
+def test_a_tracking_server_that_is_down_is_one_line(tmp_path, capsys, monkeypatch):
+    config = write_sweep(tmp_path, "down", epochs=1)
+    monkeypatch.delenv("CYCLELIKE_STORE", raising=False)
+    from study.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    assert main(["sweep", "--config", str(config)]) == 2
+    assert "cannot be reached" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line(tmp_path, capsys, monkeypatch):
+    code, said = _main(capsys, monkeypatch, tmp_path, "run", "--set", "device=cuda")
+    assert code == 2 and "device='cuda'" in said.strip().splitlines()[-1]
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_run_eval_every_must_not_be_negative(tmp_path, capsys, monkeypatch):
+    code, said = _main(capsys, monkeypatch, tmp_path, "run", "--eval-every", "-1")
+    assert code == 2 and "--eval-every" in said and "negative" in said
+
+
+def test_help_lists_every_runconfig_key_with_its_default(tmp_path, capsys, monkeypatch):
+    from cyclelike.__main__ import main as train_main
+    from cyclelike.config import RunConfig
+
+    for argv in (["run", "--help"], ["sweep", "--help"]):
+        code, said = _main(capsys, monkeypatch, tmp_path, *argv)
+        assert code == 0
+        for key, value in RunConfig().to_dict().items():
+            assert f"{key} (default {value!r})" in said, (argv, key)
+    with pytest.raises(SystemExit):
+        train_main(["train", "--help"])
+    said = capsys.readouterr().out
+    assert all(f"{key} (default {value!r})" in said for key, value in RunConfig().to_dict().items())
+
+
+def test_resuming_train_with_other_settings_names_them_and_keeps_the_config(tmp_path, capsys):
+    from cyclelike.__main__ import main as train_main
+
+    out = tmp_path / "run"
+    tiny = ["--set", "image_size=16", "--set", "n_images=4", "--set", "n_holdout=1", "--set", "base_filters=8",
+            "--set", "d_filters=8", "--set", "epochs=1", "--out", str(out)]
+    assert train_main(["train", *tiny]) == 0
+    before = (out / "config.json").read_text()
+    assert train_main(["train", *tiny, "--set", "lambda_l1=1", "--set", "pairing=fixed"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "lambda_l1 (10.0 -> 1.0)" in last and "pairing ('aligned' -> 'fixed')" in last
+    assert (out / "config.json").read_text() == before
