@@ -12,7 +12,8 @@ CONFIG ?= study/configs/default.toml
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 STUDY ?=
-.PHONY: help test lint train sweep run ui dashboard report scaling bench browser clean
+.PHONY: help test lint train sweep run ui dashboard report scaling bench browser postgres db db-stop server \
+	server-stop worker clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 .venv: $(VENV)/.installed  ## create the virtual environment and install the project
 
-test: .venv browser  ## ruff and the test suite
+test: .venv browser postgres  ## ruff and the test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
@@ -65,6 +66,29 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium not installed: the report's browser test will skip"; }
+
+db: .venv postgres  ## a PostgreSQL for studies on several machines (mlruns/postgres; HOST=0.0.0.0 opens it)
+	$(PY) -m study.postgres start $(if $(DB_PORT),--port $(DB_PORT))
+
+db-stop: .venv  ## stop the PostgreSQL that make db started
+	$(PY) -m study.postgres stop
+
+server: .venv  ## an MLflow tracking server for workers elsewhere (backend: make db's PostgreSQL, else sqlite)
+	$(PY) -m study.server start
+
+server-stop: .venv  ## stop the tracking server that make server started
+	$(PY) -m study.server stop
+
+worker: .venv  ## one more worker on a study: make worker STORAGE=postgresql+psycopg://... TRACKING=http://head:port
+	@test -n "$(STORAGE)" -a -n "$(TRACKING)" || { echo "make worker needs STORAGE=<Optuna URL> and TRACKING=<MLflow server URL> (see README)"; exit 2; }
+	MLFLOW_TRACKING_URI=$(TRACKING) $(PY) -m study sweep --config $(CONFIG) --storage "$(STORAGE)" $(ARGS)
+
+# PostgreSQL's binaries for the multi-machine tests and make db; where they cannot be installed those tests skip
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+		echo "postgresql not installed: the PostgreSQL tests will skip"; }
 
 clean:  ## remove generated runs, reports and the MLflow/Optuna stores (keeps .venv)
 	rm -rf runs reports bench.json

@@ -157,7 +157,7 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
     doc.p(f"Study '{runs.name}': {len(t)} trial runs; swept {sweeps or 'nothing (every run has the same settings)'}; "
           f"seeds {seeds}. Trials complete: {counts.get('COMPLETE', 0)}, pruned: {counts.get('PRUNED', 0)}, "
           f"failed: {counts.get('FAIL', 0)}, other: {other}. "
-          f"Total wall time {_fmt(wall / 60, 1)} min. Objective: "
+          f"Total wall time {_fmt(wall / 60, 1)} min. {_schedules(t)}Objective: "
           + ", ".join(f"{o} ({d})" for o, d in zip(runs.objectives, runs.directions, strict=True)) + ".")
     done = _complete(t)
     objective, direction = runs.objectives[0], runs.directions[0]
@@ -169,6 +169,14 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
             .sort_values("mean", ascending=direction == "minimize").head(5))
     best = best.rename(columns={"mean": f"{objective} mean", "min": "min", "max": "max", "count": "runs"})
     doc.table(best.round(3), f"Best configurations by {objective} (mean over seeds, {direction}):")
+
+
+def _schedules(t: pd.DataFrame) -> str:
+    """The direction schedule(s) behind every time and pairing number: an algorithm, not a speed setting."""
+    if "direction_schedule" not in t or t["direction_schedule"].dropna().empty:
+        return ""
+    names = sorted(t["direction_schedule"].dropna().unique())
+    return f"Direction schedule: {', '.join(names)} (alternate is the original's). "
 
 
 def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure:
@@ -338,7 +346,7 @@ def section_importance(doc: Document, runs: StudyRuns, storage: str | None) -> N
     if t.empty or objective not in t or not params:
         doc.note("Too few completed trials or swept parameters to rank importance.")
         return
-    rows = []
+    rows, study = [], None
     try:
         import optuna
 
@@ -355,8 +363,9 @@ def section_importance(doc: Document, runs: StudyRuns, storage: str | None) -> N
     except Exception as err:
         values = _eta_squared(t, objective, params)
         rows = [{"evaluator": "eta^2 (one-way)", "parameter": k, "importance": v} for k, v in values.items()]
-        source = (f"variance explained by each parameter alone on the MLflow table ({len(t)} runs); the Optuna study "
-                  f"was not at hand ({type(err).__name__})")
+        why = (f"the Optuna study was not at hand ({type(err).__name__})" if study is None else
+               f"Optuna's evaluators could not rank these trials ({type(err).__name__}: {str(err)[:120]})")
+        source = f"variance explained by each parameter alone on the MLflow table ({len(t)} runs); {why}"
     imp = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * imp["parameter"].nunique() * max(1, imp["evaluator"].nunique())))
     sns.barplot(data=imp, y="parameter", x="importance", hue="evaluator", ax=ax, orient="h")
@@ -479,7 +488,8 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
     ax_log.set_title("log-log axes (slope 1 = linear in N)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    doc.figure(fig, "scaling.png", f"time/sec_per_epoch (median over epochs after {warm} warm-up) against N, with "
+    doc.figure(fig, "scaling.png", f"time/sec_per_epoch (median over epochs after {warm} warm-up) against N, "
+               f"{_schedules(t).strip().lower() or 'schedule not recorded.'} With "
                f"the least-squares line t = a + bN; red crosses: the original (10, 1.5 s) and (20, 2.89 s), "
                f"whose log-log slope is {REFERENCE_LOGLOG_SLOPE:.3f}.")
     doc.table(pd.DataFrame(rows), "Seconds per epoch by N:")

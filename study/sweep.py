@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +47,14 @@ from .trial import run_trial
 PARENT_ATTR = "mlflow_parent_run_id"
 LEASE_EVERY_S = 30.0
 LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another host's trial is dead past this
+# RDB storages (PostgreSQL, many machines): Optuna's heartbeat, which this harness sends for its ask/tell trials
+HEARTBEAT_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_S", 60))
+HEARTBEAT_GRACE_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_GRACE_S", 180))
 HOST = socket.gethostname()
 DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says more
+# heartbeats and fail_stale_trials are marked experimental in Optuna; they are what the RDB path relies on
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def open_storage(url: str | None, workers: int = 1):
@@ -71,19 +77,53 @@ def open_storage(url: str | None, workers: int = 1):
             return RDBStorage(url)
         # PostgreSQL for several machines: no process can tell another machine's live trial from a dead one,
         # so heartbeats decide, and Optuna hands each dead trial to `_killed` as it fails it
-        return RDBStorage(url, heartbeat_interval=60, grace_period=180, failed_trial_callback=_killed)
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S,
+                          heartbeat_stale_trial_callback=_killed)
     except Exception as err:  # SQLAlchemy and the drivers raise many types for a bad URL or a server that is down
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SweepError(f"--storage {url}: cannot open it: {reason}") from None
+        raise SweepError(f"--storage {safe_url(url)}: cannot open it: {_first_line(err)}") from None
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def _first_line(err: BaseException) -> str:
+    """The driver's own line (it names host and port), without SQLAlchemy's wrapper and background link."""
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def coordinator_lock(storage_url: str | None):
-    """One coordinator at a time per store on this machine: recovery and queueing read, then write."""
+    """One coordinator at a time per store: recovery and queueing read, then write."""
     url = optuna_storage(storage_url)
     if "://" not in url:
         return file_lock(Path(url + ".coordinator"))  # not ".lock": the journal backend takes that name
+    if url.startswith("postgresql"):
+        return advisory_lock(url)
     db = sqlite_path(tracking_uri())
     return file_lock(db.parent / ".coordinator.lock") if db is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def advisory_lock(url: str, key: int = 0x6379636C65):
+    """A PostgreSQL advisory lock: one coordinator at a time across every machine on this database."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    with psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
+                         dbname=u.database, autocommit=True) as con:
+        con.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            con.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def make_sampler(spec: SweepSpec, worker: int = 0, history: int = 0) -> optuna.samplers.BaseSampler:
@@ -136,15 +176,27 @@ def owner_alive(trial: FrozenTrial, now: float | None = None) -> bool:
     return now - float(trial.user_attrs.get("lease", started)) < LEASE_GRACE_S
 
 
+def heartbeat_enabled(storage) -> bool:
+    return isinstance(storage, RDBStorage) and bool(storage.heartbeat_interval)
+
+
 @contextlib.contextmanager
 def lease(storage, trial_id: int):
-    """Refresh the trial's lease while it runs, so that other machines can tell it is alive."""
+    """Tell the storage the trial is alive while it runs: Optuna's heartbeat on an RDB storage (the thread
+    `study.optimize` would run), else a lease timestamp that other hosts can read."""
     stop = threading.Event()
+    beat = heartbeat_enabled(storage)
+    interval = storage.heartbeat_interval if beat else LEASE_EVERY_S
 
     def refresh():
-        while not stop.wait(LEASE_EVERY_S):
-            with contextlib.suppress(Exception):  # a missed refresh is retried; the grace is ten of them
-                storage.set_trial_user_attr(trial_id, "lease", time.time())
+        while True:
+            with contextlib.suppress(Exception):  # a missed refresh is retried; the grace spans several
+                if beat:
+                    storage.record_heartbeat(trial_id)
+                else:
+                    storage.set_trial_user_attr(trial_id, "lease", time.time())
+            if stop.wait(interval):
+                return
 
     thread = threading.Thread(target=refresh, daemon=True, name=f"lease-{trial_id}")
     thread.start()
@@ -187,12 +239,12 @@ def _killed(study: optuna.Study, trial) -> None:
 def recover_stale(study: optuna.Study, storage, client) -> list[int]:
     """Fail the RUNNING trials whose owner is dead, then close every MLflow trial run left RUNNING whose
     trial has ended (its process died between telling Optuna and closing the run)."""
-    if isinstance(storage, RDBStorage) and storage.heartbeat_interval:
+    if heartbeat_enabled(storage):
         optuna.storages.fail_stale_trials(study)  # calls _killed for each trial it fails
     study_id = storage.get_study_id_from_name(study.study_name)
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if owner_alive(t) or isinstance(storage, RDBStorage) and storage.heartbeat_interval:
+        if heartbeat_enabled(storage) or owner_alive(t):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         storage.set_trial_user_attr(trial_id, "failure", "killed: its process died while the trial was RUNNING")
@@ -400,11 +452,18 @@ def worker_loop(ctx: Context, counter=None, worker: int = 0) -> None:
     study = load_study(ctx.spec, storage, worker=worker, history=ctx.history)
     spec = ctx.spec
     repeats = 0
+    beat = heartbeat_enabled(storage)
     while repeats < 50:  # fifty repeat draws in a row: the space holds no new condition
         if ctx.deadline and time.time() > ctx.deadline:
             break
+        if beat:  # as study.optimize does: a trial whose worker died (on any machine) is failed and re-queued
+            optuna.storages.fail_stale_trials(study)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not waiting and (spec.sampler == "grid" or (spec.trials and _count_configs(study, spec) >= spec.trials)):
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if beat and running:  # another worker's trial may yet go stale and come back to the queue
+                time.sleep(min(10.0, storage.heartbeat_interval))
+                continue
             break
         if counter is not None:
             with counter.get_lock():

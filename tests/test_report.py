@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -106,24 +105,27 @@ def test_report_on_missing_empty_and_single_run_experiments(store, tmp_path):
     assert "one run only" in md and "2. Pair formation" in md and (out / "index.html").exists()
 
 
-def test_report_command_says_when_the_experiment_is_missing(store):
+def test_report_command_says_when_the_experiment_is_missing(store, capsys, monkeypatch):
+    from analysis.__main__ import main
+
     folder, _, _ = store
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlruns/mlflow.db"}
-    out = subprocess.run([sys.executable, "-m", "analysis", "report", "--experiment", "nope", "--out",
-                          str(folder / "nope")], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "no study 'nope'" in out.stderr and "studies there: " in out.stderr and "rep" in out.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
+    assert main(["report", "--experiment", "nope", "--out", str(folder / "nope")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no study 'nope'" in err and "studies there: " in err and "rep" in err
     assert not (folder / "nope").exists()
 
 
-def test_report_reads_the_project_store_from_any_folder(store, tmp_path):
+def test_report_reads_the_project_store_from_any_folder(store, tmp_path, monkeypatch):
     """One store for every command: started elsewhere, the report finds the study the sweep wrote."""
+    from analysis.__main__ import main
+
     folder, _, _ = store
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    out = subprocess.run([sys.executable, "-m", "analysis", "report", "--store", str(folder / "mlruns"),
-                          "--experiment", "rep", "--out", str(tmp_path / "rep")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")  # --store wins over it: restored after
+    monkeypatch.setenv("CYCLELIKE_STORE", "")
+    assert main(["report", "--store", str(folder / "mlruns"), "--experiment", "rep", "--out",
+                 str(tmp_path / "rep")]) == 0
     assert "forward_top1" in (tmp_path / "rep" / "report.md").read_text()
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 

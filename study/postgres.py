@@ -1,0 +1,194 @@
+"""A PostgreSQL server for studies on several machines, from the Debian package's own binaries.
+
+`python -m study.postgres start` (`make db`) creates a cluster in mlruns/postgres on first use, with a
+generated password kept in mlruns/postgres.password (readable by this user only), and starts it
+listening on 127.0.0.1 (HOST=0.0.0.0 to let other machines in), on a free or given port. It holds two
+databases: `optuna` (the study storage) and `mlflow` (a tracking server's backend). Restarting keeps
+the studies. `stop` (`make db-stop`) stops it through its pid file; `url` prints the storage URL.
+
+PostgreSQL refuses to run as root; as root the server runs as the package's `postgres` user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.store import store_dir
+
+USER = "cyclelike"
+DATABASES = ("optuna", "mlflow")
+
+
+class PostgresError(RuntimeError):
+    """PostgreSQL is missing or would not start; the message says what to do."""
+
+
+def find_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                      key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    if versions:
+        return versions[-1]
+    raise PostgresError(f"PostgreSQL's {name} was not found (on PATH or under /usr/lib/postgresql/*/bin); "
+                        "install it: apt-get install -y postgresql")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    data: Path  # the cluster's folder
+    port: int
+    password: str
+    host: str = "127.0.0.1"
+
+    def url(self, database: str = "optuna", host: str | None = None) -> str:
+        return f"postgresql+psycopg://{USER}:{self.password}@{host or self.host}:{self.port}/{database}"
+
+
+def _run_as_owner(args: list[str], owner: str | None, **kwargs) -> subprocess.CompletedProcess:
+    command = ["runuser", "-u", owner, "--", *args] if owner else args
+    return subprocess.run(command, capture_output=True, text=True, **kwargs)
+
+
+def _owner() -> str | None:
+    """The user the server runs as: this one, or `postgres` when this one is root (initdb refuses root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise PostgresError("running as root and there is no 'postgres' user to run the server as; "
+                            "install the Debian package (apt-get install -y postgresql)") from None
+    return "postgres"
+
+
+def _chown(path: Path, owner: str | None) -> None:
+    if owner:
+        entry = pwd.getpwnam(owner)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _paths(data: Path) -> tuple[Path, Path, Path]:
+    return data.with_name(data.name + ".password"), data.with_name(data.name + ".port"), data / "server.log"
+
+
+def start(data: str | Path | None = None, port: int | None = None, listen: str = "127.0.0.1") -> Server:
+    """Create the cluster if needed and start it (a running one is left as it is); returns its address."""
+    data = Path(data) if data else store_dir() / "postgres"
+    owner = _owner()
+    password_file, port_file, log = _paths(data)
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o700)
+        _chown(data, owner)
+        password = secrets.token_urlsafe(24)
+        password_file.write_text(password)
+        password_file.chmod(0o600)
+        with tempfile.NamedTemporaryFile("w", delete=False, dir=data.parent) as pw:
+            pw.write(password)
+        try:
+            _chown(Path(pw.name), owner)
+            out = _run_as_owner([find_binary("initdb"), "-D", str(data), "-U", USER, f"--pwfile={pw.name}",
+                                 "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8"], owner)
+        finally:
+            os.unlink(pw.name)
+        if out.returncode != 0:
+            raise PostgresError(f"initdb failed in {data}: {out.stderr.strip().splitlines()[-1:]}")
+        with open(data / "pg_hba.conf", "a") as hba:  # other machines, with the password, when HOST opens it
+            hba.write("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
+    password = password_file.read_text().strip()
+    if port is None:
+        port = int(port_file.read_text()) if port_file.exists() else free_port()
+    server = Server(data, port, password, "127.0.0.1" if listen in ("127.0.0.1", "localhost") else listen)
+    if status(data):
+        return server
+    options = f"-c listen_addresses={listen} -p {port} -c unix_socket_directories={data}"
+    out = _run_as_owner([find_binary("pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                         "-o", options], owner)
+    if out.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-3:] if log.exists() else [out.stderr.strip()]
+        raise PostgresError(f"PostgreSQL did not start on port {port}: {' '.join(tail)}")
+    port_file.write_text(str(port))
+    _create_databases(server)
+    return server
+
+
+def _create_databases(server: Server) -> None:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=server.port, user=USER, password=server.password,
+                         dbname="postgres", autocommit=True) as con:
+        existing = {row[0] for row in con.execute("SELECT datname FROM pg_database")}
+        for name in DATABASES:
+            if name not in existing:
+                con.execute(f'CREATE DATABASE "{name}"')
+
+
+def status(data: Path) -> bool:
+    if not (data / "postmaster.pid").exists():
+        return False
+    return _run_as_owner([find_binary("pg_ctl"), "status", "-D", str(data)], _owner()).returncode == 0
+
+
+def stop(data: str | Path | None = None) -> bool:
+    """Stop the server of this cluster (pg_ctl reads its pid file); False when none was running."""
+    data = Path(data) if data else store_dir() / "postgres"
+    if not status(data):
+        return False
+    out = _run_as_owner([find_binary("pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w", "-t", "60"], _owner())
+    if out.returncode != 0:
+        raise PostgresError(f"pg_ctl stop failed for {data}: {out.stderr.strip()}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.postgres", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("start", "stop", "url"))
+    parser.add_argument("--dir", default=None, help="the cluster's folder (default mlruns/postgres)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: the last one used, else a free one)")
+    parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    args = parser.parse_args(argv)
+    data = Path(args.dir) if args.dir else store_dir() / "postgres"
+    try:
+        if args.command == "stop":
+            print("PostgreSQL stopped" if stop(data) else f"no PostgreSQL running for {data}")
+            return 0
+        if args.command == "url" and not status(data):
+            print(f"error: no PostgreSQL running for {data}; start it with make db", file=sys.stderr)
+            return 1
+        server = start(data, args.port, args.host)
+    except PostgresError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.command == "url":
+        print(server.url())
+        return 0
+    print(f"PostgreSQL for studies in {data} on port {server.port} (listening on {args.host})")
+    print(f"Optuna storage:   {server.url('optuna')}")
+    print(f"MLflow backend:   {server.url('mlflow')}")
+    print("the password is kept in " + str(_paths(data)[0]) + "; stop with: make db-stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

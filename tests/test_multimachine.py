@@ -1,0 +1,162 @@
+"""Studies on several machines, for real: a PostgreSQL started here for Optuna and as the backend of an
+MLflow tracking server, and workers in separate folders that share nothing but the two URLs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study import postgres
+
+try:
+    postgres.find_binary("initdb")
+    postgres.find_binary("pg_ctl")
+except postgres.PostgresError as missing:
+    pytest.skip(f"{missing} (make test installs it where it can)", allow_module_level=True)
+
+SWEEP = """
+name = "spread"
+seeds = [0, 1]
+eval_every = 20
+[fixed]
+threads = 1  # three worker processes share this machine's cores
+image_size = 16
+n_images = 4
+n_holdout = 1
+base_filters = 8
+d_filters = 8
+batch_size = 2
+epochs = 40
+[space]
+pairing = ["aligned", "fixed"]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # under /tmp, readable by the `postgres` user the server runs as when the tests run as root
+    parent = Path(tempfile.mkdtemp(prefix="cyclelike-pg-"))
+    parent.chmod(0o755)
+    server = postgres.start(parent / "cluster")
+    yield server
+    postgres.stop(parent / "cluster")
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.load(r)
+
+
+def _machine(root: Path, name: str, tracking: str) -> tuple[Path, dict]:
+    folder = root / name
+    folder.mkdir()
+    (folder / "spread.toml").write_text(SWEEP)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "CYCLELIKE_STORE": str(folder / "mlruns"),
+           "CYCLELIKE_HEARTBEAT_S": "1", "CYCLELIKE_HEARTBEAT_GRACE_S": "4", "PYTHONUNBUFFERED": "1"}
+    return folder, env
+
+
+def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
+    head = tmp_path / "head"
+    head.mkdir()
+    head_env = {**os.environ, "CYCLELIKE_STORE": str(head / "mlruns"), "BACKEND": cluster.url("mlflow")}
+    started = subprocess.run([sys.executable, "-m", "study.server", "start"], env=head_env, capture_output=True,
+                             text=True, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+    tracking = started.stdout.split("MLflow tracking server on ")[1].split()[0]
+    storage = cluster.url("optuna")
+    try:
+        a, env_a = _machine(tmp_path, "machine-a", tracking)
+        b, env_b = _machine(tmp_path, "machine-b", tracking)
+        cmd = [sys.executable, "-m", "study", "sweep", "--config", "spread.toml", "--storage", storage]
+        t0 = time.monotonic()
+        proc_a = subprocess.Popen([*cmd, "--workers", "2"], cwd=a, env=env_a, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc_b = subprocess.Popen(cmd, cwd=b, env=env_b, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        study = None
+        victim = None
+        while victim is None and time.monotonic() - t0 < 120:  # machine B's trial, mid-training
+            time.sleep(0.3)
+            try:
+                study = optuna.load_study(study_name="spread", storage=storage)
+            except KeyError:
+                continue
+            mine = [t for t in study.get_trials(states=(TrialState.RUNNING,))
+                    if t.user_attrs.get("owner", {}).get("pid") == proc_b.pid and "mlflow_run_id" in t.user_attrs]
+            victim = mine[0] if mine else None
+        assert victim is not None, "machine B never ran a trial"
+        os.killpg(proc_b.pid, signal.SIGKILL)  # power loss on machine B
+        proc_b.wait(timeout=30)
+        again = subprocess.run(cmd, cwd=b, env=env_b, capture_output=True, text=True, timeout=300)
+        out_a, err_a = proc_a.communicate(timeout=300)
+        assert proc_a.returncode == 0, err_a[-3000:]
+        assert again.returncode == 0, again.stderr[-3000:]
+        print(f"two machines, 3 worker processes: {time.monotonic() - t0:.1f} s")
+
+        study = optuna.load_study(study_name="spread", storage=storage)
+        complete = [(t.params["pairing"], t.user_attrs["seed"]) for t in study.trials if t.state == TrialState.COMPLETE]
+        assert sorted(complete) == sorted({(p, s) for p in ("aligned", "fixed") for s in (0, 1)})  # each once
+        assert study.trials[victim.number].state == TrialState.FAIL
+        assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+        experiment = _api(tracking, "experiments/get-by-name?experiment_name=spread")["experiment"]
+        runs = _api(tracking, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})
+        runs = {r["info"]["run_id"]: r for r in runs["runs"]}
+        assert runs[victim.user_attrs["mlflow_run_id"]]["info"]["status"] == "KILLED"
+        assert not [r for r in runs.values() if r["info"]["status"] == "RUNNING"]
+        finished = [r for r in runs.values()
+                    if r["info"]["status"] == "FINISHED" and r["info"]["run_name"] != "study-spread"]
+        assert len(finished) == 4
+        for run in finished:
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            assert params["epochs"] == "40" and params["pairing"] in ("aligned", "fixed")
+            run_id = run["info"]["run_id"]
+            history = _api(tracking, f"metrics/get-history?run_id={run_id}&metric_key=loss/G_l1")["metrics"]
+            assert len(history) == 40
+            artifacts = {f["path"] for f in _api(tracking, f"artifacts/list?run_id={run_id}")["files"]}
+            assert {"config.json", "pairing", "model"} <= artifacts
+        for machine in (a, b):  # nothing was written to a worker's own disk
+            assert not (machine / "mlruns").exists() and not list(machine.glob("*.db"))
+
+        report = subprocess.run([sys.executable, "-m", "analysis", "report", "--experiment", "spread", "--storage",
+                                 storage, "--out", str(head / "report")], cwd=head, env={**os.environ,
+                                "MLFLOW_TRACKING_URI": tracking}, capture_output=True, text=True, timeout=300)
+        assert report.returncode == 0, report.stderr[-3000:]
+        md = (head / "report" / "report.md").read_text()
+        assert "With aligned pairing, forward_top1 against the pair given" in md and "could not be drawn" not in md
+        assert "4. Parameter importance" in md and "study was not at hand" not in md  # it read the PostgreSQL study
+    finally:
+        subprocess.run([sys.executable, "-m", "study.server", "stop"], env=head_env, capture_output=True, timeout=60)
+
+
+def test_an_unreachable_database_is_one_line_naming_host_and_port(capsys):
+    from study.__main__ import main
+
+    code = main(["sweep", "--storage", "postgresql+psycopg://someone:secret@127.0.0.1:1/studies"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "127.0.0.1" in err and "port 1" in err and "secret" not in err
+
+
+def test_db_restarts_with_its_studies(cluster):
+    storage = cluster.url("optuna")
+    optuna.create_study(study_name="kept", storage=storage, load_if_exists=True)
+    postgres.stop(cluster.data)
+    restarted = postgres.start(cluster.data)
+    assert restarted.port == cluster.port
+    assert "kept" in [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
+    assert oct(cluster.data.with_name("cluster.password").stat().st_mode & 0o777) == "0o600"
