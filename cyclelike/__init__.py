@@ -1,10 +1,18 @@
-"""The cycle-like translator: data, networks and training. Knows nothing of Optuna or MLflow."""
+"""The cycle-like translator: data, networks and training. Knows nothing of Optuna or MLflow.
 
-from .config import ConfigError, RunConfig
-from .data import DataError, Domains, load_domains
-from .train import EpochStats, NonFiniteLossError, TrainResult, Translator, train
+The heavy parts (torch) load on first use, so that `--help` and config checks answer at once."""
 
-__all__ = [
-    "ConfigError", "DataError", "Domains", "EpochStats", "NonFiniteLossError", "RunConfig", "TrainResult",
-    "Translator", "load_domains", "train",
-]
+from importlib import import_module
+
+from .config import ConfigError, DataError, NonFiniteLossError, RunConfig
+
+_LAZY = {"Domains": ".data", "load_domains": ".data", "EpochStats": ".train", "TrainResult": ".train",
+         "Translator": ".train", "train": ".train"}
+
+__all__ = ["ConfigError", "DataError", "NonFiniteLossError", "RunConfig", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

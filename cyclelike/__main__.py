@@ -13,12 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from torchvision.utils import save_image
-
-from .config import ConfigError, RunConfig, parse_sets
-from .data import DataError, load_domains
-from .samples import sample_grid
-from .train import NonFiniteLossError, check_resumable, train
+from .config import ConfigError, DataError, NonFiniteLossError, RunConfig, parse_sets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a RunConfig field (repeatable), e.g. --set n_images=20")
     p.add_argument("--out", default=None, help="output folder (default runs/train-<time>)")
     args = parser.parse_args(argv)
+    # torch loads only now: --help answers without it
+    from torchvision.utils import save_image
+
+    from .data import load_domains
+    from .samples import sample_grid
+    from .train import check_resumable, train
+
     try:
         config = RunConfig.from_dict(parse_sets(args.sets))
         data = load_domains(config)

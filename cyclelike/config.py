@@ -33,6 +33,14 @@ class ConfigError(ValueError):
     """A RunConfig field holds a value it cannot take; the message names field, value and what is allowed."""
 
 
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file or folder."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or inf; training stops rather than burn the rest of its budget."""
+
+
 def _help(text: str, default: Any, **kw: Any) -> Any:
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": text}, **kw)

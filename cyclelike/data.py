@@ -16,16 +16,12 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .config import RunConfig
+from .config import DataError, RunConfig
 from .synthetic import synthetic_domain
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 HDF5_TRAIN_KEYS = ("train_data_raw", "train_data_gen")
 HDF5_VAL_KEYS = ("val_data_raw", "val_data_gen")
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file or folder."""
 
 
 @dataclass

@@ -22,15 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, NonFiniteLossError, RunConfig
 from .data import Domains, load_domains
 from .nets import define_D, define_G
 
 LOSS_WEIGHTS = {"adv": "lambda_adv", "l1": "lambda_l1", "cyc": "lambda_cyc", "id": "lambda_id"}
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or inf; training stops rather than burn the rest of its budget."""
 
 
 @dataclass

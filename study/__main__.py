@@ -7,12 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from analysis.store import use_store
-from cyclelike.config import ConfigError, RunConfig, parse_sets
-from cyclelike.data import DataError
-from cyclelike.train import NonFiniteLossError
+from cyclelike.config import ConfigError, DataError, NonFiniteLossError, RunConfig, parse_sets
 
 from .spec import SweepError, load_sweep
 
@@ -20,6 +16,8 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 
 
 def _sweep(args) -> int:
+    import pandas as pd
+
     from .sweep import SweepFailed, run_sweep
 
     spec = load_sweep(args.config, parse_sets(args.sets))

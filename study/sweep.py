@@ -36,9 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from analysis.store import optuna_storage, sqlite_path, tracking_uri
-from cyclelike.config import ConfigError, RunConfig
-from cyclelike.data import DataError
-from cyclelike.train import NonFiniteLossError
+from cyclelike.config import ConfigError, DataError, NonFiniteLossError, RunConfig
 
 from .spec import SweepError, SweepSpec
 from .tracking import RunLogger, ensure_experiment, file_lock, prepare_store, provenance
@@ -139,6 +137,22 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     if spec.pruner == "median" and not spec.multi_objective:
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=spec.eval_every)
     return optuna.pruners.NopPruner()
+
+
+SHORT_NAMES = {"n_images": "N", "lambda_cyc": "cyc", "lambda_l1": "l1", "lambda_adv": "adv", "lambda_id": "id",
+               "base_filters": "w", "image_size": "px", "batch_size": "bs"}
+NAME_ORDER = ("pairing", "direction_schedule", "scheme", "arch")
+
+
+def run_name(spec: SweepSpec, params: dict[str, Any], seed: int) -> str:
+    """What the MLflow UI lists: the condition and the seed, e.g. fixed-unet-N10-cyc1-s0."""
+    keys = [k for k in NAME_ORDER if k in params] + sorted(k for k in params if k not in NAME_ORDER)
+    parts = []
+    for k in keys:
+        v = params[k]
+        text = f"{v:g}" if isinstance(v, float) else str(v)
+        parts.append(text if isinstance(v, str) else f"{SHORT_NAMES.get(k, k)}{text}")
+    return "-".join(parts or [spec.name]) + f"-s{seed}"
 
 
 def config_key(config: RunConfig) -> str:
@@ -388,7 +402,7 @@ def run_one(study: optuna.Study, storage, ctx: Context, client) -> bool:
     ctx.current.update(number=trial.number)
     if config.threads == 0:
         config = config.replace(threads=ctx.threads)
-    logger = RunLogger.start(client, ctx.experiment_id, f"trial-{trial.number:04d}", parent_run_id=ctx.parent_run_id,
+    logger = RunLogger.start(client, ctx.experiment_id, run_name(spec, params, seed), parent_run_id=ctx.parent_run_id,
                              tags={"study": spec.name, "trial": trial.number, "seed": seed,
                                    "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING"})
     trial.set_user_attr("mlflow_run_id", logger.run_id)
@@ -506,6 +520,8 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
             raise SweepError(f"study {spec.name!r} exists with directions "
                              f"{[d.name.lower() for d in study.directions]}; the sweep file asks for "
                              f"{spec.directions}: rename the study or use another --storage")
+        if study.metric_names is None:  # optuna-dashboard then says pair/forward_top1, not "Objective 0"
+            study.set_metric_names(spec.objectives)
         parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
         RunLogger(client, parent_run_id).set_tags(provenance())
         recovered = recover_stale(study, storage, client)

@@ -73,7 +73,8 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
     parents = [r for r in runs if r.data.tags.get("role") == "study"]
     trials = [r for r in runs if "trial" in r.data.tags]
     assert len(parents) == 1 and len(trials) == 4 == len(first)
-    assert sorted(r.info.run_name for r in trials) == [f"trial-{i:04d}" for i in range(4)]
+    assert sorted(r.info.run_name for r in trials) == ["aligned-s0", "aligned-s1", "fixed-s0", "fixed-s1"]
+    assert sorted(int(r.data.tags["trial"]) for r in trials) == [0, 1, 2, 3]
     for run in trials:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -251,7 +252,7 @@ def test_mlflow_server_serves_the_runs(swept):
         with urllib.request.urlopen(request, timeout=10) as r:
             runs = json.load(r)["runs"]
         names = sorted(r["info"]["run_name"] for r in runs)
-        assert names == ["study-tiny"] + [f"trial-{i:04d}" for i in range(4)]
+        assert names == ["aligned-s0", "aligned-s1", "fixed-s0", "fixed-s1", "study-tiny"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -460,3 +461,32 @@ def test_resuming_train_with_other_settings_names_them_and_keeps_the_config(tmp_
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "lambda_l1 (10.0 -> 1.0)" in last and "pairing ('aligned' -> 'fixed')" in last
     assert (out / "config.json").read_text() == before
+
+
+def test_run_names_say_the_condition_and_seed():
+    from study.sweep import run_name
+
+    spec = parse_sweep(GOOD, "names.toml")
+    params = {"n_images": 10, "arch": "unet", "lambda_cyc": 1.0, "pairing": "fixed"}
+    assert run_name(spec, params, 0) == "fixed-unet-cyc1-N10-s0"
+    assert run_name(spec, {}, 3) == "s-s3"
+
+
+def test_objectives_are_named_for_the_dashboard(swept):
+    folder, spec, _, _ = swept
+    assert _study(folder, "tiny").metric_names == ["pair/forward_top1"]
+
+
+def test_help_needs_no_torch():
+    """--help answers in a fraction of a second because torch is imported only to train."""
+    code = ("import sys, contextlib, io\n"
+            "from study.__main__ import main\n"
+            "from cyclelike.__main__ import main as train_main\n"
+            "for run, argv in ((main, ['sweep', '--help']), (main, ['run', '--help']),\n"
+            "                  (train_main, ['train', '--help'])):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "        run(argv)\n"
+            "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
