@@ -9,6 +9,7 @@ matplotlib.use("Agg")  # headless: sweeps and reports run without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 
 def reference_label(pairing: str | None) -> str:
@@ -41,30 +42,16 @@ def distance_heatmap(D: np.ndarray, a: np.ndarray | None = None, pi: np.ndarray 
     ax.set_ylabel(row_label)
     ax.set_title(title)
     if a is not None or pi is not None:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
-    fig.tight_layout()
+        # the white square is drawn on the dark map; in the (white) legend it needs a dark outline to be seen
+        handles = []
+        if a is not None:
+            handles.append(Line2D([], [], marker="s", ls="", markersize=10, markerfacecolor="none",
+                                  markeredgecolor="black", markeredgewidth=1.8,
+                                  label="nearest y (a(i)), white on the map"))
+        if pi is not None:
+            handles.append(Line2D([], [], marker="o", ls="", color="orangered", label=reference_label(pairing)))
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))  # room under the x label, whatever N is
+    else:
+        fig.tight_layout()
     return fig
-
-
-def distance_heatmap_image(D: np.ndarray, a: np.ndarray | None = None, pi: np.ndarray | None = None,
-                           cell: int | None = None):
-    """The same picture as `distance_heatmap` without axes, as a (3, H, W) tensor in [0, 1].
-
-    Drawn directly from the colour map in a few milliseconds: every trial logs one, and a matplotlib
-    figure per trial cost a tenth of a short trial's wall time."""
-    import torch
-
-    n_rows, n_cols = D.shape
-    cell = cell or max(6, min(24, 320 // max(n_rows, n_cols)))
-    span = float(D.max() - D.min()) or 1.0
-    rgb = matplotlib.colormaps["viridis"]((D - D.min()) / span)[..., :3]
-    image = np.kron(rgb, np.ones((cell, cell, 1)))
-    for i in range(n_rows):
-        if a is not None and a[i] >= 0:  # white frame: the nearest target a(i); none on a tied row
-            r0, c0 = i * cell, int(a[i]) * cell
-            image[r0 : r0 + cell, [c0, c0 + cell - 1]] = 1.0
-            image[[r0, r0 + cell - 1], c0 : c0 + cell] = 1.0
-        if pi is not None:  # red dot: the pair given pi(i)
-            q, r0, c0 = max(1, cell // 4), i * cell + cell // 2, int(pi[i]) * cell + cell // 2
-            image[r0 - q // 2 : r0 + q - q // 2, c0 - q // 2 : c0 + q - q // 2] = (1.0, 0.27, 0.0)
-    return torch.from_numpy(image).permute(2, 0, 1).float()

@@ -44,8 +44,13 @@ class StudyRuns:
 
 
 def _strip(df: pd.DataFrame) -> pd.DataFrame:
-    """`params.n_images` -> `n_images`, metrics keep their `pair/...` names."""
+    """`params.n_images` -> `n_images`; metrics keep their `pair/...` names, and so do the run-level summaries
+    a trial logs as `summary.<key>` tags (intervals, chance levels, p-values), read back as numbers."""
+    summaries = [c for c in df.columns if c.startswith("tags.summary.")]
+    for c in summaries:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
     renamed = {c: c.split(".", 1)[1] for c in df.columns if c.startswith(("params.", "metrics."))}
+    renamed |= {c: c.removeprefix("tags.summary.") for c in summaries}
     df = df.rename(columns=renamed)
     for col in NUMERIC_PARAMS:
         if col in df:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision.utils import save_image
 
     from .data import load_domains
-    from .samples import sample_grid
+    from .samples import SAMPLE_ROWS, labelled, sample_grid
     from .train import check_resumable, train
 
     try:
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         for s in result.history:
             writer.writerow({"epoch": s.epoch, "epoch_s": round(s.epoch_s, 5), **s.losses})
-    save_image(sample_grid(result.translator, data.to(result.device)), out / "samples.png")
+    rows = SAMPLE_ROWS if result.translator.backward is not None else SAMPLE_ROWS[:3]
+    save_image(labelled(sample_grid(result.translator, data.to(result.device)), rows), out / "samples.png")
     print(f"{config.scheme}/{config.arch} N={config.n_images} {config.image_size}px: "
           f"{result.sec_per_epoch:.3f} s/epoch (median after {config.warmup_epochs} warm-up), outputs in {out}")
     return 0

@@ -3,11 +3,42 @@ row x -> G(x) -> G(G(x))."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
 from .data import Domains
 from .train import Translator
+
+SAMPLE_ROWS = ("x", "G(x)", "target y", "y", "G(y)", "target x", "x", "G(x)", "G(G(x)) cycle")
+STRIP_ROWS = ("x_i", "G(x_i)", "nearest y", "G(G(x_i))")
+
+
+def labelled(grid: torch.Tensor, rows: tuple[str, ...] | list[str], min_width: int = 512) -> torch.Tensor:
+    """A grid of equal rows, upscaled with nearest neighbour to at least `min_width` pixels (32 px images
+    are stamps in the MLflow UI otherwise) and with each row's name in a margin on the left."""
+    scale = max(1, math.ceil(min_width / grid.shape[-1]))
+    big = F.interpolate(grid[None].float(), scale_factor=scale, mode="nearest")[0].clamp(0, 1)
+    try:
+        font = ImageFont.load_default(size=max(12, min(28, big.shape[-2] // (3 * len(rows)))))
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    margin = int(max(draw_width(font, r) for r in rows)) + 16
+    canvas = Image.new("RGB", (big.shape[-1] + margin, big.shape[-2]), "white")
+    canvas.paste(TF.to_pil_image(big), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    height = big.shape[-2] / len(rows)
+    for r, text in enumerate(rows):
+        draw.text((8, (r + 0.5) * height), text, fill="black", font=font, anchor="lm")
+    return TF.pil_to_tensor(canvas).float() / 255
+
+
+def draw_width(font, text: str) -> float:
+    return ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)
 
 
 def sample_grid(translator: Translator, data: Domains, k: int = 6) -> torch.Tensor:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from analysis.figures import distance_heatmap_image
+from analysis.figures import distance_heatmap, plt
 from analysis.pairing import evaluate_pairing
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, load_domains
-from cyclelike.samples import assignment_strip, sample_grid
+from cyclelike.samples import SAMPLE_ROWS, STRIP_ROWS, assignment_strip, labelled, sample_grid
 from cyclelike.train import EpochStats, Translator, train
 
 from .tracking import RunLogger
@@ -45,6 +45,13 @@ def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
     for i, r in enumerate(D):
         buf.write(",".join([f"{row}{i}", *(f"{v:.6f}" for v in r)]) + "\n")
     return buf.getvalue()
+
+
+SUMMARY_PREFIX = "summary."  # analysis.report reads tags.summary.<key> back as the number <key>
+
+
+def summary(logger: RunLogger, values: dict[str, float]) -> None:
+    logger.pending_tags.update({f"{SUMMARY_PREFIX}{k}": f"{v:.6g}" for k, v in values.items()})
 
 
 def _evaluate(translator: Translator, data: Domains):
@@ -76,7 +83,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         logger.log_metrics(result.metrics, step=stats.epoch)
         if n_grids < 3:  # a few epochs' samples show the pairs forming without filling the store
             n_grids += 1
-            save_image(sample_grid(translator, data), root / "samples" / f"epoch_{stats.epoch:04d}.png")
+            save_image(_samples(translator, data), root / "samples" / f"epoch_{stats.epoch:04d}.png")
         if report is not None and report(stats.epoch, result.metrics):
             pruned = True
             return True
@@ -92,30 +99,42 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         eval_s += time.perf_counter() - t0
         metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
                    **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
-        logger.log_metrics(final.metrics, step=epoch)
-        logger.log_metrics({"time/sec_per_epoch": result.sec_per_epoch, "time/train_s": train_s,
-                            "time/eval_s": eval_s, "time/warmup_epochs": config.warmup_epochs}, step=epoch)
-        logger.log_metrics(final.statistics, step=epoch)
+        logger.log_metrics({**final.metrics, "time/sec_per_epoch": result.sec_per_epoch}, step=epoch)
+        # one value per run is no curve: intervals, chance levels and p-values are run-level summaries (tags),
+        # so the run page charts only what changes over epochs
+        summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": eval_s})
         _write_final_artifacts(root, result, final, data, epoch)
     finally:
         logger.log_dir(root)  # whatever exists, also when training failed half-way
         staging.cleanup()
     timing = {"train_s": train_s, "eval_s": eval_s, "log_s": logger.log_seconds,
               "total_s": time.perf_counter() - t_start}
-    logger.log_metrics({"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]}, step=epoch)
+    summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
     logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
     return TrialOutcome(metrics, result.sec_per_epoch, epoch, pruned, timing)
 
 
+def _samples(translator: Translator, data: Domains) -> torch.Tensor:
+    return labelled(sample_grid(translator, data), SAMPLE_ROWS if translator.backward is not None else SAMPLE_ROWS[:3])
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int) -> None:
     """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
-    save_image(sample_grid(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
-    save_image(assignment_strip(result.translator, data, final.a), root / "pairing" / "strip.png")
+    save_image(_samples(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
+    rows = STRIP_ROWS if result.translator.backward is not None else STRIP_ROWS[:3]
+    save_image(labelled(assignment_strip(result.translator, data, final.a), rows), root / "pairing" / "strip.png")
     (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
-    save_image(distance_heatmap_image(final.D_xy, final.a, final.pi), root / "pairing" / "D_xy.png")
+    pairing = result.config.pairing
+    _save(distance_heatmap(final.D_xy, final.a, final.pi, pairing=pairing), root / "pairing" / "D_xy.png")
     if final.D_yx is not None:
         (root / "pairing" / "D_yx.csv").write_text(_matrix_csv(final.D_yx, "y", "x"))
-        save_image(distance_heatmap_image(final.D_yx, final.b, np.argsort(final.pi)), root / "pairing" / "D_yx.png")
+        _save(distance_heatmap(final.D_yx, final.b, np.argsort(final.pi), title="D_yx[j, i] = d(G(y_j), x_i)",
+                               row_label="y_j", col_label="x_i", pairing=pairing), root / "pairing" / "D_yx.png")
     (root / "pairing" / "assignment.json").write_text(json.dumps(
         {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
          "x_names": data.x_names, "y_names": data.y_names}, indent=1))

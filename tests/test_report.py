@@ -149,8 +149,8 @@ def test_shuffled_runs_are_not_labelled_as_a_given_pair():
     from analysis.figures import distance_heatmap
 
     D = np.random.default_rng(0).random((4, 4))
-    labels = {p: [t.get_text() for t in distance_heatmap(D, D.argmin(1), np.arange(4), pairing=p).axes[0]
-                  .get_legend().get_texts()] for p in ("fixed", "shuffled")}
+    labels = {p: [t.get_text() for t in distance_heatmap(D, D.argmin(1), np.arange(4), pairing=p).legends[0]
+                  .get_texts()] for p in ("fixed", "shuffled")}
     assert "given pair (pi(i))" in labels["fixed"]
     assert not any("given pair" in t for t in labels["shuffled"])
     assert any("stored order" in t for t in labels["shuffled"])

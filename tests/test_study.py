@@ -88,6 +88,11 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         for key in ("pair/bijectivity", "pair/mutual", "pair/cycle_top1", "mem/holdout_copy_rate",
                     "time/sec_per_epoch"):
             assert key in run.data.metrics
+        # run-level summaries are tags, so the run page draws no single-dot charts for them
+        assert "pair/forward_top1_ci_low" not in run.data.metrics
+        assert float(run.data.tags["summary.pair/forward_top1_ci_low"]) <= run.data.metrics["pair/forward_top1"]
+        single = [k for k in run.data.metrics if len(client.get_metric_history(run.info.run_id, k)) == 1]
+        assert single == ["time/sec_per_epoch"]  # the objective-able timing, one per run by definition
         paths = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "model", "pairing", "samples"} <= paths
         pairing = {a.path for a in client.list_artifacts(run.info.run_id, "pairing")}
