@@ -26,6 +26,8 @@ from .figures import distance_heatmap, plt, reference_label, sns
 from .pairing import chance_level, seed_agreement
 from .scaling import REFERENCE_LOGLOG_SLOPE, REFERENCE_POINTS, fit_scaling
 
+REFERENCE_SIZE = 128  # the original's image side for its two timings
+
 CORE_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1", "pair/seed_agreement",
                 "mem/holdout_copy_rate")
 FACTORS = ("pairing", "direction_schedule", "arch", "scheme", "n_images", "lambda_l1", "lambda_cyc")
@@ -145,6 +147,25 @@ def add_seed_agreement(client, trials: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- sections
 
 
+def busy_seconds(t: pd.DataFrame) -> float:
+    """Wall seconds during which at least one trial ran: the union of the runs' [start, end] intervals, so
+    that a study run in several invocations (or by several workers at once) is neither under- nor over-counted."""
+    if t.empty or "start_time" not in t or "end_time" not in t:
+        return float("nan")
+    spans = t.dropna(subset=["start_time", "end_time"]).sort_values("start_time")[["start_time", "end_time"]]
+    total, current_start, current_end = 0.0, None, None
+    for start, end in spans.itertuples(index=False):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += (current_end - current_start).total_seconds()
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += (current_end - current_start).total_seconds()
+    return total
+
+
 def section_glance(doc: Document, runs: StudyRuns, client) -> None:
     doc.h2("1. The study at a glance")
     t = runs.trials
@@ -152,17 +173,13 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
     seeds = sorted(t["seed"].dropna().unique().tolist()) if "seed" in t else []
     counts = t["state"].value_counts().to_dict()
     other = sum(v for k, v in counts.items() if k not in ("COMPLETE", "PRUNED", "FAIL"))
-    wall = float("nan")
-    if runs.parent is not None:
-        history = client.get_metric_history(runs.parent.run_id, "time/sweep_wall_s")
-        wall = sum(m.value for m in history) if history else float("nan")
-    if math.isnan(wall) and len(t):
-        wall = (t["end_time"].max() - t["start_time"].min()).total_seconds()
+    wall = busy_seconds(t)
     sweeps = ", ".join(f"{c} in {{{', '.join(str(v) for v in sorted(t[c].dropna().unique()))}}}" for c in swept)
     doc.p(f"Study '{runs.name}': {len(t)} trial runs; swept {sweeps or 'nothing (every run has the same settings)'}; "
           f"seeds {seeds}. Trials complete: {counts.get('COMPLETE', 0)}, pruned: {counts.get('PRUNED', 0)}, "
           f"failed: {counts.get('FAIL', 0)}, other: {other}. "
-          f"Total wall time {_fmt(wall / 60, 1)} min. {_schedules(t)}Objective: "
+          f"Wall time {_fmt(wall / 60, 1)} min (the time during which at least one trial ran, over every "
+          f"invocation, killed ones included). {_schedules(t)}Objective: "
           + ", ".join(f"{o} ({d})" for o, d in zip(runs.objectives, runs.directions, strict=True)) + ".")
     done = _complete(t)
     objective, direction = runs.objectives[0], runs.directions[0]
@@ -184,13 +201,17 @@ def _schedules(t: pd.DataFrame) -> str:
     return f"Direction schedule: {', '.join(names)} (alternate is the original's). "
 
 
+PAIRING_COLOURS = dict(zip(("aligned", "fixed", "shuffled"), sns.color_palette("deep"), strict=False))
+
+
 def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure:
     fig, axes = plt.subplots(1, len(factors), figsize=(4.2 * len(factors), 3.6), squeeze=False, sharey=True)
     hue = "pairing" if "pairing" in factors and t["pairing"].nunique() > 1 else None
     for ax, factor in zip(axes[0], factors, strict=True):
         data = t.dropna(subset=[metric, factor])
         order = sorted(data[factor].unique())
-        sns.pointplot(data=data, x=factor, y=metric, order=order, hue=hue if factor != "pairing" else None,
+        # one colour per pairing in every panel, the pairing panel included
+        sns.pointplot(data=data, x=factor, y=metric, order=order, hue=hue, palette=PAIRING_COLOURS if hue else None,
                       errorbar=("ci", 95), dodge=0.3 if hue and factor != "pairing" else False, ax=ax,
                       linestyles="none" if factor == "pairing" else "-", capsize=0.1, seed=0)
         if chance_level(metric, 10) is not None:
@@ -429,6 +450,13 @@ def _open_storage(storage: str | None):
     return JournalStorage(JournalFileBackend(path))
 
 
+def fit_verdict(intercept: float, r2: float) -> str:
+    """A fit of timings taken under varying load says little: a negative fixed cost or a poor R^2 flags it."""
+    problems = ([f"negative intercept ({intercept:.3f} s)"] if intercept < 0 else []) + (
+        [f"R^2 {r2:.2f} < 0.9"] if r2 < 0.9 else [])
+    return "yes" if not problems else "no: " + ", ".join(problems) + " (timings taken under varying load?)"
+
+
 def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
     doc.h2("5. Seconds per epoch against N")
     t = runs.trials.dropna(subset=["time/sec_per_epoch"]) if "time/sec_per_epoch" in runs.trials else pd.DataFrame()
@@ -464,6 +492,8 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
         for n, gn in g.groupby("n_images"):
             rows.append({"series": series, "N": int(n),
                          "sec/epoch (median of runs)": round(gn["time/sec_per_epoch"].median(), 4),
+                         "runs min": round(gn["time/sec_per_epoch"].min(), 4),
+                         "runs max": round(gn["time/sec_per_epoch"].max(), 4),
                          "epoch min": round(gn["epoch_min"].min(), 4), "epoch max": round(gn["epoch_max"].max(), 4),
                          "runs": len(gn), "epochs timed per run": int(gn["epochs_timed"].median())})
         try:
@@ -478,37 +508,77 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
         fits.append({"series": series, "a (s)": round(fit.a, 4), "b (s per image)": round(fit.b, 5),
                      "R^2": round(fit.r2, 4), "log-log slope": round(fit.loglog_slope, 3),
                      "slope 95% interval": f"{_fmt(fit.loglog_low, 3)} to {_fmt(fit.loglog_high, 3)}",
-                     "points": fit.n_points})
-    ref_n, ref_t = zip(*REFERENCE_POINTS, strict=True)
+                     "points": fit.n_points, "reliable": fit_verdict(fit.a, fit.r2)})
+    # the original timed 128 px on a 2018 GPU: its points belong beside runs at that resolution only
+    original_size = "image_size" in t and (t["image_size"] == REFERENCE_SIZE).any()
+    if original_size:
+        ref_n, ref_t = zip(*REFERENCE_POINTS, strict=True)
+        for axis in (ax, ax_log):
+            axis.plot(ref_n, ref_t, "X", color="crimson", ms=10, label="original report, 128 px, 2018 GPU")
     for axis in (ax, ax_log):
-        axis.plot(ref_n, ref_t, "X", color="crimson", ms=10, label="original report, 128 px, 2018 GPU")
         axis.set_xlabel("N (images per domain)")
         axis.set_ylabel("seconds per epoch")
     ax_log.set_xscale("log")
     ax_log.set_yscale("log")
-    ticks = sorted(set(t["n_images"].astype(int)) | {n for n, _ in REFERENCE_POINTS})
+    ticks = sorted(set(t["n_images"].astype(int)) | ({n for n, _ in REFERENCE_POINTS} if original_size else set()))
     ax_log.set_xticks(ticks, [str(n) for n in ticks])
     ax_log.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_title("linear axes")
     ax_log.set_title("log-log axes (slope 1 = linear in N)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    doc.figure(fig, "scaling.png", f"time/sec_per_epoch (median over epochs after {warm} warm-up) against N, "
-               f"{_schedules(t).strip().lower() or 'schedule not recorded.'} With "
-               f"the least-squares line t = a + bN; red crosses: the original (10, 1.5 s) and (20, 2.89 s), "
-               f"whose log-log slope is {REFERENCE_LOGLOG_SLOPE:.3f}.")
+    sizes = ", ".join(f"{int(v)} px" for v in sorted(t["image_size"].dropna().unique())) if "image_size" in t else "?"
+    reference = (f"red crosses: the original (10, 1.5 s) and (20, 2.89 s) at 128 px, whose log-log slope is "
+                 f"{REFERENCE_LOGLOG_SLOPE:.3f}" if original_size else
+                 f"the original's points (128 px, a 2018 GPU) are not drawn: these runs are at {sizes}")
+    doc.figure(fig, "scaling.png", f"time/sec_per_epoch (median over epochs after {warm} warm-up) against N at "
+               f"{sizes}, {_schedules(t).strip().lower() or 'schedule not recorded.'} With the least-squares line "
+               f"t = a + bN; {reference}.")
     doc.table(pd.DataFrame(rows), "Seconds per epoch by N:")
     if fits:
         doc.table(pd.DataFrame(fits), "Fits (one point per run):")
         for f in fits:
+            versus = (f", against {REFERENCE_LOGLOG_SLOPE:.3f} for the original's two points" if original_size else "")
             doc.p(f"{f['series']}: t(N) = {f['a (s)']} + {f['b (s per image)']} N (R^2 = {f['R^2']}); log-log slope "
-                  f"{f['log-log slope']} (95% interval {f['slope 95% interval']}), "
-                  f"against {REFERENCE_LOGLOG_SLOPE:.3f} "
-                  "for the original's two points.")
+                  f"{f['log-log slope']} (95% interval {f['slope 95% interval']}){versus}. Reliable: {f['reliable']}.")
+
+
+CURVE_METRICS = ("loss/G_total", "loss/D", "loss/G_l1", "loss/G_cyc")
+
+
+def load_curves(client, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch losses of every trial run as one long table (run_id, metric, epoch, value): the loader's part
+    of the training-curves section."""
+    rows = []
+    for run_id in trials.get("run_id", []):
+        for metric in CURVE_METRICS:
+            rows += [{"run_id": run_id, "metric": metric, "epoch": m.step, "value": m.value}
+                     for m in client.get_metric_history(run_id, metric)]
+    return pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
+
+
+def section_curves(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:
+    doc.h2("6. Training curves")
+    if curves.empty:
+        doc.note("No run logged per-epoch losses.")
+        return
+    hue = "pairing" if "pairing" in runs.trials and runs.trials["pairing"].nunique() > 1 else None
+    data = curves.merge(runs.trials[["run_id", *([hue] if hue else [])]], on="run_id")
+    metrics = [m for m in CURVE_METRICS if m in set(data["metric"])]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        sns.lineplot(data=data[data["metric"] == metric], x="epoch", y="value", hue=hue, units="run_id",
+                     estimator=None, palette=PAIRING_COLOURS if hue else None, lw=0.8, alpha=0.6, ax=ax,
+                     legend=ax is axes[0][-1])
+        ax.set_title(metric)
+        ax.set_ylabel(metric)
+    fig.tight_layout()
+    doc.figure(fig, "curves.png", f"Per-epoch losses of every run ({data['run_id'].nunique()} runs), one line each"
+               + (", coloured by pairing." if hue else "."))
 
 
 def section_reproduction(doc: Document, runs: StudyRuns, client) -> None:
-    doc.h2("6. Reproduction")
+    doc.h2("7. Reproduction")
     tags = runs.parent.filter(like="tags.").to_dict() if runs.parent is not None else {}
     get = lambda k: tags.get(f"tags.{k}", None)  # noqa: E731
     doc.p(f"Experiment '{runs.name}' in the MLflow store {client.tracking_uri}.")
@@ -555,6 +625,7 @@ def build_report(name: str | None, out: Path | None = None, storage: str | None 
                 "assignments": lambda: section_assignments(doc, runs, client),
                 "importance": lambda: section_importance(doc, runs, storage),
                 "scaling": lambda: section_scaling(doc, runs, client),
+                "curves": lambda: section_curves(doc, runs, load_curves(client, runs.trials)),
                 "reproduction": lambda: section_reproduction(doc, runs, client)}
     for name, draw in sections.items():
         try:

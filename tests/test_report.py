@@ -61,7 +61,8 @@ def test_report_files_exist_and_every_figure_is_there(store):
         assert (out / name).stat().st_size > 1000, name
         assert f'src="{name}"' in html
     for heading in ("1. The study at a glance", "2. Pair formation", "3. Assignment pictures",
-                    "4. Parameter importance", "5. Seconds per epoch against N", "6. Reproduction"):
+                    "4. Parameter importance", "5. Seconds per epoch against N", "6. Training curves",
+                    "7. Reproduction"):
         assert heading in md
     assert "could not be drawn" not in md
     assert "failed: 1" in md  # the dead trial is counted, not hidden
@@ -176,3 +177,40 @@ def test_index_html_renders_in_headless_chromium(store):
     keep = os.environ.get("REPORT_SCREENSHOT")  # a person can look at it: REPORT_SCREENSHOT=/tmp/shot.png
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_wall_time_is_the_union_of_the_trials_run_times():
+    """A killed and a resumed invocation: the time trials ran, not the last invocation's nor the calendar span."""
+    import pandas as pd
+
+    from analysis.report import busy_seconds
+
+    t0 = pd.Timestamp("2026-01-01")
+    s = lambda x: t0 + pd.Timedelta(seconds=x)  # noqa: E731
+    runs = pd.DataFrame({"start_time": [s(0), s(5), s(100), s(101)], "end_time": [s(10), s(20), s(130), s(110)]})
+    assert busy_seconds(runs) == 20 + 30
+
+
+def test_scaling_fits_under_load_are_flagged():
+    from analysis.report import fit_verdict
+
+    assert fit_verdict(0.01, 0.99) == "yes"
+    assert "negative intercept" in fit_verdict(-0.2, 0.95) and "R^2 0.66" in fit_verdict(0.1, 0.66)
+
+
+def test_one_colour_per_pairing_in_every_panel():
+    import numpy as np
+    import pandas as pd
+    from matplotlib.colors import to_hex
+
+    from analysis.report import PAIRING_COLOURS, _plot_metric
+
+    rng = np.random.default_rng(0)
+    t = pd.DataFrame({"pairing": np.repeat(["aligned", "fixed", "shuffled"], 4), "n_images": [5, 10] * 6,
+                      "pair/forward_top1": rng.random(12)})
+    fig = _plot_metric(t, "pair/forward_top1", ["pairing", "n_images"])
+    for ax in fig.axes:
+        drawn = {to_hex(line.get_color()) for line in ax.lines if line.get_label() != "chance" and
+                 to_hex(line.get_color()) != "#000000"}
+        assert drawn <= {to_hex(c) for c in PAIRING_COLOURS.values()}, drawn
+        assert len(drawn) == 3
