@@ -129,7 +129,8 @@ def harness_overhead(trials: int) -> dict:
             setup_s = time.perf_counter() - t0
             spec = load_sweep(REPO / "study" / "configs" / "default.toml")
             spec.name = "bench-overhead"
-            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), max_trials=trials)
+            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), max_trials=trials,
+                              probe=False)
         finally:
             if old is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)

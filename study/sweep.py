@@ -351,6 +351,7 @@ class Context:
     deadline: float  # 0: none
     max_trials: int  # 0: no limit for this invocation
     history: int = 0  # trials in the study when this invocation began: seeds the samplers
+    progress: bool = True  # per-trial bars; off when several worker processes share the terminal
     current: dict = field(default_factory=dict)  # the trial this process runs, for the error that names it
 
 
@@ -419,7 +420,8 @@ def run_one(study: optuna.Study, storage, ctx: Context, client) -> bool:
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec.name),
                                                                    trial.number)
         with lease(storage, trial_id):
-            outcome = run_trial(config, logger, spec.eval_every, report, desc=f"trial-{trial.number:04d}")
+            outcome = run_trial(config, logger, spec.eval_every, report, desc=run_name(spec, params, seed),
+                                progress=ctx.progress)
     except KeyboardInterrupt:
         # stopped, not failed: the next invocation runs this condition again
         trial.set_user_attr("failure", "killed: interrupted")
@@ -542,7 +544,66 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
     return client, study, experiment_id, parent_run_id
 
 
-def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1, max_trials: int = 0) -> pd.DataFrame:
+def plan(study: optuna.Study, spec: SweepSpec, max_trials: int) -> int:
+    """Trials this invocation means to run: the queue (grid), or the configurations still to draw x seeds."""
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if spec.sampler != "grid" and spec.trials:
+        waiting += max(0, spec.trials - _count_configs(study, spec)) * len(spec.seeds)
+    return min(waiting, max_trials) if max_trials else waiting
+
+
+def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int, workers: int) -> str:
+    """A rough time for the planned trials, from two epochs of the largest queued condition: an epoch's
+    time grows with N and the pixel count, so the others are scaled from it (architectures differ)."""
+    from cyclelike.train import train
+
+    queued = [spec.config_for(t.params, t.user_attrs.get("seed", 0))
+              for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))] or [spec.base_config()]
+    work = [c.n_images * c.image_size**2 for c in queued]
+    probe = queued[work.index(max(work))].replace(epochs=2, warmup_epochs=1, threads=threads)
+    try:
+        per_unit = train(probe).sec_per_epoch / (probe.n_images * probe.image_size**2)
+    except Exception as err:  # bad data or settings: each trial will fail and say why; the plan stands
+        return f"no time estimate ({type(err).__name__}: {_first_line(err)})"
+    mean_epochs_work = sum(c.epochs * w for c, w in zip(queued, work, strict=True)) / len(queued)
+    seconds = per_unit * mean_epochs_work * planned / workers * 1.1  # ~10% for evaluation and logging
+    when = (f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60
+            else f"{seconds:.0f} s")
+    text = f"about {when} here (rough: scaled from 2 epochs of N={probe.n_images}, {probe.image_size} px, {probe.arch})"
+    if seconds >= 3600:
+        text += ("\nwarning: this is a long study on this machine; Ctrl-C stops it and the same command resumes it, "
+                 "and fewer epochs, a smaller image_size or a GPU (device=cuda) shorten it")
+    return text
+
+
+def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, planned: int):
+    """A bar for the whole invocation (trials done / planned, elapsed, left) above the trial's own bar; it
+    follows the storage, so it counts the trials of every worker process. Returns the function that stops it."""
+    if not planned:
+        return lambda: None
+    bar = tqdm(total=planned, desc=f"study {spec.name}", unit="trial", dynamic_ncols=True)
+    stop = threading.Event()
+
+    def follow():
+        study = load_study(spec, open_storage(storage_url))
+        while not stop.wait(2.0):
+            with contextlib.suppress(Exception):
+                done = len(_ended_here(study, invocation))
+                bar.update(max(0, min(planned, done) - bar.n))
+
+    thread = threading.Thread(target=follow, daemon=True, name="overall-progress")
+    thread.start()
+
+    def close():
+        stop.set()
+        thread.join(timeout=5)
+        bar.close()
+
+    return close
+
+
+def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1, max_trials: int = 0,
+              probe: bool = True) -> pd.DataFrame:
     """Run the study; returns the trials table. Raises SweepFailed, after closing everything, when the sweep
     was interrupted, a worker died, or every trial of this invocation failed."""
     if workers < 1:
@@ -552,9 +613,14 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1,
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     invocation = f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctx = Context(spec, storage_url, experiment_id, parent_run_id, max(1, cores // workers), invocation,
-                  t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials, len(study.trials))
+                  t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials, len(study.trials), workers == 1)
+    planned = plan(study, spec, max_trials)
+    if planned and probe:
+        print(f"planned: {planned} trial(s) in this invocation; {estimate(study, spec, planned, ctx.threads, workers)}",
+              flush=True)
     status, problem = "FINISHED", None
     counter = mp.get_context("spawn").Value("i", 0)
+    overall = overall_bar(spec, storage_url, invocation, planned)
     try:
         if workers == 1:
             worker_loop(ctx, counter)
@@ -586,6 +652,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1,
         problem = SweepFailed(f"the worker crashed{f' during trial {number}' if number is not None else ''}: "
                               f"{type(err).__name__}: {err}")
     finally:
+        overall()
         wall = time.time() - t0
         storage = open_storage(storage_url)
         study = load_study(spec, storage)

@@ -320,6 +320,7 @@ def test_changed_fixed_values_become_new_trials_of_the_study(swept, capsys):
         table = run_sweep(changed)
     printed = capsys.readouterr().out
     assert "epochs (4 -> 3)" in printed and "4 queued now" in printed
+    assert "planned: 4 trial(s) in this invocation; about" in printed  # the estimate, before any trial
     assert table.attrs["trials_this_run"] == 4
     conditions = [t.user_attrs["condition"] for t in _study(folder, "tiny").trials if t.state == TrialState.COMPLETE]
     assert sorted(c["epochs"] for c in conditions) == [3, 3, 3, 3, 4, 4, 4, 4]
