@@ -204,6 +204,83 @@ def lowpass(images: torch.Tensor) -> torch.Tensor:
     return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
 
 
+# ---------------------------------------------------------------- data-only predictors of the pairs
+
+
+def _colour_stats(images: torch.Tensor) -> torch.Tensor:
+    flat = images.flatten(2).float()
+    return torch.cat([flat.mean(2), flat.std(2)], 1)  # (N, 6): mean and spread per channel
+
+
+def _edges(images: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of the grey image: where the outlines are, whatever their colours."""
+    grey = images.float().mean(1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]).view(1, 1, 3, 3)
+    gx = torch.nn.functional.conv2d(grey, kx, padding=1)
+    gy = torch.nn.functional.conv2d(grey, kx.transpose(2, 3), padding=1)
+    return (gx**2 + gy**2).sqrt()
+
+
+def coarse(images: torch.Tensor) -> torch.Tensor:
+    """A strong blur (sigma = side/16): the layout of the image, not its detail."""
+    sigma = max(1.0, images.shape[-1] / 16)
+    kernel = 2 * math.ceil(2 * sigma) + 1
+    return TF.gaussian_blur(images.float(), [kernel, kernel], [sigma, sigma])
+
+
+PREDICTORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "pixel": lambda im: im.float(), "lowpass": coarse, "colour": _colour_stats, "edges": _edges,
+}
+
+
+def predictor_partners(x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+    """For each data-only predictor, the optimal one-to-one assignment (Hungarian) of the ORIGINAL x_i to
+    the y_j on that predictor's distance: what the pairs would be if that were all they were based on."""
+    out = {}
+    for name, feature in PREDICTORS.items():
+        fx, fy = feature(x.cpu()), feature(y.cpu())
+        out[name] = optimal_assignment(distances(fx, fy).numpy())
+    return out
+
+
+def predictor_agreement(a: np.ndarray, partners: dict[str, np.ndarray]) -> dict[str, Share]:
+    """pair/agree_<predictor>: share of i whose learned a(i) is that predictor's partner, chance 1/N."""
+    n = len(a)
+    return {f"pair/agree_{name}": share(int(matches(a, p).sum()), n, chance_level("pair/agree_", n))
+            for name, p in partners.items()}
+
+
+# ---------------------------------------------------------------- formation over time
+
+
+@dataclass
+class Formation:
+    epochs_to_90: float  # first evaluated epoch with forward_top1 >= 0.9; NaN if never
+    locked_epoch: float  # median over i of the evaluated epoch from which a(i) never changes again
+    flips: int  # assignment changes between consecutive evaluations, summed over i
+    seconds_to_pairs: float  # training wall seconds up to epochs_to_90; NaN if never
+
+
+def formation(epochs: list[int], assignments: list[np.ndarray], top1: list[float],
+              epoch_seconds: dict[int, float] | None = None) -> Formation:
+    """How the pairs formed, from the assignment a at each evaluation (in epoch order)."""
+    if not epochs:
+        return Formation(float("nan"), float("nan"), 0, float("nan"))
+    stack = np.stack([np.asarray(a) for a in assignments])  # (evaluations, N)
+    reached = [e for e, v in zip(epochs, top1, strict=True) if v >= 0.9]
+    to_90 = float(reached[0]) if reached else float("nan")
+    changed = stack[1:] != stack[:-1]
+    flips = int(changed.sum())
+    locked = []
+    for i in range(stack.shape[1]):
+        last_change = np.flatnonzero(changed[:, i])
+        locked.append(epochs[last_change[-1] + 1] if len(last_change) else epochs[0])
+    seconds = float("nan")
+    if reached and epoch_seconds is not None:
+        seconds = float(sum(t for e, t in epoch_seconds.items() if e <= to_90))
+    return Formation(to_90, float(np.median(locked)), flips, seconds)
+
+
 @dataclass
 class PairingResult:
     metrics: dict[str, float]  # every `pair/...` and `mem/...` key of the design's table
@@ -269,7 +346,9 @@ def evaluate_pairing(
     else:
         metrics.update({k: float("nan") for k in ("pair/backward_top1", "pair/mutual", "pair/cycle_top1",
                                                   "pair/cycle_top1_lowpass")})
+    shares.update(predictor_agreement(a, predictor_partners(x, y)))
     metrics.update({k: s.value for k, s in shares.items()})
+    metrics.update({f"{k}_pvalue": fixed_point_pvalue(s.k, n) for k, s in shares.items() if "agree_" in k})
     has_holdout = x_holdout is not None and len(x_holdout) > 0
     metrics["mem/holdout_copy_rate"] = (
         holdout_copy_rate(forward(x_holdout), y, copy_factor) if has_holdout else float("nan")

@@ -169,6 +169,21 @@ class RunLogger:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._timed(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_image(self, image, key: str, step: int) -> None:
+        """A (3, H, W) tensor in [0, 1] as a step of an image series: the run page shows them with a slider."""
+        array = (image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+        self._timed(self.client.log_image, self.run_id, array, key=key, step=step)
+
+    def log_dataset(self, table, name: str, source: str | None) -> None:
+        """The images a run trained on (names and content hashes) as an MLflow dataset input: the run page
+        lists it, and two runs on the same images show the same digest."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_pandas(table, source=source, name=name)  # no source: this code made the data
+        tag = InputTag(key="mlflow.data.context", value="training")
+        self._timed(self.client.log_inputs, self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [tag])])
+
     def log_dir(self, folder: str | Path) -> None:
         self._timed(self.client.log_artifacts, self.run_id, str(folder))
 

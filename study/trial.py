@@ -19,7 +19,7 @@ import torch
 from torchvision.utils import save_image
 
 from analysis.figures import distance_heatmap, plt
-from analysis.pairing import evaluate_pairing
+from analysis.pairing import PairingResult, evaluate_pairing, formation
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, load_domains
 from cyclelike.samples import SAMPLE_ROWS, STRIP_ROWS, assignment_strip, labelled, sample_grid
@@ -63,6 +63,10 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     t_start = time.perf_counter()
     logger.log_params(config.to_dict())
     data = data if data is not None else load_domains(config)
+    synthetic = config.data == "synthetic"
+    logger.log_dataset(_dataset_table(data), f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic
+                       else f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}",
+                       None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
     eval_s = 0.0
     pruned = False
     # every artifact is written here and sent with one call at the end: each MLflow call costs milliseconds
@@ -71,16 +75,22 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     for sub in ("samples", "pairing", "model"):
         (root / sub).mkdir()
     n_grids = 0
+    history: list[tuple[int, PairingResult]] = []  # every evaluation: how the pairs formed
+    epoch_seconds: dict[int, float] = {}
 
     def on_epoch(stats: EpochStats, translator: Translator) -> bool:
         nonlocal eval_s, pruned, n_grids
         logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
+        epoch_seconds[stats.epoch] = stats.epoch_s
         if not eval_every or stats.epoch % eval_every or stats.epoch == config.epochs:
             return False
         t0 = time.perf_counter()
         result = _evaluate(translator, data)
         eval_s += time.perf_counter() - t0
+        history.append((stats.epoch, result))
         logger.log_metrics(result.metrics, step=stats.epoch)
+        # the run page's image slider shows the pairs forming, one strip per evaluation
+        logger.log_image(_strip(translator, data, result), "pairing/strip", stats.epoch)
         if n_grids < 3:  # a few epochs' samples show the pairs forming without filling the store
             n_grids += 1
             save_image(_samples(translator, data), root / "samples" / f"epoch_{stats.epoch:04d}.png")
@@ -100,9 +110,16 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
                    **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
         logger.log_metrics({**final.metrics, "time/sec_per_epoch": result.sec_per_epoch}, step=epoch)
+        logger.log_image(_strip(result.translator, data, final), "pairing/strip", epoch)
+        history.append((epoch, final))
+        formed = formation([e for e, _ in history], [r.a for _, r in history],
+                           [r.metrics["pair/forward_top1"] for _, r in history], epoch_seconds)
+        (root / "pairing" / "history.csv").write_text(_history_csv(history))
         # one value per run is no curve: intervals, chance levels and p-values are run-level summaries (tags),
         # so the run page charts only what changes over epochs
-        summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": eval_s})
+        summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": eval_s,
+                         "pair/epochs_to_90": formed.epochs_to_90, "pair/locked_epoch": formed.locked_epoch,
+                         "pair/flips": formed.flips, "time/seconds_to_pairs": formed.seconds_to_pairs})
         _write_final_artifacts(root, result, final, data, epoch)
     finally:
         logger.log_dir(root)  # whatever exists, also when training failed half-way
@@ -112,6 +129,41 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
     logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
     return TrialOutcome(metrics, result.sec_per_epoch, epoch, pruned, timing)
+
+
+def _dataset_table(data: Domains):
+    """Every image of the run: domain, part, index, name and a hash of its pixels as trained on."""
+    import hashlib
+
+    import pandas as pd
+
+    rows = []
+    for domain, part, images, names in (("X", "train", data.x, data.x_names), ("Y", "train", data.y, data.y_names),
+                                        ("X", "held-out", data.x_holdout, data.x_holdout_names),
+                                        ("Y", "held-out", data.y_holdout, data.y_holdout_names)):
+        for i, image in enumerate(images.cpu()):
+            digest = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
+            rows.append({"domain": domain, "part": part, "index": i,
+                         "name": names[i] if i < len(names) else "", "sha1": digest})
+    return pd.DataFrame(rows)
+
+
+def _strip(translator: Translator, data: Domains, result: PairingResult) -> torch.Tensor:
+    rows = STRIP_ROWS if translator.backward is not None else STRIP_ROWS[:3]
+    return labelled(assignment_strip(translator, data, result.a), rows)
+
+
+def _history_csv(history: list[tuple[int, PairingResult]]) -> str:
+    """One row per evaluation and x_i: epoch, i, a(i), b(i), the row's minimum distance and its margin."""
+    lines = ["epoch,i,a,b,row_min,margin"]
+    for epoch, r in history:
+        part = np.sort(r.D_xy, axis=1)
+        for i in range(len(r.a)):
+            b = "" if r.b is None else int(r.b[i])
+            second = part[i, 1] if part.shape[1] > 1 else np.nan
+            margin = (second - part[i, 0]) / (part[i, 0] + 1e-12)
+            lines.append(f"{epoch},{i},{int(r.a[i])},{b},{part[i, 0]:.6f},{margin:.6f}")
+    return "\n".join(lines) + "\n"
 
 
 def _samples(translator: Translator, data: Domains) -> torch.Tensor:
@@ -126,8 +178,7 @@ def _save(fig, path: Path) -> None:
 def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int) -> None:
     """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
     save_image(_samples(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
-    rows = STRIP_ROWS if result.translator.backward is not None else STRIP_ROWS[:3]
-    save_image(labelled(assignment_strip(result.translator, data, final.a), rows), root / "pairing" / "strip.png")
+    save_image(_strip(result.translator, data, final), root / "pairing" / "strip.png")
     (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
     pairing = result.config.pairing
     _save(distance_heatmap(final.D_xy, final.a, final.pi, pairing=pairing), root / "pairing" / "D_xy.png")

@@ -183,3 +183,37 @@ def test_steganography_passes_the_cycle_but_not_the_lowpass_cycle():
     m = evaluate_pairing(G, G, x, y, np.arange(n)).metrics
     assert m["pair/cycle_top1"] == 1.0
     assert m["pair/cycle_top1_lowpass"] <= 2 / n
+
+
+def test_colour_predictor_finds_colour_shifted_partners():
+    """y_j is x_pi(j) with every colour shifted: the colour predictor pairs them all, and a G that learned
+    exactly that pairing agrees with it on every image."""
+    from analysis.pairing import predictor_agreement, predictor_partners
+
+    n = 6
+    rng = np.random.default_rng(0)
+    base = torch.tensor(rng.uniform(-0.6, 0.6, (n, 3)), dtype=torch.float32)
+    x = base[:, :, None, None] + 0.05 * torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    pi = np.array([2, 0, 1, 5, 3, 4])
+    y = torch.roll(x[pi], shifts=5, dims=-1) + 0.1  # the same colours, shifted, in another layout
+    partners = predictor_partners(x, y)
+    learned = np.argsort(pi)  # a(i): the y that holds x_i's colours
+    assert (partners["colour"] == learned).all()
+    agree = predictor_agreement(learned, partners)
+    assert agree["pair/agree_colour"].value == 1.0 and agree["pair/agree_colour"].chance == 1 / n
+    assert predictor_agreement(np.roll(learned, 1), partners)["pair/agree_colour"].value == 0.0
+
+
+def test_formation_on_a_hand_made_history():
+    from analysis.pairing import formation
+
+    epochs = [10, 20, 30, 40]
+    a = [np.array([1, 1, 0, 3]), np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3]), np.array([0, 1, 3, 2])]
+    top1 = [0.25, 1.0, 1.0, 0.5]
+    seconds = {e: 0.5 for e in range(1, 41)}
+    f = formation(epochs, a, top1, seconds)
+    assert f.epochs_to_90 == 20 and f.seconds_to_pairs == 10.0
+    assert f.flips == 2 + 2  # x_0 and x_2 change at epoch 20, x_2 and x_3 at epoch 40
+    assert f.locked_epoch == 30  # x_0: 20, x_1: 10, x_2: 40, x_3: 40 -> median 30
+    never = formation(epochs, a, [0.1] * 4, seconds)
+    assert np.isnan(never.epochs_to_90) and np.isnan(never.seconds_to_pairs)

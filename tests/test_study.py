@@ -96,7 +96,9 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         paths = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "model", "pairing", "samples"} <= paths
         pairing = {a.path for a in client.list_artifacts(run.info.run_id, "pairing")}
-        assert {"pairing/D_xy.csv", "pairing/D_xy.png", "pairing/D_yx.csv", "pairing/D_yx.png"} <= pairing
+        assert {"pairing/D_xy.csv", "pairing/D_xy.png", "pairing/D_yx.csv", "pairing/D_yx.png",
+                "pairing/history.csv"} <= pairing
+        assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "synthetic:faces-planes"
         assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/G.pt"}
         assert len(client.list_artifacts(run.info.run_id, "samples")) == 2  # epoch 2 and the final epoch 4
     assert parents[0].info.status == "FINISHED"
@@ -496,3 +498,23 @@ def test_help_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_assignment_history_round_trips_through_mlflow(swept, tmp_path):
+    """Formation can be analysed after the fact: every evaluation's a(i) is in one artifact per run."""
+    import pandas as pd
+
+    folder = swept[0]
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.trial = '0'")[0]
+    history = pd.read_csv(client.download_artifacts(run.info.run_id, "pairing/history.csv", str(tmp_path)))
+    assert sorted(history["epoch"].unique()) == [2, 4] and len(history) == 2 * 4
+    final = json.loads(Path(client.download_artifacts(run.info.run_id, "pairing/assignment.json",
+                                                      str(tmp_path))).read_text())
+    assert history[history["epoch"] == 4].sort_values("i")["a"].tolist() == final["a"]
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "pair/forward_top1"))
+    assert steps == [2, 4]
+    for key in ("summary.pair/flips", "summary.pair/locked_epoch", "summary.pair/agree_colour_ci_low"):
+        assert key in run.data.tags, key
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert len([p for p in images if p.endswith(".png")]) == 2  # the strip at each evaluation, for the slider
