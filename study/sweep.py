@@ -66,7 +66,8 @@ def open_storage(url: str | None, workers: int = 1):
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url))
         except OSError as err:
-            raise SweepError(f"--storage {url}: cannot write the Optuna journal ({err.strerror})") from None
+            raise SweepError(f"the Optuna journal {url} cannot be written ({err.strerror}); "
+                             "give a writable --store DIR or --storage") from None
     if url.startswith("sqlite") and workers > 1:
         raise SweepError(f"--storage {url}: Optuna on sqlite is unsafe with several workers (trials run twice); "
                          "use a journal file (the default) or PostgreSQL")
@@ -513,8 +514,8 @@ class SweepFailed(RuntimeError):
 
 def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
     """Store, study, parent run, recovery and queue, under the coordinator lock."""
+    storage = open_storage(storage_url, workers)  # a bad storage fails before anything is created
     client = prepare_store()
-    storage = open_storage(storage_url, workers)
     with coordinator_lock(storage_url):
         experiment_id = ensure_experiment(client, spec.name)
         study = load_study(spec, storage, create=True)

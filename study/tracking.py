@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -25,6 +26,8 @@ from analysis.store import sqlite_path, tracking_uri
 from .spec import SweepError
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+# "Creating initial MLflow database tables..." on every new store says nothing a user acts on
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def provenance() -> dict[str, str]:

@@ -143,13 +143,16 @@ def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
         subprocess.run([sys.executable, "-m", "study.server", "stop"], env=head_env, capture_output=True, timeout=60)
 
 
-def test_an_unreachable_database_is_one_line_naming_host_and_port(capsys):
+def test_an_unreachable_database_is_one_line_naming_host_and_port(capsys, monkeypatch, tmp_path):
     from study.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
 
     code = main(["sweep", "--storage", "postgresql+psycopg://someone:secret@127.0.0.1:1/studies"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "127.0.0.1" in err and "port 1" in err and "secret" not in err
+    assert not (tmp_path / "mlruns").exists()  # nothing was created for a storage that cannot be opened
 
 
 def test_db_restarts_with_its_studies(cluster):

@@ -407,7 +407,7 @@ def _main(capsys, monkeypatch, folder: Path, *argv: str) -> tuple[int, str]:
         (["--storage", "{tmp}"], ["is a folder"]),
         (["--trials", "-1"], ["--trials", "negative"]),
         (["--workers", "0"], ["--workers"]),
-        (["--store", "/proc/no-such-store"], ["cannot open the MLflow store"]),
+        (["--store", "/proc/no-such-store"], ["/proc/no-such-store", "cannot be written"]),
     ],
     ids=["data_seed", "storage-folder", "trials", "workers", "store-unwritable"],
 )
@@ -518,3 +518,10 @@ def test_assignment_history_round_trips_through_mlflow(swept, tmp_path):
         assert key in run.data.tags, key
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert len([p for p in images if p.endswith(".png")]) == 2  # the strip at each evaluation, for the slider
+
+
+def test_an_unwritable_mlflow_store_is_one_line():
+    from study.tracking import prepare_store
+
+    with pytest.raises(SweepError, match=r"cannot open the MLflow store sqlite:////proc/no-such/mlflow.db"):
+        prepare_store("sqlite:////proc/no-such/mlflow.db")
