@@ -426,6 +426,7 @@ def test_a_tracking_server_that_is_down_is_one_line(tmp_path, capsys, monkeypatc
     from study.__main__ import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("OPTUNA_STORAGE", str(tmp_path / "optuna.journal"))  # not the project's own store
     assert main(["sweep", "--config", str(config)]) == 2
     assert "cannot be reached" in capsys.readouterr().err.strip().splitlines()[-1]
 
