@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="folder of the MLflow database and Optuna journal (default: the project's mlruns/)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file is noise
-    from .store import PROJECT, tracking_uri, use_store
+    from .store import PROJECT, first_line, safe_url, tracking_uri, use_store
 
     use_store(args.store)
     import mlflow
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         known = study_names(client)
     except Exception as err:  # a missing or unreadable database, a server that is down
-        print(f"error: cannot read the MLflow store {uri}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: cannot read the MLflow store {safe_url(uri)}: {first_line(err)}", file=sys.stderr)
         return 1
     name = args.experiment or most_recent_study(client)
     if name is None:

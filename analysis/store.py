@@ -54,6 +54,22 @@ def use_store(folder: str | None) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # the flag on the command line wins over the environment
 
 
+def safe_url(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def first_line(err: BaseException) -> str:
+    """The one line of an error a user needs (a driver's names host and port), without wrappers' extra lines."""
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 if __name__ == "__main__":  # `python -m analysis.store`: what the Makefile's ui and dashboard targets open
     import sys
 

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from analysis.store import store_dir, tracking_uri
+from analysis.store import safe_url, store_dir, tracking_uri
 
 from .postgres import PostgresError, free_port
 from .postgres import start as start_postgres
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except PostgresError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    shown = backend.split("@")[-1] if "@" in backend else backend
-    print(f"MLflow tracking server on {url} (backend {shown}, listening on {args.host}:{port})")
+    print(f"MLflow tracking server on {url} (backend {safe_url(backend)}, listening on {args.host}:{port})")
     print(f"workers use:  MLFLOW_TRACKING_URI=http://<this machine>:{port}")
     print("stop it with: make server-stop")
     return 0

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 import torch
@@ -35,7 +36,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from analysis.store import optuna_storage, sqlite_path, tracking_uri
+from analysis.store import first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
 from cyclelike.config import ConfigError, DataError, NonFiniteLossError, RunConfig
 
 from .spec import SweepError, SweepSpec
@@ -49,7 +50,7 @@ LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another
 HEARTBEAT_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_S", 60))
 HEARTBEAT_GRACE_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_GRACE_S", 180))
 HOST = socket.gethostname()
-DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # needs no new trial
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says more
 # heartbeats and fail_stale_trials are marked experimental in Optuna; they are what the RDB path relies on
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -79,23 +80,7 @@ def open_storage(url: str | None, workers: int = 1):
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S,
                           heartbeat_stale_trial_callback=_killed)
     except Exception as err:  # SQLAlchemy and the drivers raise many types for a bad URL or a server that is down
-        raise SweepError(f"--storage {safe_url(url)}: cannot open it: {_first_line(err)}") from None
-
-
-def safe_url(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
-
-def _first_line(err: BaseException) -> str:
-    """The driver's own line (it names host and port), without SQLAlchemy's wrapper and background link."""
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise SweepError(f"--storage {safe_url(url)}: cannot open it: {first_line(err)}") from None
 
 
 def coordinator_lock(storage_url: str | None):
@@ -294,7 +279,7 @@ def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
     report = {"queued": 0, "retries": 0, "exhausted": [], "changed": {}}
     for (key, seed), params in wanted.items():
         trials = tried.get((key, seed), [])
-        if any(t.state in DONE for t in trials):
+        if any(t.state in TAKEN for t in trials):
             continue
         failures = [t for t in trials if t.state == TrialState.FAIL and not _is_killed(t)]
         if len(failures) > spec.max_retries:
@@ -554,23 +539,32 @@ def plan(study: optuna.Study, spec: SweepSpec, max_trials: int) -> int:
 
 
 def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int, workers: int) -> str:
-    """A rough time for the planned trials, from two epochs of the largest queued condition: an epoch's
-    time grows with N and the pixel count, so the others are scaled from it (architectures differ)."""
-    from cyclelike.train import train
-
+    """A rough time for the planned trials. An epoch's time grows with N and the pixel count, so one rate
+    per image-pixel scales to every queued condition (architectures differ): from the study's finished
+    trials when it has some, else from two epochs of the largest queued condition, trained here once."""
     queued = [spec.config_for(t.params, t.user_attrs.get("seed", 0))
               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))] or [spec.base_config()]
     work = [c.n_images * c.image_size**2 for c in queued]
-    probe = queued[work.index(max(work))].replace(epochs=2, warmup_epochs=1, threads=threads)
-    try:
-        per_unit = train(probe).sec_per_epoch / (probe.n_images * probe.image_size**2)
-    except Exception as err:  # bad data or settings: each trial will fail and say why; the plan stands
-        return f"no time estimate ({type(err).__name__}: {_first_line(err)})"
+    measured = [t.user_attrs["timing"]["sec_per_epoch"] / (t.user_attrs["condition"]["n_images"]
+                                                           * t.user_attrs["condition"]["image_size"] ** 2)
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "timing" in t.user_attrs and "condition" in t.user_attrs]
+    if measured:
+        per_unit, source = float(np.median(measured)), f"the {len(measured)} finished trial(s) of this study"
+    else:
+        from cyclelike.train import train
+
+        probe = queued[work.index(max(work))].replace(epochs=2, warmup_epochs=1, threads=threads)
+        try:
+            per_unit = train(probe).sec_per_epoch / (probe.n_images * probe.image_size**2)
+        except Exception as err:  # bad data or settings: each trial will fail and say why; the plan stands
+            return f"no time estimate ({type(err).__name__}: {first_line(err)})"
+        source = f"2 epochs of N={probe.n_images}, {probe.image_size} px, {probe.arch}"
     mean_epochs_work = sum(c.epochs * w for c, w in zip(queued, work, strict=True)) / len(queued)
     seconds = per_unit * mean_epochs_work * planned / workers * 1.1  # ~10% for evaluation and logging
     when = (f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60
             else f"{seconds:.0f} s")
-    text = f"about {when} here (rough: scaled from 2 epochs of N={probe.n_images}, {probe.image_size} px, {probe.arch})"
+    text = f"about {when} here (rough: scaled from {source})"
     if seconds >= 3600:
         text += ("\nwarning: this is a long study on this machine; Ctrl-C stops it and the same command resumes it, "
                  "and fewer epochs, a smaller image_size or a GPU (device=cuda) shorten it")

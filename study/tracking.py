@@ -15,13 +15,14 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from analysis.store import sqlite_path, tracking_uri
+from analysis.store import first_line, safe_url, sqlite_path, tracking_uri
 
 from .spec import SweepError
 
@@ -101,8 +102,7 @@ def prepare_store(uri: str | None = None) -> MlflowClient:
     except SweepError:
         raise
     except Exception as err:  # MLflow wraps OS and database errors in several types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SweepError(f"cannot open the MLflow store {uri}: {reason}") from None
+        raise SweepError(f"cannot open the MLflow store {safe_url(uri)}: {first_line(err)}") from None
 
 
 def artifact_root(uri: str) -> str | None:
@@ -183,9 +183,12 @@ class RunLogger:
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = mlflow.data.from_pandas(table, source=source, name=name)  # no source: this code made the data
+        with warnings.catch_warnings():  # MLflow's schema hints about integer columns are for model inputs
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(table, source=source, name=name)  # no source: this code made it
+            entity = dataset._to_mlflow_entity()  # the schema is inferred here
         tag = InputTag(key="mlflow.data.context", value="training")
-        self._timed(self.client.log_inputs, self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [tag])])
+        self._timed(self.client.log_inputs, self.run_id, [DatasetInput(entity, [tag])])
 
     def log_dir(self, folder: str | Path) -> None:
         self._timed(self.client.log_artifacts, self.run_id, str(folder))
