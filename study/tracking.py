@@ -187,8 +187,14 @@ class RunLogger:
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(table, source=source, name=name)  # no source: this code made it
             entity = dataset._to_mlflow_entity()  # the schema is inferred here
-        tag = InputTag(key="mlflow.data.context", value="training")
-        self._timed(self.client.log_inputs, self.run_id, [DatasetInput(entity, [tag])])
+        inputs = [DatasetInput(entity, [InputTag(key="mlflow.data.context", value="training")])]
+        try:
+            self._timed(self.client.log_inputs, self.run_id, inputs)
+        except Exception:
+            # two workers logging the same images at once race on MLflow's unique (experiment, name, digest)
+            # row; the loser's second try finds the winner's row and links it to this run
+            time.sleep(0.2)
+            self._timed(self.client.log_inputs, self.run_id, inputs)
 
     def log_dir(self, folder: str | Path) -> None:
         self._timed(self.client.log_artifacts, self.run_id, str(folder))

@@ -309,9 +309,10 @@ def test_random_sweep_workers_draw_different_conditions(tmp_path):
     out = subprocess.run(_sweep_cmd(config, "--workers", "2"), cwd=tmp_path, env=env_for(tmp_path),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    done = [(t.user_attrs["config_key"], t.user_attrs["seed"]) for t in _study(tmp_path, "rand").trials
-            if t.state == TrialState.COMPLETE]
-    assert len(done) >= 4 and len(set(done)) == len(done)
+    trials = _study(tmp_path, "rand").trials
+    done = [(t.user_attrs["config_key"], t.user_attrs["seed"]) for t in trials if t.state == TrialState.COMPLETE]
+    why = [(t.number, t.state.name, str(t.user_attrs.get("failure", ""))[-300:]) for t in trials]
+    assert len(done) >= 4 and len(set(done)) == len(done), why
 
 
 def test_changed_fixed_values_become_new_trials_of_the_study(swept, capsys):
@@ -526,3 +527,25 @@ def test_an_unwritable_mlflow_store_is_one_line():
 
     with pytest.raises(SweepError, match=r"cannot open the MLflow store sqlite:////proc/no-such/mlflow.db"):
         prepare_store("sqlite:////proc/no-such/mlflow.db")
+
+
+def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
+    """Two workers logging the same images at once race on MLflow's unique dataset row; the loser used to
+    fail its whole trial with an IntegrityError. The first log_inputs call here loses that race."""
+    import pandas as pd
+
+    from study.tracking import RunLogger, ensure_experiment, prepare_store
+
+    client = prepare_store(f"sqlite:///{tmp_path}/mlflow.db")
+    logger = RunLogger.start(client, ensure_experiment(client, "race"), "r")
+    real, calls = client.log_inputs, []
+
+    def lose_once(run_id, datasets):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise RuntimeError("UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest")
+        return real(run_id, datasets)
+
+    client.log_inputs = lose_once
+    logger.log_dataset(pd.DataFrame({"name": ["a"], "sha1": ["0"]}), "images", None)
+    assert len(calls) == 2 and client.get_run(logger.run_id).inputs.dataset_inputs[0].dataset.name == "images"
