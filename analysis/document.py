@@ -58,8 +58,13 @@ class Document:
         self.title, self.out = title, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.blocks: list[Block] = [Block("h1", title)]
+        self.sections = 0
 
-    def h2(self, text: str) -> None:
+    def h2(self, text: str, numbered: bool = True) -> None:
+        """A section heading, numbered in the order the sections are written."""
+        if numbered:
+            self.sections += 1
+            text = f"{self.sections}. {text}"
         self.blocks.append(Block("h2", text))
 
     def h3(self, text: str) -> None:

@@ -45,6 +45,19 @@ def chance_level(metric: str, n: int) -> float | None:
     return None
 
 
+def chance_band(metric: str, n: int) -> tuple[float, float] | None:
+    """The central 95% range a uniformly random map of N images scores: distinct targets of a random map for
+    bijectivity, the fixed points of a random permutation for the k/N hit shares; None where there is none."""
+    if metric == "pair/bijectivity":
+        cdf = np.cumsum(distinct_values_null(n))
+    elif chance_level(metric, n) == 1.0 / n:
+        tail = [fixed_point_pvalue(k, n) for k in range(n + 1)]  # P(K >= k)
+        cdf = np.array([1.0 - (tail[k + 1] if k < n else 0.0) for k in range(n + 1)])
+    else:
+        return None
+    return int(np.searchsorted(cdf, 0.025)) / n, int(np.searchsorted(cdf, 0.975)) / n
+
+
 @dataclass
 class Share:
     """k of n, with its chance level and an exact (Clopper-Pearson) 95% interval."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import questions
 from .document import Document
 from .figures import distance_heatmap, plt, reference_label, sns
 from .pairing import chance_level, seed_agreement
@@ -167,7 +168,7 @@ def busy_seconds(t: pd.DataFrame) -> float:
 
 
 def section_glance(doc: Document, runs: StudyRuns, client) -> None:
-    doc.h2("1. The study at a glance")
+    doc.h2("The study at a glance")
     t = runs.trials
     swept = _swept(t)
     seeds = sorted(t["seed"].dropna().unique().tolist()) if "seed" in t else []
@@ -282,7 +283,7 @@ def findings(t: pd.DataFrame) -> list[str]:
 
 
 def section_pairs(doc: Document, runs: StudyRuns) -> None:
-    doc.h2("2. Pair formation")
+    doc.h2("Pair formation")
     t = _complete(runs.trials)
     if t.empty:
         doc.note("No completed trials: nothing to show about pair formation.")
@@ -305,7 +306,7 @@ def section_pairs(doc: Document, runs: StudyRuns) -> None:
 
 
 def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
-    doc.h2("3. Assignment pictures")
+    doc.h2("Assignment pictures")
     t = _complete(runs.trials)
     objective = runs.objectives[0]
     if t.empty or objective not in t:
@@ -365,7 +366,7 @@ def _eta_squared(t: pd.DataFrame, objective: str, params: list[str]) -> dict[str
 
 
 def section_importance(doc: Document, runs: StudyRuns, storage: str | None) -> None:
-    doc.h2("4. Parameter importance")
+    doc.h2("Parameter importance")
     t = _complete(runs.trials)
     objective = runs.objectives[0]
     params = [p for p in _swept(t)]
@@ -458,7 +459,7 @@ def fit_verdict(intercept: float, r2: float) -> str:
 
 
 def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
-    doc.h2("5. Seconds per epoch against N")
+    doc.h2("Seconds per epoch against N")
     t = runs.trials.dropna(subset=["time/sec_per_epoch"]) if "time/sec_per_epoch" in runs.trials else pd.DataFrame()
     if t.empty or "n_images" not in t:
         doc.note("No run reports time/sec_per_epoch.")
@@ -476,8 +477,10 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
         t["cycle pass"] = np.where(t["lambda_cyc"] > 0, "cycle", "no cycle")
     if "lambda_id" in t:
         t["identity pass"] = np.where(t["lambda_id"] > 0, "identity", "no identity")
+    # a fused run's epoch time is its whole group's: never one series with runs trained alone
+    t["seeds fused"] = t["tags.fused_group"].fillna("1") if "tags.fused_group" in t else "1"
     candidates = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "precision",
-                  "cycle pass", "identity pass")
+                  "cycle pass", "identity pass", "seeds fused")
     series_keys = [k for k in candidates if k in t and t[k].nunique() > 1]
     t["series"] = t[series_keys].astype(str).agg(", ".join, axis=1) if series_keys else "all runs"
     fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -547,22 +550,23 @@ CURVE_METRICS = ("loss/G_total", "loss/D", "loss/G_l1", "loss/G_cyc")
 
 
 def load_curves(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """Per-epoch losses of every trial run as one long table (run_id, metric, epoch, value): the loader's part
-    of the training-curves section."""
+    """Per-epoch losses and per-evaluation pairing scores of every trial run as one long table (run_id,
+    metric, epoch, value): the loader's part of the training-curves and formation sections."""
     rows = []
     for run_id in trials.get("run_id", []):
-        for metric in CURVE_METRICS:
+        for metric in CURVE_METRICS + questions.FORMATION_METRICS:
             rows += [{"run_id": run_id, "metric": metric, "epoch": m.step, "value": m.value}
                      for m in client.get_metric_history(run_id, metric)]
     return pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
 
 
 def section_curves(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:
-    doc.h2("6. Training curves")
+    doc.h2("Training curves")
     if curves.empty:
         doc.note("No run logged per-epoch losses.")
         return
     hue = "pairing" if "pairing" in runs.trials and runs.trials["pairing"].nunique() > 1 else None
+    curves = curves[curves["metric"].isin(CURVE_METRICS)]
     data = curves.merge(runs.trials[["run_id", *([hue] if hue else [])]], on="run_id")
     metrics = [m for m in CURVE_METRICS if m in set(data["metric"])]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
@@ -577,8 +581,97 @@ def section_curves(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None
                + (", coloured by pairing." if hue else "."))
 
 
+def section_answers(doc: Document, runs: StudyRuns) -> None:
+    doc.h2("The answers", numbered=False)
+    for sentence in questions.answers(_complete(runs.trials)):
+        doc.p(sentence)
+
+
+def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:
+    doc.h2("How the pairs formed over time")
+    t = _complete(runs.trials)
+    fig = questions.formation_figure(t, curves) if not curves.empty and not t.empty else None
+    if fig is None:
+        doc.note("No run evaluated its pairing during training (eval_every = 0): no formation curves.")
+    else:
+        doc.figure(fig, "formation.png", "forward_top1 and bijectivity at each evaluation, one panel per N: mean over "
+                   "runs with a 95% bootstrap interval; grey band: the central 95% of what a uniformly random map "
+                   "scores, dashed line its mean. For runs given no pair, forward_top1 is against the stored order.")
+    cols = [c for c in ("pair/epochs_to_90", "pair/locked_epoch", "pair/flips", "time/seconds_to_pairs") if c in t]
+    keys = [k for k in ("scheme", "pairing", "arch", "n_images") if k in t and t[k].nunique() > 1] or ["pairing"]
+    if cols and keys[0] in t:
+        table = t.groupby(keys)[cols].agg(["median"]).round(1)
+        table.columns = [c for c, _ in table.columns]
+        reached = t.groupby(keys)["pair/epochs_to_90"].apply(lambda s: f"{s.notna().sum()} of {len(s)}")
+        shuffled = " For runs given no pair it is against the stored order, so only locked_epoch and flips " \
+            "describe their formation." if len(questions.unpaired(t)) else ""
+        doc.table(table.assign(**{"reached 0.9": reached}).reset_index().astype(object).fillna("-"),
+                  "Formation per condition (medians over runs that reached it): the first evaluated epoch with "
+                  "forward_top1 >= 0.9, the epoch from which the median a(i) never changed again, assignment "
+                  "changes between evaluations, and the training seconds until forward_top1 >= 0.9." + shuffled)
+    fig, fits = questions.seconds_to_pairs(t)
+    if fig is None:
+        doc.p("Seconds to pairs against N: fewer than two runs reached forward_top1 >= 0.9.")
+        return
+    doc.figure(fig, "seconds_to_pairs.png", "Left: training seconds until forward_top1 first reached 0.9 (what a "
+               "user waits for), right: seconds per epoch (what the original timed), both against N with the "
+               "least-squares line.")
+    doc.table(fits, "Fits t = a + b N, one point per run:")
+
+
+def section_predictors(doc: Document, runs: StudyRuns) -> None:
+    doc.h2("What decides the pairs when none is given")
+    u = questions.unpaired(_complete(runs.trials))
+    if u.empty:
+        doc.note("No run of this study was given no pair (pairing=shuffled with lambda_l1 = 0, or cyclegan).")
+        return
+    for sentence in questions.unpaired_answers(u):
+        doc.p(sentence)
+    doc.table(questions.unpaired_table(u), "Per condition given no pair (means over seeds; seed agreement is "
+              "chance-adjusted: 0 is chance, 1 the same pairing every seed):")
+    fig = questions.predictor_figure(u)
+    if fig is not None:
+        doc.figure(fig, "predictors.png", "Share of x_i whose learned partner a(i) is the partner of the optimal "
+                   "one-to-one assignment on a distance between the original images (pixel L1, low-pass L1, colour "
+                   f"mean and spread, edge maps); mean over {len(u)} runs with a 95% bootstrap interval, dashed: "
+                   "chance 1/N.")
+    doc.table(questions.predictor_table(u), "Agreement with each data-only predictor:")
+
+
+def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
+    doc.h2("How far one G reaches")
+    g = questions.given(_complete(runs.trials))
+    table = questions.n90_table(g)
+    if table.empty:
+        doc.note("This needs runs given a pair (aligned or fixed, lambda_l1 > 0) at two or more N.")
+        return
+    fig = questions.capacity_figure(g)
+    factor = g["mem/copy_factor"].dropna() if "mem/copy_factor" in g else pd.Series(dtype=float)
+    copy = (f"mem/holdout_copy_rate: share of held-out inputs whose output is nearer to a training target than "
+            f"{factor.iloc[0]:g} x the median distance between training targets" if len(factor) else
+            "mem/holdout_copy_rate")
+    if fig is not None:
+        doc.figure(fig, "capacity.png", f"Against N, one line per architecture (colour) and width (style), mean "
+                   f"over seeds: forward_top1 (dotted: 0.9), mutual, and {copy}. Dashed: chance 1/N.")
+    doc.table(table, "N90: the largest N whose mean forward_top1 is >= 0.9 within the epoch budget ('>=' when it "
+              "is the largest N tried), with the generator's parameters.")
+    largest = g.sort_values(["n_images", "base_filters"] if "base_filters" in g else ["n_images"]).groupby(
+        "arch" if "arch" in g else "pairing").tail(1)
+    for _, row in largest.iterrows():
+        name = f"holdout_{row.run_id[:8]}.png"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy(client.download_artifacts(row.run_id, "pairing/holdout.png", tmp), doc.out / name)
+        except Exception as err:
+            doc.note(f"held-out images not available for run {row.run_id[:8]} ({type(err).__name__}).")
+            continue
+        doc.image(name, f"{row.get('arch', '')}, {row.get('base_filters', '?')} filters, N = {row['n_images']}: "
+                  "held-out x (never trained on), G(x), and the training y nearest to G(x); holdout_copy_rate = "
+                  f"{_fmt(row.get('mem/holdout_copy_rate', float('nan')))}.", wide=True)
+
+
 def section_reproduction(doc: Document, runs: StudyRuns, client) -> None:
-    doc.h2("7. Reproduction")
+    doc.h2("Reproduction")
     tags = runs.parent.filter(like="tags.").to_dict() if runs.parent is not None else {}
     get = lambda k: tags.get(f"tags.{k}", None)  # noqa: E731
     doc.p(f"Experiment '{runs.name}' in the MLflow store {client.tracking_uri}.")
@@ -621,11 +714,16 @@ def build_report(name: str | None, out: Path | None = None, storage: str | None 
     missing = [m for m in CORE_METRICS if m not in runs.trials]
     if missing:
         doc.note(f"Metrics that no run reports: {', '.join(missing)}.")
-    sections = {"glance": lambda: section_glance(doc, runs, client), "pairs": lambda: section_pairs(doc, runs),
+    curves = load_curves(client, runs.trials)
+    sections = {"answers": lambda: section_answers(doc, runs),
+                "glance": lambda: section_glance(doc, runs, client), "pairs": lambda: section_pairs(doc, runs),
+                "formation": lambda: section_formation(doc, runs, curves),
+                "predictors": lambda: section_predictors(doc, runs),
+                "capacity": lambda: section_capacity(doc, runs, client),
                 "assignments": lambda: section_assignments(doc, runs, client),
                 "importance": lambda: section_importance(doc, runs, storage),
                 "scaling": lambda: section_scaling(doc, runs, client),
-                "curves": lambda: section_curves(doc, runs, load_curves(client, runs.trials)),
+                "curves": lambda: section_curves(doc, runs, curves),
                 "reproduction": lambda: section_reproduction(doc, runs, client)}
     for name, draw in sections.items():
         try:

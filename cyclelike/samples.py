@@ -16,6 +16,7 @@ from .train import Translator
 
 SAMPLE_ROWS = ("x", "G(x)", "target y", "y", "G(y)", "target x", "x", "G(x)", "G(G(x)) cycle")
 STRIP_ROWS = ("x_i", "G(x_i)", "nearest y", "G(G(x_i))")
+HOLDOUT_ROWS = ("held-out x", "G(x)", "nearest training y")
 
 
 def labelled(grid: torch.Tensor, rows: tuple[str, ...] | list[str], min_width: int = 512) -> torch.Tensor:
@@ -70,3 +71,16 @@ def assignment_strip(translator: Translator, data: Domains, a, k: int = 8) -> to
     if translator.backward is not None:
         rows.append(translator.backward(fx).cpu())
     return make_grid(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, nrow=k, padding=2, pad_value=1.0)
+
+
+def holdout_strip(translator: Translator, data: Domains, k: int = 8) -> torch.Tensor | None:
+    """Rows: held-out x (never trained on), G(x), and the training y nearest to G(x): where G renders a new
+    input as one of its memorised targets (mem/holdout_copy_rate), the last two rows look alike."""
+    k = min(k, len(data.x_holdout))
+    if k == 0:
+        return None
+    x = data.x_holdout[:k].cpu()
+    fx = translator.forward(x).cpu()
+    y = data.y.cpu()
+    nearest = y[torch.cdist(fx.flatten(1).float(), y.flatten(1).float(), p=1).argmin(1)]
+    return make_grid(torch.cat([x, fx, nearest]).clamp(-1, 1) * 0.5 + 0.5, nrow=k, padding=2, pad_value=1.0)

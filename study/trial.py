@@ -22,8 +22,16 @@ from analysis.figures import distance_heatmap, plt
 from analysis.pairing import PairingResult, evaluate_pairing, formation
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, load_domains
-from cyclelike.samples import SAMPLE_ROWS, STRIP_ROWS, assignment_strip, labelled, sample_grid
-from cyclelike.train import EpochStats, Translator, train
+from cyclelike.samples import (
+    HOLDOUT_ROWS,
+    SAMPLE_ROWS,
+    STRIP_ROWS,
+    assignment_strip,
+    holdout_strip,
+    labelled,
+    sample_grid,
+)
+from cyclelike.train import EpochStats, TrainResult, Translator, train
 
 from .tracking import RunLogger
 
@@ -58,77 +66,104 @@ def _evaluate(translator: Translator, data: Domains):
     return evaluate_pairing(translator.forward, translator.backward, data.x, data.y, data.pi, data.x_holdout)
 
 
-def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
-              desc: str = "train", progress: bool = True, data: Domains | None = None) -> TrialOutcome:
-    t_start = time.perf_counter()
-    logger.log_params(config.to_dict())
-    data = data if data is not None else load_domains(config)
-    synthetic = config.data == "synthetic"
-    logger.log_dataset(_dataset_table(data), f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic
-                       else f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}",
-                       None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
-    eval_s = 0.0
-    pruned = False
-    # every artifact is written here and sent with one call at the end: each MLflow call costs milliseconds
-    staging = tempfile.TemporaryDirectory()
-    root = Path(staging.name)
-    for sub in ("samples", "pairing", "model"):
-        (root / sub).mkdir()
-    n_grids = 0
-    history: list[tuple[int, PairingResult]] = []  # every evaluation: how the pairs formed
-    epoch_seconds: dict[int, float] = {}
+class TrackedRun:
+    """One run's MLflow side: evaluations during training, final metrics and artifacts. Training happens
+    elsewhere (alone or fused with other seeds); this sees each epoch through `on_epoch` and the result
+    through `finish`."""
 
-    def on_epoch(stats: EpochStats, translator: Translator) -> bool:
-        nonlocal eval_s, pruned, n_grids
-        logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
-        epoch_seconds[stats.epoch] = stats.epoch_s
-        if not eval_every or stats.epoch % eval_every or stats.epoch == config.epochs:
+    def __init__(self, config: RunConfig, logger: RunLogger, data: Domains, eval_every: int,
+                 report: Report | None):
+        self.config, self.logger, self.data, self.eval_every, self.report = config, logger, data, eval_every, report
+        self.eval_s, self.pruned, self.n_grids = 0.0, False, 0
+        self.history: list[tuple[int, PairingResult]] = []  # every evaluation: how the pairs formed
+        self.epoch_seconds: dict[int, float] = {}
+        # every artifact is written here and sent with one call at the end: each MLflow call costs milliseconds
+        self.staging = tempfile.TemporaryDirectory()
+        self.root = Path(self.staging.name)
+        for sub in ("samples", "pairing", "model"):
+            (self.root / sub).mkdir()
+        logger.log_params(config.to_dict())
+        synthetic = config.data == "synthetic"
+        logger.log_dataset(_dataset_table(data), f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic
+                           else f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}",
+                           None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
+
+    def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:
+        self.logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
+        self.epoch_seconds[stats.epoch] = stats.epoch_s
+        if not self.eval_every or stats.epoch % self.eval_every or stats.epoch == self.config.epochs:
             return False
         t0 = time.perf_counter()
-        result = _evaluate(translator, data)
-        eval_s += time.perf_counter() - t0
-        history.append((stats.epoch, result))
-        logger.log_metrics(result.metrics, step=stats.epoch)
+        result = _evaluate(translator, self.data)
+        self.eval_s += time.perf_counter() - t0
+        self.history.append((stats.epoch, result))
+        self.logger.log_metrics(result.metrics, step=stats.epoch)
         # the run page's image slider shows the pairs forming, one strip per evaluation
-        logger.log_image(_strip(translator, data, result), "pairing/strip", stats.epoch)
-        if n_grids < 3:  # a few epochs' samples show the pairs forming without filling the store
-            n_grids += 1
-            save_image(_samples(translator, data), root / "samples" / f"epoch_{stats.epoch:04d}.png")
-        if report is not None and report(stats.epoch, result.metrics):
-            pruned = True
+        self.logger.log_image(_strip(translator, self.data, result), "pairing/strip", stats.epoch)
+        if self.n_grids < 3:  # a few epochs' samples show the pairs forming without filling the store
+            self.n_grids += 1
+            save_image(_samples(translator, self.data), self.root / "samples" / f"epoch_{stats.epoch:04d}.png")
+        if self.report is not None and self.report(stats.epoch, result.metrics):
+            self.pruned = True
             return True
         return False
 
-    try:
-        t_train = time.perf_counter()
-        result = train(config, data, callback=on_epoch, progress=progress, desc=desc)
-        train_s = time.perf_counter() - t_train - eval_s
+    def finish(self, result: TrainResult, train_s: float, started: float) -> TrialOutcome:
+        """Final evaluation, summaries and artifacts of a trained run; `train_s` is its share of training time."""
+        logger, data = self.logger, self.data
         epoch = result.history[-1].epoch
         t0 = time.perf_counter()
         final = _evaluate(result.translator, data)
-        eval_s += time.perf_counter() - t0
+        self.eval_s += time.perf_counter() - t0
         metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
                    **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
         logger.log_metrics({**final.metrics, "time/sec_per_epoch": result.sec_per_epoch}, step=epoch)
         logger.log_image(_strip(result.translator, data, final), "pairing/strip", epoch)
-        history.append((epoch, final))
-        formed = formation([e for e, _ in history], [r.a for _, r in history],
-                           [r.metrics["pair/forward_top1"] for _, r in history], epoch_seconds)
-        (root / "pairing" / "history.csv").write_text(_history_csv(history))
+        self.history.append((epoch, final))
+        formed = formation([e for e, _ in self.history], [r.a for _, r in self.history],
+                           [r.metrics["pair/forward_top1"] for _, r in self.history], self.epoch_seconds)
+        (self.root / "pairing" / "history.csv").write_text(_history_csv(self.history))
         # one value per run is no curve: intervals, chance levels and p-values are run-level summaries (tags),
         # so the run page charts only what changes over epochs
-        summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": eval_s,
+        summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": self.eval_s,
                          "pair/epochs_to_90": formed.epochs_to_90, "pair/locked_epoch": formed.locked_epoch,
-                         "pair/flips": formed.flips, "time/seconds_to_pairs": formed.seconds_to_pairs})
-        _write_final_artifacts(root, result, final, data, epoch)
+                         "pair/flips": formed.flips, "time/seconds_to_pairs": formed.seconds_to_pairs,
+                         "model/generator_params": generator_params(result.nets)})
+        _write_final_artifacts(self.root, result, final, data, epoch)
+        self.close()
+        timing = {"train_s": train_s, "eval_s": self.eval_s, "log_s": logger.log_seconds,
+                  "total_s": time.perf_counter() - started}
+        summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
+        logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
+        return TrialOutcome(metrics, result.sec_per_epoch, epoch, self.pruned, timing)
+
+    def close(self) -> None:
+        """Send whatever exists, also when training failed half-way."""
+        if self.staging is not None:
+            try:
+                self.logger.log_dir(self.root)
+            finally:
+                self.staging.cleanup()
+                self.staging = None
+
+
+def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
+              desc: str = "train", progress: bool = True, data: Domains | None = None) -> TrialOutcome:
+    started = time.perf_counter()
+    data = data if data is not None else load_domains(config)
+    run = TrackedRun(config, logger, data, eval_every, report)
+    try:
+        t_train = time.perf_counter()
+        result = train(config, data, callback=run.on_epoch, progress=progress, desc=desc)
+        return run.finish(result, time.perf_counter() - t_train - run.eval_s, started)
     finally:
-        logger.log_dir(root)  # whatever exists, also when training failed half-way
-        staging.cleanup()
-    timing = {"train_s": train_s, "eval_s": eval_s, "log_s": logger.log_seconds,
-              "total_s": time.perf_counter() - t_start}
-    summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
-    logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
-    return TrialOutcome(metrics, result.sec_per_epoch, epoch, pruned, timing)
+        run.close()
+
+
+def generator_params(nets) -> int:
+    """Parameters of the translator(s): the one G of cyclelike and pix2pix, G and F of cyclegan. The range of
+    one G (how many pairs it holds) is read against this number."""
+    return sum(p.numel() for name in ("G", "F") if name in nets for p in nets[name].parameters())
 
 
 def _dataset_table(data: Domains):
@@ -179,6 +214,9 @@ def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int)
     """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
     save_image(_samples(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
     save_image(_strip(result.translator, data, final), root / "pairing" / "strip.png")
+    held = holdout_strip(result.translator, data)
+    if held is not None:
+        save_image(labelled(held, HOLDOUT_ROWS), root / "pairing" / "holdout.png")
     (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
     pairing = result.config.pairing
     _save(distance_heatmap(final.D_xy, final.a, final.pi, pairing=pairing), root / "pairing" / "D_xy.png")
