@@ -542,7 +542,8 @@ def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int, w
     """A rough time for the planned trials. An epoch's time grows with N and the pixel count, so one rate
     per image-pixel scales to every queued condition (architectures differ): from the study's finished
     trials when it has some, else from two epochs of the largest queued condition, trained here once."""
-    queued = [spec.config_for(t.params, t.user_attrs.get("seed", 0))
+    # a queued trial's condition is in its fixed_params until a worker asks for it
+    queued = [spec.config_for(t.params or t.system_attrs.get("fixed_params", {}), t.user_attrs.get("seed", 0))
               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))] or [spec.base_config()]
     work = [c.n_images * c.image_size**2 for c in queued]
     measured = [t.user_attrs["timing"]["sec_per_epoch"] / (t.user_attrs["condition"]["n_images"]

@@ -549,3 +549,15 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
     client.log_inputs = lose_once
     logger.log_dataset(pd.DataFrame({"name": ["a"], "sha1": ["0"]}), "images", None)
     assert len(calls) == 2 and client.get_run(logger.run_id).inputs.dataset_inputs[0].dataset.name == "images"
+
+
+def test_estimate_probes_the_largest_queued_condition(tmp_path):
+    """Queued trials keep their condition in fixed_params until asked for: the estimate must read it there,
+    or every sweep is estimated from the base config (a capacity study up to N=160 from N=10)."""
+    from study.sweep import estimate, load_study, queue_missing
+
+    spec = parse_sweep({"name": "est", "seeds": [0], "space": {"n_images": [4, 40]},
+                        "fixed": {"image_size": 16, "base_filters": 4, "d_filters": 4, "n_holdout": 0, "epochs": 2}})
+    study = load_study(spec, open_storage(str(tmp_path / "optuna.journal")), create=True)
+    queue_missing(study, spec)
+    assert "2 epochs of N=40, 16 px" in estimate(study, spec, 2, threads=1, workers=1)
