@@ -37,7 +37,7 @@ train: .venv  ## one training on the embedded data, outputs under runs/ (ARGS="-
 	$(PY) -m cyclelike train $(ARGS)
 
 sweep: .venv  ## run or resume an Optuna study (CONFIG=study/configs/x.toml ARGS="--workers 2 --set k=v")
-	$(PY) -m study sweep --config $(CONFIG) $(ARGS)
+	$(PY) -m study sweep --config $(CONFIG) $(if $(findstring --workers,$(ARGS)),,--workers auto) $(ARGS)
 
 run: .venv  ## one tracked training in MLflow (ARGS="--set pairing=fixed ...")
 	$(PY) -m study run $(ARGS)

@@ -24,7 +24,7 @@ def _sweep(args) -> int:
     _check_device(spec.base_config())
     print(f"study {spec.name}: {spec.description}".rstrip(": "))
     try:
-        table = run_sweep(spec, args.storage, args.workers, args.trials)
+        table = run_sweep(spec, args.storage, args.workers, args.trials, fuse=args.fuse_seeds)
     except SweepFailed as err:
         print(f"error: study {spec.name}: {err}", file=sys.stderr)
         return err.code
@@ -98,6 +98,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int | str:
+    return "auto" if text.strip() == "auto" else _positive(text)
+
+
 SWEEP_EXAMPLES = """examples:
   python -m study sweep                                   # the default study (study/configs/default.toml)
   python -m study sweep --config study/configs/scaling.toml --workers 2
@@ -121,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep file (TOML), default %(default)s")
     sweep.add_argument("--trials", type=_non_negative, default=0,
                        help="run at most this many trials in this invocation (0: all the file asks for)")
-    sweep.add_argument("--workers", type=_positive, default=1, help="worker processes on the study (default 1)")
+    sweep.add_argument("--workers", type=_workers, default=1,
+                       help="worker processes on the study, or auto: measured once per machine and cell and cached "
+                            "(make sweep's default); workers x threads never exceed the cores (default 1)")
+    sweep.add_argument("--fuse-seeds", choices=("auto", "on", "off"), default="auto",
+                       help="train the seeds of a condition as one stacked model (cyclelike/fused.py); auto: where "
+                            "this machine's cached measurement shows it pays (default auto)")
     sweep.add_argument("--storage", default=None,
                        help="Optuna storage: a journal file path (default mlruns/optuna.journal) or an RDB URL")
     run = sub.add_parser("run", help="one tracked training (the sweep file's fixed values, or defaults)",

@@ -142,6 +142,70 @@ def harness_overhead(trials: int) -> dict:
             "harness_overhead": table.attrs["harness_overhead"], "store_setup_s": setup_s}
 
 
+def _scratch_sweep(name: str, trials: int, workers, fuse: str):
+    """The default sweep's first `trials` trials in a scratch store, as `make sweep` would run them: the
+    trials table and the MLflow runs (metrics by their own names)."""
+    from .sweep import run_sweep
+    from .tracking import prepare_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
+        try:
+            prepare_store()  # once per machine in real use: not part of any way's time
+            spec = load_sweep(REPO / "study" / "configs" / "default.toml")
+            spec.name = name
+            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), workers=workers,
+                              max_trials=trials, probe=False, fuse=fuse)
+            import mlflow
+
+            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+            runs = mlflow.search_runs(experiment_names=[name], filter_string="tags.`optuna.state` = 'COMPLETE'")
+            return table, runs.rename(columns=lambda c: c.removeprefix("metrics."))
+        finally:
+            if old is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+THROUGHPUT_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1")
+
+
+def throughput(trials: int) -> dict:
+    """Trials per hour of the default sweep's first trials, three ways in one run: today's (1 worker with
+    every thread, seeds one after another), auto workers, and auto workers with fused seeds. The auto
+    measurement is made (and cached) before the clock starts: a machine pays it once per cell."""
+    from . import autotune
+    from .sweep import execution
+
+    spec = load_sweep(REPO / "study" / "configs" / "default.toml")
+    t0 = time.perf_counter()
+    execution(spec, "auto", "auto")
+    tune_s = time.perf_counter() - t0
+    tuning = autotune.cached(spec.config_for(spec.grid_cells()[0], spec.seeds[0]))
+    ways = {"sequential": (1, "off"), "auto": ("auto", "off"), "fused": ("auto", "on")}
+    out: dict = {"trials": trials, "tuning": vars(tuning), "tuning_s": tune_s}
+    for way, (workers, fuse) in ways.items():
+        table, runs = _scratch_sweep(f"bench-{way}", trials, workers, fuse)
+        done = table[table["state"] == "COMPLETE"]
+        wall = table.attrs["wall_s"]
+        profile = {k: float(done[f"time_{k}"].mean()) for k in ("train_s", "eval_s", "total_s") if f"time_{k}" in done}
+        slots = tuning.workers if workers == "auto" else workers
+        # worker start (a Python with torch per process), the study's coordination, idle slots at the end
+        profile["outside_trials_s"] = max(0.0, wall * slots - float(done["time_total_s"].sum())) / max(1, len(done))
+        out[way] = {"workers": slots, "fuse": fuse, "trials": int(len(done)), "wall_s": wall,
+                    "trials_per_hour": 3600.0 * len(done) / wall, "per_trial": profile,
+                    "pairing": {m: float(runs[m].mean()) for m in THROUGHPUT_METRICS if m in runs}}
+        print(f"throughput {way:10s} {len(done)} trials in {wall:.1f} s: {out[way]['trials_per_hour']:.0f} trials/h  "
+              + "  ".join(f"{m.removeprefix('pair/')}={v:.3f}" for m, v in out[way]["pairing"].items()), flush=True)
+    sequential = out["sequential"]["trials_per_hour"]
+    out |= {"sequential_trials_per_hour": sequential, "auto_trials_per_hour": out["auto"]["trials_per_hour"],
+            "fused_trials_per_hour": out["fused"]["trials_per_hour"],
+            "speedup": max(out[w]["trials_per_hour"] for w in ways) / sequential}
+    return out
+
+
 def machine() -> dict:
     cpu = ""
     try:
@@ -157,9 +221,13 @@ def machine() -> dict:
     simd = sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma", "sse4")))
     return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_flags": simd, "native_bf16": resolve_precision("auto", torch.device("cpu")) == "bf16",
+            "precision": resolve_precision("auto", resolve_device("auto")),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version(), "git_commit": commit,
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+SECTIONS = ("paths", "schedules", "overhead", "throughput")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,43 +235,90 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per timing (the first is warm-up)")
     parser.add_argument("--sweep-trials", type=int, default=24, help="trials of the default sweep timed for overhead")
+    parser.add_argument("--throughput-trials", type=int, default=12,
+                        help="trials of the default sweep timed each way in the throughput section")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="sections to run (default: all): paths (plain vs fast), schedules, overhead, throughput")
     parser.add_argument("--out", default=str(REPO / "bench.json"), help="where to write the numbers")
     args = parser.parse_args(argv)
     default = load_sweep(REPO / "study" / "configs" / "default.toml").config_for(DEFAULT_CELL, 0)
     results = {"machine": machine()}
     print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
-          f"native bf16: {results['machine']['native_bf16']}", flush=True)
-    results["seed"] = workload("seed", SEED, args.epochs, with_flops=True)
-    results["default"] = workload("default", default, max(args.epochs, 12), with_flops=True)
-    # the joint schedule is another algorithm (half the optimizer steps): reported apart, never as a speed-up
-    results["seed_joint"] = workload("seed", SEED.replace(direction_schedule="joint"), args.epochs, with_flops=False)
-    results["schedules"] = {s: schedule_pairing(default.replace(direction_schedule=s)) for s in ("alternate", "joint")}
-    results["sweep"] = harness_overhead(args.sweep_trials)
-    results["targets"] = {"seed_fast_ge_2x_plain_same_schedule": results["seed"]["speedup"] >= 2.0,
-                          "harness_overhead_le_5pct": results["sweep"]["harness_overhead"] <= 0.05}
+          f"native bf16: {results['machine']['native_bf16']}, precision: {results['machine']['precision']}, "
+          f"flags: {' '.join(results['machine']['cpu_flags'])}", flush=True)
+    if "paths" in args.only:
+        results["seed"] = workload("seed", SEED, args.epochs, with_flops=True)
+        results["default"] = workload("default", default, max(args.epochs, 12), with_flops=True)
+        # the joint schedule is another algorithm (half the optimizer steps): reported apart, never as a speed-up
+        results["seed_joint"] = workload("seed", SEED.replace(direction_schedule="joint"), args.epochs,
+                                         with_flops=False)
+    if "schedules" in args.only:
+        results["schedules"] = {s: schedule_pairing(default.replace(direction_schedule=s))
+                                for s in ("alternate", "joint")}
+    if "overhead" in args.only:
+        results["sweep"] = harness_overhead(args.sweep_trials)
+    if "throughput" in args.only:
+        results["throughput"] = throughput(args.throughput_trials)
+    results["targets"] = {k: v for k, v in {
+        "seed_fast_ge_2x_plain_same_schedule": results["seed"]["speedup"] >= 2.0 if "seed" in results else None,
+        "harness_overhead_le_5pct": results["sweep"]["harness_overhead"] <= 0.05 if "sweep" in results else None,
+        "throughput_speedup_ge_2x": results["throughput"]["speedup"] >= 2.0 if "throughput" in results else None,
+    }.items() if v is not None}
     Path(args.out).write_text(json.dumps(results, indent=2))
+    print_tables(results)
+    print(f"targets: {results['targets']}\nwritten to {args.out}")
+    return 0
+
+
+def print_tables(results: dict) -> None:
     rows = [("workload", "schedule", "plain s/epoch", "fast fp32", "same-maths speedup", "fast", "precision",
              "speedup", "FLOP/s (fast)", "peak FLOP/s", "util")]
     for name in ("seed", "default", "seed_joint"):
+        if name not in results:
+            continue
         r = results[name]
         util = (f"{r['achieved_flops'] / 1e9:.0f} G", f"{r['peak_flops'] / 1e9:.0f} G",
                 f"{r['flop_utilisation']:.0%}") if "achieved_flops" in r else ("-", "-", "-")
         rows.append((name, r["schedule"], f"{r['reference_sec_per_epoch']:.3f}", f"{r['fast_fp32_sec_per_epoch']:.3f}",
                      f"{r['speedup_same_maths']:.2f}x", f"{r['fast_sec_per_epoch']:.3f}", r["fast_precision"],
                      f"{r['speedup']:.2f}x", *util))
+    _print_rows(rows)
+    if "schedules" in results:
+        print("\npairing of the default cell (32 px, 60 epochs) by schedule, mean over 3 seeds:")
+        for schedule, r in results["schedules"].items():
+            print(f"  {schedule:10s} " + "  ".join(f"{k}={v:.3f}" for k, v in r["mean"].items()))
+    if "sweep" in results:
+        s = results["sweep"]
+        print(f"\nharness overhead: {s['harness_overhead']:.1%} of a {s['trials']}-trial default sweep's wall time "
+              f"({s['wall_s']:.1f} s wall, {s['train_and_eval_s']:.1f} s in train() and evaluation)")
+    if "throughput" in results:
+        t = results["throughput"]
+        print(f"\nthroughput: the default sweep's first {t['trials']} trials, three ways in this run "
+              f"(auto: {t['tuning']['workers']} worker(s) x {t['tuning']['threads']} thread(s); measured fused "
+              f"speed-up {t['tuning']['fused_speedup']:.2f}x; measuring took {t['tuning_s']:.0f} s, cached, "
+              "not counted)")
+        rows = [("way", "workers", "fuse", "trials", "wall s", "trials/hour", "ratio", "train s/trial",
+                 "eval s/trial", "total s/trial", "outside s/trial",
+                 *(m.removeprefix("pair/") for m in THROUGHPUT_METRICS))]
+        for way in ("sequential", "auto", "fused"):
+            r = t[way]
+            rows.append((way, str(r["workers"]), r["fuse"], str(r["trials"]), f"{r['wall_s']:.1f}",
+                         f"{r['trials_per_hour']:.0f}",
+                         f"{r['trials_per_hour'] / t['sequential_trials_per_hour']:.2f}x",
+                         *(f"{r['per_trial'].get(k, float('nan')):.2f}"
+                           for k in ("train_s", "eval_s", "total_s", "outside_trials_s")),
+                         *(f"{r['pairing'].get(m, float('nan')):.3f}" for m in THROUGHPUT_METRICS)))
+        _print_rows(rows)
+    print("original report (2018 GPU, its own schedule): 1.5 s/epoch at N = 10")
+
+
+def _print_rows(rows: list[tuple[str, ...]]) -> None:
+    if len(rows) < 2:
+        return
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
-    print("\npairing of the default cell (32 px, 60 epochs) by schedule, mean over 3 seeds:")
-    for schedule, r in results["schedules"].items():
-        print(f"  {schedule:10s} " + "  ".join(f"{k}={v:.3f}" for k, v in r["mean"].items()))
-    s = results["sweep"]
-    print(f"\nharness overhead: {s['harness_overhead']:.1%} of a {s['trials']}-trial default sweep's wall time "
-          f"({s['wall_s']:.1f} s wall, {s['train_and_eval_s']:.1f} s in train() and evaluation)")
-    print("original report (2018 GPU, its own schedule): 1.5 s/epoch at N = 10")
-    print(f"targets: {results['targets']}\nwritten to {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

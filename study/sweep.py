@@ -38,10 +38,12 @@ from tqdm.auto import tqdm
 
 from analysis.store import first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
 from cyclelike.config import ConfigError, DataError, NonFiniteLossError, RunConfig
+from cyclelike.fused import check_fusable
 
+from . import autotune
 from .spec import SweepError, SweepSpec
 from .tracking import RunLogger, ensure_experiment, file_lock, prepare_store, provenance
-from .trial import run_trial
+from .trial import run_trial, run_trials_fused
 
 PARENT_ATTR = "mlflow_parent_run_id"
 LEASE_EVERY_S = 30.0
@@ -338,6 +340,7 @@ class Context:
     max_trials: int  # 0: no limit for this invocation
     history: int = 0  # trials in the study when this invocation began: seeds the samplers
     progress: bool = True  # per-trial bars; off when several worker processes share the terminal
+    fuse: bool = False  # the seeds of a condition train as one stacked model (cyclelike.fused)
     current: dict = field(default_factory=dict)  # the trial this process runs, for the error that names it
 
 
@@ -378,15 +381,27 @@ def _fail(study, trial, logger, reason: str) -> None:
     tqdm.write(f"trial {trial.number:4d} FAILED: {reason.strip().splitlines()[-1] if reason.strip() else ''}")
 
 
-def run_one(study: optuna.Study, storage, ctx: Context, client) -> bool:
-    """Claim and run one trial; False when the draw was no new condition."""
-    spec = ctx.spec
-    claimed = _claim(study, ctx)
-    if claimed is None:
-        return False
-    trial, params, config = claimed
-    seed = trial.user_attrs["seed"]
-    ctx.current.update(number=trial.number)
+def _claim_group(study: optuna.Study, ctx: Context, reserve) -> list:
+    """The next trial and, with fused seeds, the other seeds of its condition that wait next in the queue
+    (ask() pops the oldest waiting trial; another worker may take one first, which then runs alone)."""
+    first = _claim(study, ctx)
+    if first is None:
+        return []
+    group = [first]
+    key = first[0].user_attrs["config_key"]
+    while ctx.fuse and len(group) < len(ctx.spec.seeds):
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting or waiting[0].user_attrs.get("config_key") != key or not reserve():
+            break
+        claimed = _claim(study, ctx)
+        if claimed is None:
+            break
+        group.append(claimed)
+    return group
+
+
+def _start(ctx: Context, client, trial, params, config):
+    spec, seed = ctx.spec, trial.user_attrs["seed"]
     if config.threads == 0:
         config = config.replace(threads=ctx.threads)
     logger = RunLogger.start(client, ctx.experiment_id, run_name(spec, params, seed), parent_run_id=ctx.parent_run_id,
@@ -402,26 +417,70 @@ def run_one(study: optuna.Study, storage, ctx: Context, client) -> bool:
             trial.report(value, epoch)
         return trial.should_prune()
 
+    return config, logger, report
+
+
+def run_one(study: optuna.Study, storage, ctx: Context, client, reserve=lambda: False) -> int:
+    """Claim and run one trial, or with fused seeds the seeds of one condition as one stacked model; returns
+    how many trials ran (0 when the draw was no new condition)."""
+    group = _claim_group(study, ctx, reserve)
+    if not group:
+        return 0
+    fused = len(group) > 1 and ctx.fuse
+    if fused:
+        try:
+            check_fusable([config for _, _, config in group])
+        except ConfigError:
+            fused = False  # a scheme or norm that does not stack: the seeds run one after another
+    if not fused and len(group) > 1:
+        return sum(_run_group(study, storage, ctx, client, [member], False) for member in group)
+    return _run_group(study, storage, ctx, client, group, fused)
+
+
+def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
+    spec = ctx.spec
+    started = [(trial, params, *_start(ctx, client, trial, params, config)) for trial, params, config in group]
+    ctx.current.update(number=group[0][0].number)
+    study_id = storage.get_study_id_from_name(spec.name)
     try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec.name),
-                                                                   trial.number)
-        with lease(storage, trial_id):
-            outcome = run_trial(config, logger, spec.eval_every, report, desc=run_name(spec, params, seed),
-                                progress=ctx.progress)
+        with contextlib.ExitStack() as stack:
+            for trial, *_ in started:
+                stack.enter_context(lease(storage, storage.get_trial_id_from_study_id_trial_number(study_id,
+                                                                                                   trial.number)))
+            if fused:
+                outcomes = run_trials_fused([c for _, _, c, _, _ in started], [lg for *_, lg, _ in started],
+                                            spec.eval_every, [r for *_, r in started],
+                                            desc=run_name(spec, group[0][1], "+".join(str(t.user_attrs["seed"])
+                                                                                      for t, *_ in started)),
+                                            progress=ctx.progress)
+            else:
+                trial, params, config, logger, report = started[0]
+                outcomes = [run_trial(config, logger, spec.eval_every, report,
+                                      desc=run_name(spec, params, trial.user_attrs["seed"]), progress=ctx.progress)]
     except KeyboardInterrupt:
-        # stopped, not failed: the next invocation runs this condition again
-        trial.set_user_attr("failure", "killed: interrupted")
-        study.tell(trial, state=TrialState.FAIL)
-        logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": "killed: interrupted"})
+        # stopped, not failed: the next invocation runs these conditions again
+        for trial, _, _, logger, _ in started:
+            trial.set_user_attr("failure", "killed: interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+            logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": "killed: interrupted"})
         raise
     except (NonFiniteLossError, DataError, ConfigError) as err:
-        _fail(study, trial, logger, f"{type(err).__name__}: {err}")
-        return True
+        for trial, _, _, logger, _ in started:
+            _fail(study, trial, logger, f"{type(err).__name__}: {err}")
+        return len(started)
     except Exception:
-        _fail(study, trial, logger, traceback.format_exc())
-        return True
+        for trial, _, _, logger, _ in started:
+            _fail(study, trial, logger, traceback.format_exc())
+        return len(started)
     finally:
         ctx.current.clear()
+    for (trial, params, config, logger, _), outcome in zip(started, outcomes, strict=True):
+        _conclude(study, ctx, trial, params, config, logger, outcome)
+    return len(started)
+
+
+def _conclude(study, ctx: Context, trial, params, config, logger, outcome) -> None:
+    spec, seed = ctx.spec, trial.user_attrs["seed"]
     # one attribute, one storage write: several per trial added up to a visible share of a short sweep
     trial.set_user_attr("timing", {**outcome.timing, "sec_per_epoch": outcome.sec_per_epoch,
                                    "invocation": ctx.invocation})
@@ -431,17 +490,16 @@ def run_one(study: optuna.Study, storage, ctx: Context, client) -> bool:
         study.tell(trial, state=TrialState.PRUNED)
         logger.finish("KILLED", tags={"optuna.state": "PRUNED", "pruned_at_epoch": outcome.epochs_run})
         tqdm.write(f"trial {trial.number:4d} PRUNED at epoch {outcome.epochs_run}  {summary} seed={seed}")
-        return True
+        return
     values = [outcome.metrics.get(m, float("nan")) for m in spec.objectives]
     if any(v != v for v in values):
         _fail(study, trial, logger, f"objective {spec.objectives} is NaN for scheme={config.scheme} "
                                     "(a metric this scheme does not define)")
-        return True
+        return
     study.tell(trial, values)
     logger.finish("FINISHED", tags={"optuna.state": "COMPLETE"})
     scores = " ".join(f"{m}={v:.3f}" for m, v in zip(spec.objectives, values, strict=True))
     tqdm.write(f"trial {trial.number:4d} COMPLETE {scores}  {outcome.sec_per_epoch:.3f} s/epoch  {summary} seed={seed}")
-    return True
 
 
 def worker_loop(ctx: Context, counter=None, worker: int = 0) -> None:
@@ -472,7 +530,16 @@ def worker_loop(ctx: Context, counter=None, worker: int = 0) -> None:
                 if ctx.max_trials and counter.value >= ctx.max_trials:
                     break
                 counter.value += 1
-        ran = run_one(study, storage, ctx, client)
+        def reserve() -> bool:  # one more trial of this invocation's budget, for a fused group
+            if counter is None:
+                return True
+            with counter.get_lock():
+                if ctx.max_trials and counter.value >= ctx.max_trials:
+                    return False
+                counter.value += 1
+                return True
+
+        ran = run_one(study, storage, ctx, client, reserve)
         repeats = 0 if ran else repeats + 1
         if not ran and counter is not None:
             with counter.get_lock():
@@ -598,18 +665,46 @@ def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, plann
     return close
 
 
-def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int = 1, max_trials: int = 0,
-              probe: bool = True) -> pd.DataFrame:
+def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int, bool]:
+    """Worker processes, torch threads per worker and whether seeds fuse. `auto` reads this machine's cached
+    measurement of the study's first cell (measuring it once where there is none); never more threads in
+    all than cores."""
+    if workers != "auto" and (not isinstance(workers, int) or workers < 1):
+        raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
+    if fuse not in ("auto", "on", "off"):
+        raise SweepError(f"--fuse-seeds {fuse}: expected auto, on or off")
+    cell = spec.config_for(spec.grid_cells()[0] if spec.sampler == "grid" else {}, spec.seeds[0])
+    try:
+        check_fusable([cell, cell.replace(seed=cell.seed + 1)])
+        fusable = len(spec.seeds) > 1
+    except ConfigError:
+        fusable = False
+    n = autotune.cores()
+    tuning = None
+    if workers == "auto":
+        tuning = autotune.tune(cell, spec.seeds, fusable)
+    elif fuse == "auto":
+        tuning = autotune.cached(cell)
+    count = tuning.workers if workers == "auto" else workers
+    threads = tuning.threads if workers == "auto" else max(1, n // count)
+    fused = fusable and (fuse == "on" or (fuse == "auto" and tuning is not None and tuning.fuse))
+    return count, threads, fused
+
+
+def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | str = 1, max_trials: int = 0,
+              probe: bool = True, fuse: str = "off") -> pd.DataFrame:
     """Run the study; returns the trials table. Raises SweepFailed, after closing everything, when the sweep
     was interrupted, a worker died, or every trial of this invocation failed."""
-    if workers < 1:
-        raise SweepError(f"--workers {workers}: expected an integer >= 1")
+    workers, threads, fused = execution(spec, workers, fuse)
     t0 = time.time()
     client, study, experiment_id, parent_run_id = prepare(spec, storage_url, workers)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     invocation = f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    ctx = Context(spec, storage_url, experiment_id, parent_run_id, max(1, cores // workers), invocation,
-                  t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials, len(study.trials), workers == 1)
+    ctx = Context(spec, storage_url, experiment_id, parent_run_id, threads, invocation,
+                  t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials, len(study.trials), workers == 1,
+                  fuse=fused)
+    if probe:
+        print(f"execution: {workers} worker(s) x {threads} torch thread(s)"
+              + (f", seeds {spec.seeds} fused into one stacked model per condition" if fused else ""), flush=True)
     planned = plan(study, spec, max_trials)
     if planned and probe:
         print(f"planned: {planned} trial(s) in this invocation; {estimate(study, spec, planned, ctx.threads, workers)}",

@@ -22,6 +22,7 @@ from analysis.figures import distance_heatmap, plt
 from analysis.pairing import PairingResult, evaluate_pairing, formation
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, load_domains
+from cyclelike.fused import train_fused
 from cyclelike.samples import (
     HOLDOUT_ROWS,
     SAMPLE_ROWS,
@@ -158,6 +159,29 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         return run.finish(result, time.perf_counter() - t_train - run.eval_s, started)
     finally:
         run.close()
+
+
+def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_every: int = 10,
+                     reports: list[Report | None] | None = None, desc: str = "fused",
+                     progress: bool = True) -> list[TrialOutcome]:
+    """The seeds of one condition trained as one stacked model (cyclelike.fused), each its own MLflow run
+    with its own evaluations and pruning decision. Each run's train_s is the group's training time over K,
+    and each records fuse_seeds = K."""
+    started = time.perf_counter()
+    data = load_domains(configs[0])
+    reports = reports or [None] * len(configs)
+    runs = []
+    try:
+        for config, logger, report in zip(configs, loggers, reports, strict=True):
+            logger.pending_tags["fused_group"] = str(len(configs))
+            runs.append(TrackedRun(config, logger, data, eval_every, report))
+        t_train = time.perf_counter()
+        results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc)
+        train_s = (time.perf_counter() - t_train - sum(r.eval_s for r in runs)) / len(configs)
+        return [run.finish(result, train_s, started) for run, result in zip(runs, results, strict=True)]
+    finally:
+        for run in runs:
+            run.close()
 
 
 def generator_params(nets) -> int:

@@ -39,3 +39,10 @@ def store_in(folder: Path):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_autotune_cache(tmp_path_factory):
+    # --workers auto / --fuse-seeds auto read a per-machine cache in the home folder: a user's measurement
+    # must not change how the tests' sweeps run, and the tests must not write it
+    os.environ["CYCLELIKE_AUTOTUNE_CACHE"] = str(tmp_path_factory.mktemp("autotune") / "autotune.json")

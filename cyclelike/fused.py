@@ -1,0 +1,273 @@
+"""Fused seeds: the K seeds of one condition trained as ONE stacked model (HFTA, Wang et al. 2021).
+
+Each seed keeps its own initialisation, batch order, shuffled pairings and Adam state; only the
+execution is shared. Parameters are stacked along a new first axis (`torch.func.stack_module_state`)
+and each network runs once per step under `vmap`, whose convolution rule turns the K convolutions into
+one grouped convolution. The loss is the sum of the K seeds' losses: seeds share no parameter, so each
+slice's gradient is its own seed's, and one elementwise Adam over the stacked tensors is K Adams.
+
+What differs from K runs alone: summation order in reductions (fp32 rounding, ~1e-6), and dropout,
+whose draws come from one generator for the whole stack. A seed whose callback says stop (pruned) is
+removed from the stack; the others continue exactly as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state
+from tqdm.auto import tqdm
+
+from .config import ConfigError, NonFiniteLossError, RunConfig
+from .data import Domains, load_domains
+from .train import (
+    LOSS_WEIGHTS,
+    EpochStats,
+    TrainResult,
+    Translator,
+    _sync,
+    build,
+    make_translator,
+    resolve_device,
+    resolve_precision,
+)
+
+Callback = Callable[[EpochStats, Translator], bool | None]
+
+
+def check_fusable(configs: list[RunConfig]) -> None:
+    """One condition, several seeds, and a scheme and norm that a stacked model computes exactly."""
+    if not configs:
+        raise ConfigError("fuse_seeds: no configuration to train")
+    first = configs[0].validate()
+    for c in configs[1:]:
+        c.validate()
+        changed = sorted(k for k, v in first.condition().items() if c.condition()[k] != v)
+        if changed:
+            raise ConfigError(f"fuse_seeds: the runs differ in {', '.join(changed)}; only seeds of one condition fuse")
+    if first.scheme == "cyclegan":
+        raise ConfigError("fuse_seeds: scheme=cyclegan is not fused (two generators per seed); use cyclelike or "
+                          "pix2pix, or fuse_seeds=false")
+    if first.norm == "batch":
+        raise ConfigError("fuse_seeds: norm=batch keeps running statistics that vmap cannot update per seed; "
+                          "use norm=instance or none, or fuse_seeds=false")
+    if first.compile:
+        raise ConfigError("fuse_seeds: compile=true is not supported with fused seeds")
+
+
+def _per_seed(values: torch.Tensor) -> torch.Tensor:
+    return values.flatten(1).mean(1)  # (K, ...) -> (K,): each seed's own mean, as F.*_loss computes alone
+
+
+def _gan(kind: str):
+    def criterion(logits: torch.Tensor, real: bool) -> torch.Tensor:
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        if kind == "lsgan":
+            return _per_seed((logits - target) ** 2)
+        return _per_seed(F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
+
+    return criterion
+
+
+class Stack:
+    """K copies of one network as stacked tensors, run once under vmap."""
+
+    def __init__(self, modules: list[nn.Module], dropout: bool):
+        self.template = copy.deepcopy(modules[0]).to("meta")
+        self.params, self.buffers = stack_module_state(modules)
+        self.forward = torch.vmap(self._call, randomness="different" if dropout else "error")
+
+    def _call(self, params, buffers, *args):
+        return functional_call(self.template, (params, buffers), args)
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.forward(self.params, self.buffers, *args)
+
+    def requires_grad(self, flag: bool) -> None:
+        for p in self.params.values():
+            p.requires_grad_(flag)
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.params = {k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in self.params.items()}
+        self.buffers = {k: v[index].clone() for k, v in self.buffers.items()}
+
+    def copy_into(self, k: int, module: nn.Module) -> None:
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                p.copy_(self.params[name][k])
+            for name, b in module.named_buffers():
+                if name in self.buffers:
+                    b.copy_(self.buffers[name][k])
+
+
+def _adam(stacks: list[Stack], config: RunConfig, state: dict | None = None,
+          index: torch.Tensor | None = None) -> torch.optim.Adam:
+    """One Adam over the stacked tensors (elementwise, so K independent Adams); with `state`, the moments
+    of the seeds in `index` carried over from the previous stack."""
+    params = [p for s in stacks for p in s.params.values()]
+    opt = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), fused=config.fused_adam)
+    if state is not None:
+        for p, old in zip(params, state["params"], strict=True):
+            if old is not None:
+                opt.state[p] = {k: (v if v.dim() == 0 else v[index].clone()) for k, v in old.items()}
+    return opt
+
+
+def _snapshot(opt: torch.optim.Adam) -> dict:
+    return {"params": [opt.state.get(p) for g in opt.param_groups for p in g["params"]]}
+
+
+def paired_step_fused(G: Stack, D: Stack, optims, src, tgt, config: RunConfig, gan, autocast,
+                      two_way: bool = True) -> dict[str, torch.Tensor]:
+    """cyclelike.train.paired_step for K seeds at once: src and tgt are (K, B, C, H, W); losses are (K,)."""
+    with autocast():
+        fake = G(src)
+    D.requires_grad(True)
+    optims["D"].zero_grad(set_to_none=True)
+    with autocast():
+        loss_d = 0.5 * (gan(D(tgt, src), True) + gan(D(fake.detach(), src), False))
+    loss_d.sum().backward()
+    optims["D"].step()
+    D.requires_grad(False)
+    optims["G"].zero_grad(set_to_none=True)
+    with autocast():
+        raw = {"adv": gan(D(fake, src), True), "l1": _per_seed((fake - tgt).abs())}
+        if two_way and config.lambda_cyc > 0:
+            raw["cyc"] = _per_seed((G(fake) - src).abs())
+        total = config.lambda_adv * raw["adv"] + config.lambda_l1 * raw["l1"] + config.lambda_cyc * raw.get("cyc", 0)
+    total.sum().backward()
+    optims["G"].step()
+    return {"D": loss_d.detach(), **{k: v.detach() for k, v in raw.items()}}
+
+
+def run_epoch_fused(G, D, optims, data: Domains, config: RunConfig, gens: list[torch.Generator], gan, autocast):
+    """cyclelike.train.run_epoch for K seeds: each seed draws its own pairing and batch order from its own
+    generator, in the same order as alone; returns (K,) loss sums and the step count."""
+    n, bs = data.n, config.batch_size
+    device = data.x.device
+    pis = [data.pairing_for_epoch(g).to(device) for g in gens]
+    orders = [torch.randperm(n, generator=g).to(device) for g in gens]
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+
+    def add(losses):
+        nonlocal steps
+        steps += 1
+        for k, v in losses.items():
+            sums[k] = sums[k] + v if k in sums else v.float()
+
+    batches = list(zip(*(o.split(bs) for o in orders), strict=True))
+    pairs = [(torch.stack([data.x[idx] for idx in b]), torch.stack([data.y[pi[idx]] for idx, pi in zip(b, pis,
+                                                                                                        strict=True)]))
+             for b in batches]
+    if config.scheme == "pix2pix":
+        for x_b, y_b in pairs:
+            add(paired_step_fused(G, D, optims, x_b, y_b, config, gan, autocast, two_way=False))
+    elif config.direction_schedule == "alternate":
+        for x_b, y_b in pairs:
+            add(paired_step_fused(G, D, optims, x_b, y_b, config, gan, autocast))
+        for x_b, y_b in pairs:
+            add(paired_step_fused(G, D, optims, y_b, x_b, config, gan, autocast))
+    elif config.direction_schedule == "interleave":
+        for x_b, y_b in pairs:
+            add(paired_step_fused(G, D, optims, x_b, y_b, config, gan, autocast))
+            add(paired_step_fused(G, D, optims, y_b, x_b, config, gan, autocast))
+    else:
+        for x_b, y_b in pairs:
+            add(paired_step_fused(G, D, optims, torch.cat([x_b, y_b], 1), torch.cat([y_b, x_b], 1), config, gan,
+                                  autocast))
+    return sums, steps
+
+
+def _losses(sums: dict[str, torch.Tensor], steps: int, config: RunConfig, k: int) -> dict[str, float]:
+    """Seed k's epoch losses with the names and weighting of cyclelike.train.epoch_losses."""
+    raw = {name: float(v[k]) / steps for name, v in sums.items()}
+    out = {"loss/D": raw.pop("D")}
+    total = 0.0
+    for name, v in raw.items():
+        weighted = getattr(config, LOSS_WEIGHTS[name]) * v
+        out[f"loss/G_{name}"], out[f"loss/G_{name}_w"] = v, weighted
+        total += weighted
+    out["loss/G_total"] = total
+    return out
+
+
+def train_fused(configs: list[RunConfig], data: Domains | None = None,
+                callbacks: list[Callback | None] | None = None, progress: bool = False,
+                desc: str = "fused") -> list[TrainResult]:
+    """Train the seeds of one condition as one stacked model; one TrainResult per config, in order.
+
+    Each callback sees its own seed's epochs and translator, as with cyclelike.train.train; a callback
+    that returns True stops (prunes) that seed only. `epoch_s` is the whole group's epoch time: K seeds
+    share it, and a run records `fuse_seeds` so that no one reads it as one seed's time."""
+    check_fusable(configs)
+    config = configs[0]
+    K = len(configs)
+    callbacks = list(callbacks) if callbacks is not None else [None] * K
+    device = resolve_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    data = (data if data is not None else load_domains(config)).to(device)
+    gens, seeds_nets = [], []
+    for c in configs:  # the order of train(): global seed (initialisation), generator, build
+        torch.manual_seed(c.seed)
+        gens.append(torch.Generator().manual_seed(c.seed))
+        seeds_nets.append(build(c, device)[0])
+    G = Stack([nets["G"] for nets in seeds_nets], config.dropout > 0)
+    D = Stack([nets["D"] for nets in seeds_nets], False)
+    optims = {"G": _adam([G], config), "D": _adam([D], config)}
+    gan = _gan(config.gan_loss)
+    precision = resolve_precision(config.precision, device)
+
+    def autocast():
+        if precision != "bf16":
+            return torch.autocast(device_type=device.type, enabled=False)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    live = list(range(K))  # seed positions still in the stack, in stack order
+    histories: list[list[EpochStats]] = [[] for _ in range(K)]
+    stopped = [False] * K
+    translators = [make_translator(nets, config.scheme) for nets in seeds_nets]
+    bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    for epoch in bar:
+        _sync(device)
+        t0 = time.perf_counter()
+        sums, steps = run_epoch_fused(G, D, optims, data, config, [gens[k] for k in live], gan, autocast)
+        _sync(device)
+        epoch_s = time.perf_counter() - t0
+        drop = []
+        for pos, k in enumerate(live):
+            losses = _losses(sums, steps, config, pos)
+            stats = EpochStats(epoch, epoch_s, losses)
+            histories[k].append(stats)
+            bad = {name: v for name, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}
+            if bad:
+                raise NonFiniteLossError(f"epoch {epoch}, seed {configs[k].seed}: non-finite loss {bad}")
+            if callbacks[k] is not None:
+                G.copy_into(pos, seeds_nets[k]["G"])
+                if callbacks[k](stats, translators[k]):
+                    stopped[k] = True
+                    drop.append(pos)
+        if drop:
+            keep = torch.tensor([p for p in range(len(live)) if p not in drop], dtype=torch.long)
+            live = [live[p] for p in keep.tolist()]
+            if not live:
+                break
+            states = {name: _snapshot(opt) for name, opt in optims.items()}
+            for stack in (G, D):
+                stack.keep(keep.to(device))
+            optims = {"G": _adam([G], config, states["G"], keep.to(device)),
+                      "D": _adam([D], config, states["D"], keep.to(device))}
+        bar.set_postfix({"s/epoch": f"{epoch_s:.2f}", "seeds": len(live)}, refresh=False)
+    bar.close()
+    for pos, k in enumerate(live):
+        G.copy_into(pos, seeds_nets[k]["G"])
+        D.copy_into(pos, seeds_nets[k]["D"])
+    return [TrainResult(c, histories[k], seeds_nets[k], translators[k], str(device), precision, stopped[k])
+            for k, c in enumerate(configs)]
