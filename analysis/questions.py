@@ -210,26 +210,33 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
 
 def seconds_to_pairs(t: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
     """Wall seconds of training until forward_top1 first reached 0.9, against N, beside seconds per epoch:
-    what a user waits for against what the original timed. Runs that never reached 0.9 are left out and
-    counted in the table."""
+    what a user waits for against what the original timed. One fit per series (scheme, pairing or
+    architecture, whichever varies) with two or more N; runs that never reached 0.9 are counted, not drawn."""
     if "time/seconds_to_pairs" not in t or t["time/seconds_to_pairs"].notna().sum() < 2:
         return None, pd.DataFrame()
+    hue = _hue(t)
+    series = t[hue] if hue else pd.Series("all runs", index=t.index)
+    palette = dict(zip(sorted(series.unique()), sns.color_palette("deep"), strict=False))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     rows = []
     for ax, metric in zip(axes, ("time/seconds_to_pairs", "time/sec_per_epoch"), strict=True):
-        data = t.dropna(subset=[metric])
-        sns.scatterplot(data=data, x="n_images", y=metric, hue=_hue(t), ax=ax)
-        try:
-            fit = fit_scaling(data["n_images"].to_numpy(), data[metric].to_numpy())
-        except ValueError:
-            continue
-        grid = np.linspace(data["n_images"].min(), data["n_images"].max(), 50)
-        ax.plot(grid, fit.predict(grid), "k-", lw=1, label=f"t = {fit.a:.2f} + {fit.b:.3f} N")
+        for name, g in t.assign(series=series).groupby("series"):
+            data = g.dropna(subset=[metric])
+            ax.scatter(data["n_images"], data[metric], color=palette[name], s=18, label=str(name))
+            try:
+                fit = fit_scaling(data["n_images"].to_numpy(), data[metric].to_numpy())
+            except ValueError:
+                continue
+            grid = np.linspace(data["n_images"].min(), data["n_images"].max(), 50)
+            ax.plot(grid, fit.predict(grid), color=palette[name], lw=1,
+                    label=f"{name}: t = {fit.a:.2f} + {fit.b:.3f} N")
+            rows.append({"quantity": metric, "series": name, "a (s)": round(fit.a, 3),
+                         "b (s per image)": round(fit.b, 4), "R^2": round(fit.r2, 3),
+                         "log-log slope": round(fit.loglog_slope, 3), "runs": fit.n_points,
+                         "runs without a value": int(g[metric].isna().sum())})
         ax.legend(fontsize=7)
         ax.set_xlabel("N (images per domain)")
-        rows.append({"quantity": metric, "a (s)": round(fit.a, 3), "b (s per image)": round(fit.b, 4),
-                     "R^2": round(fit.r2, 3), "log-log slope": round(fit.loglog_slope, 3), "runs": fit.n_points,
-                     "runs that never reached 0.9": int(t[metric].isna().sum())})
+        ax.set_ylabel(metric)
     fig.tight_layout()
     return fig, pd.DataFrame(rows)
 

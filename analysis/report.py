@@ -614,9 +614,12 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
         doc.p("Seconds to pairs against N: fewer than two runs reached forward_top1 >= 0.9.")
         return
     doc.figure(fig, "seconds_to_pairs.png", "Left: training seconds until forward_top1 first reached 0.9 (what a "
-               "user waits for), right: seconds per epoch (what the original timed), both against N with the "
-               "least-squares line.")
-    doc.table(fits, "Fits t = a + b N, one point per run:")
+               "user waits for), right: seconds per epoch (what the original timed), both against N with a "
+               "least-squares line per series that has two or more N.")
+    if len(fits):
+        doc.table(fits, "Fits t = a + b N, one point per run ('runs without a value': never reached 0.9):")
+    else:
+        doc.p("No series reached forward_top1 >= 0.9 at two or more N: no seconds-to-pairs fit.")
 
 
 def section_predictors(doc: Document, runs: StudyRuns) -> None:

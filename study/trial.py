@@ -178,7 +178,12 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
         t_train = time.perf_counter()
         results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc)
         train_s = (time.perf_counter() - t_train - sum(r.eval_s for r in runs)) / len(configs)
-        return [run.finish(result, train_s, started) for run, result in zip(runs, results, strict=True)]
+        outcomes = [run.finish(result, train_s, started) for run, result in zip(runs, results, strict=True)]
+        share = (time.perf_counter() - started) / len(configs)  # each run's part of the group's wall time
+        for run, outcome in zip(runs, outcomes, strict=True):
+            outcome.timing["total_s"] = share
+            summary(run.logger, {"time/trial_s": share})
+        return outcomes
     finally:
         for run in runs:
             run.close()

@@ -137,3 +137,16 @@ def test_tiny_capacity_study_gives_n90_with_parameter_counts(studies):
     for width, count in params.items():
         assert f"| unet | {width} | 16 |" in md and f"{count / 1e6:.3f}" in md
     assert "could not be drawn" not in md
+
+
+def test_seconds_to_pairs_is_fitted_per_series_and_counts_runs_that_never_paired():
+    rows = [{"arch": arch, "n_images": n, "time/seconds_to_pairs": a + b * n, "time/sec_per_epoch": 0.01 * n}
+            for arch, a, b in (("unet", 1.0, 0.5), ("encdec", 2.0, 2.0)) for n in (10, 20, 40)]
+    rows.append({"arch": "unet", "n_images": 80, "time/seconds_to_pairs": float("nan"), "time/sec_per_epoch": 0.8})
+    fig, fits = questions.seconds_to_pairs(pd.DataFrame(rows))
+    assert fig is not None
+    fits = fits.set_index(["quantity", "series"])
+    assert fits.loc[("time/seconds_to_pairs", "unet"), "b (s per image)"] == 0.5
+    assert fits.loc[("time/seconds_to_pairs", "encdec"), "a (s)"] == 2.0
+    assert fits.loc[("time/seconds_to_pairs", "unet"), "runs without a value"] == 1
+    assert fits.loc[("time/sec_per_epoch", "unet"), "runs"] == 4
