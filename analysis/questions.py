@@ -144,6 +144,7 @@ def n90_table(g: pd.DataFrame) -> pd.DataFrame:
         row |= {"N90": "-" if n90 is None else (f">= {n90}" if largest else str(n90)),
                 "N tried": ", ".join(str(int(n)) for n in by_n.index),
                 "top1 at largest N": round(float(by_n.iloc[-1]), 2),
+                "seeds per N": int(h.groupby("n_images").size().max()),
                 "generator params (M)": round(params / 1e6, 3),
                 "pairs per M params": "-" if n90 is None or not params == params else round(n90 / (params / 1e6), 1),
                 "epochs": ", ".join(str(int(e)) for e in sorted(h["epochs"].dropna().unique())) if "epochs" in h
@@ -162,8 +163,10 @@ def capacity_answers(t: pd.DataFrame) -> list[str]:
         name = " ".join(str(r[k]) for k in ("arch", "base_filters") if k in r)
         held = "below every N tried" if r["N90"] == "-" else r["N90"]
         parts.append(f"{name}: N90 {held} ({r['generator params (M)']:.2f} M parameters)")
+    seeds = int(table["seeds per N"].max())
+    runs = f"mean over {seeds} seeds" if seeds > 1 else "one run"
     return [f"Given the pair ({pairing} pairing), within {table['epochs'].iloc[0]} epochs one G held "
-            f"forward_top1 >= 0.9 up to these N (N90; mean over seeds): " + "; ".join(parts) + "."]
+            f"forward_top1 >= 0.9 up to these N (N90; {runs} per N): " + "; ".join(parts) + "."]
 
 
 def answers(t: pd.DataFrame) -> list[str]:

@@ -1,5 +1,6 @@
 """The sweep harness end to end: real (tiny) trainings, read back through MLflow and Optuna."""
 
+import datetime
 import json
 import os
 import signal
@@ -141,12 +142,16 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path, sig):
             study = optuna.load_study(study_name="killed", storage=open_storage(str(journal)))
         except KeyError:
             return None
-        running = [t for t in study.trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
-        return running[0] if running and running[0].number >= 1 else None
+        # a trial that started under a second ago: one found late could end before the signal arrives, and a
+        # sweep whose last trial ended exits 0 (seen once in CI)
+        fresh = datetime.datetime.now() - datetime.timedelta(seconds=1)
+        running = [t for t in study.trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+                   and t.number >= 1 and t.datetime_start is not None and t.datetime_start > fresh]
+        return running[0] if running else None
 
     try:
         victim = _wait_for(running_trial, 120, "a trial in the middle of training")
-        time.sleep(0.5)
+        time.sleep(0.2)
     finally:
         os.killpg(proc.pid, sig)
         proc.wait(timeout=60)
