@@ -49,7 +49,7 @@ def chance_band(metric: str, n: int) -> tuple[float, float] | None:
     """The central 95% range a uniformly random map of N images scores: distinct targets of a random map for
     bijectivity, the fixed points of a random permutation for the k/N hit shares; None where there is none."""
     if metric == "pair/bijectivity":
-        cdf = np.cumsum(distinct_values_null(n))
+        cdf = np.cumsum(distinct_values_null(n))  # searchsorted: the smallest k with P(K <= k) >= 2.5%
     elif chance_level(metric, n) == 1.0 / n:
         tail = [fixed_point_pvalue(k, n) for k in range(n + 1)]  # P(K >= k)
         cdf = np.array([1.0 - (tail[k + 1] if k < n else 0.0) for k in range(n + 1)])
@@ -146,10 +146,8 @@ def bijectivity(a: np.ndarray, n: int) -> Distinct:
     a = np.asarray(a)
     k = len(np.unique(a[a != NO_MATCH]))
     pmf = np.asarray(distinct_values_null(n))
-    cdf = np.cumsum(pmf)
-    low = int(np.searchsorted(cdf, 0.025))  # smallest k with P(K <= k) >= 2.5%
-    high = int(np.searchsorted(cdf, 0.975))
-    return Distinct(k, n, chance_level("pair/bijectivity", n), low / n, high / n,
+    low, high = chance_band("pair/bijectivity", n)
+    return Distinct(k, n, chance_level("pair/bijectivity", n), low, high,
                     float(min(1.0, pmf[: k + 1].sum())), float(min(1.0, pmf[k:].sum())))
 
 

@@ -26,15 +26,16 @@ from tqdm.auto import tqdm
 from .config import ConfigError, NonFiniteLossError, RunConfig
 from .data import Domains, load_domains
 from .train import (
-    LOSS_WEIGHTS,
     EpochStats,
     TrainResult,
     Translator,
     _sync,
     build,
+    epoch_losses,
     make_translator,
     resolve_device,
     resolve_precision,
+    scheduled,
 )
 
 Callback = Callable[[EpochStats, Translator], bool | None]
@@ -93,8 +94,8 @@ class Stack:
             p.requires_grad_(flag)
 
     def keep(self, index: torch.Tensor) -> None:
-        self.params = {k: v.detach()[index].clone().requires_grad_(v.requires_grad) for k, v in self.params.items()}
-        self.buffers = {k: v[index].clone() for k, v in self.buffers.items()}
+        self.params = {k: v.detach()[index].requires_grad_(v.requires_grad) for k, v in self.params.items()}
+        self.buffers = {k: v[index] for k, v in self.buffers.items()}
 
     def copy_into(self, k: int, module: nn.Module) -> None:
         with torch.no_grad():
@@ -162,39 +163,12 @@ def run_epoch_fused(G, D, optims, data: Domains, config: RunConfig, gens: list[t
             sums[k] = sums[k] + v if k in sums else v.float()
 
     batches = list(zip(*(o.split(bs) for o in orders), strict=True))
-    pairs = [(torch.stack([data.x[idx] for idx in b]), torch.stack([data.y[pi[idx]] for idx, pi in zip(b, pis,
-                                                                                                        strict=True)]))
-             for b in batches]
-    if config.scheme == "pix2pix":
-        for x_b, y_b in pairs:
-            add(paired_step_fused(G, D, optims, x_b, y_b, config, gan, autocast, two_way=False))
-    elif config.direction_schedule == "alternate":
-        for x_b, y_b in pairs:
-            add(paired_step_fused(G, D, optims, x_b, y_b, config, gan, autocast))
-        for x_b, y_b in pairs:
-            add(paired_step_fused(G, D, optims, y_b, x_b, config, gan, autocast))
-    elif config.direction_schedule == "interleave":
-        for x_b, y_b in pairs:
-            add(paired_step_fused(G, D, optims, x_b, y_b, config, gan, autocast))
-            add(paired_step_fused(G, D, optims, y_b, x_b, config, gan, autocast))
-    else:
-        for x_b, y_b in pairs:
-            add(paired_step_fused(G, D, optims, torch.cat([x_b, y_b], 1), torch.cat([y_b, x_b], 1), config, gan,
-                                  autocast))
+    pairs = [(torch.stack([data.x[idx] for idx in b]),
+              torch.stack([data.y[pi[idx]] for idx, pi in zip(b, pis, strict=True)])) for b in batches]
+    # the same order as alone; a joint batch stacks both directions on the batch axis, axis 1 here
+    for src, tgt in scheduled(pairs, config, batch_dim=1):
+        add(paired_step_fused(G, D, optims, src, tgt, config, gan, autocast, two_way=config.scheme != "pix2pix"))
     return sums, steps
-
-
-def _losses(sums: dict[str, torch.Tensor], steps: int, config: RunConfig, k: int) -> dict[str, float]:
-    """Seed k's epoch losses with the names and weighting of cyclelike.train.epoch_losses."""
-    raw = {name: float(v[k]) / steps for name, v in sums.items()}
-    out = {"loss/D": raw.pop("D")}
-    total = 0.0
-    for name, v in raw.items():
-        weighted = getattr(config, LOSS_WEIGHTS[name]) * v
-        out[f"loss/G_{name}"], out[f"loss/G_{name}_w"] = v, weighted
-        total += weighted
-    out["loss/G_total"] = total
-    return out
 
 
 def train_fused(configs: list[RunConfig], data: Domains | None = None,
@@ -243,7 +217,7 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
         epoch_s = time.perf_counter() - t0
         drop = []
         for pos, k in enumerate(live):
-            losses = _losses(sums, steps, config, pos)
+            losses = epoch_losses({name: v[pos] for name, v in sums.items()}, steps, config)
             stats = EpochStats(epoch, epoch_s, losses)
             histories[k].append(stats)
             bad = {name: v for name, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}

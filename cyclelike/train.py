@@ -195,24 +195,23 @@ def run_epoch(nets, optims, data: Domains, config: RunConfig, gen: torch.Generat
             add(cyclegan_step(nets, optims, data.x[idx], data.y[y_idx], config, gan, autocast))
         return sums, steps
     pairs = [(data.x[idx], data.y[pi[idx]]) for idx in batches]
-    if config.scheme == "pix2pix":
-        for x_b, y_b in pairs:
-            add(paired_step(nets, optims, x_b, y_b, config, gan, autocast, two_way=False))
-        return sums, steps
-    # the schedule is part of the algorithm: joint takes half the steps on twice the batch
-    if config.direction_schedule == "alternate":
-        for x_b, y_b in pairs:
-            add(paired_step(nets, optims, x_b, y_b, config, gan, autocast))
-        for x_b, y_b in pairs:
-            add(paired_step(nets, optims, y_b, x_b, config, gan, autocast))
-    elif config.direction_schedule == "interleave":
-        for x_b, y_b in pairs:
-            add(paired_step(nets, optims, x_b, y_b, config, gan, autocast))
-            add(paired_step(nets, optims, y_b, x_b, config, gan, autocast))
-    else:
-        for x_b, y_b in pairs:
-            add(paired_step(nets, optims, torch.cat([x_b, y_b]), torch.cat([y_b, x_b]), config, gan, autocast))
+    for src, tgt in scheduled(pairs, config):
+        add(paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=config.scheme != "pix2pix"))
     return sums, steps
+
+
+def scheduled(pairs: list[tuple[torch.Tensor, torch.Tensor]], config: RunConfig,
+              batch_dim: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (src, tgt) batches of one epoch in the order the scheme and direction schedule take them: pix2pix
+    X -> Y only; cyclelike both ways. The schedule is part of the algorithm: joint takes half the steps on
+    twice the batch (stacked on `batch_dim`)."""
+    if config.scheme == "pix2pix":
+        return list(pairs)
+    if config.direction_schedule == "alternate":
+        return [(x, y) for x, y in pairs] + [(y, x) for x, y in pairs]
+    if config.direction_schedule == "interleave":
+        return [step for x, y in pairs for step in ((x, y), (y, x))]
+    return [(torch.cat([x, y], batch_dim), torch.cat([y, x], batch_dim)) for x, y in pairs]
 
 
 def epoch_losses(sums: dict[str, torch.Tensor], steps: int, config: RunConfig) -> dict[str, float]:

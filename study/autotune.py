@@ -34,17 +34,19 @@ def cache_path() -> Path:
     return Path(os.environ.get("CYCLELIKE_AUTOTUNE_CACHE", Path.home() / ".cache" / "cyclelike" / "autotune.json"))
 
 
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine_key() -> str:
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{model} | {cores()} cores | torch {torch.__version__} | {gpu}"
+    return f"{cpu_model()} | {cores()} cores | torch {torch.__version__} | {gpu}"
 
 
 def cell_key(config: RunConfig) -> str:

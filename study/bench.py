@@ -207,19 +207,15 @@ def throughput(trials: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from .autotune import cpu_model
+
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     flags = ""
     with contextlib.suppress(OSError, StopIteration):
         flags = next(line.split(":", 1)[1] for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("flags"))
     simd = sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma", "sse4")))
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_flags": simd, "native_bf16": resolve_precision("auto", torch.device("cpu")) == "bf16",
             "precision": resolve_precision("auto", resolve_device("auto")),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -64,6 +64,25 @@ def test_fused_seeds_are_the_seeds_alone_in_fp64(fp64):
         assert (a.translator.forward(data.x) - f.translator.forward(data.x)).abs().max().item() < FP64
 
 
+@pytest.mark.parametrize("change", [{"direction_schedule": "joint"}, {"direction_schedule": "interleave"},
+                                    {"scheme": "pix2pix"}], ids=["joint", "interleave", "pix2pix"])
+def test_every_schedule_fuses_in_the_order_it_runs_alone(change):
+    """The fused epoch takes its batches in the schedule's order (a joint batch stacks both directions on
+    the batch axis, which is axis 1 of a stacked batch): each seed is itself alone, in float64."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        cell = CELL.replace(fused_adam=False, **change)
+        data = load_domains(cell)
+        data.x, data.y = data.x.double(), data.y.double()
+        configs = [cell.replace(seed=s) for s in (0, 1)]
+        for config, fused in zip(configs, train_fused(configs, data), strict=True):
+            for sa, sf in zip(train(config, data).history, fused.history, strict=True):
+                assert _gap(sa, sf) < FP64, (change, config.seed, sa.epoch)
+    finally:
+        torch.set_default_dtype(old)
+
+
 def test_pruning_one_seed_leaves_the_others_unchanged(fp64):
     configs, data, alone, fused = fp64
     calls = []
