@@ -58,7 +58,7 @@ scaling: .venv  ## the seconds-per-epoch scaling study (study/configs/scaling.to
 	$(PY) -m study sweep --config study/configs/scaling.toml $(ARGS)
 	$(PY) -m analysis report --experiment scaling
 
-bench: .venv  ## reference vs fast path, FLOP utilisation, harness overhead: a table and bench.json
+bench: .venv  ## fast vs plain path, FLOP utilisation, overhead, sweep throughput: a table and bench.json (ARGS="--only throughput")
 	$(PY) -m study.bench $(ARGS)
 
 # headless Chromium for the report's browser test; where it cannot be installed that test skips and says why
