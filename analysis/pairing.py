@@ -34,13 +34,18 @@ NO_MATCH = -1  # a(i) of a tied row
 
 
 def chance_level(metric: str, n: int) -> float | None:
-    """What a metric scores for an untrained, uniformly random map of N images; None where no chance exists."""
+    """What a metric scores for an untrained, uniformly random map of N images; None where no chance exists.
+
+    pair/hungarian_agreement has none here: a row's minimum is often its optimal partner in a random matrix
+    too (about half the rows at N = 10), so 1/N would make chance look like a finding."""
     if metric == "pair/bijectivity":
         return 1.0 - (1.0 - 1.0 / n) ** n  # expected share of distinct values of a random map
     if metric == "pair/partner_rank":
         return (n + 1) / 2
+    if metric == "pair/seed_kappa":
+        return 0.0  # Cohen's kappa: agreement beyond what the two maps' marginals give
     if metric.startswith(("pair/forward_top1", "pair/backward_top1", "pair/mutual", "pair/cycle_top1",
-                          "pair/seed_agreement", "pair/agree_", "pair/hungarian_agreement")):
+                          "pair/seed_agreement", "pair/agree_")):
         return 1.0 / n
     return None
 
@@ -179,13 +184,19 @@ def hungarian_agreement(D: np.ndarray) -> float:
 
 
 def seed_agreement(a1: np.ndarray, a2: np.ndarray) -> dict[str, float]:
-    """Across two runs that differ only in seed: share of i with the same a(i), and chance-adjusted."""
+    """Across two runs that differ only in seed: the share of i with the same a(i), and Cohen's kappa, that
+    share corrected for the agreement the two maps' own marginals give by chance (the definition of
+    sklearn.metrics.cohen_kappa_score). Two maps that collapse onto one y agree everywhere and tell nothing:
+    their kappa is 0, as it is wherever the marginals alone force the agreement. Tied rows never agree."""
     a1, a2 = np.asarray(a1), np.asarray(a2)
     if a1.shape != a2.shape:
         raise ValueError(f"assignments differ in length: {a1.shape} vs {a2.shape}")
-    n = len(a1)
     raw = float(matches(a1, a2).mean())
-    return {"pair/seed_agreement": raw, "pair/seed_agreement_adjusted": (raw - 1 / n) / (1 - 1 / n)}
+    first, second = np.where(a1 == NO_MATCH, -1, a1), np.where(a2 == NO_MATCH, -2, a2)
+    labels = np.union1d(first, second)
+    expected = float(sum((first == c).mean() * (second == c).mean() for c in labels))
+    kappa = 0.0 if expected >= 1.0 else (raw - expected) / (1.0 - expected)
+    return {"pair/seed_agreement": raw, "pair/seed_kappa": kappa}
 
 
 def fixed_point_pvalue(k: int, n: int) -> float:
@@ -267,14 +278,19 @@ def predictor_agreement(a: np.ndarray, partners: dict[str, np.ndarray]) -> dict[
 @dataclass
 class Formation:
     epochs_to_90: float  # first evaluated epoch with forward_top1 >= 0.9; NaN if never
-    locked_epoch: float  # median over i of the evaluated epoch from which a(i) never changes again
+    locked_epoch: float  # median over i of the epoch from which a(i) stays; NaN when the median row is not locked
     flips: int  # assignment changes between consecutive evaluations, summed over i
     seconds_to_pairs: float  # training wall seconds up to epochs_to_90; NaN if never
+    locked_rows: int = 0  # rows whose a(i) held at one evaluation at least after its last change
 
 
 def formation(epochs: list[int], assignments: list[np.ndarray], top1: list[float],
               epoch_seconds: dict[int, float] | None = None) -> Formation:
-    """How the pairs formed, from the assignment a at each evaluation (in epoch order)."""
+    """How the pairs formed, from the assignment a at each evaluation (in epoch order).
+
+    locked_epoch is right-censored: a row whose a(i) changed at the last evaluation (or that was evaluated
+    once) has not been seen to stay, so it is not locked; it counts as locked "after the run" in the median,
+    and a median that falls on such a row is NaN, "not locked", never the last epoch."""
     if not epochs:
         return Formation(float("nan"), float("nan"), 0, float("nan"))
     stack = np.stack([np.asarray(a) for a in assignments])  # (evaluations, N)
@@ -285,11 +301,26 @@ def formation(epochs: list[int], assignments: list[np.ndarray], top1: list[float
     locked = []
     for i in range(stack.shape[1]):
         last_change = np.flatnonzero(changed[:, i])
-        locked.append(epochs[last_change[-1] + 1] if len(last_change) else epochs[0])
+        since = last_change[-1] + 1 if len(last_change) else 0  # the evaluation from which a(i) stays
+        locked.append(float(epochs[since]) if since < len(epochs) - 1 else math.inf)
+    median = float(np.median(locked))
     seconds = float("nan")
     if reached and epoch_seconds is not None:
         seconds = float(sum(t for e, t in epoch_seconds.items() if e <= to_90))
-    return Formation(to_90, float(np.median(locked)), flips, seconds)
+    return Formation(to_90, median if math.isfinite(median) else float("nan"), flips, seconds,
+                     int(np.isfinite(locked).sum()))
+
+
+def is_locked(epochs: list[int], assignments: list[np.ndarray], top1: list[float], patience: int,
+              patience_epochs: int, need_top1: bool) -> bool:
+    """The rule of stop=locked: a unchanged over the last `patience` evaluations after the one it was first
+    seen at, those spanning >= `patience_epochs` epochs; with a pair given, forward_top1 >= 0.9 now too."""
+    if len(epochs) < patience + 1:
+        return False
+    recent = [np.asarray(a) for a in assignments[-(patience + 1):]]
+    same = all(np.array_equal(recent[0], a) for a in recent[1:])
+    spans = epochs[-1] - epochs[-(patience + 1)] >= patience_epochs
+    return same and spans and (not need_top1 or top1[-1] >= 0.9)
 
 
 @dataclass
@@ -364,4 +395,8 @@ def evaluate_pairing(
     metrics["mem/holdout_copy_rate"] = (
         holdout_copy_rate(forward(x_holdout), y, copy_factor) if has_holdout else float("nan")
     )
+    # a blurred output near the mean face passes the threshold without memorising anything: its baseline is
+    # the rate of the mean training target itself (0 or 1), and the rate above it is what memory explains
+    metrics["mem/holdout_copy_baseline"] = holdout_copy_rate(y.float().mean(0, keepdim=True), y, copy_factor)
+    metrics["mem/holdout_copy_excess"] = metrics["mem/holdout_copy_rate"] - metrics["mem/holdout_copy_baseline"]
     return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor)

@@ -17,11 +17,17 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from cyclelike.config import RunConfig
+
+from .conditions import data_sets, describe, groups, varied
 from .figures import plt, sns
 from .pairing import PREDICTORS, chance_band, chance_level
 from .scaling import fit_scaling
 
 FORMATION_METRICS = ("pair/forward_top1", "pair/bijectivity")
+# what each grey band is drawn from: the two nulls differ, and a reader compares a curve to its own
+BAND_LABELS = {"pair/forward_top1": "fixed points of a random permutation, central 95%",
+               "pair/bijectivity": "distinct targets of a random map, central 95%"}
 SIGNIFICANT = 0.05
 
 
@@ -45,128 +51,228 @@ def given(t: pd.DataFrame) -> pd.DataFrame:
     return t[_col(t, "pairing", "aligned").isin(["aligned", "fixed"]) & (scheme != "cyclegan") & (l1 > 0)]
 
 
-def _mean_chance(metric: str, g: pd.DataFrame) -> float:
-    return float(np.mean([chance_level(metric, int(n)) for n in g["n_images"]]))
+ORIGINAL_EPOCHS = {10: 2000, 20: 10000}  # the original's budgets, after a 1500-epoch pre-training run
+ORIGINAL_BATCH = 5
+
+
+def _chance(metric: str, g: pd.DataFrame) -> str:
+    """A metric's chance level for the N of a group, one per N: never a mean over N that no run has."""
+    sizes = sorted(int(n) for n in g["n_images"].dropna().unique())
+    return ", ".join(f"{chance_level(metric, n):.2f}" + (f" at N = {n}" if len(sizes) > 1 else "") for n in sizes)
 
 
 def _count(g: pd.DataFrame, column: str) -> int:
     return int((g[column] < SIGNIFICANT).sum()) if column in g else 0
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the family-wise error stays below alpha across the tests."""
+    order = np.argsort(pvalues)
+    adjusted, running = np.empty(len(pvalues)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def budget_text(g: pd.DataFrame) -> str:
+    """A group's budget in the original's units, beside the original's own at that N."""
+    parts = []
+    for (n, epochs), h in g.groupby(["n_images", "epochs"]):
+        steps = RunConfig(n_images=int(n), epochs=int(epochs), batch_size=int(h["batch_size"].iloc[0])
+                          if "batch_size" in h else ORIGINAL_BATCH, scheme=str(h["scheme"].iloc[0])
+                          if "scheme" in h else "cyclelike").budget()["budget/g_steps"]
+        text = f"up to {int(epochs)} epochs at N = {int(n)} ({steps} G steps)"
+        if int(n) in ORIGINAL_EPOCHS:
+            original = RunConfig(n_images=int(n), epochs=ORIGINAL_EPOCHS[int(n)], batch_size=ORIGINAL_BATCH).budget()
+            text += (f", {100 * epochs / ORIGINAL_EPOCHS[int(n)]:.0f}% of the original's {ORIGINAL_EPOCHS[int(n)]} "
+                     f"epochs ({original['budget/g_steps']} G steps)")
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def stop_text(g: pd.DataFrame) -> str:
+    """How the runs of a group ended: locked (stop = locked reached its answer) or at the end of the budget."""
+    if "stop" not in g or (g["stop"].fillna("off") == "off").all():
+        return f"all {len(g)} runs trained their whole budget (stop = off)"
+    reasons = g["tags.stop/reason"].fillna("budget") if "tags.stop/reason" in g else pd.Series("budget", g.index)
+    locked = g[reasons == "locked"]
+    text = f"{len(locked)} of {len(g)} runs locked"
+    if len(locked) and "stop/epoch" in locked:
+        text += f" (median epoch {locked['stop/epoch'].median():.0f})"
+    spent = int((reasons == "budget").sum())
+    if spent:
+        text += f", {spent} ran out of budget (not converged)"
+    return text
+
+
 def predictor_table(u: pd.DataFrame) -> pd.DataFrame:
-    """Per scheme and predictor: mean agreement of the learned a with that predictor's partners, its chance
-    level, and how many runs beat a random permutation (p < 0.05); `beyond chance` tests that count against
-    the 5% of runs a predictor unrelated to the pairs would reach (one-sided binomial test)."""
+    """Per condition and predictor: mean agreement of the learned a with the predictor's partners, its chance
+    level, and how many DATA SETS beat a random permutation. Seeds of one data set share its images and its
+    predictor partners, so a data set counts once, as a hit only when every seed of it has p < 0.05 (its
+    chance under no effect stays <= 5%); the one-sided binomial test of the hits against 5% of the data sets
+    is Holm-corrected across the predictors of a condition."""
     rows = []
-    for scheme, g in u.groupby(_col(u, "scheme", "cyclelike")):
+    for condition, g in groups(u):
+        found = []
         for name in PREDICTORS:
             key = f"pair/agree_{name}"
             if key not in g or g[key].isna().all():
                 continue
-            hits = _count(g, f"{key}_pvalue")
-            p = binomtest(hits, len(g), SIGNIFICANT, alternative="greater").pvalue
-            rows.append({"scheme": scheme, "predictor": name, "agreement": round(g[key].mean(), 3),
-                         "chance": round(_mean_chance(key, g), 3), "runs p<0.05": f"{hits} of {len(g)}",
-                         "beyond chance": f"{'yes' if p < SIGNIFICANT else 'no'} (p = {p:.2g})"})
+            worst = g.groupby("data_seed")[f"{key}_pvalue"].max() if "data_seed" in g else g[f"{key}_pvalue"].max()
+            worst = worst if isinstance(worst, pd.Series) else pd.Series([worst])
+            hits, sets = int((worst < SIGNIFICANT).sum()), len(worst)
+            found.append((name, key, hits, sets, binomtest(hits, sets, SIGNIFICANT, alternative="greater").pvalue))
+        for (name, key, hits, sets, _), p_holm in zip(found, holm([f[-1] for f in found]), strict=True):
+            rows.append({**condition, "predictor": name, "agreement": round(g[key].mean(), 3),
+                         "chance": _chance(key, g), "data sets p<0.05": f"{hits} of {sets}",
+                         "runs": len(g), "p (Holm)": float(f"{p_holm:.2g}"),
+                         "beyond chance": "yes" if p_holm < SIGNIFICANT else "no"})
     return pd.DataFrame(rows)
 
 
+def _who(condition: dict, g: pd.DataFrame) -> str:
+    scheme = condition.get("scheme", g["scheme"].iloc[0] if "scheme" in g else "cyclelike")
+    who = "the one G (lambda_l1 = 0, a new random pairing every epoch)" if scheme == "cyclelike" else \
+        f"the {scheme} baseline"
+    rest = {k: v for k, v in condition.items() if k != "scheme"}
+    return who + (f" with {describe(rest)}" if rest else "")
+
+
+LU_ET_AL = ("Lu et al. (AAAI 2019) found CycleGAN's one-to-one map to be \"just a random one within the large "
+            "feasible solution space\"")
+
+
 def unpaired_answers(t: pd.DataFrame) -> list[str]:
-    """Question 1 in sentences, one per scheme: does a one-to-one pairing form, is it each seed's same one,
-    and what explains it."""
+    """Question 1 in sentences, one per condition given no pair: does a one-to-one pairing form, within what
+    budget, is it each seed's same one (Cohen's kappa), what explains it, and how this compares to Lu et al."""
     u = unpaired(t)
     if u.empty or "pair/bijectivity" not in u:
         return []
     out = []
     predictors = predictor_table(u)
-    for scheme, g in u.groupby(_col(u, "scheme", "cyclelike")):
-        who = "the one G (lambda_l1 = 0, a new random pairing every epoch)" if scheme == "cyclelike" else \
-            f"the {scheme} baseline"
+    for condition, g in groups(u):
+        sets = data_sets(g)
         more, fewer = _count(g, "pair/bijectivity_p_permutation"), _count(g, "pair/bijectivity_p_collapse")
         full = int((g["pair/bijectivity"] >= 1.0).sum())
-        text = (f"Given no pair, {who} reached bijectivity {g['pair/bijectivity'].mean():.2f} over {len(g)} runs "
-                f"(a random map: {_mean_chance('pair/bijectivity', g):.2f}); {more} of {len(g)} runs had more "
-                f"distinct targets than a random map at p < 0.05, {fewer} fewer, and {full} were one-to-one")
+        text = (f"Given no pair, {_who(condition, g)}, {budget_text(g)}: {stop_text(g)}. It reached bijectivity "
+                f"{g['pair/bijectivity'].mean():.2f} over {len(g)} runs on {sets} data set{'s' * (sets != 1)} "
+                f"(a random map: {_chance('pair/bijectivity', g)}); {more} of {len(g)} runs had more distinct "
+                f"targets than a random map at p < 0.05, {fewer} fewer, and {full} were one-to-one")
         if "pair/mutual" in g and g["pair/mutual"].notna().any():
-            text += f"; mutual = {g['pair/mutual'].mean():.2f} (chance {_mean_chance('pair/mutual', g):.2f})"
-        if "pair/seed_agreement_adjusted" in g and g["pair/seed_agreement_adjusted"].notna().any():
-            per_condition = g.groupby("tags.config_key")["pair/seed_agreement_adjusted"].first().dropna()
-            text += (f". Across seeds of one condition the chance-adjusted agreement of the assignments is "
-                     f"{per_condition.mean():.2f} (0 is chance, 1 the same pairing every seed; range "
-                     f"{per_condition.min():.2f} to {per_condition.max():.2f} over {len(per_condition)} conditions)")
-        mine = predictors[predictors["scheme"] == scheme] if len(predictors) else predictors
+            text += f"; mutual = {g['pair/mutual'].mean():.2f} (chance {_chance('pair/mutual', g)})"
+        kappa = None
+        if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():
+            per_set = g.groupby("tags.config_key")["pair/seed_kappa"].first().dropna()
+            kappa = per_set.mean()
+            text += (f". Seeds of one data set chose the same partners with Cohen's kappa {kappa:.2f} (0: no more "
+                     f"than their marginals give by chance, 1: the same pairing; range {per_set.min():.2f} to "
+                     f"{per_set.max():.2f} over {len(per_set)} data sets)")
+        mine = predictors
+        for k, v in condition.items():
+            mine = mine[mine[k] == v] if len(mine) and k in mine else mine
         if len(mine):
             best = mine.sort_values("agreement", ascending=False).iloc[0]
-            explained = mine[mine["beyond chance"].str.startswith("yes")]
+            explained = mine[mine["beyond chance"] == "yes"]
             text += (f". The closest data-only predictor is {best['predictor']} (agreement {best['agreement']:.2f}, "
-                     f"chance {best['chance']:.2f}, {best['runs p<0.05']} runs beat a random permutation); "
-                     + (f"beyond chance: {', '.join(explained['predictor'])}" if len(explained) else
-                        "no predictor explains the pairs beyond chance"))
+                     f"chance {best['chance']}, {best['data sets p<0.05']} data sets beat a random permutation "
+                     f"in every seed); "
+                     + (f"beyond chance after Holm's correction over {len(mine)} predictors: "
+                        f"{', '.join(explained['predictor'])}" if len(explained) else
+                        f"none explains the pairs beyond chance (Holm over {len(mine)} predictors)"))
+        if kappa is not None:
+            random = kappa < 0.2 and full == 0
+            text += (f". {LU_ET_AL}; this study {'agrees' if random else 'does not agree'} for this scheme: "
+                     + ("no run formed a one-to-one map and seeds do not share their partners"
+                        if random else f"kappa {kappa:.2f}, {full} one-to-one runs"))
         out.append(text + ".")
     return out
 
 
 def unpaired_table(u: pd.DataFrame) -> pd.DataFrame:
-    """One row per condition given no pair: the numbers behind the sentences, per scheme, lambda_cyc and N."""
-    keys = [k for k in ("scheme", "lambda_cyc", "n_images") if k in u]
+    """One row per condition given no pair: the numbers behind the sentences."""
     rows = []
-    for values, g in u.groupby(keys):
-        row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
-        row |= {"runs": len(g), "bijectivity": round(g["pair/bijectivity"].mean(), 2),
-                "random map": round(_mean_chance("pair/bijectivity", g), 2),
-                "more distinct (p<0.05)": _count(g, "pair/bijectivity_p_permutation"),
-                "collapsed (p<0.05)": _count(g, "pair/bijectivity_p_collapse")}
-        for key, label in (("pair/mutual", "mutual"), ("pair/seed_agreement_adjusted", "seed agreement (adj.)")):
+    for condition, g in groups(u):
+        row = {**condition, "runs": len(g), "data sets": data_sets(g), "ended": stop_text(g),
+               "bijectivity": round(g["pair/bijectivity"].mean(), 2),
+               "random map": _chance("pair/bijectivity", g),
+               "more distinct (p<0.05)": _count(g, "pair/bijectivity_p_permutation"),
+               "collapsed (p<0.05)": _count(g, "pair/bijectivity_p_collapse")}
+        for key, label in (("pair/mutual", "mutual"), ("pair/seed_kappa", "seed kappa")):
             if key in g:
                 row[label] = round(g[key].mean(), 2)
         agree = {name: g[f"pair/agree_{name}"].mean() for name in PREDICTORS if f"pair/agree_{name}" in g}
         if agree:
             best = max(agree, key=agree.get)
-            row["closest predictor"] = f"{best} {agree[best]:.2f} (chance {_mean_chance('pair/agree_', g):.2f})"
+            row["closest predictor"] = f"{best} {agree[best]:.2f} (chance {_chance('pair/agree_', g)})"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _n90(by_n: pd.Series) -> int | None:
+    reached = by_n[by_n >= 0.9]
+    return int(reached.index.max()) if len(reached) else None
+
+
 def n90_table(g: pd.DataFrame) -> pd.DataFrame:
-    """Per architecture and width: N90 = the largest N whose mean forward_top1 over seeds is >= 0.9, with the
-    generator's parameter count and pairs held per million parameters."""
-    keys = [k for k in ("arch", "base_filters", "image_size") if k in g]
+    """Per whole condition apart from N (architecture, width, pairing, scheme, lambdas, budget: never pooled):
+    N90 = the largest N whose mean forward_top1 over replicates is >= 0.9, with its range over replicates
+    (each seed's own N90), the generator's parameter count and pairs held per million parameters."""
     if g.empty or "n_images" not in g or g["n_images"].nunique() < 2 or "pair/forward_top1" not in g:
         return pd.DataFrame()
     rows = []
-    for values, h in g.groupby(keys):
+    for condition, h in groups(g, without=("n_images",)):
         by_n = h.groupby("n_images")["pair/forward_top1"].mean()
-        reached = by_n[by_n >= 0.9]
+        n90 = _n90(by_n)
+        largest = int(by_n.index.max())
+        replicates = [k for k in ("data_seed", "seed") if k in h]
+        each = [_n90(r.groupby("n_images")["pair/forward_top1"].mean()) for _, r in h.groupby(replicates)] \
+            if replicates else [n90]
+        shown = [("<" + str(int(by_n.index.min()))) if v is None else str(v) for v in each]
         params = float(h["model/generator_params"].median()) if "model/generator_params" in h else float("nan")
-        n90 = int(reached.index.max()) if len(reached) else None
-        largest = n90 is not None and n90 == int(by_n.index.max())
-        row = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True))
-        row |= {"N90": "-" if n90 is None else (f">= {n90}" if largest else str(n90)),
+        row = {k: h[k].iloc[0] for k in ("arch", "base_filters", "image_size", "pairing") if k in h} | condition
+        row |= {"N90": "-" if n90 is None else (f">= {n90}" if n90 == largest else str(n90)),
+                "N90 per seed (range)": f"{min(shown, key=_order)} to {max(shown, key=_order)}" if len(each) > 1
+                else shown[0],
                 "N tried": ", ".join(str(int(n)) for n in by_n.index),
                 "top1 at largest N": round(float(by_n.iloc[-1]), 2),
                 "seeds per N": int(h.groupby("n_images").size().max()),
                 "generator params (M)": round(params / 1e6, 3),
                 "pairs per M params": "-" if n90 is None or not params == params else round(n90 / (params / 1e6), 1),
-                "epochs": ", ".join(str(int(e)) for e in sorted(h["epochs"].dropna().unique())) if "epochs" in h
-                else "?"}
+                "budget": budget_text(h[h["n_images"] == largest]),
+                "ended at largest N": stop_text(h[h["n_images"] == largest])}
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _order(text: str) -> float:
+    return float(text.lstrip("<>= ")) - (0.5 if text.startswith("<") else 0)
+
+
 def capacity_answers(t: pd.DataFrame) -> list[str]:
-    table = n90_table(given(t))
+    g = given(t)
+    table = n90_table(g)
     if table.empty:
         return []
-    pairing = ", ".join(sorted(given(t)["pairing"].unique()))
+    others = [k for k in varied(g, without=("n_images",)) if k not in ("arch", "base_filters")]
     parts = []
     for _, r in table.iterrows():
         name = " ".join(str(r[k]) for k in ("arch", "base_filters") if k in r)
+        if others:
+            name += f" ({describe({k: r[k] for k in others})})"
         held = "below every N tried" if r["N90"] == "-" else r["N90"]
-        parts.append(f"{name}: N90 {held} ({r['generator params (M)']:.2f} M parameters)")
+        parts.append(f"{name}: N90 {held} (per seed {r['N90 per seed (range)']}; {r['generator params (M)']:.2f} M "
+                     f"parameters; at the largest N {r['ended at largest N']})")
     seeds = int(table["seeds per N"].max())
     runs = f"mean over {seeds} seeds" if seeds > 1 else "one run"
-    return [f"Given the pair ({pairing} pairing), within {table['epochs'].iloc[0]} epochs one G held "
-            f"forward_top1 >= 0.9 up to these N (N90; {runs} per N): " + "; ".join(parts) + "."]
+    epochs = ", ".join(str(int(e)) for e in sorted(g["epochs"].dropna().unique())) if "epochs" in g else "?"
+    per_pair = ""
+    if "budget/g_steps_per_pair" in g and g["budget/g_steps_per_pair"].notna().any():
+        steps = sorted(int(v) for v in g["budget/g_steps_per_pair"].dropna().unique())
+        per_pair = f" ({', '.join(map(str, steps))} G steps per pair)"
+    return [f"Given the pair ({', '.join(sorted(g['pairing'].unique()))} pairing), within {epochs} epochs{per_pair}; "
+            "the original trained 2000 epochs at N = 10 and 10000 at N = 20 (800 and 4000 G steps per pair), one G "
+            f"held forward_top1 >= 0.9 up to these N (N90; {runs} per N): " + "; ".join(parts) + "."]
 
 
 def answers(t: pd.DataFrame) -> list[str]:
@@ -199,7 +305,7 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
         for row, metric in enumerate(FORMATION_METRICS):
             ax = axes[row][col]
             low, high = chance_band(metric, n)
-            ax.axhspan(low, high, color="0.85", label="random map, 95%")
+            ax.axhspan(low, high, color="0.85", label=BAND_LABELS[metric])
             ax.axhline(chance_level(metric, n), color="0.4", ls="--", lw=0.8)
             part = data[(data["metric"] == metric) & (data["n_images"] == n)]
             sns.lineplot(data=part, x="epoch", y="value", hue=hue, errorbar=("ci", 95), seed=0, ax=ax,
@@ -211,14 +317,56 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
     return fig
 
 
+def timing_series(t: pd.DataFrame) -> pd.Series:
+    """The series a time is read in: the factor that varies, and apart from it runs whose seeds were fused,
+    since a fused run's epoch time is its whole group's (K seeds at once), not one seed's."""
+    hue = _hue(t)
+    series = t[hue].astype(str) if hue else pd.Series("all runs", index=t.index)
+    if "tags.fused_group" in t:
+        k = t["tags.fused_group"].fillna("1").astype(str)
+        series = series.where(k == "1", series + ", " + k + " seeds fused (group time)")
+    return series
+
+
+def steps_to_lock(g: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
+    """G steps and training seconds until the pairs locked (stop = locked), against N: the original's
+    "twice the data, twice the time per epoch" carried on to "how long until the pairs exist". Runs that
+    spent their budget unlocked are counted per N, not drawn."""
+    if "tags.stop/reason" not in g or not (g["tags.stop/reason"] == "locked").any():
+        return None, pd.DataFrame()
+    data = g.assign(series=timing_series(g), locked=g["tags.stop/reason"] == "locked")
+    rows = []
+    for (series, n), h in data.groupby(["series", "n_images"]):
+        done = h[h["locked"]]
+        rows.append({"series": series, "N": int(n), "locked": f"{len(done)} of {len(h)}",
+                     "median G steps to lock": done["stop/g_steps"].median() if len(done) else float("nan"),
+                     "median seconds to lock": round(done["time/train_s"].median(), 1) if len(done) else float("nan"),
+                     "budget (G steps)": int(h["budget/g_steps"].max()) if "budget/g_steps" in h else "?"})
+    locked = data[data["locked"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric, label in ((axes[0], "stop/g_steps", "G steps to lock"),
+                              (axes[1], "time/train_s", "training seconds to lock")):
+        sns.lineplot(data=locked, x="n_images", y=metric, hue="series", estimator="median", errorbar=("pi", 100),
+                     marker="o", ax=ax, legend=ax is axes[1])
+        ax.set_xscale("log", base=2)
+        sizes = sorted(int(n) for n in data["n_images"].unique())
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_yscale("log")
+        ax.set_xlabel("N (given pairs)")
+        ax.set_ylabel(label)
+    if axes[1].get_legend() is not None:
+        axes[1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig, pd.DataFrame(rows)
+
+
 def seconds_to_pairs(t: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
     """Wall seconds of training until forward_top1 first reached 0.9, against N, beside seconds per epoch:
     what a user waits for against what the original timed. One fit per series (scheme, pairing or
     architecture, whichever varies) with two or more N; runs that never reached 0.9 are counted, not drawn."""
     if "time/seconds_to_pairs" not in t or t["time/seconds_to_pairs"].notna().sum() < 2:
         return None, pd.DataFrame()
-    hue = _hue(t)
-    series = t[hue] if hue else pd.Series("all runs", index=t.index)
+    series = timing_series(t)
     palette = dict(zip(sorted(series.unique()), sns.color_palette("deep"), strict=False))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     rows = []
@@ -254,7 +402,8 @@ def predictor_figure(u: pd.DataFrame) -> plt.Figure | None:
     fig, ax = plt.subplots(figsize=(7, 3.6))
     sns.barplot(data=long, x="predictor", y="agreement", hue="scheme" if "scheme" in long else None,
                 errorbar=("ci", 95), seed=0, ax=ax)
-    ax.axhline(_mean_chance("pair/agree_pixel", u), color="k", ls="--", lw=1, label="chance 1/N")
+    for n in sorted(int(n) for n in u["n_images"].unique()):
+        ax.axhline(1 / n, color="k", ls="--", lw=1, label=f"chance 1/N, N = {n}")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -262,7 +411,7 @@ def predictor_figure(u: pd.DataFrame) -> plt.Figure | None:
 
 
 def capacity_figure(g: pd.DataFrame) -> plt.Figure | None:
-    metrics = [m for m in ("pair/forward_top1", "pair/mutual", "mem/holdout_copy_rate") if m in g]
+    metrics = [m for m in ("pair/forward_top1", "pair/mutual", "mem/holdout_copy_excess") if m in g]
     if g.empty or g["n_images"].nunique() < 2 or not metrics:
         return None
     style = "base_filters" if "base_filters" in g and g["base_filters"].nunique() > 1 else None

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import questions
+from .conditions import describe, groups
 from .document import Document
 from .figures import distance_heatmap, plt, reference_label, sns
 from .pairing import chance_level, seed_agreement
@@ -29,11 +30,12 @@ from .scaling import REFERENCE_LOGLOG_SLOPE, REFERENCE_POINTS, fit_scaling
 
 REFERENCE_SIZE = 128  # the original's image side for its two timings
 
-CORE_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1", "pair/seed_agreement",
-                "mem/holdout_copy_rate")
+CORE_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1", "pair/seed_kappa",
+                "mem/holdout_copy_excess")
 FACTORS = ("pairing", "direction_schedule", "arch", "scheme", "n_images", "lambda_l1", "lambda_cyc")
-NUMERIC_PARAMS = ("n_images", "image_size", "lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id", "seed", "epochs",
-                  "batch_size", "base_filters", "n_holdout", "lr", "warmup_epochs")
+NUMERIC_PARAMS = ("n_images", "data_seed", "image_size", "lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id", "seed",
+                  "epochs", "batch_size", "base_filters", "d_filters", "n_holdout", "lr", "warmup_epochs", "patience",
+                  "patience_epochs", "budget/epochs", "budget/g_steps", "budget/g_steps_per_pair")
 
 
 @dataclass
@@ -121,7 +123,8 @@ def _complete(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_seed_agreement(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """pair/seed_agreement per configuration: mean over seed pairs of the share of i with the same a(i)."""
+    """pair/seed_agreement and pair/seed_kappa per condition (config_key: one data set, so its runs differ
+    in seed alone): means over seed pairs of the share of i with the same a(i) and of Cohen's kappa."""
     done = _complete(trials)
     if "tags.config_key" not in done or done.empty:
         return trials
@@ -140,8 +143,8 @@ def add_seed_agreement(client, trials: pd.DataFrame) -> pd.DataFrame:
         if pairs:
             trials.loc[trials["tags.config_key"] == key, "pair/seed_agreement"] = float(
                 np.mean([s["pair/seed_agreement"] for s in pairs]))
-            trials.loc[trials["tags.config_key"] == key, "pair/seed_agreement_adjusted"] = float(
-                np.mean([s["pair/seed_agreement_adjusted"] for s in pairs]))
+            trials.loc[trials["tags.config_key"] == key, "pair/seed_kappa"] = float(
+                np.mean([s["pair/seed_kappa"] for s in pairs]))
     return trials
 
 
@@ -218,9 +221,9 @@ def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure
         if chance_level(metric, 10) is not None:
             if factor == "n_images":
                 ax.plot(range(len(order)), [chance_level(metric, n) for n in order], "k--", lw=1, label="chance")
-            else:
-                ax.axhline(float(np.mean([chance_level(metric, n) for n in data["n_images"]])), color="k", ls="--",
-                           lw=1, label="chance")
+            else:  # one line per N: a mean over N is a chance level no run has
+                for n in sorted(int(n) for n in data["n_images"].unique()):
+                    ax.axhline(chance_level(metric, n), color="k", ls="--", lw=1, label=f"chance, N = {n}")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(f"{metric} vs {factor}")
         if ax.get_legend() is not None and ax is not axes[0][-1]:
@@ -231,50 +234,38 @@ def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure
     return fig
 
 
-def _condition(keys: list[str], values) -> str:
-    values = values if isinstance(values, tuple) else (values,)
-    named = dict(zip(keys, values, strict=True))
-    text = f"{named['pairing']} pairing"
-    if "direction_schedule" in named:
-        text += f" ({named['direction_schedule']} schedule)"
-    return text
-
-
 def findings(t: pd.DataFrame) -> list[str]:
-    """Sentences that restate the numbers per pairing and schedule: nothing the numbers do not show."""
+    """Sentences that restate the numbers per whole condition the study varied (seeds and data seeds are its
+    replicates), each with the chance level of its own N: nothing the numbers do not show, nothing pooled."""
     done = _complete(t)
     if done.empty or "pairing" not in done or "pair/forward_top1" not in done:
         return []
-    keys = ["pairing"] + [k for k in ("direction_schedule",) if k in done and done[k].nunique() > 1]
     out = []
-    for values, g in done.groupby(keys):
+    for condition, g in groups(done):
         f = g["pair/forward_top1"].dropna()
         if f.empty:
             continue
-        c = float(np.mean([chance_level("pair/forward_top1", n) for n in g["n_images"]]))
         sig = int((g.get("pair/forward_top1_pvalue", pd.Series(dtype=float)) < 0.05).sum())
         target = "the stored order (no pair is given)" if g["pairing"].iloc[0] == "shuffled" else "the pair given"
-        parts = [f"With {_condition(keys, values)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} "
-                 f"runs (range {f.min():.2f} to {f.max():.2f}; chance {c:.2f}); {sig} of {len(f)} runs beat a random "
-                 f"permutation at p < 0.05"]
-        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/mutual", "mutual"),
-                           ("pair/seed_agreement", "seed_agreement")):
+        parts = [f"With {describe(condition)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} runs "
+                 f"(range {f.min():.2f} to {f.max():.2f}; chance {questions._chance('pair/forward_top1', g)}); "
+                 f"{sig} of {len(f)} runs beat a random permutation at p < 0.05"]
+        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/mutual", "mutual")):
             if key in g and g[key].notna().any():
-                level = float(np.mean([chance_level(key, n) for n in g["n_images"]]))
-                parts.append(f"{label} = {g[key].mean():.2f} (chance {level:.2f})")
+                parts.append(f"{label} = {g[key].mean():.2f} (chance {questions._chance(key, g)})")
+        if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():
+            parts.append(f"seed kappa = {g['pair/seed_kappa'].mean():.2f} (Cohen's; 0 is chance)")
         if "pair/bijectivity" in g and g["pair/bijectivity"].notna().any():
-            level = float(np.mean([chance_level("pair/bijectivity", n) for n in g["n_images"]]))
-            text = f"bijectivity = {g['pair/bijectivity'].mean():.2f} (a random map: {level:.2f}"
+            text = (f"bijectivity = {g['pair/bijectivity'].mean():.2f} (a random map: "
+                    f"{questions._chance('pair/bijectivity', g)}")
             if "pair/bijectivity_p_collapse" in g:
                 fewer = int((g["pair/bijectivity_p_collapse"] < 0.05).sum())
                 more = int((g["pair/bijectivity_p_permutation"] < 0.05).sum())
                 text += (f"; {fewer} of {len(g)} runs have fewer distinct targets than a random map at p < 0.05, "
                          f"{more} more")
             parts.append(text + ")")
+        parts.append(f"budget {questions.budget_text(g)}: {questions.stop_text(g)}")
         out.append(", ".join(parts) + ".")
-    if done["n_images"].nunique() > 1:
-        out.append("Chance levels are means over the runs of each group (1/N for a share of N images; "
-                   "1 - (1 - 1/N)^N distinct targets for bijectivity, the value of a uniformly random map).")
     if done["n_images"].min() <= 10:
         n = int(done["n_images"].min())
         out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric. Bijectivity is tested "
@@ -598,17 +589,25 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
                    "runs with a 95% bootstrap interval; grey band: the central 95% of what a uniformly random map "
                    "scores, dashed line its mean. For runs given no pair, forward_top1 is against the stored order.")
     cols = [c for c in ("pair/epochs_to_90", "pair/locked_epoch", "pair/flips", "time/seconds_to_pairs") if c in t]
-    keys = [k for k in ("scheme", "pairing", "arch", "n_images") if k in t and t[k].nunique() > 1] or ["pairing"]
-    if cols and keys[0] in t:
-        table = t.groupby(keys)[cols].agg(["median"]).round(1)
-        table.columns = [c for c, _ in table.columns]
-        reached = t.groupby(keys)["pair/epochs_to_90"].apply(lambda s: f"{s.notna().sum()} of {len(s)}")
+    if cols:
+        rows = []
+        for condition, g in groups(t):
+            for series, h in g.groupby(questions.timing_series(g)):
+                row = {"condition": describe(condition), "timing": series} | {
+                    c: h[c].median() for c in cols} | {
+                    "reached 0.9": f"{h['pair/epochs_to_90'].notna().sum()} of {len(h)}",
+                    "locked (a(i) seen to stay)": f"{h['pair/locked_epoch'].notna().sum()} of {len(h)}"
+                    if "pair/locked_epoch" in h else "-"}
+                rows.append(row)
         shuffled = " For runs given no pair it is against the stored order, so only locked_epoch and flips " \
             "describe their formation." if len(questions.unpaired(t)) else ""
-        doc.table(table.assign(**{"reached 0.9": reached}).reset_index().astype(object).fillna("-"),
-                  "Formation per condition (medians over runs that reached it): the first evaluated epoch with "
-                  "forward_top1 >= 0.9, the epoch from which the median a(i) never changed again, assignment "
-                  "changes between evaluations, and the training seconds until forward_top1 >= 0.9." + shuffled)
+        doc.table(pd.DataFrame(rows).round(1).astype(object).fillna("-"),
+                  "Formation per condition and timing series (medians over the runs that reached each): the first "
+                  "evaluated epoch with forward_top1 >= 0.9 (censored at the first evaluation: it may have come "
+                  "earlier), the epoch from which the median a(i) stays (a row that changed at the last evaluation "
+                  "is not locked, and a run whose median row is not locked has none), assignment changes between "
+                  "evaluations, and the training seconds until forward_top1 >= 0.9 (a fused run's seconds are its "
+                  "group's, so fused runs are their own series)." + shuffled)
     fig, fits = questions.seconds_to_pairs(t)
     if fig is None:
         doc.p("Seconds to pairs against N: fewer than two runs reached forward_top1 >= 0.9.")
@@ -630,15 +629,18 @@ def section_predictors(doc: Document, runs: StudyRuns) -> None:
         return
     for sentence in questions.unpaired_answers(u):
         doc.p(sentence)
-    doc.table(questions.unpaired_table(u), "Per condition given no pair (means over seeds; seed agreement is "
-              "chance-adjusted: 0 is chance, 1 the same pairing every seed):")
+    doc.table(questions.unpaired_table(u), "Per condition given no pair (means over runs; seed kappa is Cohen's "
+              "kappa between the seeds of one data set: 0 is what their marginals give by chance, 1 the same "
+              "pairing every seed):")
     fig = questions.predictor_figure(u)
     if fig is not None:
         doc.figure(fig, "predictors.png", "Share of x_i whose learned partner a(i) is the partner of the optimal "
                    "one-to-one assignment on a distance between the original images (pixel L1, low-pass L1, colour "
                    f"mean and spread, edge maps); mean over {len(u)} runs with a 95% bootstrap interval, dashed: "
                    "chance 1/N.")
-    doc.table(questions.predictor_table(u), "Agreement with each data-only predictor:")
+    doc.table(questions.predictor_table(u), "Agreement with each data-only predictor. A data set counts once, "
+              "as a hit when every seed of it beats a random permutation at p < 0.05; 'p (Holm)' tests the hits "
+              "against 5% of the data sets (one-sided binomial), Holm-corrected over the predictors:")
 
 
 def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
@@ -650,14 +652,22 @@ def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
         return
     fig = questions.capacity_figure(g)
     factor = g["mem/copy_factor"].dropna() if "mem/copy_factor" in g else pd.Series(dtype=float)
-    copy = (f"mem/holdout_copy_rate: share of held-out inputs whose output is nearer to a training target than "
-            f"{factor.iloc[0]:g} x the median distance between training targets" if len(factor) else
-            "mem/holdout_copy_rate")
+    copy = (f"mem/holdout_copy_excess: the share of held-out inputs whose output is nearer to a training target "
+            f"than {factor.iloc[0]:g} x the median distance between training targets, minus that of the mean "
+            "training target (a blur passes the threshold without memorising)" if len(factor) else
+            "mem/holdout_copy_excess")
     if fig is not None:
         doc.figure(fig, "capacity.png", f"Against N, one line per architecture (colour) and width (style), mean "
                    f"over seeds: forward_top1 (dotted: 0.9), mutual, and {copy}. Dashed: chance 1/N.")
-    doc.table(table, "N90: the largest N whose mean forward_top1 is >= 0.9 within the epoch budget ('>=' when it "
-              "is the largest N tried), with the generator's parameters.")
+    doc.table(table, "N90 per whole condition apart from N: the largest N whose mean forward_top1 over seeds is "
+              ">= 0.9 within the budget ('>=' when it is the largest N tried), its range over the seeds' own N90, "
+              "the generator's parameters, and how the runs at the largest N ended.")
+    fig, lock = questions.steps_to_lock(g)
+    if fig is not None:
+        doc.figure(fig, "steps_to_lock.png", "Until the pairs lock (stop = locked): G steps (left) and training "
+                   "seconds (right) against N, median over the runs that locked with their full range; runs that "
+                   "spent the budget unlocked are counted in the table, not drawn.")
+        doc.table(lock, "Steps to lock per series and N:")
     largest = g.sort_values(["n_images", "base_filters"] if "base_filters" in g else ["n_images"]).groupby(
         "arch" if "arch" in g else "pairing").tail(1)
     for _, row in largest.iterrows():

@@ -7,6 +7,7 @@ study can turn lives here, with a default and a help string.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "fp32", "bf16"),
     "direction_schedule": ("alternate", "interleave", "joint"),
+    "stop": ("off", "locked"),
     "x_domain": ("faces", "planes"),
     "y_domain": ("faces", "planes"),
 }
@@ -40,6 +42,10 @@ class DataError(ValueError):
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or inf; training stops rather than burn the rest of its budget."""
 
+    def __init__(self, message: str, epoch: int | None = None):
+        super().__init__(message)
+        self.epoch = epoch
+
 
 def _help(text: str, default: Any, **kw: Any) -> Any:
     if isinstance(default, list | dict):
@@ -58,7 +64,8 @@ class RunConfig:
     n_images: int = _help("N: images per domain used for training", 10)
     n_holdout: int = _help("held-out images per domain (for mem/holdout_copy_rate)", 4)
     image_size: int = _help("square image side in pixels, a power of two in 16..256", 32)
-    data_seed: int = _help("seed of the train/held-out split and of the fixed pairing", 0)
+    data_seed: int = _help("seed of the data set: which synthetic images are drawn, the train/held-out split and "
+                           "the fixed pairing (independent data sets, the unit of evidence)", 0)
     pairing: str = _help("aligned (stored order), fixed (one seeded derangement: no x keeps its aligned partner) "
                          "or shuffled (a new random pairing each epoch)", "aligned")
     # model
@@ -88,6 +95,12 @@ class RunConfig:
         "(the original's: every X->Y batch, then every Y->X batch), interleave (X->Y and Y->X batches take turns) "
         "or joint (both directions in ONE batch: half the optimizer steps, a different algorithm)", "alternate")
     seed: int = _help("seed of initialisation, batch order and shuffled pairings", 0)
+    # stopping: part of the condition, since a run that stops early has a different budget
+    stop: str = _help("off (train every epoch of the budget) or locked (end once the assignment a(i) has not changed "
+                      "for `patience` evaluations spanning >= `patience_epochs` epochs; runs given a pair also need "
+                      "forward_top1 >= 0.9)", "off")
+    patience: int = _help("stop=locked: consecutive evaluations with the same assignment", 3)
+    patience_epochs: int = _help("stop=locked: the least number of epochs those evaluations must span", 20)
     # execution
     device: str = _help("auto (cuda when available), cpu or cuda", "auto")
     precision: str = _help("auto (bf16 autocast where the CPU or GPU computes bf16 natively, else fp32), fp32 or bf16",
@@ -130,6 +143,12 @@ class RunConfig:
         self._at_least("seed", 0)
         self._at_least("data_seed", 0)
         self._at_least("warmup_epochs", 0)
+        self._at_least("patience", 1)
+        self._at_least("patience_epochs", 0)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value!r}: expected a finite number")
         for name in ("lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: allowed values are >= 0")
@@ -171,6 +190,19 @@ class RunConfig:
     def condition(self) -> dict[str, Any]:
         """The identity of the experimental condition: every field except the seed and how it is executed."""
         return {k: v for k, v in self.to_dict().items() if k != "seed" and k not in EXECUTION_KEYS}
+
+    def g_steps_per_epoch(self) -> int:
+        """Generator optimizer steps in one epoch, the unit budgets are compared in across N, schemes and
+        schedules: cyclelike's alternate and interleave take one per batch and direction, joint half that;
+        pix2pix has one direction; cyclegan updates G and F together once per batch."""
+        batches = math.ceil(self.n_images / self.batch_size)
+        return 2 * batches if self.scheme == "cyclelike" and self.direction_schedule != "joint" else batches
+
+    def budget(self) -> dict[str, int]:
+        """The run's budget in the original's unit (epochs at N) and in G steps, in total and per pair."""
+        steps = self.epochs * self.g_steps_per_epoch()
+        return {"budget/epochs": self.epochs, "budget/g_steps": steps,
+                "budget/g_steps_per_pair": round(steps / self.n_images)}
 
     def replace(self, **changes: Any) -> RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})

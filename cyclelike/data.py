@@ -178,10 +178,14 @@ def load_domains(config: RunConfig) -> Domains:
     """The train and held-out parts of X and Y and the pairing pi that `config` asks for."""
     n, n_holdout, size = config.n_images, config.n_holdout, config.image_size
     if config.data == "synthetic":
-        x_pool = Pool(synthetic_domain(config.x_domain, n + n_holdout, size), [], f"synthetic:{config.x_domain}")
-        y_pool = Pool(synthetic_domain(config.y_domain, n + n_holdout, size), [], f"synthetic:{config.y_domain}")
-        x_pool.names = [f"{config.x_domain}[{i}]" for i in range(n + n_holdout)]
-        y_pool.names = [f"{config.y_domain}[{i}]" for i in range(n + n_holdout)]
+        # each data_seed draws other images: an independent data set, the unit of evidence
+        x_pool = Pool(synthetic_domain(config.x_domain, n + n_holdout, size, config.data_seed), [],
+                      f"synthetic:{config.x_domain}")
+        y_pool = Pool(synthetic_domain(config.y_domain, n + n_holdout, size, config.data_seed), [],
+                      f"synthetic:{config.y_domain}")
+        drawn = "" if config.data_seed == 0 else f"/d{config.data_seed}"
+        x_pool.names = [f"{config.x_domain}{drawn}[{i}]" for i in range(n + n_holdout)]
+        y_pool.names = [f"{config.y_domain}{drawn}[{i}]" for i in range(n + n_holdout)]
     elif config.data == "folders":
         x_pool, y_pool = load_folder(config.x_path, size), load_folder(config.y_path, size)
     else:

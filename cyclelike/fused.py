@@ -222,7 +222,7 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
             histories[k].append(stats)
             bad = {name: v for name, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}
             if bad:
-                raise NonFiniteLossError(f"epoch {epoch}, seed {configs[k].seed}: non-finite loss {bad}")
+                raise NonFiniteLossError(f"epoch {epoch}, seed {configs[k].seed}: non-finite loss {bad}", epoch)
             if callbacks[k] is not None:
                 G.copy_into(pos, seeds_nets[k]["G"])
                 if callbacks[k](stats, translators[k]):

@@ -353,7 +353,7 @@ def train(
         history.append(stats)
         bad = {k: v for k, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}
         if bad:
-            raise NonFiniteLossError(f"epoch {epoch}: non-finite loss {bad}")
+            raise NonFiniteLossError(f"epoch {epoch}: non-finite loss {bad}", epoch)
         bar.set_postfix({"s/epoch": f"{stats.epoch_s:.2f}", "D": f"{losses['loss/D']:.3f}",
                          "G": f"{losses['loss/G_total']:.3f}"}, refresh=False)
         if path is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):

@@ -59,6 +59,8 @@ def _run(args) -> int:
     else:
         config, experiment, eval_every = RunConfig.from_dict(sets), args.experiment or "runs", args.eval_every
     _check_device(config)
+    if config.stop == "locked" and not eval_every:
+        raise SweepError("stop=locked decides at the pairing evaluations; give --eval-every > 0")
     client = prepare_store()
     experiment_id = ensure_experiment(client, experiment)
     name = f"run-{config.scheme}-{config.pairing}-seed{config.seed}-{time.strftime('%H%M%S')}"
@@ -76,7 +78,7 @@ def _run(args) -> int:
     keys = ("pair/forward_top1", "pair/backward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1",
             "mem/holdout_copy_rate")
     print(f"{name}: " + "  ".join(f"{k}={outcome.metrics[k]:.3f}" for k in keys)
-          + f"  {outcome.sec_per_epoch:.3f} s/epoch")
+          + f"  {outcome.sec_per_epoch:.3f} s/epoch  ended: {outcome.stop_reason} at epoch {outcome.epochs_run}")
     print(f"run {logger.run_id} in experiment {experiment!r}; browse it with: make ui")
     return 0
 

@@ -37,8 +37,8 @@ from cyclelike.config import ConfigError, RunConfig
 
 OBJECTIVE_METRICS = (
     "pair/forward_top1", "pair/backward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1",
-    "pair/cycle_top1_lowpass", "pair/margin", "pair/hungarian_agreement", "pair/partner_rank",
-    "mem/holdout_copy_rate", "time/sec_per_epoch", "loss/G_total", "loss/G_l1", "loss/D",
+    "pair/cycle_top1_lowpass", "pair/margin", "pair/partner_rank",
+    "mem/holdout_copy_rate", "mem/holdout_copy_excess", "time/sec_per_epoch", "loss/G_total", "loss/G_l1", "loss/D",
 )
 TOP_KEYS = {"name", "description", "sampler", "trials", "timeout_s", "seeds", "eval_every", "pruner",
             "objectives", "directions", "fixed", "space", "sampler_seed", "max_retries"}
@@ -204,6 +204,9 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
             f"trials: sampler={sampler} needs trials > 0 or a timeout_s budget")
     eval_every = raw.get("eval_every", 10)
     _expect(isinstance(eval_every, int) and eval_every >= 0, f"eval_every={eval_every!r}: expected an integer >= 0")
+    stops = {fixed.get("stop", "off"), *(space.get("stop", []) if isinstance(space.get("stop"), list) else [])}
+    _expect(eval_every > 0 or "locked" not in stops,
+            "eval_every=0: stop=locked decides at the pairing evaluations; give eval_every > 0")
     sampler_seed = raw.get("sampler_seed", 0)
     _expect(isinstance(sampler_seed, int) and sampler_seed >= 0,
             f"sampler_seed={sampler_seed!r}: expected an integer >= 0")

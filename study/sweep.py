@@ -466,6 +466,8 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
         raise
     except (NonFiniteLossError, DataError, ConfigError) as err:
         for trial, _, _, logger, _ in started:
+            if isinstance(err, NonFiniteLossError):
+                logger.pending_tags.update({"stop/reason": "diverged", "summary.stop/epoch": err.epoch})
             _fail(study, trial, logger, f"{type(err).__name__}: {err}")
         return len(started)
     except Exception:
@@ -499,7 +501,10 @@ def _conclude(study, ctx: Context, trial, params, config, logger, outcome) -> No
     study.tell(trial, values)
     logger.finish("FINISHED", tags={"optuna.state": "COMPLETE"})
     scores = " ".join(f"{m}={v:.3f}" for m, v in zip(spec.objectives, values, strict=True))
-    tqdm.write(f"trial {trial.number:4d} COMPLETE {scores}  {outcome.sec_per_epoch:.3f} s/epoch  {summary} seed={seed}")
+    ended = f"locked at epoch {outcome.epochs_run}" if outcome.stop_reason == "locked" else \
+        f"budget of {outcome.epochs_run} epochs"
+    tqdm.write(f"trial {trial.number:4d} COMPLETE {scores}  {ended}  {outcome.sec_per_epoch:.3f} s/epoch  {summary} "
+               f"seed={seed}")
 
 
 def worker_loop(ctx: Context, counter=None, worker: int = 0) -> None:

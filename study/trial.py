@@ -19,7 +19,7 @@ import torch
 from torchvision.utils import save_image
 
 from analysis.figures import distance_heatmap, plt
-from analysis.pairing import PairingResult, evaluate_pairing, formation
+from analysis.pairing import PairingResult, evaluate_pairing, formation, is_locked
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, load_domains
 from cyclelike.fused import train_fused
@@ -45,6 +45,7 @@ class TrialOutcome:
     sec_per_epoch: float
     epochs_run: int
     pruned: bool = False
+    stop_reason: str = "budget"  # budget, locked or pruned (a diverged run raises instead)
     timing: dict[str, float] = field(default_factory=dict)  # train_s, eval_s, log_s, total_s
 
 
@@ -75,7 +76,7 @@ class TrackedRun:
     def __init__(self, config: RunConfig, logger: RunLogger, data: Domains, eval_every: int,
                  report: Report | None):
         self.config, self.logger, self.data, self.eval_every, self.report = config, logger, data, eval_every, report
-        self.eval_s, self.pruned, self.n_grids = 0.0, False, 0
+        self.eval_s, self.pruned, self.locked, self.n_grids = 0.0, False, False, 0
         self.history: list[tuple[int, PairingResult]] = []  # every evaluation: how the pairs formed
         self.epoch_seconds: dict[int, float] = {}
         # every artifact is written here and sent with one call at the end: each MLflow call costs milliseconds
@@ -83,7 +84,7 @@ class TrackedRun:
         self.root = Path(self.staging.name)
         for sub in ("samples", "pairing", "model"):
             (self.root / sub).mkdir()
-        logger.log_params(config.to_dict())
+        logger.log_params({**config.to_dict(), **config.budget()})
         synthetic = config.data == "synthetic"
         logger.log_dataset(_dataset_table(data), f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic
                            else f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}",
@@ -107,7 +108,15 @@ class TrackedRun:
         if self.report is not None and self.report(stats.epoch, result.metrics):
             self.pruned = True
             return True
-        return False
+        self.locked = self.config.stop == "locked" and is_locked(
+            [e for e, _ in self.history], [r.a for _, r in self.history],
+            [r.metrics["pair/forward_top1"] for _, r in self.history], self.config.patience,
+            self.config.patience_epochs, need_top1=given_pair(self.config))
+        return self.locked
+
+    @property
+    def stop_reason(self) -> str:
+        return "pruned" if self.pruned else "locked" if self.locked else "budget"
 
     def finish(self, result: TrainResult, train_s: float, started: float) -> TrialOutcome:
         """Final evaluation, summaries and artifacts of a trained run; `train_s` is its share of training time."""
@@ -128,15 +137,18 @@ class TrackedRun:
         # so the run page charts only what changes over epochs
         summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": self.eval_s,
                          "pair/epochs_to_90": formed.epochs_to_90, "pair/locked_epoch": formed.locked_epoch,
+                         "pair/locked_rows": formed.locked_rows,
                          "pair/flips": formed.flips, "time/seconds_to_pairs": formed.seconds_to_pairs,
-                         "model/generator_params": generator_params(result.nets)})
+                         "model/generator_params": generator_params(result.nets),
+                         "stop/epoch": epoch, "stop/g_steps": epoch * self.config.g_steps_per_epoch()})
+        logger.pending_tags["stop/reason"] = self.stop_reason
         _write_final_artifacts(self.root, result, final, data, epoch)
         self.close()
         timing = {"train_s": train_s, "eval_s": self.eval_s, "log_s": logger.log_seconds,
                   "total_s": time.perf_counter() - started}
         summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
         logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
-        return TrialOutcome(metrics, result.sec_per_epoch, epoch, self.pruned, timing)
+        return TrialOutcome(metrics, result.sec_per_epoch, epoch, self.pruned, self.stop_reason, timing)
 
     def close(self) -> None:
         """Send whatever exists, also when training failed half-way."""
@@ -187,6 +199,11 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
     finally:
         for run in runs:
             run.close()
+
+
+def given_pair(config: RunConfig) -> bool:
+    """Whether G trains towards a given partner: only then must a locked run also reach forward_top1 >= 0.9."""
+    return config.pairing != "shuffled" and config.scheme != "cyclegan" and config.lambda_l1 > 0
 
 
 def generator_params(nets) -> int:

@@ -117,7 +117,7 @@ def test_seed_agreement():
     a1 = np.array([0, 1, 2, 3, 4])
     out = seed_agreement(a1, np.array([0, 1, 2, 4, 3]))
     assert out["pair/seed_agreement"] == pytest.approx(0.6)
-    assert out["pair/seed_agreement_adjusted"] == pytest.approx((0.6 - 0.2) / 0.8)
+    assert out["pair/seed_kappa"] == pytest.approx((0.6 - 0.2) / 0.8)  # permutations: 1/N by chance
     with pytest.raises(ValueError):
         seed_agreement(a1, a1[:3])
 
@@ -214,6 +214,9 @@ def test_formation_on_a_hand_made_history():
     f = formation(epochs, a, top1, seconds)
     assert f.epochs_to_90 == 20 and f.seconds_to_pairs == 10.0
     assert f.flips == 2 + 2  # x_0 and x_2 change at epoch 20, x_2 and x_3 at epoch 40
-    assert f.locked_epoch == 30  # x_0: 20, x_1: 10, x_2: 40, x_3: 40 -> median 30
+    # x_0: 20, x_1: 10; x_2 and x_3 changed at the last evaluation, so they are not locked (right-censored):
+    # the median falls between a locked and an unlocked row, and the run has no locked_epoch
+    assert np.isnan(f.locked_epoch) and f.locked_rows == 2
+    assert formation(epochs[:3], a[:3], top1[:3], seconds).locked_epoch == 15  # x_0, x_2: 20, x_1, x_3: 10
     never = formation(epochs, a, [0.1] * 4, seconds)
     assert np.isnan(never.epochs_to_90) and np.isnan(never.seconds_to_pairs)

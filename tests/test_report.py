@@ -75,12 +75,14 @@ def test_report_numbers_match_mlflow(store):
     runs = mlflow.search_runs(experiment_names=["rep"], filter_string="tags.`optuna.state` = 'COMPLETE'")
     assert len(runs) == 8
     targets = {"aligned": "the pair given", "shuffled": "the stored order (no pair is given)"}
-    for pairing, group in runs.groupby("params.pairing"):
+    # one sentence per whole condition (pairing and N both varied): nothing pooled across N
+    for (pairing, n), group in runs.groupby(["params.pairing", "params.n_images"]):
         mean = group["metrics.pair/forward_top1"].mean()
-        assert (f"With {pairing} pairing, forward_top1 against {targets[pairing]} = {mean:.2f} over {len(group)} runs"
-                in md)
+        assert (f"With N={n}, pairing={pairing}, forward_top1 against {targets[pairing]} = {mean:.2f} over "
+                f"{len(group)} runs (range" in md)
         cycle = group["metrics.pair/cycle_top1"].mean()
-        assert re.search(rf"With {pairing} pairing,.*cycle_top1 = {cycle:.2f}", md)
+        assert re.search(rf"With N={n}, pairing={pairing},.*cycle_top1 = {cycle:.2f}", md)
+        assert f"chance {1 / int(n):.2f})" in md
     for n, group in runs.groupby("params.n_images"):
         median = round(group["metrics.time/sec_per_epoch"].median(), 4)
         assert re.search(rf"\| all runs \| {n} \| {median} \|", md), (n, median)

@@ -1,0 +1,52 @@
+"""Which runs belong together. A study's numbers are grouped by the whole condition it varied (pairing,
+scheme, N, lambdas, budget, ...), never pooled across any of them without saying so; seeds and data seeds
+are the replicates inside a condition, and only data seeds are independent of each other.
+
+The vocabulary is RunConfig's own: a condition is every field except the replicates, how a run is executed
+and what only affects timing, the same identity the sweep uses for its `config_key`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import fields
+
+import pandas as pd
+
+from cyclelike.config import EXECUTION_KEYS, RunConfig
+
+REPLICATES = ("seed", "data_seed")
+TIMING_ONLY = ("warmup_epochs",)
+CONDITION_KEYS = tuple(f.name for f in fields(RunConfig)
+                       if f.name not in REPLICATES + EXECUTION_KEYS + TIMING_ONLY)
+SHORT = {"n_images": "N", "direction_schedule": "schedule"}
+
+
+def varied(t: pd.DataFrame, without: tuple[str, ...] = ()) -> list[str]:
+    """The condition keys that take more than one value in `t`, in RunConfig's order."""
+    return [k for k in CONDITION_KEYS if k in t and k not in without and t[k].nunique(dropna=True) > 1]
+
+
+def groups(t: pd.DataFrame, without: tuple[str, ...] = ()) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """(the varied keys' values, the runs) for each whole condition of `t`, `without` some keys pooled."""
+    keys = varied(t, without)
+    if not keys:
+        if len(t):
+            yield {}, t
+        return
+    for values, g in t.groupby(keys, dropna=False):
+        yield dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True)), g
+
+
+def describe(condition: dict) -> str:
+    """'scheme=cyclegan, N=10': a condition as a reader finds it in the sweep file."""
+    return ", ".join(f"{SHORT.get(k, k)}={_plain(v)}" for k, v in condition.items()) or "every run"
+
+
+def _plain(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def data_sets(g: pd.DataFrame) -> int:
+    """Independent data sets behind a group: its distinct data seeds (seeds of one data set share images)."""
+    return int(g["data_seed"].nunique()) if "data_seed" in g else 1

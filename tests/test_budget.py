@@ -1,0 +1,130 @@
+"""Answers at a stated budget, each piece of evidence counted once: the stop = locked rule, budgets in G
+steps, seed agreement against the maps' own marginals, N90 per whole condition, predictors counted per data
+set, and locked_epoch censored at the last evaluation."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import store_in
+from mlflow.tracking import MlflowClient
+
+from analysis import questions
+from analysis.pairing import formation, is_locked, seed_agreement
+from cyclelike.config import ConfigError, RunConfig
+from study.tracking import RunLogger, ensure_experiment, prepare_store
+from study.trial import run_trial
+
+
+def test_two_collapsed_maps_do_not_agree():
+    """Both seeds send every x to y_3: the share of equal a(i) is 1, but the marginals alone force it."""
+    out = seed_agreement(np.full(10, 3), np.full(10, 3))
+    assert out["pair/seed_agreement"] == 1.0
+    assert out["pair/seed_kappa"] == pytest.approx(0.0)
+    nearly = np.full(10, 3)
+    nearly[0] = 4
+    assert abs(seed_agreement(np.full(10, 3), nearly)["pair/seed_kappa"]) < 0.05
+
+
+def test_seed_kappa_is_one_for_the_same_pairing_and_near_zero_for_independent_ones():
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(10)
+    assert seed_agreement(perm, perm)["pair/seed_kappa"] == pytest.approx(1.0)
+    kappas = [seed_agreement(rng.permutation(10), rng.permutation(10))["pair/seed_kappa"] for _ in range(400)]
+    assert abs(np.mean(kappas)) < 0.02
+
+
+def test_n90_keeps_conditions_apart():
+    """Aligned pairs reach 1.0 at N = 10 and 20, fixed 0.8: pooled, fixed would read 'N90 >= 10'."""
+    rows = [{"pairing": p, "scheme": "cyclelike", "lambda_l1": 10.0, "epochs": 40, "arch": "unet", "base_filters": 32,
+             "n_images": n, "seed": s, "pair/forward_top1": v, "model/generator_params": 1e6}
+            for p, v in (("aligned", 1.0), ("fixed", 0.8)) for n in (10, 20) for s in (0, 1)]
+    table = questions.n90_table(questions.given(pd.DataFrame(rows))).set_index("pairing")
+    assert table.loc["aligned", "N90"] == ">= 20"
+    assert table.loc["fixed", "N90"] == "-"
+    assert len(table) == 2
+
+
+def test_n90_interval_comes_from_each_seeds_own_n90():
+    rows = [{"pairing": "fixed", "arch": "unet", "lambda_l1": 10.0, "epochs": 40, "n_images": n, "seed": s,
+             "pair/forward_top1": v} for s, values in ((0, (1.0, 1.0, 0.5)), (1, (1.0, 0.6, 0.4)))
+            for n, v in zip((10, 20, 40), values, strict=True)]
+    row = questions.n90_table(pd.DataFrame(rows)).iloc[0]
+    assert row["N90"] == "10"  # mean at N = 20 is 0.8
+    assert row["N90 per seed (range)"] == "10 to 20"
+
+
+def _predictor_runs(data_seeds: list[int], seeds: list[int], p: float) -> pd.DataFrame:
+    return pd.DataFrame([{"pairing": "shuffled", "scheme": "cyclelike", "lambda_l1": 0.0, "n_images": 10,
+                          "data_seed": d, "seed": s, **{f"pair/agree_{name}": 0.5 for name in questions.PREDICTORS},
+                          **{f"pair/agree_{name}_pvalue": p for name in questions.PREDICTORS}}
+                         for d in data_seeds for s in seeds])
+
+
+def test_predictor_test_over_six_runs_of_one_data_set_counts_one_data_set():
+    table = questions.predictor_table(_predictor_runs([0], [0, 1, 2, 3, 4, 5], 0.001))
+    assert (table["data sets p<0.05"] == "1 of 1").all()
+    assert (table["beyond chance"] == "no").all()  # one data set cannot show it, however many seeds
+
+
+def test_predictor_hits_over_independent_data_sets_are_holm_corrected():
+    table = questions.predictor_table(_predictor_runs([0, 1, 2, 3], [0, 1], 0.001))
+    assert (table["data sets p<0.05"] == "4 of 4").all()
+    # one-sided binomial P(4 of 4 | 5%) = 6.25e-6, times 4 predictors by Holm
+    assert table["p (Holm)"].max() == pytest.approx(2.5e-5, rel=0.01)
+    assert (table["beyond chance"] == "yes").all()
+
+
+def test_a_row_that_changed_at_the_last_evaluation_is_not_locked():
+    epochs = [10, 20, 30]
+    a = [np.array([0, 1, 2]), np.array([0, 1, 2]), np.array([1, 0, 2])]
+    formed = formation(epochs, a, [0.0, 0.0, 0.0])
+    assert np.isnan(formed.locked_epoch)  # rows 0 and 1 changed at epoch 30: the median row is not locked
+    assert formed.locked_rows == 1
+    steady = formation(epochs, [a[0], a[0], a[0]], [1.0] * 3)
+    assert steady.locked_epoch == 10 and steady.locked_rows == 3
+    assert np.isnan(formation([10], [a[0]], [1.0]).locked_epoch)  # one evaluation confirms nothing
+
+
+def test_locked_rule_needs_patience_span_and_for_given_pairs_top1():
+    a = np.array([0, 1, 2])
+    assert is_locked([10, 20, 30], [a, a, a], [1.0] * 3, patience=2, patience_epochs=20, need_top1=True)
+    assert not is_locked([10, 20, 30], [a, a, a], [1.0] * 3, patience=2, patience_epochs=30, need_top1=True)
+    assert not is_locked([10, 20], [a, a], [1.0] * 2, patience=2, patience_epochs=0, need_top1=True)
+    assert not is_locked([10, 20, 30], [a, a, a], [0.5] * 3, patience=2, patience_epochs=0, need_top1=True)
+    assert is_locked([10, 20, 30], [a, a, a], [0.5] * 3, patience=2, patience_epochs=0, need_top1=False)
+    assert not is_locked([10, 20, 30], [a, a[::-1], a], [1.0] * 3, patience=2, patience_epochs=0, need_top1=True)
+
+
+def test_budget_in_the_originals_units():
+    assert RunConfig(n_images=10, epochs=2000, batch_size=5).budget()["budget/g_steps"] == 8000
+    assert RunConfig(n_images=20, epochs=10000, batch_size=5).budget()["budget/g_steps"] == 80000
+    assert RunConfig(n_images=10, epochs=10, scheme="pix2pix").budget()["budget/g_steps"] == 20
+    assert RunConfig(n_images=10, epochs=10, direction_schedule="joint").budget()["budget/g_steps"] == 20
+
+
+@pytest.mark.parametrize("key,value", [("lr", float("inf")), ("lambda_l1", float("nan")),
+                                       ("lambda_cyc", float("inf"))])
+def test_non_finite_numbers_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        RunConfig.from_dict({key: value})
+
+
+def test_stop_locked_ends_a_tiny_paired_run_before_its_budget(tmp_path):
+    config = RunConfig(image_size=16, n_images=4, n_holdout=0, batch_size=2, base_filters=8, d_filters=8,
+                       epochs=300, pairing="aligned", stop="locked", patience=2, patience_epochs=10, threads=1)
+    with store_in(tmp_path) as uri:
+        client = prepare_store(uri)
+        logger = RunLogger.start(client, ensure_experiment(client, "locked"), "locked-run")
+        outcome = run_trial(config, logger, eval_every=5, progress=False)
+        logger.finish()
+        run = MlflowClient(uri).get_run(logger.run_id)
+        mlflow.set_tracking_uri(uri)
+    assert outcome.stop_reason == "locked" and outcome.epochs_run < 300
+    assert outcome.metrics["pair/forward_top1"] >= 0.9
+    assert run.data.tags["stop/reason"] == "locked"
+    assert float(run.data.tags["summary.stop/epoch"]) == outcome.epochs_run
+    assert run.data.params["budget/g_steps"] == str(300 * 4)
+    assert json.loads(run.data.params["budget/epochs"]) == 300
