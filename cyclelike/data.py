@@ -128,6 +128,9 @@ def _hdf5_array(path: Path, key: str, size: int):
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
     if tensor.dtype != torch.uint8:
         tensor = tensor.float()
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:  # clamp() would keep a NaN, and the run would train on it
+            raise DataError(f"{path}:{key} has {bad} NaN or infinite pixel value(s); fix or drop those images")
     return _to_unit_range(tensor, size)
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -142,9 +143,9 @@ def harness_overhead(trials: int) -> dict:
             "harness_overhead": table.attrs["harness_overhead"], "store_setup_s": setup_s}
 
 
-def _scratch_sweep(name: str, trials: int, workers, fuse: str):
-    """The default sweep's first `trials` trials in a scratch store, as `make sweep` would run them: the
-    trials table and the MLflow runs (metrics by their own names)."""
+def _scratch_sweep(name: str, trials: int, workers, fuse: str, sets: dict | None = None):
+    """The default sweep's first `trials` trials (0: all) in a scratch store, as `make sweep` would run them:
+    the trials table and the MLflow runs (metrics and params by their own names)."""
     from .sweep import run_sweep
     from .tracking import prepare_store
 
@@ -153,7 +154,7 @@ def _scratch_sweep(name: str, trials: int, workers, fuse: str):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
         try:
             prepare_store()  # once per machine in real use: not part of any way's time
-            spec = load_sweep(REPO / "study" / "configs" / "default.toml")
+            spec = load_sweep(REPO / "study" / "configs" / "default.toml", sets)
             spec.name = name
             table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), workers=workers,
                               max_trials=trials, probe=False, fuse=fuse)
@@ -161,7 +162,7 @@ def _scratch_sweep(name: str, trials: int, workers, fuse: str):
 
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
             runs = mlflow.search_runs(experiment_names=[name], filter_string="tags.`optuna.state` = 'COMPLETE'")
-            return table, runs.rename(columns=lambda c: c.removeprefix("metrics."))
+            return table, runs.rename(columns=lambda c: c.removeprefix("metrics.").removeprefix("params."))
         finally:
             if old is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -206,6 +207,37 @@ def throughput(trials: int) -> dict:
     return out
 
 
+# the stopping rule the default study is compared with: the assignment unchanged over 2 evaluations 10 epochs
+# apart after the one it was first seen at (and forward_top1 >= 0.9 where a pair is given)
+LOCKED = {"stop": "locked", "patience": 2, "patience_epochs": 10}
+VERDICT = 0.9  # a condition "holds its pairs" when its mean forward_top1 reaches this
+
+
+def stopping() -> dict:
+    """The whole default study twice in one run, with stop = off (its every epoch) and with stop = locked: the
+    wall time of each, how the runs ended, and whether the answers differ, condition by condition (mean
+    forward_top1, bijectivity and mutual over seeds, and the verdict forward_top1 >= 0.9)."""
+    out: dict = {"locked_settings": LOCKED}
+    tables = {}
+    for way, sets in (("off", None), ("locked", LOCKED)):
+        table, runs = _scratch_sweep(f"bench-stop-{way}", 0, "auto", "auto", sets)
+        reasons = runs["tags.stop/reason"].value_counts().to_dict() if "tags.stop/reason" in runs else {}
+        stop_epochs = pd.to_numeric(runs["tags.summary.stop/epoch"], errors="coerce")
+        out[way] = {"trials": int((table["state"] == "COMPLETE").sum()), "wall_s": table.attrs["wall_s"],
+                    "ended": reasons, "median_stop_epoch": float(stop_epochs.median())}
+        tables[way] = runs.groupby(list(DEFAULT_CELL))[list(THROUGHPUT_METRICS[:3])].mean()
+        print(f"stopping {way:7s} {out[way]['trials']} trials in {out[way]['wall_s']:.1f} s; ended: {reasons}",
+              flush=True)
+    off, locked = tables["off"], tables["locked"].reindex(tables["off"].index)
+    diff = (locked - off).abs()
+    same = ((off["pair/forward_top1"] >= VERDICT) == (locked["pair/forward_top1"] >= VERDICT))
+    out |= {"conditions": int(len(off)), "verdict_same": int(same.sum()),
+            "verdict_differs": [dict(zip(off.index.names, k, strict=True)) for k in off.index[~same]],
+            "max_abs_diff": {m: float(diff[m].max()) for m in diff},
+            "wall_ratio": out["locked"]["wall_s"] / out["off"]["wall_s"]}
+    return out
+
+
 def machine() -> dict:
     from .autotune import cpu_model
 
@@ -223,7 +255,7 @@ def machine() -> dict:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-SECTIONS = ("paths", "schedules", "overhead", "throughput")
+SECTIONS = ("paths", "schedules", "overhead", "throughput", "stopping")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-trials", type=int, default=12,
                         help="trials of the default sweep timed each way in the throughput section")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="sections to run (default: all): paths (plain vs fast), schedules, overhead, throughput")
+                        help="sections to run (default: all): paths (plain vs fast), schedules, overhead, throughput, "
+                             "stopping (the default study with stop = off and stop = locked)")
     parser.add_argument("--out", default=str(REPO / "bench.json"), help="where to write the numbers")
     args = parser.parse_args(argv)
     default = load_sweep(REPO / "study" / "configs" / "default.toml").config_for(DEFAULT_CELL, 0)
@@ -255,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         results["sweep"] = harness_overhead(args.sweep_trials)
     if "throughput" in args.only:
         results["throughput"] = throughput(args.throughput_trials)
+    if "stopping" in args.only:
+        results["stopping"] = stopping()
     out = Path(args.out)
     if set(args.only) != set(SECTIONS) and out.exists():
         # one section re-run: the others stay as their last full run measured them (ratios are per section)
@@ -311,6 +346,19 @@ def print_tables(results: dict) -> None:
                            for k in ("train_s", "eval_s", "total_s", "outside_trials_s")),
                          *(f"{r['pairing'].get(m, float('nan')):.3f}" for m in THROUGHPUT_METRICS)))
         _print_rows(rows)
+    if "stopping" in results:
+        s = results["stopping"]
+        print(f"\nstop = locked ({', '.join(f'{k}={v}' for k, v in s['locked_settings'].items())}) against stop = off, "
+              f"the whole default study each way in this run:")
+        for way in ("off", "locked"):
+            r = s[way]
+            print(f"  {way:7s} {r['trials']} trials in {r['wall_s']:.1f} s wall; ended: {r['ended']}; median "
+                  f"last epoch {r['median_stop_epoch']:.0f}")
+        print(f"  wall time locked / off: {s['wall_ratio']:.2f}; verdict forward_top1 >= {VERDICT} the same in "
+              f"{s['verdict_same']} of {s['conditions']} conditions; largest change of a condition's mean: "
+              + ", ".join(f"{k.removeprefix('pair/')} {v:.3f}" for k, v in s["max_abs_diff"].items()))
+        for condition in s["verdict_differs"]:
+            print(f"  verdict differs: {condition}")
     print("original report (2018 GPU, its own schedule): 1.5 s/epoch at N = 10")
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -128,6 +129,10 @@ def _parse_dimension(name: str, value: Any) -> list | Range:
     unknown = set(value) - {"low", "high", "log", "step"}
     _expect(not unknown, f"space.{name}: unknown key(s) {sorted(unknown)}; allowed: low, high, log, step")
     _expect("low" in value and "high" in value, f"space.{name}: a range needs both low and high")
+    for key in ("low", "high", "step"):
+        number = value.get(key, 0)
+        _expect(isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number),
+                f"space.{name}.{key}={value.get(key)!r}: expected a finite number")
     dim = Range(value["low"], value["high"], bool(value.get("log", False)), value.get("step"))
     _expect(dim.low < dim.high, f"space.{name}: low={dim.low} must be below high={dim.high} (an empty range)")
     _expect(not dim.log or dim.low > 0, f"space.{name}: log=true needs low > 0, got {dim.low}")
@@ -147,6 +152,20 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
             f"{source}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
     _expect(isinstance(raw.get("name"), str) and raw["name"].strip() != "",
             f"{source}: 'name' (the study name) is required")
+    for table in ("fixed", "space"):
+        _expect(isinstance(raw.get(table, {}), dict),
+                f"{table}={raw.get(table)!r}: expected a table ([{table}] with key = value lines)")
+    for key, kind, words in (("objectives", (str, list), "a metric name or a list of them"),
+                             ("directions", (str, list), "maximize/minimize or a list of them"),
+                             ("timeout_s", (int, float), "a number of seconds"),
+                             ("trials", int, "an integer"), ("eval_every", int, "an integer"),
+                             ("description", str, "a string")):
+        value = raw.get(key)
+        _expect(value is None or (isinstance(value, kind) and not isinstance(value, bool)),
+                f"{key}={value!r}: expected {words}")
+    for key in ("objectives", "directions"):
+        _expect(not isinstance(raw.get(key), list) or all(isinstance(v, str) for v in raw[key]),
+                f"{key}={raw.get(key)!r}: expected a list of strings")
     fixed = dict(raw.get("fixed", {}))
     fixed.update(sets or {})
     for name, value in fixed.items():

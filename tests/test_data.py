@@ -92,6 +92,18 @@ def test_hdf5_layout_of_the_original(tmp_path):
         load_hdf5(str(tmp_path / "bad.hdf5"), "train_data_raw", 16)
 
 
+def test_hdf5_with_a_nan_pixel_is_refused_naming_the_file(tmp_path):
+    import h5py
+
+    path = tmp_path / "nan.hdf5"
+    images = np.zeros((4, 16, 16, 3), np.float32)
+    images[2, 5, 5, 1] = np.nan
+    with h5py.File(path, "w") as f:
+        f["train_data_gen"] = images
+    with pytest.raises(DataError, match=r"nan\.hdf5:train_data_gen has 1 NaN or infinite pixel"):
+        load_hdf5(str(path), "train_data_gen", 16)
+
+
 def test_shared_sample_files(shared_data):
     for name in ("buttai_nekokao_trainC.hdf5", "buttai_nekokao_trainG.hdf5"):
         path = shared_data / name

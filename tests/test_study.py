@@ -181,13 +181,16 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path, sig):
 def test_nan_trial_fails_and_the_study_goes_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    spec = load_sweep(write_sweep(tmp_path, "nan", epochs=2, extra="lambda_adv = [1.0, inf]"))
+    # a weight that overflows the gradients: finite, so accepted, but the run diverges
+    spec = load_sweep(write_sweep(tmp_path, "nan", epochs=2, extra="lambda_adv = [1.0, 1e308]"))
     table = run_sweep(spec)
     states = table.groupby("lambda_adv")["state"].agg(set).to_dict()
-    assert states[1.0] == {"COMPLETE"} and states[float("inf")] == {"FAIL"}
+    assert states[1.0] == {"COMPLETE"} and states[1e308] == {"FAIL"}
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     failed = client.search_runs([client.get_experiment_by_name("nan").experiment_id], "tags.`optuna.state` = 'FAIL'")
     assert len(failed) == 4 and all("non-finite" in r.data.tags["failure"] for r in failed)
+    assert all(r.data.tags["stop/reason"] == "diverged" and int(r.data.tags["summary.stop/epoch"]) >= 1
+               for r in failed)
     assert all(r.info.status == "FAILED" for r in failed)
 
 
@@ -207,6 +210,17 @@ GOOD = {"name": "s", "fixed": {"image_size": 16}, "space": {"pairing": ["aligned
         ({"fixed": {"image_size": 20}}, ["fixed", "image_size=20"]),
         ({"sampler": "bayes"}, ["sampler='bayes'", "grid, random, tpe"]),
         ({"objectives": ["pair/forward_top1", "time/sec_per_epoch"], "directions": ["maximize"]}, ["directions"]),
+        # values of the wrong type: one line naming the key, never a traceback
+        ({"fixed": 1}, ["fixed=1", "expected a table"]),
+        ({"fixed": "x"}, ["fixed='x'", "expected a table"]),
+        ({"space": ["aligned"]}, ["space=['aligned']", "expected a table"]),
+        ({"objectives": 3}, ["objectives=3"]),
+        ({"directions": 1}, ["directions=1"]),
+        ({"timeout_s": "10"}, ["timeout_s='10'", "number"]),
+        ({"space": {"lambda_l1": {"low": "1", "high": "5"}}, "sampler": "random", "trials": 3},
+         ["space.lambda_l1.low='1'", "finite number"]),
+        ({"fixed": {"lr": float("inf")}}, ["fixed", "lr=inf", "finite"]),
+        ({"eval_every": 0, "fixed": {"stop": "locked"}}, ["eval_every=0", "stop=locked"]),
     ],
 )
 def test_bad_sweep_files_name_the_key(change, words):
