@@ -115,7 +115,8 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 def _swept(trials: pd.DataFrame) -> list[str]:
     params = [c for c in trials.columns if c in FACTORS or c in NUMERIC_PARAMS or c in ("data", "norm", "gan_loss")]
-    return [c for c in params if c != "seed" and trials[c].nunique(dropna=True) > 1]
+    # the budget/* params follow from epochs, N and the scheme: never a factor of their own
+    return [c for c in params if c != "seed" and not c.startswith("budget/") and trials[c].nunique(dropna=True) > 1]
 
 
 def _complete(trials: pd.DataFrame) -> pd.DataFrame:
@@ -250,7 +251,8 @@ def findings(t: pd.DataFrame) -> list[str]:
         parts = [f"With {describe(condition)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} runs "
                  f"(range {f.min():.2f} to {f.max():.2f}; chance {questions._chance('pair/forward_top1', g)}); "
                  f"{sig} of {len(f)} runs beat a random permutation at p < 0.05"]
-        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/mutual", "mutual")):
+        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/cycle_top1_lowpass", "cycle_top1_lowpass"),
+                           ("pair/mutual", "mutual")):
             if key in g and g[key].notna().any():
                 parts.append(f"{label} = {g[key].mean():.2f} (chance {questions._chance(key, g)})")
         if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():

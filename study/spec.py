@@ -98,6 +98,17 @@ class SweepSpec:
         names = sorted(self.space)
         return [dict(zip(names, values, strict=True)) for values in itertools.product(*(self.space[n] for n in names))]
 
+    def distribution(self, name: str):
+        """The Optuna distribution of one dimension of the space."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        dim = self.space[name]
+        if isinstance(dim, list):
+            return CategoricalDistribution(dim)
+        if dim.is_int:
+            return IntDistribution(dim.low, dim.high, log=dim.log, step=dim.step or 1)
+        return FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+
     def suggest(self, trial) -> dict[str, Any]:
         """Ask an Optuna trial for every dimension of the space, in one place."""
         params = {}

@@ -336,6 +336,20 @@ def test_random_sweep_workers_draw_different_conditions(tmp_path):
     assert len(done) >= 4 and len(set(done)) == len(done), why
 
 
+def test_a_widened_space_is_one_line_before_anything_is_queued(swept, capsys, monkeypatch):
+    """A list with a new value used to kill every worker with Optuna's 'dynamic value space' traceback and
+    leave its queued trials behind."""
+    folder, _, _, _ = swept
+    path = folder / "widened.toml"
+    path.write_text((folder / "tiny.toml").read_text().replace('pairing = ["aligned", "fixed"]',
+                                                               'pairing = ["aligned", "fixed", "shuffled"]'))
+    before = len(_study(folder, "tiny").trials)
+    code, said = _main(capsys, monkeypatch, folder, "sweep", "--config", str(path))
+    assert code == 2 and said.count("error:") == 1 and "Traceback" not in said
+    assert "space.pairing" in said and "['aligned', 'fixed']" in said and "new name" in said
+    assert len(_study(folder, "tiny").trials) == before
+
+
 def test_changed_fixed_values_become_new_trials_of_the_study(swept, capsys):
     """Resuming with another fixed value used to queue nothing and print the old table."""
     folder, spec, _, _ = swept
