@@ -77,11 +77,12 @@ def holm(pvalues: list[float]) -> list[float]:
 
 def budget_text(g: pd.DataFrame) -> str:
     """A group's budget in the original's units, beside the original's own at that N."""
+    if "epochs" not in g or g["epochs"].isna().all():
+        return "an unrecorded budget"
     parts = []
     for (n, epochs), h in g.groupby(["n_images", "epochs"]):
-        steps = RunConfig(n_images=int(n), epochs=int(epochs), batch_size=int(h["batch_size"].iloc[0])
-                          if "batch_size" in h else ORIGINAL_BATCH, scheme=str(h["scheme"].iloc[0])
-                          if "scheme" in h else "cyclelike").budget()["budget/g_steps"]
+        shape = {k: h[k].iloc[0] for k in ("batch_size", "scheme", "direction_schedule") if k in h}
+        steps = RunConfig(n_images=int(n), epochs=int(epochs), **shape).budget()["budget/g_steps"]
         text = f"up to {int(epochs)} epochs at N = {int(n)} ({steps} G steps)"
         if int(n) in ORIGINAL_EPOCHS:
             original = RunConfig(n_images=int(n), epochs=ORIGINAL_EPOCHS[int(n)], batch_size=ORIGINAL_BATCH).budget()
@@ -324,7 +325,7 @@ def timing_series(t: pd.DataFrame) -> pd.Series:
     series = t[hue].astype(str) if hue else pd.Series("all runs", index=t.index)
     if "tags.fused_group" in t:
         k = t["tags.fused_group"].fillna("1").astype(str)
-        series = series.where(k == "1", series + ", " + k + " seeds fused (group time)")
+        series = series.where(k == "1", series + ", " + k + " seeds fused")
     return series
 
 

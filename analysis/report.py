@@ -616,7 +616,8 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
         return
     doc.figure(fig, "seconds_to_pairs.png", "Left: training seconds until forward_top1 first reached 0.9 (what a "
                "user waits for), right: seconds per epoch (what the original timed), both against N with a "
-               "least-squares line per series that has two or more N.")
+               "least-squares line per series that has two or more N. A fused run's epoch time is its whole "
+               "group's (K seeds at once), so fused runs are their own series, never fitted with single runs.")
     if len(fits):
         doc.table(fits, "Fits t = a + b N, one point per run ('runs without a value': never reached 0.9):")
     else:
@@ -667,8 +668,9 @@ def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
     fig, lock = questions.steps_to_lock(g)
     if fig is not None:
         doc.figure(fig, "steps_to_lock.png", "Until the pairs lock (stop = locked): G steps (left) and training "
-                   "seconds (right) against N, median over the runs that locked with their full range; runs that "
-                   "spent the budget unlocked are counted in the table, not drawn.")
+                   "seconds (right; a fused run's is its group's time over the K seeds it trained with, so fused "
+                   "runs are their own series) against N, median over the runs that locked with their full range; "
+                   "runs that spent the budget unlocked are counted in the table, not drawn.")
         doc.table(lock, "Steps to lock per series and N:")
     largest = g.sort_values(["n_images", "base_filters"] if "base_filters" in g else ["n_images"]).groupby(
         "arch" if "arch" in g else "pairing").tail(1)

@@ -128,3 +128,22 @@ def test_stop_locked_ends_a_tiny_paired_run_before_its_budget(tmp_path):
     assert float(run.data.tags["summary.stop/epoch"]) == outcome.epochs_run
     assert run.data.params["budget/g_steps"] == str(300 * 4)
     assert json.loads(run.data.params["budget/epochs"]) == 300
+
+
+def test_fused_runs_are_their_own_timing_series():
+    """A fused run's epoch time is its group's: fitted with single runs it would double the slope."""
+    rows = [{"arch": "unet", "n_images": n, "time/seconds_to_pairs": k * (1.0 + 0.5 * n),
+             "time/sec_per_epoch": k * 0.01 * n, "tags.fused_group": str(k) if k > 1 else None}
+            for k in (1, 2) for n in (10, 20, 40)]
+    _, fits = questions.seconds_to_pairs(pd.DataFrame(rows))
+    fits = fits.set_index(["quantity", "series"])
+    assert fits.loc[("time/seconds_to_pairs", "all runs"), "b (s per image)"] == 0.5
+    assert fits.loc[("time/seconds_to_pairs", "all runs, 2 seeds fused"), "b (s per image)"] == 1.0
+
+
+def test_chance_levels_are_never_pooled_across_n():
+    t = pd.DataFrame([{"pairing": "shuffled", "scheme": "cyclegan", "lambda_l1": 0.0, "n_images": n, "seed": s,
+                       "pair/bijectivity": 0.7, "pair/mutual": 0.2} for n in (5, 10) for s in (0, 1)])
+    text = " ".join(questions.unpaired_answers(t))
+    assert "0.15" not in text  # the mean of 1/5 and 1/10, which no run has
+    assert "chance 0.20" in text and "chance 0.10" in text
