@@ -132,6 +132,46 @@ def predictor_table(u: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def findings(t: pd.DataFrame) -> list[str]:
+    """Sentences that restate the numbers per whole condition the study varied (seeds and data seeds are its
+    replicates), each with the chance level of its own N: nothing the numbers do not show, nothing pooled."""
+    done = t[t["state"] == "COMPLETE"] if "state" in t else t
+    if done.empty or "pairing" not in done or "pair/forward_top1" not in done:
+        return []
+    out = []
+    for condition, g in groups(done):
+        f = g["pair/forward_top1"].dropna()
+        if f.empty:
+            continue
+        sig = int((g.get("pair/forward_top1_pvalue", pd.Series(dtype=float)) < 0.05).sum())
+        target = "the stored order (no pair is given)" if g["pairing"].iloc[0] == "shuffled" else "the pair given"
+        parts = [f"With {describe(condition)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} runs "
+                 f"(range {f.min():.2f} to {f.max():.2f}; chance {_chance('pair/forward_top1', g)}); "
+                 f"{sig} of {len(f)} runs beat a random permutation at p < 0.05"]
+        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/cycle_top1_lowpass", "cycle_top1_lowpass"),
+                           ("pair/mutual", "mutual")):
+            if key in g and g[key].notna().any():
+                parts.append(f"{label} = {g[key].mean():.2f} (chance {_chance(key, g)})")
+        if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():
+            parts.append(f"seed kappa = {g['pair/seed_kappa'].mean():.2f} (Cohen's; 0 is chance)")
+        if "pair/bijectivity" in g and g["pair/bijectivity"].notna().any():
+            text = (f"bijectivity = {g['pair/bijectivity'].mean():.2f} (a random map: "
+                    f"{_chance('pair/bijectivity', g)}")
+            if "pair/bijectivity_p_collapse" in g:
+                fewer = int((g["pair/bijectivity_p_collapse"] < 0.05).sum())
+                more = int((g["pair/bijectivity_p_permutation"] < 0.05).sum())
+                text += (f"; {fewer} of {len(g)} runs have fewer distinct targets than a random map at p < 0.05, "
+                         f"{more} more")
+            parts.append(text + ")")
+        parts.append(f"budget {budget_text(g)}: {stop_text(g)}")
+        out.append(", ".join(parts) + ".")
+    if done["n_images"].min() <= 10:
+        n = int(done["n_images"].min())
+        out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric. Bijectivity is tested "
+                   "against the exact distribution of distinct targets of a random map, not as a binomial share.")
+    return out
+
+
 def _who(condition: dict, g: pd.DataFrame) -> str:
     scheme = condition.get("scheme", g["scheme"].iloc[0] if "scheme" in g else "cyclelike")
     who = "the one G (lambda_l1 = 0, a new random pairing every epoch)" if scheme == "cyclelike" else \
@@ -316,6 +356,23 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
             ax.set_ylabel(metric if col == 0 else "")
     fig.tight_layout()
     return fig
+
+
+def formation_table(t: pd.DataFrame) -> pd.DataFrame:
+    """Formation per whole condition and timing series: medians of epochs_to_90, locked_epoch, flips and
+    seconds_to_pairs over the runs that have them, and how many runs reached 0.9 and locked."""
+    cols = [c for c in ("pair/epochs_to_90", "pair/locked_epoch", "pair/flips", "time/seconds_to_pairs") if c in t]
+    if not cols:
+        return pd.DataFrame()
+    rows = []
+    for condition, g in groups(t):
+        for series, h in g.groupby(timing_series(g)):
+            rows.append({"condition": describe(condition), "timing": series} | {c: h[c].median() for c in cols} | {
+                "reached 0.9": f"{h['pair/epochs_to_90'].notna().sum()} of {len(h)}" if "pair/epochs_to_90" in h
+                else "-",
+                "locked (a(i) seen to stay)": f"{h['pair/locked_epoch'].notna().sum()} of {len(h)}"
+                if "pair/locked_epoch" in h else "-"})
+    return pd.DataFrame(rows).round(1).astype(object).fillna("-")
 
 
 def timing_series(t: pd.DataFrame) -> pd.Series:

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from . import questions
-from .conditions import describe, groups
 from .document import Document
 from .figures import distance_heatmap, plt, reference_label, sns
 from .pairing import chance_level, seed_agreement
@@ -235,53 +234,13 @@ def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure
     return fig
 
 
-def findings(t: pd.DataFrame) -> list[str]:
-    """Sentences that restate the numbers per whole condition the study varied (seeds and data seeds are its
-    replicates), each with the chance level of its own N: nothing the numbers do not show, nothing pooled."""
-    done = _complete(t)
-    if done.empty or "pairing" not in done or "pair/forward_top1" not in done:
-        return []
-    out = []
-    for condition, g in groups(done):
-        f = g["pair/forward_top1"].dropna()
-        if f.empty:
-            continue
-        sig = int((g.get("pair/forward_top1_pvalue", pd.Series(dtype=float)) < 0.05).sum())
-        target = "the stored order (no pair is given)" if g["pairing"].iloc[0] == "shuffled" else "the pair given"
-        parts = [f"With {describe(condition)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} runs "
-                 f"(range {f.min():.2f} to {f.max():.2f}; chance {questions._chance('pair/forward_top1', g)}); "
-                 f"{sig} of {len(f)} runs beat a random permutation at p < 0.05"]
-        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/cycle_top1_lowpass", "cycle_top1_lowpass"),
-                           ("pair/mutual", "mutual")):
-            if key in g and g[key].notna().any():
-                parts.append(f"{label} = {g[key].mean():.2f} (chance {questions._chance(key, g)})")
-        if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():
-            parts.append(f"seed kappa = {g['pair/seed_kappa'].mean():.2f} (Cohen's; 0 is chance)")
-        if "pair/bijectivity" in g and g["pair/bijectivity"].notna().any():
-            text = (f"bijectivity = {g['pair/bijectivity'].mean():.2f} (a random map: "
-                    f"{questions._chance('pair/bijectivity', g)}")
-            if "pair/bijectivity_p_collapse" in g:
-                fewer = int((g["pair/bijectivity_p_collapse"] < 0.05).sum())
-                more = int((g["pair/bijectivity_p_permutation"] < 0.05).sum())
-                text += (f"; {fewer} of {len(g)} runs have fewer distinct targets than a random map at p < 0.05, "
-                         f"{more} more")
-            parts.append(text + ")")
-        parts.append(f"budget {questions.budget_text(g)}: {questions.stop_text(g)}")
-        out.append(", ".join(parts) + ".")
-    if done["n_images"].min() <= 10:
-        n = int(done["n_images"].min())
-        out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric. Bijectivity is tested "
-                   "against the exact distribution of distinct targets of a random map, not as a binomial share.")
-    return out
-
-
 def section_pairs(doc: Document, runs: StudyRuns) -> None:
     doc.h2("Pair formation")
     t = _complete(runs.trials)
     if t.empty:
         doc.note("No completed trials: nothing to show about pair formation.")
         return
-    for sentence in findings(t):
+    for sentence in questions.findings(t):
         doc.p(sentence)
     factors = [f for f in FACTORS if f in t and t[f].nunique() > 1] or [f for f in ("pairing",) if f in t]
     if not factors:
@@ -588,22 +547,14 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
         doc.note("No run evaluated its pairing during training (eval_every = 0): no formation curves.")
     else:
         doc.figure(fig, "formation.png", "forward_top1 and bijectivity at each evaluation, one panel per N: mean over "
-                   "runs with a 95% bootstrap interval; grey band: the central 95% of what a uniformly random map "
-                   "scores, dashed line its mean. For runs given no pair, forward_top1 is against the stored order.")
-    cols = [c for c in ("pair/epochs_to_90", "pair/locked_epoch", "pair/flips", "time/seconds_to_pairs") if c in t]
-    if cols:
-        rows = []
-        for condition, g in groups(t):
-            for series, h in g.groupby(questions.timing_series(g)):
-                row = {"condition": describe(condition), "timing": series} | {
-                    c: h[c].median() for c in cols} | {
-                    "reached 0.9": f"{h['pair/epochs_to_90'].notna().sum()} of {len(h)}",
-                    "locked (a(i) seen to stay)": f"{h['pair/locked_epoch'].notna().sum()} of {len(h)}"
-                    if "pair/locked_epoch" in h else "-"}
-                rows.append(row)
+                   "runs with a 95% bootstrap interval; grey bands: the central 95% of the fixed points of a random "
+                   "permutation (forward_top1) and of the distinct targets of a random map (bijectivity), dashed "
+                   "lines their means. For runs given no pair, forward_top1 is against the stored order.")
+    table = questions.formation_table(t)
+    if len(table):
         shuffled = " For runs given no pair it is against the stored order, so only locked_epoch and flips " \
             "describe their formation." if len(questions.unpaired(t)) else ""
-        doc.table(pd.DataFrame(rows).round(1).astype(object).fillna("-"),
+        doc.table(table,
                   "Formation per condition and timing series (medians over the runs that reached each): the first "
                   "evaluated epoch with forward_top1 >= 0.9 (censored at the first evaluation: it may have come "
                   "earlier), the epoch from which the median a(i) stays (a row that changed at the last evaluation "

@@ -122,6 +122,24 @@ class SweepSpec:
                 params[name] = trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
         return params
 
+    def check_study(self, study) -> None:
+        """Optuna keeps one distribution per parameter for a whole study: a sweep file that widens a list or a
+        range of a study that already ran would kill every worker at its first trial. Said before anything is
+        queued."""
+        from optuna.distributions import check_distribution_compatibility
+
+        for t in study.get_trials(deepcopy=False):
+            for name, dist in t.distributions.items():
+                if name not in self.space:
+                    continue
+                try:
+                    check_distribution_compatibility(dist, self.distribution(name))
+                except ValueError:
+                    old = list(dist.choices) if hasattr(dist, "choices") else f"{dist.low}..{dist.high}"
+                    raise SweepError(f"space.{name}: study {self.name!r} ran it over {old}; Optuna cannot change "
+                                     f"the values of a parameter within a study: keep {old}, or give the sweep "
+                                     "file a new name") from None
+
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1

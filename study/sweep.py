@@ -294,23 +294,6 @@ def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
     return report
 
 
-def check_space(study: optuna.Study, spec: SweepSpec) -> None:
-    """Optuna keeps one distribution per parameter for a whole study: a sweep file that widens a list or a
-    range of a study that already ran would kill every worker at its first trial. Said here, before anything
-    is queued."""
-    for t in study.get_trials(deepcopy=False):
-        for name, dist in t.distributions.items():
-            if name not in spec.space:
-                continue
-            try:
-                optuna.distributions.check_distribution_compatibility(dist, spec.distribution(name))
-            except ValueError:
-                old = list(dist.choices) if hasattr(dist, "choices") else f"{dist.low}..{dist.high}"
-                raise SweepError(f"space.{name}: study {spec.name!r} ran it over {old}; Optuna cannot change the "
-                                 f"values of a parameter within a study: keep {old}, or give the sweep file a new "
-                                 "name") from None
-
-
 def changed_fixed(study: optuna.Study, spec: SweepSpec) -> dict[str, tuple[Any, Any]]:
     """The fixed values this sweep file now asks for that differ from the study's earlier trials."""
     earlier = [t for t in study.get_trials(deepcopy=False) if "condition" in t.user_attrs]
@@ -601,7 +584,7 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
             study.set_metric_names(spec.objectives)
         parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
         RunLogger(client, parent_run_id).set_tags(provenance())
-        check_space(study, spec)
+        spec.check_study(study)
         recovered = recover_stale(study, storage, client)
         queue = queue_missing(study, spec)
     if recovered:
