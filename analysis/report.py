@@ -102,7 +102,9 @@ def study_names(client) -> list[str]:
 
 
 def most_recent_study(client) -> str | None:
-    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    """The latest experiment a sweep wrote, never the one single runs (`make run`) go to."""
+    experiments = [e for e in client.search_experiments()
+                   if e.name != "Default" and e.tags.get("cyclelike.role", "study") == "study"]
     if not experiments:
         return None
     return max(experiments, key=lambda e: e.last_update_time or e.creation_time or 0).name

@@ -207,6 +207,9 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
     histories: list[list[EpochStats]] = [[] for _ in range(K)]
     stopped = [False] * K
     translators = [make_translator(nets, config.scheme) for nets in seeds_nets]
+    for k, callback in enumerate(callbacks):
+        if callback is not None:
+            callback(EpochStats(0, 0.0, {}), translators[k])  # each seed's untrained map, as train() does
     bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
                dynamic_ncols=True)
     for epoch in bar:

@@ -313,7 +313,9 @@ def train(
     desc: str = "train",
 ) -> TrainResult:
     """Train one run. With `checkpoint`, resume from that file when it exists and save to it every
-    `checkpoint_every` epochs and at the end, optimizer state and random state included."""
+    `checkpoint_every` epochs and at the end, optimizer state and random state included. The callback sees
+    epoch 0 (no step taken, no losses) once before training, then every epoch; its answer at epoch 0 is
+    ignored."""
     config.validate()
     device = resolve_device(config.device)
     if config.threads > 0:
@@ -339,6 +341,8 @@ def train(
     # compiled wrappers share the parameters; checkpoints and evaluation keep using the plain modules
     step_nets = {k: torch.compile(v) for k, v in nets.items()} if config.compile else nets
     stopped = False
+    if callback is not None and start == 0:
+        callback(EpochStats(0, 0.0, {}), translator)  # the untrained map: where formation starts from
     bar = tqdm(range(start + 1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress,
                initial=start, total=config.epochs, leave=False, dynamic_ncols=True)
     for epoch in bar:

@@ -62,7 +62,7 @@ def _run(args) -> int:
     if config.stop == "locked" and not eval_every:
         raise SweepError("stop=locked decides at the pairing evaluations; give --eval-every > 0")
     client = prepare_store()
-    experiment_id = ensure_experiment(client, experiment)
+    experiment_id = ensure_experiment(client, experiment, role="study" if args.config else "runs")
     name = f"run-{config.scheme}-{config.pairing}-seed{config.seed}-{time.strftime('%H%M%S')}"
     logger = RunLogger.start(client, experiment_id, name,
                              tags={"study": experiment, "role": "single run", **provenance()})

@@ -111,14 +111,23 @@ def artifact_root(uri: str) -> str | None:
     return (db.parent.resolve() / "artifacts").as_uri() if db is not None else None
 
 
-def ensure_experiment(client: MlflowClient, name: str) -> str:
+# MLflow 3 opens an experiment without a kind in its GenAI view (traces, token usage); ours are classic ML
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+ROLE_TAG = "cyclelike.role"  # study (a sweep's) or runs (single runs): make report picks the latest study
+
+
+def ensure_experiment(client: MlflowClient, name: str, role: str = "study") -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        for key, value in {**EXPERIMENT_TAGS, ROLE_TAG: role}.items():
+            if experiment.tags.get(key) != value:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     root = artifact_root(client.tracking_uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                    tags={**EXPERIMENT_TAGS, ROLE_TAG: role})
 
 
 def _clean(value: float) -> float:

@@ -91,6 +91,14 @@ class TrackedRun:
                            None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
 
     def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:
+        if stats.epoch == 0:  # the untrained map: the slider opens on it and the curves start from it
+            if self.eval_every:
+                t0 = time.perf_counter()
+                result = _evaluate(translator, self.data)
+                self.eval_s += time.perf_counter() - t0
+                self.logger.log_metrics(result.metrics, step=0)
+                self.logger.log_image(_strip(translator, self.data, result), "pairing/strip", 0)
+            return False
         self.logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
         self.epoch_seconds[stats.epoch] = stats.epoch_s
         if not self.eval_every or stats.epoch % self.eval_every or stats.epoch == self.config.epochs:

@@ -89,7 +89,7 @@ def test_callback_sees_every_epoch_and_can_stop():
         return stats.epoch == 3
 
     result = train(TINY.replace(epochs=10), callback=callback)
-    assert seen == [1, 2, 3] and result.stopped_early and len(result.history) == 3
+    assert seen == [0, 1, 2, 3] and result.stopped_early and len(result.history) == 3  # 0: the untrained map
 
 
 def test_non_finite_loss_stops_with_the_epoch_named():

@@ -1,0 +1,47 @@
+"""What a researcher meets in the MLflow UI: the classic ML view, the strip slider opening on the untrained
+map, and `make report` choosing the study, not the experiment of single runs."""
+
+import mlflow
+from conftest import store_in
+from mlflow.tracking import MlflowClient
+
+from analysis.report import most_recent_study
+from cyclelike.config import RunConfig
+from study.tracking import RunLogger, ensure_experiment, prepare_store
+from study.trial import run_trial
+
+
+def test_experiments_open_in_the_classic_ml_view(tmp_path):
+    with store_in(tmp_path) as uri:
+        client = prepare_store(uri)
+        fresh = client.get_experiment(ensure_experiment(client, "fresh"))
+        older = client.create_experiment("older")  # made before the harness set a kind
+        ensure_experiment(client, "older")
+        assert fresh.tags["mlflow.experimentKind"] == "custom_model_development"
+        assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_report_picks_the_latest_study_not_the_single_runs(tmp_path):
+    with store_in(tmp_path) as uri:
+        client = prepare_store(uri)
+        ensure_experiment(client, "default")
+        ensure_experiment(client, "runs", role="runs")  # make run, after make sweep
+        assert most_recent_study(client) == "default"
+
+
+def test_the_strip_slider_starts_at_the_untrained_map(tmp_path):
+    config = RunConfig(image_size=16, n_images=4, n_holdout=0, batch_size=2, base_filters=4, d_filters=4, epochs=4,
+                       threads=1)
+    with store_in(tmp_path) as uri:
+        client = prepare_store(uri)
+        logger = RunLogger.start(client, ensure_experiment(client, "strip"), "strip-run")
+        run_trial(config, logger, eval_every=2, progress=False)
+        logger.finish()
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        steps = sorted(m.step for m in client.get_metric_history(logger.run_id, "pair/forward_top1"))
+        images = [f.path for f in client.list_artifacts(logger.run_id, "images")]
+    assert steps == [0, 2, 4]
+    strips = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images
+                    if "pairing~strip" in p and p.endswith(".png"))
+    assert strips == [0, 2, 4]
