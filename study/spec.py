@@ -8,6 +8,7 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
     seeds = [0, 1]
     sampler_seed = 0                  # random/tpe: each worker's sampler seed is derived from it
     max_retries = 2                   # a failed (not pruned, not killed) condition is queued again this often
+    epochs_per_image = 0              # > 0: each cell's budget is this many epochs per image (epochs = this x N)
     eval_every = 10                   # epochs between pairing evaluations (logged; pruning reads them)
     pruner = "none"                   # none | median
     objectives = ["pair/forward_top1"]
@@ -42,7 +43,7 @@ OBJECTIVE_METRICS = (
     "mem/holdout_copy_rate", "mem/holdout_copy_excess", "time/sec_per_epoch", "loss/G_total", "loss/G_l1", "loss/D",
 )
 TOP_KEYS = {"name", "description", "sampler", "trials", "timeout_s", "seeds", "eval_every", "pruner",
-            "objectives", "directions", "fixed", "space", "sampler_seed", "max_retries"}
+            "objectives", "directions", "fixed", "space", "sampler_seed", "max_retries", "epochs_per_image"}
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median")
 
@@ -80,12 +81,18 @@ class SweepSpec:
     source: str = ""
     sampler_seed: int = 0
     max_retries: int = 2
+    epochs_per_image: int = 0  # > 0: a budget that grows with N, epochs = epochs_per_image x n_images
+
+    def _budgeted(self, values: dict[str, Any]) -> dict[str, Any]:
+        if self.epochs_per_image:
+            values["epochs"] = self.epochs_per_image * values.get("n_images", RunConfig.n_images)
+        return values
 
     def base_config(self) -> RunConfig:
-        return RunConfig.from_dict(dict(self.fixed))
+        return RunConfig.from_dict(self._budgeted(dict(self.fixed)))
 
     def config_for(self, params: dict[str, Any], seed: int) -> RunConfig:
-        return RunConfig.from_dict({**self.fixed, **params, "seed": seed})
+        return RunConfig.from_dict(self._budgeted({**self.fixed, **params, "seed": seed}))
 
     @property
     def fixed_key(self) -> str:
@@ -261,10 +268,16 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
     max_retries = raw.get("max_retries", 2)
     _expect(isinstance(max_retries, int) and max_retries >= 0,
             f"max_retries={max_retries!r}: expected an integer >= 0")
+    per_image = raw.get("epochs_per_image", 0)
+    _expect(isinstance(per_image, int) and not isinstance(per_image, bool) and per_image >= 0,
+            f"epochs_per_image={per_image!r}: expected an integer >= 0")
+    _expect(not (per_image and ("epochs" in fixed or "epochs" in space)),
+            "epochs_per_image: the budget then is epochs_per_image x n_images; leave epochs out of fixed and space")
     timeout = raw.get("timeout_s", 0)
     _expect(isinstance(timeout, int | float) and timeout >= 0, f"timeout_s={timeout!r}: expected a number >= 0")
     return SweepSpec(raw["name"].strip(), fixed, space, sampler, trials, float(timeout), seeds, eval_every,
-                     pruner, objectives, directions, raw.get("description", ""), source, sampler_seed, max_retries)
+                     pruner, objectives, directions, raw.get("description", ""), source, sampler_seed, max_retries,
+                     per_image)
 
 
 def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> SweepSpec:

@@ -318,7 +318,8 @@ def ensure_parent_run(client, study: optuna.Study, spec: SweepSpec, experiment_i
     space = {k: (v if isinstance(v, list) else vars(v)) for k, v in spec.space.items()}
     parent.log_dict({"fixed": spec.fixed, "space": space,
                      "seeds": spec.seeds, "objectives": spec.objectives, "directions": spec.directions,
-                     "sampler": spec.sampler, "eval_every": spec.eval_every, "pruner": spec.pruner},
+                     "sampler": spec.sampler, "eval_every": spec.eval_every, "pruner": spec.pruner,
+                     "epochs_per_image": spec.epochs_per_image},
                     "sweep.json")
     if spec.source and Path(spec.source).is_file():
         parent.log_file(spec.source)

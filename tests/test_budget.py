@@ -147,3 +147,14 @@ def test_chance_levels_are_never_pooled_across_n():
     text = " ".join(questions.unpaired_answers(t))
     assert "0.15" not in text  # the mean of 1/5 and 1/10, which no run has
     assert "chance 0.20" in text and "chance 0.10" in text
+
+
+def test_a_budget_that_grows_with_n():
+    from study.spec import SweepError, parse_sweep
+
+    raw = {"name": "cap", "epochs_per_image": 25, "fixed": {"image_size": 16}, "space": {"n_images": [10, 80]}}
+    spec = parse_sweep(raw, "cap.toml")
+    assert [spec.config_for(c, 0).epochs for c in spec.grid_cells()] == [250, 2000]
+    assert spec.config_for({"n_images": 80}, 0).budget()["budget/g_steps_per_pair"] == 800
+    with pytest.raises(SweepError, match="epochs_per_image"):
+        parse_sweep({**raw, "fixed": {"epochs": 30}}, "cap.toml")
