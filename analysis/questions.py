@@ -442,6 +442,7 @@ def seconds_to_pairs(t: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
             rows.append({"quantity": metric, "series": name, "a (s)": round(fit.a, 3),
                          "b (s per image)": round(fit.b, 4), "R^2": round(fit.r2, 3),
                          "log-log slope": round(fit.loglog_slope, 3), "runs": fit.n_points,
+                         "reliable": fit.verdict(),
                          "runs without a value": int(g[metric].isna().sum())})
         ax.legend(fontsize=7)
         ax.set_xlabel("N (images per domain)")

@@ -405,13 +405,6 @@ def _open_storage(storage: str | None):
     return JournalStorage(JournalFileBackend(path))
 
 
-def fit_verdict(intercept: float, r2: float) -> str:
-    """A fit of timings taken under varying load says little: a negative fixed cost or a poor R^2 flags it."""
-    problems = ([f"negative intercept ({intercept:.3f} s)"] if intercept < 0 else []) + (
-        [f"R^2 {r2:.2f} < 0.9"] if r2 < 0.9 else [])
-    return "yes" if not problems else "no: " + ", ".join(problems) + " (timings taken under varying load?)"
-
-
 def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
     doc.h2("Seconds per epoch against N")
     t = runs.trials.dropna(subset=["time/sec_per_epoch"]) if "time/sec_per_epoch" in runs.trials else pd.DataFrame()
@@ -465,7 +458,7 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
         fits.append({"series": series, "a (s)": round(fit.a, 4), "b (s per image)": round(fit.b, 5),
                      "R^2": round(fit.r2, 4), "log-log slope": round(fit.loglog_slope, 3),
                      "slope 95% interval": f"{_fmt(fit.loglog_low, 3)} to {_fmt(fit.loglog_high, 3)}",
-                     "points": fit.n_points, "reliable": fit_verdict(fit.a, fit.r2)})
+                     "points": fit.n_points, "reliable": fit.verdict()})
     # the original timed 128 px on a 2018 GPU: its points belong beside runs at that resolution only
     original_size = "image_size" in t and (t["image_size"] == REFERENCE_SIZE).any()
     if original_size:

@@ -26,6 +26,21 @@ class ScalingFit:
     loglog_low: float  # 95% interval of the log-log slope
     loglog_high: float
     loglog_r2: float
+    a_low: float = float("nan")  # 95% interval of the intercept (NaN with two points: they fit exactly)
+    a_high: float = float("nan")
+
+    def verdict(self) -> str:
+        """The one rule for every fit the report shows: reliable unless R^2 < 0.9, the fixed cost is negative
+        beyond its own 95% interval (a time cannot be below zero; -0.0005 s within noise is no defect), or
+        there are too few points to tell."""
+        problems = []
+        if self.n_points < 3:
+            problems.append(f"{self.n_points} points fit any line")
+        if self.r2 < 0.9:
+            problems.append(f"R^2 {self.r2:.2f} < 0.9")
+        if self.a_high < 0:
+            problems.append(f"negative intercept ({self.a:.3g} s, 95% interval {self.a_low:.3g} to {self.a_high:.3g})")
+        return "yes" if not problems else "no: " + ", ".join(problems)
 
     def predict(self, n: np.ndarray | float) -> np.ndarray | float:
         return self.a + self.b * np.asarray(n)
@@ -40,9 +55,8 @@ def fit_scaling(n: np.ndarray, seconds: np.ndarray) -> ScalingFit:
         raise ValueError(f"a scaling fit needs at least two distinct N, got {sorted(set(n.tolist()))}")
     lin = stats.linregress(n, seconds)
     log = stats.linregress(np.log(n), np.log(seconds))
-    if len(n) > 2:
-        half = stats.t.ppf(0.975, len(n) - 2) * log.stderr
-    else:  # two points fit exactly: no interval can be given
-        half = float("nan")
+    t = stats.t.ppf(0.975, len(n) - 2) if len(n) > 2 else float("nan")  # two points fit exactly: no interval
+    half, a_half = t * log.stderr, t * lin.intercept_stderr
     return ScalingFit(len(n), float(lin.intercept), float(lin.slope), float(lin.rvalue**2), float(log.slope),
-                      float(log.slope - half), float(log.slope + half), float(log.rvalue**2))
+                      float(log.slope - half), float(log.slope + half), float(log.rvalue**2),
+                      float(lin.intercept - a_half), float(lin.intercept + a_half))

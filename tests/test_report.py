@@ -194,11 +194,22 @@ def test_wall_time_is_the_union_of_the_trials_run_times():
     assert busy_seconds(runs) == 20 + 30
 
 
-def test_scaling_fits_under_load_are_flagged():
-    from analysis.report import fit_verdict
+def test_one_reliable_rule_on_hand_made_fits():
+    """The same rule for every fit: a clean line passes, a poor R^2 fails, a clearly negative fixed cost
+    fails, and a fixed cost a hair below zero within its own interval passes (it did not, before)."""
+    import numpy as np
 
-    assert fit_verdict(0.01, 0.99) == "yes"
-    assert "negative intercept" in fit_verdict(-0.2, 0.95) and "R^2 0.66" in fit_verdict(0.1, 0.66)
+    from analysis.scaling import fit_scaling
+
+    n = np.array([5, 10, 20, 40, 5, 10, 20, 40], dtype=float)
+    wobble = np.array([1, -1, 1, -1, -1, 1, -1, 1]) * 0.002
+    assert fit_scaling(n, 0.01 + 0.02 * n + wobble).verdict() == "yes"
+    assert fit_scaling(n, -0.0005 + 0.02 * n + wobble).verdict() == "yes"  # -0.0005 s is noise here
+    negative = fit_scaling(n, -0.2 + 0.02 * n + wobble / 10)
+    assert "negative intercept" in negative.verdict() and negative.a_high < 0
+    noisy = fit_scaling(n, 0.5 + 0.001 * n + np.array([0.3, -0.3, 0.2, -0.2, -0.3, 0.3, -0.2, 0.2]))
+    assert "R^2" in noisy.verdict() and "< 0.9" in noisy.verdict()
+    assert "2 points fit any line" in fit_scaling(np.array([10.0, 20.0]), np.array([1.5, 2.89])).verdict()
 
 
 def test_one_colour_per_pairing_in_every_panel():
