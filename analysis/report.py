@@ -647,6 +647,10 @@ def section_reproduction(doc: Document, runs: StudyRuns, client) -> None:
     versions = {k.removeprefix("tags.version."): v for k, v in tags.items() if k.startswith("tags.version.") and v}
     versions["python"] = get("python")
     doc.table(pd.DataFrame([versions]), f"Package versions ({get('machine')}):")
+    if "tags.reproduce" in runs.trials and runs.trials["tags.reproduce"].notna().any():
+        example = runs.trials["tags.reproduce"].dropna().iloc[0]
+        doc.p("Each trial run carries its own command, commit and versions, and retrains exactly (its condition "
+              f"and seed) with the command in its 'reproduce' tag, for example `{example}`.")
 
 
 def build_report(name: str | None, out: Path | None = None, storage: str | None = None, client=None) -> Path:

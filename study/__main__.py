@@ -48,24 +48,55 @@ def _check_device(config: RunConfig) -> None:
         resolve_device(config.device)
 
 
+def _reproduced(client, source: str) -> tuple[RunConfig, int | None]:
+    """The exact RunConfig (seed and threads included) of a finished run, from its config.json, or of a
+    config.json file; and the run's evaluation interval, where it was logged."""
+    import json
+    import tempfile
+
+    path = Path(source)
+    if path.is_file():
+        return RunConfig.from_dict(json.loads(path.read_text())), None
+    try:
+        run = client.get_run(source)
+        with tempfile.TemporaryDirectory() as tmp:
+            values = json.loads(Path(client.download_artifacts(source, "config.json", tmp)).read_text())
+    except Exception as err:  # MLflow raises several types for an unknown run or a missing artifact
+        raise SweepError(f"--from {source}: neither a config.json file nor a finished run with config.json in "
+                         f"this store ({type(err).__name__})") from None
+    logged = run.data.tags.get("eval_every")
+    return RunConfig.from_dict(values), int(logged) if logged is not None else None
+
+
 def _run(args) -> int:
     from .tracking import RunLogger, ensure_experiment, prepare_store, provenance
     from .trial import run_trial
 
     sets = parse_sets(args.sets)
-    if args.config:
+    client = None
+    if args.from_:
+        client = prepare_store()
+        config, logged = _reproduced(client, args.from_)
+        config = config.replace(**sets)
+        eval_every = args.eval_every if args.eval_every is not None else logged if logged is not None else 10
+        experiment = args.experiment or "runs"
+    elif args.config:
         spec = load_sweep(args.config, sets)
         config, experiment, eval_every = spec.base_config(), args.experiment or spec.name, spec.eval_every
     else:
-        config, experiment, eval_every = RunConfig.from_dict(sets), args.experiment or "runs", args.eval_every
+        config, experiment = RunConfig.from_dict(sets), args.experiment or "runs"
+        eval_every = 10 if args.eval_every is None else args.eval_every
     _check_device(config)
     if config.stop == "locked" and not eval_every:
         raise SweepError("stop=locked decides at the pairing evaluations; give --eval-every > 0")
-    client = prepare_store()
+    client = client or prepare_store()
     experiment_id = ensure_experiment(client, experiment, role="study" if args.config else "runs")
     name = f"run-{config.scheme}-{config.pairing}-seed{config.seed}-{time.strftime('%H%M%S')}"
-    logger = RunLogger.start(client, experiment_id, name,
-                             tags={"study": experiment, "role": "single run", **provenance()})
+    tags = {"study": experiment, "role": "single run", "eval_every": eval_every, **provenance()}
+    if args.from_:
+        tags["reproduces"] = args.from_
+    logger = RunLogger.start(client, experiment_id, name, tags=tags)
+    logger.set_tags({"reproduce": f"python -m study run --from {logger.run_id}"})
     try:
         outcome = run_trial(config, logger, eval_every, desc=name)
     except KeyboardInterrupt:
@@ -79,7 +110,8 @@ def _run(args) -> int:
             "mem/holdout_copy_rate")
     print(f"{name}: " + "  ".join(f"{k}={outcome.metrics[k]:.3f}" for k in keys)
           + f"  {outcome.sec_per_epoch:.3f} s/epoch  ended: {outcome.stop_reason} at epoch {outcome.epochs_run}")
-    print(f"run {logger.run_id} in experiment {experiment!r}; browse it with: make ui")
+    print(f"run {logger.run_id} in experiment {experiment!r}; browse it with: make ui\n"
+          f"reproduce it: python -m study run --from {logger.run_id}")
     return 0
 
 
@@ -112,6 +144,7 @@ SWEEP_EXAMPLES = """examples:
 RUN_EXAMPLES = """examples:
   python -m study run --set pairing=fixed --set n_images=20
   python -m study run --config study/configs/default.toml --set arch=encdec
+  python -m study run --from 3f2a9c...                    # retrain a trial exactly: its page's 'reproduce' tag
 """
 
 
@@ -140,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                          epilog=RUN_EXAMPLES + "\n" + RunConfig.keys_help())
     run.add_argument("--config", default=None, help="sweep file whose [fixed] values to use")
     run.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep name, or 'runs')")
-    run.add_argument("--eval-every", type=_non_negative, default=10,
-                     help="epochs between pairing evaluations (0: only at the end)")
+    run.add_argument("--eval-every", type=_non_negative, default=None,
+                     help="epochs between pairing evaluations (0: only at the end; default 10, with --from the "
+                          "run's own)")
+    run.add_argument("--from", dest="from_", default=None, metavar="RUN_ID|config.json",
+                     help="retrain the exact condition and seed of a finished run (its MLflow run id) or of a "
+                          "config.json; --set still overrides")
     for p in (sweep, run):
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="override a RunConfig field (repeatable), e.g. --set data=folders --set x_path=DIR")

@@ -342,6 +342,7 @@ class Context:
     history: int = 0  # trials in the study when this invocation began: seeds the samplers
     progress: bool = True  # per-trial bars; off when several worker processes share the terminal
     fuse: bool = False  # the seeds of a condition train as one stacked model (cyclelike.fused)
+    provenance: dict = field(default_factory=dict)  # command, commit, dirty flag, versions: on every trial run
     current: dict = field(default_factory=dict)  # the trial this process runs, for the error that names it
 
 
@@ -407,7 +408,9 @@ def _start(ctx: Context, client, trial, params, config):
         config = config.replace(threads=ctx.threads)
     logger = RunLogger.start(client, ctx.experiment_id, run_name(spec, params, seed), parent_run_id=ctx.parent_run_id,
                              tags={"study": spec.name, "trial": trial.number, "seed": seed,
-                                   "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING"})
+                                   "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING",
+                                   "eval_every": spec.eval_every, **ctx.provenance})
+    logger.set_tags({"reproduce": f"python -m study run --from {logger.run_id}"})
     trial.set_user_attr("mlflow_run_id", logger.run_id)
 
     def report(epoch: int, metrics: dict[str, float]) -> bool:
@@ -708,7 +711,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     invocation = f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctx = Context(spec, storage_url, experiment_id, parent_run_id, threads, invocation,
                   t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials, len(study.trials), workers == 1,
-                  fuse=fused)
+                  fuse=fused, provenance=provenance())
     if probe:
         print(f"execution: {workers} worker(s) x {threads} torch thread(s)"
               + (f", seeds {spec.seeds} fused into one stacked model per condition" if fused else ""), flush=True)

@@ -350,6 +350,24 @@ def test_a_widened_space_is_one_line_before_anything_is_queued(swept, capsys, mo
     assert len(_study(folder, "tiny").trials) == before
 
 
+def test_a_trial_reproduces_from_its_run_id(swept, capsys, monkeypatch):
+    """Every trial run carries its command, commit and versions, and `study run --from RUN_ID` retrains its
+    exact condition and seed: the same final losses."""
+    folder, _, _, _ = swept
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    trial = client.search_runs([experiment], "tags.`optuna.state` = 'COMPLETE'", max_results=1)[0]
+    for tag in ("command", "mlflow.source.git.commit", "git_dirty", "version.torch", "reproduce"):
+        assert trial.data.tags.get(tag), tag
+    code, said = _main(capsys, monkeypatch, folder, "run", "--from", trial.info.run_id)
+    assert code == 0, said
+    again = client.search_runs([client.get_experiment_by_name("runs").experiment_id],
+                               f"tags.reproduces = '{trial.info.run_id}'")[0]
+    for key in ("loss/G_total", "loss/D", "pair/forward_top1"):
+        assert again.data.metrics[key] == pytest.approx(trial.data.metrics[key], abs=1e-6), key
+    assert again.data.params["seed"] == trial.data.params["seed"]
+
+
 def test_changed_fixed_values_become_new_trials_of_the_study(swept, capsys):
     """Resuming with another fixed value used to queue nothing and print the old table."""
     folder, spec, _, _ = swept
