@@ -36,6 +36,9 @@ def _sweep(args) -> int:
     print(f"\n{len(table)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
     print(f"this invocation: {table.attrs.get('trials_this_run', 0)} trials in {table.attrs.get('wall_s', 0):.1f} s; "
           f"harness overhead (outside train and evaluation) {table.attrs.get('harness_overhead', float('nan')):.1%}")
+    from .tracking import disk_use
+
+    print(f"disk: {disk_use(spec.name)}")
     print(f"\nbrowse the runs:  make ui\nread the report:  make report STUDY={spec.name}")
     return 0
 

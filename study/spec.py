@@ -9,6 +9,7 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
     sampler_seed = 0                  # random/tpe: each worker's sampler seed is derived from it
     max_retries = 2                   # a failed (not pruned, not killed) condition is queued again this often
     epochs_per_image = 0              # > 0: each cell's budget is this many epochs per image (epochs = this x N)
+    weights = "none"                  # none | all: log each trial's generator weights (model/G.pt, MBs a run)
     eval_every = 10                   # epochs between pairing evaluations (logged; pruning reads them)
     pruner = "none"                   # none | median
     objectives = ["pair/forward_top1"]
@@ -43,7 +44,8 @@ OBJECTIVE_METRICS = (
     "mem/holdout_copy_rate", "mem/holdout_copy_excess", "time/sec_per_epoch", "loss/G_total", "loss/G_l1", "loss/D",
 )
 TOP_KEYS = {"name", "description", "sampler", "trials", "timeout_s", "seeds", "eval_every", "pruner",
-            "objectives", "directions", "fixed", "space", "sampler_seed", "max_retries", "epochs_per_image"}
+            "objectives", "directions", "fixed", "space", "sampler_seed", "max_retries", "epochs_per_image",
+            "weights"}
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median")
 
@@ -82,6 +84,7 @@ class SweepSpec:
     sampler_seed: int = 0
     max_retries: int = 2
     epochs_per_image: int = 0  # > 0: a budget that grows with N, epochs = epochs_per_image x n_images
+    weights: str = "none"  # none | all: whether trials log their generator weights
 
     def _budgeted(self, values: dict[str, Any]) -> dict[str, Any]:
         if self.epochs_per_image:
@@ -273,11 +276,13 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
             f"epochs_per_image={per_image!r}: expected an integer >= 0")
     _expect(not (per_image and ("epochs" in fixed or "epochs" in space)),
             "epochs_per_image: the budget then is epochs_per_image x n_images; leave epochs out of fixed and space")
+    weights = raw.get("weights", "none")
+    _expect(weights in ("none", "all"), f"weights={weights!r}: allowed values are none, all")
     timeout = raw.get("timeout_s", 0)
     _expect(isinstance(timeout, int | float) and timeout >= 0, f"timeout_s={timeout!r}: expected a number >= 0")
     return SweepSpec(raw["name"].strip(), fixed, space, sampler, trials, float(timeout), seeds, eval_every,
                      pruner, objectives, directions, raw.get("description", ""), source, sampler_seed, max_retries,
-                     per_image)
+                     per_image, weights)
 
 
 def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> SweepSpec:

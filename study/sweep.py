@@ -456,11 +456,12 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
                                             spec.eval_every, [r for *_, r in started],
                                             desc=run_name(spec, group[0][1], "+".join(str(t.user_attrs["seed"])
                                                                                       for t, *_ in started)),
-                                            progress=ctx.progress)
+                                            progress=ctx.progress, weights=spec.weights == "all")
             else:
                 trial, params, config, logger, report = started[0]
                 outcomes = [run_trial(config, logger, spec.eval_every, report,
-                                      desc=run_name(spec, params, trial.user_attrs["seed"]), progress=ctx.progress)]
+                                      desc=run_name(spec, params, trial.user_attrs["seed"]), progress=ctx.progress,
+                                      weights=spec.weights == "all")]
     except KeyboardInterrupt:
         # stopped, not failed: the next invocation runs these conditions again
         for trial, _, _, logger, _ in started:

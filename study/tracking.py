@@ -14,6 +14,7 @@ import os
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -114,6 +115,16 @@ def artifact_root(uri: str) -> str | None:
 # MLflow 3 opens an experiment without a kind in its GenAI view (traces, token usage); ours are classic ML
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 ROLE_TAG = "cyclelike.role"  # study (a sweep's) or runs (single runs): make report picks the latest study
+
+
+def disk_use(name: str, uri: str | None = None) -> str:
+    """What a study's artifacts take in a local store, for the line a sweep ends with."""
+    root = artifact_root(uri or tracking_uri())
+    if root is None:
+        return "artifacts on the tracking server"
+    folder = Path(urllib.parse.urlparse(root).path) / name
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+    return f"{size / 2**20:.1f} MiB of artifacts in {folder}"
 
 
 def ensure_experiment(client: MlflowClient, name: str, role: str = "study") -> str:

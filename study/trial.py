@@ -74,15 +74,16 @@ class TrackedRun:
     through `finish`."""
 
     def __init__(self, config: RunConfig, logger: RunLogger, data: Domains, eval_every: int,
-                 report: Report | None):
+                 report: Report | None, weights: bool = True):
         self.config, self.logger, self.data, self.eval_every, self.report = config, logger, data, eval_every, report
+        self.weights = weights  # the generator(s) as model/G.pt: megabytes a run, so a sweep keeps them on request
         self.eval_s, self.pruned, self.locked, self.n_grids = 0.0, False, False, 0
         self.history: list[tuple[int, PairingResult]] = []  # every evaluation: how the pairs formed
         self.epoch_seconds: dict[int, float] = {}
         # every artifact is written here and sent with one call at the end: each MLflow call costs milliseconds
         self.staging = tempfile.TemporaryDirectory()
         self.root = Path(self.staging.name)
-        for sub in ("samples", "pairing", "model"):
+        for sub in ("samples", "pairing", *(("model",) if weights else ())):
             (self.root / sub).mkdir()
         logger.log_params({**config.to_dict(), **config.budget()})
         synthetic = config.data == "synthetic"
@@ -150,7 +151,7 @@ class TrackedRun:
                          "model/generator_params": generator_params(result.nets),
                          "stop/epoch": epoch, "stop/g_steps": epoch * self.config.g_steps_per_epoch()})
         logger.pending_tags["stop/reason"] = self.stop_reason
-        _write_final_artifacts(self.root, result, final, data, epoch)
+        _write_final_artifacts(self.root, result, final, data, epoch, self.weights)
         self.close()
         timing = {"train_s": train_s, "eval_s": self.eval_s, "log_s": logger.log_seconds,
                   "total_s": time.perf_counter() - started}
@@ -169,10 +170,11 @@ class TrackedRun:
 
 
 def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
-              desc: str = "train", progress: bool = True, data: Domains | None = None) -> TrialOutcome:
+              desc: str = "train", progress: bool = True, data: Domains | None = None,
+              weights: bool = True) -> TrialOutcome:
     started = time.perf_counter()
     data = data if data is not None else load_domains(config)
-    run = TrackedRun(config, logger, data, eval_every, report)
+    run = TrackedRun(config, logger, data, eval_every, report, weights)
     try:
         t_train = time.perf_counter()
         result = train(config, data, callback=run.on_epoch, progress=progress, desc=desc)
@@ -183,7 +185,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
 
 def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_every: int = 10,
                      reports: list[Report | None] | None = None, desc: str = "fused",
-                     progress: bool = True) -> list[TrialOutcome]:
+                     progress: bool = True, weights: bool = True) -> list[TrialOutcome]:
     """The seeds of one condition trained as one stacked model (cyclelike.fused), each its own MLflow run
     with its own evaluations and pruning decision. Each run's train_s is the group's training time over K,
     and each records fuse_seeds = K."""
@@ -194,7 +196,7 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
     try:
         for config, logger, report in zip(configs, loggers, reports, strict=True):
             logger.pending_tags["fused_group"] = str(len(configs))
-            runs.append(TrackedRun(config, logger, data, eval_every, report))
+            runs.append(TrackedRun(config, logger, data, eval_every, report, weights))
         t_train = time.perf_counter()
         results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc)
         train_s = (time.perf_counter() - t_train - sum(r.eval_s for r in runs)) / len(configs)
@@ -264,7 +266,7 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int) -> None:
+def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int, weights: bool) -> None:
     """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
     save_image(_samples(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
     save_image(_strip(result.translator, data, final), root / "pairing" / "strip.png")
@@ -283,5 +285,5 @@ def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int)
          "x_names": data.x_names, "y_names": data.y_names}, indent=1))
     (root / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2))
     for name, net in result.nets.items():
-        if name in ("G", "F"):
+        if weights and name in ("G", "F"):
             torch.save({k: v.cpu() for k, v in net.state_dict().items()}, root / "model" / f"{name}.pt")

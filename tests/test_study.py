@@ -85,7 +85,8 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         history = client.get_metric_history(run.info.run_id, "loss/G_l1")
         assert sorted(m.step for m in history) == [1, 2, 3, 4]
         assert len(client.get_metric_history(run.info.run_id, "time/epoch_s")) == 4
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "pair/forward_top1")] == [2, 4]
+        # step 0: the untrained map, where the curves and the strip slider start
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "pair/forward_top1")] == [0, 2, 4]
         for key in ("pair/bijectivity", "pair/mutual", "pair/cycle_top1", "mem/holdout_copy_rate",
                     "time/sec_per_epoch"):
             assert key in run.data.metrics
@@ -95,12 +96,12 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         single = [k for k in run.data.metrics if len(client.get_metric_history(run.info.run_id, k)) == 1]
         assert single == ["time/sec_per_epoch"]  # the objective-able timing, one per run by definition
         paths = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.json", "model", "pairing", "samples"} <= paths
+        assert {"config.json", "pairing", "samples"} <= paths
+        assert "model" not in paths  # a sweep keeps no weights unless its file says weights = "all"
         pairing = {a.path for a in client.list_artifacts(run.info.run_id, "pairing")}
         assert {"pairing/D_xy.csv", "pairing/D_xy.png", "pairing/D_yx.csv", "pairing/D_yx.png",
                 "pairing/history.csv"} <= pairing
         assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "synthetic:faces-planes"
-        assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/G.pt"}
         assert len(client.list_artifacts(run.info.run_id, "samples")) == 2  # epoch 2 and the final epoch 4
     assert parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["study/trials_complete"] == 4
@@ -366,6 +367,8 @@ def test_a_trial_reproduces_from_its_run_id(swept, capsys, monkeypatch):
     for key in ("loss/G_total", "loss/D", "pair/forward_top1"):
         assert again.data.metrics[key] == pytest.approx(trial.data.metrics[key], abs=1e-6), key
     assert again.data.params["seed"] == trial.data.params["seed"]
+    # a single run keeps its weights: the one file a user asked for by retraining it
+    assert {a.path for a in client.list_artifacts(again.info.run_id, "model")} == {"model/G.pt"}
 
 
 def test_changed_fixed_values_become_new_trials_of_the_study(swept, capsys):
@@ -568,11 +571,11 @@ def test_assignment_history_round_trips_through_mlflow(swept, tmp_path):
                                                       str(tmp_path))).read_text())
     assert history[history["epoch"] == 4].sort_values("i")["a"].tolist() == final["a"]
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "pair/forward_top1"))
-    assert steps == [2, 4]
+    assert steps == [0, 2, 4]  # the history (formation) starts at the first trained evaluation, the curves at 0
     for key in ("summary.pair/flips", "summary.pair/locked_epoch", "summary.pair/agree_colour_ci_low"):
         assert key in run.data.tags, key
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
-    assert len([p for p in images if p.endswith(".png")]) == 2  # the strip at each evaluation, for the slider
+    assert len([p for p in images if p.endswith(".png")]) == 3  # the strip at epoch 0 and each evaluation
 
 
 def test_an_unwritable_mlflow_store_is_one_line():
