@@ -33,8 +33,9 @@ test: .venv browser postgres  ## ruff and the test suite
 lint: .venv  ## ruff only
 	$(VENV)/bin/ruff check .
 
-train: .venv  ## one training on the embedded data, outputs under runs/ (ARGS="--set key=value ...")
-	$(PY) -m cyclelike train $(ARGS)
+train: .venv  ## one training on the embedded data, outputs under runs/, then its pairing metrics (ARGS="--set k=v")
+	@out=runs/train-$$(date +%Y%m%d-%H%M%S); $(PY) -m cyclelike train --out $$out $(ARGS) && \
+		$(PY) -m analysis pairing $$out
 
 sweep: .venv  ## run or resume an Optuna study (CONFIG=study/configs/x.toml ARGS="--workers 2 --set k=v")
 	$(PY) -m study sweep --config $(CONFIG) $(if $(findstring --workers,$(ARGS)),,--workers auto) $(ARGS)

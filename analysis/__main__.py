@@ -1,4 +1,5 @@
-"""`python -m analysis report`: the study report from the MLflow runs."""
+"""`python -m analysis report`: the study report from the MLflow runs; `python -m analysis pairing DIR`: the
+pairing metrics of one `python -m cyclelike train` output folder."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="Optuna storage for parameter importance (default mlruns/optuna.journal; an RDB URL works)")
     rep.add_argument("--store", default=None, metavar="DIR",
                      help="folder of the MLflow database and Optuna journal (default: the project's mlruns/)")
+    pair = sub.add_parser("pairing", help="the pairing metrics of a `python -m cyclelike train` output folder",
+                          description="Load DIR/checkpoint.pt and DIR/config.json and print every pairing metric "
+                                      "with its chance level.", epilog="example: python -m analysis pairing runs/x")
+    pair.add_argument("folder", help="a python -m cyclelike train output folder")
     args = parser.parse_args(argv)
+    if args.command == "pairing":
+        return _pairing(Path(args.folder))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file is noise
     from .store import PROJECT, first_line, safe_url, tracking_uri, use_store
 
@@ -48,6 +55,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = build_report(name, Path(args.out) if args.out else PROJECT / "reports" / name, args.storage, client)
     print(f"report: {out / 'index.html'}\n        {out / 'report.md'}")
+    return 0
+
+
+def _pairing(folder: Path) -> int:
+    import json
+
+    import torch
+
+    from cyclelike.config import ConfigError, DataError, RunConfig
+    from cyclelike.data import load_domains
+    from cyclelike.train import build, make_translator, resolve_device
+
+    from .pairing import chance_level, evaluate_pairing
+
+    try:
+        config = RunConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        state = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
+        data = load_domains(config)
+    except (OSError, ValueError, ConfigError, DataError) as err:
+        print(f"error: {folder} is not a finished `python -m cyclelike train` folder: {err}", file=sys.stderr)
+        return 2
+    device = resolve_device(config.device)
+    nets, _ = build(config, device)
+    for name, net in nets.items():
+        net.load_state_dict(state["nets"][name])
+    t = make_translator(nets, config.scheme)
+    result = evaluate_pairing(t.forward, t.backward, data.x, data.y, data.pi, data.x_holdout)
+    print(f"{folder} after {state['epoch']} epochs, N = {data.n}, {config.pairing} pairing:")
+    for key, value in result.metrics.items():
+        chance = chance_level(key, data.n)
+        print(f"  {key:34s} {value:7.3f}" + (f"   (chance {chance:.3f})" if chance is not None else ""))
     return 0
 
 

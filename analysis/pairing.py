@@ -38,6 +38,8 @@ def chance_level(metric: str, n: int) -> float | None:
 
     pair/hungarian_agreement has none here: a row's minimum is often its optimal partner in a random matrix
     too (about half the rows at N = 10), so 1/N would make chance look like a finding."""
+    if metric.endswith(("_pvalue", "_ci_low", "_ci_high", "_chance")):
+        return None  # statistics about a metric, not shares of N images
     if metric == "pair/bijectivity":
         return 1.0 - (1.0 - 1.0 / n) ** n  # expected share of distinct values of a random map
     if metric == "pair/partner_rank":

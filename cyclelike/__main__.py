@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, DataError, NonFiniteLossError, RunConfig, parse_sets
+from .config import ConfigError, DataError, NonFiniteLossError, RunConfig, idle_threads, parse_sets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = RunConfig.from_dict(parse_sets(args.sets))
+        if config.threads == 0:
+            config = config.replace(threads=idle_threads())
+            print(f"threads: {config.threads} (the idle cores now; --set threads=K to choose)")
         data = load_domains(config)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = SAMPLE_ROWS if result.translator.backward is not None else SAMPLE_ROWS[:3]
     save_image(labelled(sample_grid(result.translator, data.to(result.device)), rows), out / "samples.png")
     print(f"{config.scheme}/{config.arch} N={config.n_images} {config.image_size}px: "
-          f"{result.sec_per_epoch:.3f} s/epoch (median after {config.warmup_epochs} warm-up), outputs in {out}")
+          f"{result.sec_per_epoch:.3f} s/epoch (median after {config.warmup_epochs} warm-up), outputs in {out}\n"
+          f"pairing metrics: python -m analysis pairing {out}")
     return 0
 
 

@@ -221,6 +221,14 @@ class RunConfig:
         return "RunConfig keys for --set KEY=VALUE:\n" + "\n".join(lines)
 
 
+def idle_threads() -> int:
+    """Torch threads for a run started by hand: the cores idle now (1-minute load average), at least one.
+    Torch's default of every core collapses when other work shares them (OpenMP spin: 7x slower was seen)."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) - round(os.getloadavg()[0]))
+
+
 def parse_value(name: str, text: str) -> Any:
     """Turn the text of `--set name=text` into the type of RunConfig.name."""
     types = {f.name: type(f.default) for f in fields(RunConfig)}

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from analysis.store import use_store
-from cyclelike.config import ConfigError, DataError, NonFiniteLossError, RunConfig, parse_sets
+from cyclelike.config import ConfigError, DataError, NonFiniteLossError, RunConfig, idle_threads, parse_sets
 
 from .spec import SweepError, load_sweep
 
@@ -90,6 +90,9 @@ def _run(args) -> int:
         config, experiment = RunConfig.from_dict(sets), args.experiment or "runs"
         eval_every = 10 if args.eval_every is None else args.eval_every
     _check_device(config)
+    if config.threads == 0:
+        config = config.replace(threads=idle_threads())
+        print(f"threads: {config.threads} (the idle cores now; --set threads=K to choose)")
     if config.stop == "locked" and not eval_every:
         raise SweepError("stop=locked decides at the pairing evaluations; give --eval-every > 0")
     client = client or prepare_store()

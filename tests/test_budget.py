@@ -158,3 +158,11 @@ def test_a_budget_that_grows_with_n():
     assert spec.config_for({"n_images": 80}, 0).budget()["budget/g_steps_per_pair"] == 800
     with pytest.raises(SweepError, match="epochs_per_image"):
         parse_sweep({**raw, "fixed": {"epochs": 30}}, "cap.toml")
+
+
+def test_p_values_and_intervals_have_no_chance_level():
+    from analysis.pairing import chance_level
+
+    assert chance_level("pair/forward_top1", 10) == 0.1
+    for key in ("pair/forward_top1_pvalue", "pair/agree_edges_pvalue", "pair/mutual_ci_low"):
+        assert chance_level(key, 10) is None, key
