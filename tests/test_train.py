@@ -102,3 +102,18 @@ def test_non_finite_loss_stops_with_the_epoch_named():
 def test_bf16_runs():
     result = train(TINY.replace(precision="bf16"))
     assert all(v == v for v in result.history[-1].losses.values())
+
+
+def test_make_train_folder_gives_its_pairing_metrics(tmp_path, capsys):
+    """make train = python -m cyclelike train, then python -m analysis pairing on its folder."""
+    from analysis.__main__ import main as analysis_main
+    from cyclelike.__main__ import main as train_main
+
+    sets = ["--set", "image_size=16", "--set", "n_images=4", "--set", "n_holdout=1", "--set", "epochs=2",
+            "--set", "base_filters=4", "--set", "d_filters=4", "--set", "batch_size=2"]
+    assert train_main(["train", "--out", str(tmp_path / "run"), *sets]) == 0
+    assert "threads: " in capsys.readouterr().out  # the idle cores, never torch's every-core default
+    assert analysis_main(["pairing", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert "after 2 epochs, N = 4" in printed and "pair/forward_top1" in printed and "(chance 0.250)" in printed
+    assert analysis_main(["pairing", str(tmp_path / "nothing")]) == 2
