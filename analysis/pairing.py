@@ -336,19 +336,24 @@ class PairingResult:
     b: np.ndarray | None
     pi: np.ndarray
     copy_factor: float = COPY_FACTOR
+    copy_baseline: float = float("nan")  # mem/holdout_copy_rate of the mean training target
 
     @property
     def statistics(self) -> dict[str, float]:
-        """Each metric's chance level and interval, bijectivity's null range and p-values: logged once a run."""
+        """Each metric's chance level and interval, bijectivity's null range and the p-values: one value a run,
+        so summaries (tags), never charted as metrics. The p-values of forward_top1 and the predictor agreements
+        are against the fixed points of a random permutation."""
         out: dict[str, float] = {}
         for key, s in self.shares.items():
             out |= {f"{key}_ci_low": s.low, f"{key}_ci_high": s.high, f"{key}_chance": s.chance}
+            if key == "pair/forward_top1" or "agree_" in key:
+                out[f"{key}_pvalue"] = fixed_point_pvalue(s.k, s.n)
         d = self.distinct
         out |= {"pair/bijectivity_chance": d.chance, "pair/bijectivity_null_low": d.null_low,
                 "pair/bijectivity_null_high": d.null_high, "pair/bijectivity_p_collapse": d.p_collapse,
                 "pair/bijectivity_p_permutation": d.p_permutation,
                 "pair/partner_rank_chance": chance_level("pair/partner_rank", len(self.a)),
-                "mem/copy_factor": self.copy_factor}
+                "mem/copy_factor": self.copy_factor, "mem/holdout_copy_baseline": self.copy_baseline}
         return out
 
 
@@ -376,7 +381,6 @@ def evaluate_pairing(
         "pair/partner_rank": partner_rank(D_xy, pi_np),
         "pair/margin": margin(D_xy),
         "pair/hungarian_agreement": hungarian_agreement(D_xy),
-        "pair/forward_top1_pvalue": fixed_point_pvalue(shares["pair/forward_top1"].k, n),
     }
     D_yx = b = None
     if backward is not None:
@@ -392,13 +396,12 @@ def evaluate_pairing(
                                                   "pair/cycle_top1_lowpass")})
     shares.update(predictor_agreement(a, predictor_partners(x, y)))
     metrics.update({k: s.value for k, s in shares.items()})
-    metrics.update({f"{k}_pvalue": fixed_point_pvalue(s.k, n) for k, s in shares.items() if "agree_" in k})
     has_holdout = x_holdout is not None and len(x_holdout) > 0
     metrics["mem/holdout_copy_rate"] = (
         holdout_copy_rate(forward(x_holdout), y, copy_factor) if has_holdout else float("nan")
     )
     # a blurred output near the mean face passes the threshold without memorising anything: its baseline is
     # the rate of the mean training target itself (0 or 1), and the rate above it is what memory explains
-    metrics["mem/holdout_copy_baseline"] = holdout_copy_rate(y.float().mean(0, keepdim=True), y, copy_factor)
-    metrics["mem/holdout_copy_excess"] = metrics["mem/holdout_copy_rate"] - metrics["mem/holdout_copy_baseline"]
-    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor)
+    baseline = holdout_copy_rate(y.float().mean(0, keepdim=True), y, copy_factor)
+    metrics["mem/holdout_copy_excess"] = metrics["mem/holdout_copy_rate"] - baseline
+    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor, baseline)

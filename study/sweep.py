@@ -132,15 +132,17 @@ SHORT_NAMES = {"n_images": "N", "lambda_cyc": "cyc", "lambda_l1": "l1", "lambda_
 NAME_ORDER = ("pairing", "direction_schedule", "scheme", "arch")
 
 
-def run_name(spec: SweepSpec, params: dict[str, Any], seed: int) -> str:
-    """What the MLflow UI lists: the condition and the seed, e.g. fixed-unet-N10-cyc1-s0."""
+def run_name(spec: SweepSpec, params: dict[str, Any], seed: int | str) -> str:
+    """What the MLflow UI lists: N and the seed first, so that they survive the UI's truncation of long names,
+    then the rest of the condition, e.g. N10-s0-fixed-unet-cyc1."""
     keys = [k for k in NAME_ORDER if k in params] + sorted(k for k in params if k not in NAME_ORDER)
     parts = []
     for k in keys:
         v = params[k]
         text = f"{v:g}" if isinstance(v, float) else str(v)
         parts.append(text if isinstance(v, str) else f"{SHORT_NAMES.get(k, k)}{text}")
-    return "-".join(parts or [spec.name]) + f"-s{seed}"
+    lead = [p for p in parts if p.startswith("N") and p[1:].isdigit()]
+    return "-".join([*lead, f"s{seed}", *[p for p in parts if p not in lead]] or [spec.name])
 
 
 def config_key(config: RunConfig) -> str:

@@ -74,7 +74,7 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
     parents = [r for r in runs if r.data.tags.get("role") == "study"]
     trials = [r for r in runs if "trial" in r.data.tags]
     assert len(parents) == 1 and len(trials) == 4 == len(first)
-    assert sorted(r.info.run_name for r in trials) == ["aligned-s0", "aligned-s1", "fixed-s0", "fixed-s1"]
+    assert sorted(r.info.run_name for r in trials) == ["s0-aligned", "s0-fixed", "s1-aligned", "s1-fixed"]
     assert sorted(int(r.data.tags["trial"]) for r in trials) == [0, 1, 2, 3]
     for run in trials:
         assert run.info.status == "FINISHED"
@@ -281,7 +281,7 @@ def test_mlflow_server_serves_the_runs(swept):
         with urllib.request.urlopen(request, timeout=10) as r:
             runs = json.load(r)["runs"]
         names = sorted(r["info"]["run_name"] for r in runs)
-        assert names == ["aligned-s0", "aligned-s1", "fixed-s0", "fixed-s1", "study-tiny"]
+        assert names == ["s0-aligned", "s0-fixed", "s1-aligned", "s1-fixed", "study-tiny"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -534,8 +534,8 @@ def test_run_names_say_the_condition_and_seed():
 
     spec = parse_sweep(GOOD, "names.toml")
     params = {"n_images": 10, "arch": "unet", "lambda_cyc": 1.0, "pairing": "fixed"}
-    assert run_name(spec, params, 0) == "fixed-unet-cyc1-N10-s0"
-    assert run_name(spec, {}, 3) == "s-s3"
+    assert run_name(spec, params, 0) == "N10-s0-fixed-unet-cyc1"  # N and seed survive the UI's truncation
+    assert run_name(spec, {}, 3) == "s3"
 
 
 def test_objectives_are_named_for_the_dashboard(swept):

@@ -28,8 +28,8 @@ def test_cyclelike_learns_the_given_pairing_and_collapses_without_one():
                                            data.pi, data.x_holdout)
     fixed, shuffled = scores["fixed"], scores["shuffled"]
     assert fixed.metrics["pair/forward_top1"] >= 0.8 and fixed.metrics["pair/cycle_top1"] >= 0.8
-    assert fixed.metrics["pair/forward_top1_pvalue"] < 0.05
-    assert shuffled.metrics["pair/forward_top1_pvalue"] > 0.05  # the stored order is no better than a random one
+    assert fixed.statistics["pair/forward_top1_pvalue"] < 0.05
+    assert shuffled.statistics["pair/forward_top1_pvalue"] > 0.05  # the stored order is no better than a random one
     assert shuffled.distinct.p_collapse < 0.05, shuffled.distinct
 
 
