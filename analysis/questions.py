@@ -325,6 +325,24 @@ def answers(t: pd.DataFrame) -> list[str]:
     out += capacity_answers(t) or [
         "Question 2 (how far one G reaches) needs runs given a pair at two or more N; this study has none: "
         "make sweep CONFIG=study/configs/capacity.toml runs them."]
+    return out + collapse_answers(t) + formation_answers(t) + scaling_answers(t)
+
+
+def collapse_answers(t: pd.DataFrame) -> list[str]:
+    """Runs given a NEW random partner every epoch with an L1 target (shuffled, lambda_l1 > 0): the target is
+    noise, and G averages it; bijectivity against the random map says whether it collapsed."""
+    if t.empty or "pair/bijectivity" not in t:
+        return []
+    noisy = t[(_col(t, "pairing", "aligned") == "shuffled") & (_col(t, "lambda_l1", 10.0) > 0)
+              & (_col(t, "scheme", "cyclelike") != "cyclegan")]
+    out = []
+    for condition, g in groups(noisy):
+        fewer = _count(g, "pair/bijectivity_p_collapse")
+        out.append(f"With a new random partner every epoch as its L1 target ({describe(condition) or 'shuffled'}), "
+                   f"G reached bijectivity {g['pair/bijectivity'].mean():.2f} (a random map: "
+                   f"{_chance('pair/bijectivity', g)}); {fewer} of {len(g)} runs had fewer distinct targets than a "
+                   f"random map at p < 0.05" + (": G collapses onto a few targets when the pair is noise."
+                                                 if fewer > len(g) / 2 else "."))
     return out
 
 
@@ -356,6 +374,58 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
             ax.set_ylabel(metric if col == 0 else "")
     fig.tight_layout()
     return fig
+
+
+def scaling_series(t: pd.DataFrame) -> pd.Series:
+    """The series seconds per epoch are fitted in: anything that changes the work per image is its own (a cycle
+    or identity term adds a G pass), and so is a fused run, whose epoch time is its whole group's."""
+    t = t.assign(**{"cycle pass": np.where(_col(t, "lambda_cyc", 0.0) > 0, "cycle", "no cycle"),
+                    "identity pass": np.where(_col(t, "lambda_id", 0.0) > 0, "identity", "no identity"),
+                    "seeds fused": _col(t, "tags.fused_group", "1").fillna("1")})
+    candidates = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "precision",
+                  "cycle pass", "identity pass", "seeds fused")
+    keys = [k for k in candidates if k in t and t[k].nunique() > 1]
+    return t[keys].astype(str).agg(", ".join, axis=1) if keys else pd.Series("all runs", index=t.index)
+
+
+def scaling_answers(t: pd.DataFrame) -> list[str]:
+    """How seconds per epoch grow with N, per series with two or more N: the original's "about linear"."""
+    if "time/sec_per_epoch" not in t or _col(t, "n_images", 0).nunique() < 2:
+        return []
+    t = t.dropna(subset=["time/sec_per_epoch"])
+    parts = []
+    for series, g in t.groupby(scaling_series(t)):
+        try:
+            fit = fit_scaling(g["n_images"].to_numpy(), g["time/sec_per_epoch"].to_numpy())
+        except ValueError:
+            continue
+        parts.append(f"{series}: log-log slope {fit.loglog_slope:.2f} (95% interval {fit.loglog_low:.2f} to "
+                     f"{fit.loglog_high:.2f}), t = {fit.a:.3g} + {fit.b:.3g} N s, {fit.n_points} runs, reliable: "
+                     f"{fit.verdict()}")
+    if not parts:
+        return []
+    return ["Seconds per epoch against N (1 is linear; the original's two timings give 0.946): " + "; ".join(parts)
+            + "."]
+
+
+def formation_answers(t: pd.DataFrame) -> list[str]:
+    """When the given pairs existed: the first evaluated epoch at forward_top1 >= 0.9, per condition, censored
+    at the first evaluation (it may have come earlier) and counted where it never came."""
+    g = given(t)
+    if g.empty or "pair/epochs_to_90" not in g:
+        return []
+    parts = []
+    for condition, h in groups(g):
+        reached = h["pair/epochs_to_90"].dropna()
+        if reached.empty:
+            parts.append(f"{describe(condition)}: none of {len(h)} runs reached forward_top1 >= 0.9")
+            continue
+        first = int(reached.min())
+        censored = int((reached == first).sum())
+        parts.append(f"{describe(condition)}: epoch {reached.median():.0f} (median of {len(reached)} of {len(h)} "
+                     f"runs that reached it" + (f"; {censored} at the first evaluation they had, so possibly earlier"
+                                                if censored > 1 else "") + ")")
+    return ["Given the pair, forward_top1 first reached 0.9 at: " + "; ".join(parts) + "."]
 
 
 def formation_table(t: pd.DataFrame) -> pd.DataFrame:

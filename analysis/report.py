@@ -419,17 +419,7 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
         spreads.append((min(values), max(values), len(epochs)))
     t = t.assign(epoch_min=[s[0] for s in spreads], epoch_max=[s[1] for s in spreads],
                  epochs_timed=[s[2] for s in spreads])
-    # anything that changes the work per image is its own series: a cycle or identity term adds a G pass
-    if "lambda_cyc" in t:
-        t["cycle pass"] = np.where(t["lambda_cyc"] > 0, "cycle", "no cycle")
-    if "lambda_id" in t:
-        t["identity pass"] = np.where(t["lambda_id"] > 0, "identity", "no identity")
-    # a fused run's epoch time is its whole group's: never one series with runs trained alone
-    t["seeds fused"] = t["tags.fused_group"].fillna("1") if "tags.fused_group" in t else "1"
-    candidates = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "precision",
-                  "cycle pass", "identity pass", "seeds fused")
-    series_keys = [k for k in candidates if k in t and t[k].nunique() > 1]
-    t["series"] = t[series_keys].astype(str).agg(", ".join, axis=1) if series_keys else "all runs"
+    t["series"] = questions.scaling_series(t)
     fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(12, 4.5))
     rows, fits = [], []
     palette = dict(zip(sorted(t["series"].unique()), sns.color_palette("deep"), strict=False))

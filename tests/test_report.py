@@ -228,3 +228,14 @@ def test_one_colour_per_pairing_in_every_panel():
                  to_hex(line.get_color()) != "#000000"}
         assert drawn <= {to_hex(c) for c in PAIRING_COLOURS.values()}, drawn
         assert len(drawn) == 3
+
+
+def test_the_answers_say_what_this_study_found(store):
+    """The first screen speaks to every question the study can: collapse with a noisy pair, the time per
+    epoch against N, and when the given pairs formed."""
+    _, _, out = store
+    first = (out / "report.md").read_text().split("## 1. ")[0]
+    assert "With a new random partner every epoch as its L1 target (N=4)" in first
+    assert "With a new random partner every epoch as its L1 target (N=6)" in first
+    assert "Seconds per epoch against N (1 is linear; the original's two timings give 0.946)" in first
+    assert "log-log slope" in first and "reliable:" in first
