@@ -53,7 +53,7 @@ dashboard: .venv  ## optuna-dashboard on 127.0.0.1 for the study storage
 	exec $(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) "$$storage"
 
 report: .venv  ## report on the most recent study, or STUDY=name: reports/<study>/index.html
-	$(PY) -m analysis report $(if $(STUDY),--experiment $(STUDY))
+	$(PY) -m analysis report $(if $(STUDY),--experiment $(STUDY)) --ui http://127.0.0.1:$(PORT)
 
 scaling: .venv  ## the seconds-per-epoch scaling study (study/configs/scaling.toml), then its report
 	$(PY) -m study sweep --config study/configs/scaling.toml $(ARGS)

@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--out", default=None, help="output folder (default reports/<study> in the project)")
     rep.add_argument("--storage", default=None,
                      help="Optuna storage for parameter importance (default mlruns/optuna.journal; an RDB URL works)")
+    rep.add_argument("--ui", default=None, metavar="URL",
+                     help="the MLflow UI's address, to link each run named in the report to its page (make report "
+                          "passes make ui's; default: the tracking server's, if any)")
     rep.add_argument("--store", default=None, metavar="DIR",
                      help="folder of the MLflow database and Optuna journal (default: the project's mlruns/)")
     pair = sub.add_parser("pairing", help="the pairing metrics of a `python -m cyclelike train` output folder",
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: there is no study {name!r} in {uri}; studies there: {', '.join(known) or 'none'}",
               file=sys.stderr)
         return 1
-    out = build_report(name, Path(args.out) if args.out else PROJECT / "reports" / name, args.storage, client)
+    out = build_report(name, Path(args.out) if args.out else PROJECT / "reports" / name, args.storage, client,
+                       args.ui)
     print(f"report: {out / 'index.html'}\n        {out / 'report.md'}")
     return 0
 

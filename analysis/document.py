@@ -22,6 +22,7 @@ figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd
 figcaption { font-size: 0.9em; color: #555; } pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 img.pixels { width: 100%; max-width: 900px; image-rendering: pixelated; }
 .note { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.5em 1em; }
+ul.toc { columns: 2; font-size: 0.95em; }
 """
 
 # lets a headless browser test read how many figures failed to load
@@ -36,9 +37,14 @@ window.addEventListener("load", function () {
 """
 
 
+def anchor(text: str) -> str:
+    """The id of a heading, as GitHub's Markdown makes it: lower case, spaces to '-', punctuation dropped."""
+    return "".join(c for c in text.lower().replace(" ", "-") if c.isalnum() or c in "-_")
+
+
 @dataclass
 class Block:
-    kind: str  # h1, h2, h3, p, note, figure, table, code
+    kind: str  # h1, h2, h3, p, note, figure, table, code, link, toc
     text: str = ""
     path: str = ""
     table: pd.DataFrame | None = None
@@ -57,7 +63,7 @@ class Document:
     def __init__(self, title: str, out: Path):
         self.title, self.out = title, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.blocks: list[Block] = [Block("h1", title)]
+        self.blocks: list[Block] = [Block("h1", title), Block("toc")]
         self.sections = 0
 
     def h2(self, text: str, numbered: bool = True) -> None:
@@ -79,6 +85,10 @@ class Document:
     def code(self, text: str) -> None:
         self.blocks.append(Block("code", text))
 
+    def link(self, text: str, url: str) -> None:
+        """A line that links out, e.g. a run's page in the MLflow UI."""
+        self.blocks.append(Block("link", text, path=url))
+
     def table(self, df: pd.DataFrame, caption: str = "") -> None:
         self.blocks.append(Block("table", caption, table=df))
 
@@ -93,10 +103,17 @@ class Document:
         """A PNG already written into the report folder."""
         self.blocks.append(Block("figure", caption, path=name, wide=wide))
 
+    def _sections(self) -> list[str]:
+        return [b.text for b in self.blocks if b.kind == "h2"]
+
     def markdown(self) -> str:
         parts = []
         for b in self.blocks:
-            if b.kind in ("h1", "h2", "h3"):
+            if b.kind == "toc":
+                parts.append("\n".join(f"- [{t}](#{anchor(t)})" for t in self._sections()))
+            elif b.kind == "link":
+                parts.append(f"[{b.text}]({b.path})")
+            elif b.kind in ("h1", "h2", "h3"):
                 parts.append("#" * int(b.kind[1]) + " " + b.text)
             elif b.kind == "p":
                 parts.append(b.text)
@@ -113,7 +130,14 @@ class Document:
     def html(self) -> str:
         parts = []
         for b in self.blocks:
-            if b.kind in ("h1", "h2", "h3"):
+            if b.kind == "toc":
+                items = "".join(f'<li><a href="#{anchor(t)}">{html.escape(t)}</a></li>' for t in self._sections())
+                parts.append(f'<nav><ul class="toc">{items}</ul></nav>')
+            elif b.kind == "link":
+                parts.append(f'<p><a href="{html.escape(b.path)}">{html.escape(b.text)}</a></p>')
+            elif b.kind == "h2":
+                parts.append(f'<h2 id="{anchor(b.text)}">{html.escape(b.text)}</h2>')
+            elif b.kind in ("h1", "h3"):
                 parts.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
             elif b.kind == "p":
                 parts.append(f"<p>{html.escape(b.text)}</p>")

@@ -45,6 +45,7 @@ class StudyRuns:
     trials: pd.DataFrame  # one row per trial run; params.* parsed to numbers where they are numbers
     objectives: list[str]
     directions: list[str]
+    ui: str | None = None  # the MLflow UI's address, for links to each run's page
 
 
 def _strip(df: pd.DataFrame) -> pd.DataFrame:
@@ -287,7 +288,9 @@ def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
             continue
         a, pi = np.asarray(info["a"]), np.asarray(info["pi"])
         pairing = row.get("pairing")
-        doc.figure(distance_heatmap(D, a, pi, title=_run_score(row, objective), pairing=pairing),
+        _run_link(doc, runs, row)
+        doc.figure(distance_heatmap(D, a, pi, title=_run_score(row, objective), pairing=pairing,
+                                    row_names=info.get("x_names"), col_names=info.get("y_names")),
                    f"heatmap_{row.run_id[:8]}.png",
                    f"D_xy of this one run with the nearest y of each x (white squares) and the "
                    f"{reference_label(pairing)} (red dots); the interval is the run's exact 95% interval over its "
@@ -299,6 +302,13 @@ def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
             doc.image(name, "Rows: x_i; G(x_i); the nearest y, y_a(i); G(G(x_i)) (first training images).", wide=True)
         except Exception as err:
             doc.note(f"image strip not available for this run ({type(err).__name__}).")
+
+
+def _run_link(doc: Document, runs: StudyRuns, row: pd.Series) -> None:
+    """The run's page in the MLflow UI, where the report knows the UI's address."""
+    if runs.ui:
+        doc.link(f"MLflow run {row.get('tags.mlflow.runName', row.run_id)}",
+                 f"{runs.ui.rstrip('/')}/#/experiments/{runs.experiment_id}/runs/{row.run_id}")
 
 
 def _run_score(row: pd.Series, metric: str) -> str:
@@ -611,6 +621,7 @@ def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
     largest = g.sort_values(["n_images", "base_filters"] if "base_filters" in g else ["n_images"]).groupby(
         "arch" if "arch" in g else "pairing").tail(1)
     for _, row in largest.iterrows():
+        _run_link(doc, runs, row)
         name = f"holdout_{row.run_id[:8]}.png"
         try:
             with tempfile.TemporaryDirectory() as tmp:
@@ -643,8 +654,10 @@ def section_reproduction(doc: Document, runs: StudyRuns, client) -> None:
               f"and seed) with the command in its 'reproduce' tag, for example `{example}`.")
 
 
-def build_report(name: str | None, out: Path | None = None, storage: str | None = None, client=None) -> Path:
-    """Write reports/<study>/index.html and report.md; returns the folder. Raises nothing for thin data."""
+def build_report(name: str | None, out: Path | None = None, storage: str | None = None, client=None,
+                 ui: str | None = None) -> Path:
+    """Write reports/<study>/index.html and report.md; returns the folder. Raises nothing for thin data.
+    `ui`: the MLflow UI's address (a tracking server's own by default), for links to each run's page."""
     from mlflow.tracking import MlflowClient
 
     from .store import PROJECT, tracking_uri
@@ -656,6 +669,7 @@ def build_report(name: str | None, out: Path | None = None, storage: str | None 
     out = Path(out or PROJECT / "reports" / name)
     doc = Document(f"Study report: {name}", out)
     runs = load_study_runs(client, name)
+    runs.ui = ui or (client.tracking_uri if str(client.tracking_uri).startswith(("http://", "https://")) else None)
     if runs.experiment_id is None:
         known = ", ".join(e.name for e in client.search_experiments()) or "none"
         doc.note(f"There is no experiment '{name}' in {client.tracking_uri}. Experiments there: {known}.")

@@ -275,11 +275,13 @@ def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int,
         save_image(labelled(held, HOLDOUT_ROWS), root / "pairing" / "holdout.png")
     (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
     pairing = result.config.pairing
-    _save(distance_heatmap(final.D_xy, final.a, final.pi, pairing=pairing), root / "pairing" / "D_xy.png")
+    _save(distance_heatmap(final.D_xy, final.a, final.pi, pairing=pairing, row_names=data.x_names,
+                           col_names=data.y_names), root / "pairing" / "D_xy.png")
     if final.D_yx is not None:
         (root / "pairing" / "D_yx.csv").write_text(_matrix_csv(final.D_yx, "y", "x"))
         _save(distance_heatmap(final.D_yx, final.b, np.argsort(final.pi), title="D_yx[j, i] = d(G(y_j), x_i)",
-                               row_label="y_j", col_label="x_i", pairing=pairing), root / "pairing" / "D_yx.png")
+                               row_label="y_j", col_label="x_i", pairing=pairing, row_names=data.y_names,
+                               col_names=data.x_names), root / "pairing" / "D_yx.png")
     (root / "pairing" / "assignment.json").write_text(json.dumps(
         {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
          "x_names": data.x_names, "y_names": data.y_names}, indent=1))

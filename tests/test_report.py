@@ -239,3 +239,16 @@ def test_the_answers_say_what_this_study_found(store):
     assert "With a new random partner every epoch as its L1 target (N=6)" in first
     assert "Seconds per epoch against N (1 is linear; the original's two timings give 0.946)" in first
     assert "log-log slope" in first and "reliable:" in first
+
+
+def test_a_table_of_contents_and_links_to_each_named_run(store, tmp_path):
+    _, client, out = store
+    md = (out / "report.md").read_text()
+    assert "- [1. The study at a glance](#1-the-study-at-a-glance)" in md
+    html = (out / "index.html").read_text()
+    assert '<a href="#1-the-study-at-a-glance">' in html and '<h2 id="1-the-study-at-a-glance">' in html
+    assert "#/experiments/" not in md  # no UI address known: no dead links
+    linked = build_report("rep", tmp_path / "linked", client=client, ui="http://127.0.0.1:5000")
+    experiment = client.get_experiment_by_name("rep").experiment_id
+    assert re.search(rf"\]\(http://127\.0\.0\.1:5000/#/experiments/{experiment}/runs/[0-9a-f]{{32}}\)",
+                     (linked / "report.md").read_text())
