@@ -11,6 +11,15 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+# one colour per pairing in every figure of a report, so that a reader learns it once
+PAIRING_COLOURS = dict(zip(("aligned", "fixed", "shuffled"), sns.color_palette("deep"), strict=False))
+
+
+def legend_outside(ax) -> None:
+    """The legend beside the panel, never over the data, in one place and size in every figure."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
 
 def reference_label(pairing: str | None) -> str:
     """What pi is for a run: the pair given, except under shuffled pairing, where no pair is ever given and

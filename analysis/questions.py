@@ -20,7 +20,7 @@ from scipy.stats import binomtest
 from cyclelike.config import RunConfig
 
 from .conditions import data_sets, describe, groups, varied
-from .figures import plt, sns
+from .figures import PAIRING_COLOURS, legend_outside, plt, sns
 from .pairing import PREDICTORS, chance_band, chance_level
 from .scaling import fit_scaling
 
@@ -367,8 +367,12 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
             ax.axhspan(low, high, color="0.85", label=BAND_LABELS[metric])
             ax.axhline(chance_level(metric, n), color="0.4", ls="--", lw=0.8)
             part = data[(data["metric"] == metric) & (data["n_images"] == n)]
-            sns.lineplot(data=part, x="epoch", y="value", hue=hue, errorbar=("ci", 95), seed=0, ax=ax,
-                         legend=row == 0 and col == len(sizes) - 1, marker="o", markersize=4)
+            # style as well as colour: a curve under another stays findable
+            sns.lineplot(data=part, x="epoch", y="value", hue=hue, style=hue, errorbar=("ci", 95), seed=0, ax=ax,
+                         palette=PAIRING_COLOURS if hue == "pairing" else None, markers=True, markersize=4,
+                         legend=row == 0 and col == len(sizes) - 1)
+            if row == 0 and col == len(sizes) - 1:
+                legend_outside(ax)
             ax.set_ylim(-0.05, 1.05)
             ax.set_title(f"{metric.removeprefix('pair/')}, N = {n}", fontsize=10)
             ax.set_ylabel(metric if col == 0 else "")
@@ -482,8 +486,7 @@ def steps_to_lock(g: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
         ax.set_yscale("log")
         ax.set_xlabel("N (given pairs)")
         ax.set_ylabel(label)
-    if axes[1].get_legend() is not None:
-        axes[1].legend(fontsize=7, loc="upper left")
+    legend_outside(axes[1])
     fig.tight_layout()
     return fig, pd.DataFrame(rows)
 
@@ -496,11 +499,13 @@ def seconds_to_pairs(t: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
         return None, pd.DataFrame()
     series = timing_series(t)
     palette = dict(zip(sorted(series.unique()), sns.color_palette("deep"), strict=False))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
     rows = []
     for ax, metric in zip(axes, ("time/seconds_to_pairs", "time/sec_per_epoch"), strict=True):
         for name, g in t.assign(series=series).groupby("series"):
             data = g.dropna(subset=[metric])
+            if data.empty:  # a series that never reached 0.9: counted in the table, no empty legend entry
+                continue
             ax.scatter(data["n_images"], data[metric], color=palette[name], s=18, label=str(name))
             try:
                 fit = fit_scaling(data["n_images"].to_numpy(), data[metric].to_numpy())
@@ -508,13 +513,13 @@ def seconds_to_pairs(t: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
                 continue
             grid = np.linspace(data["n_images"].min(), data["n_images"].max(), 50)
             ax.plot(grid, fit.predict(grid), color=palette[name], lw=1,
-                    label=f"{name}: t = {fit.a:.2f} + {fit.b:.3f} N")
+                    label=f"{name}: t = {fit.a:.3g} + {fit.b:.3g} N")
             rows.append({"quantity": metric, "series": name, "a (s)": round(fit.a, 3),
                          "b (s per image)": round(fit.b, 4), "R^2": round(fit.r2, 3),
                          "log-log slope": round(fit.loglog_slope, 3), "runs": fit.n_points,
                          "reliable": fit.verdict(),
                          "runs without a value": int(g[metric].isna().sum())})
-        ax.legend(fontsize=7)
+        legend_outside(ax)
         ax.set_xlabel("N (images per domain)")
         ax.set_ylabel(metric)
     fig.tight_layout()
@@ -548,17 +553,27 @@ def capacity_figure(g: pd.DataFrame) -> plt.Figure | None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.8), squeeze=False)
     data = g.assign(base_filters=g["base_filters"].astype(str)) if style else g
     for ax, metric in zip(axes[0], metrics, strict=True):
-        sns.lineplot(data=data, x="n_images", y=metric, hue=hue, style=style, markers=True, errorbar=None, ax=ax,
-                     legend=ax is axes[0][-1])
+        # markers, intervals over seeds and a dodge: lines that coincide (both at 1.0) stay apart
+        sns.lineplot(data=data, x="n_images", y=metric, hue=hue, style=style, markers=True, dashes=True,
+                     errorbar=("ci", 95), err_style="bars", seed=0, ax=ax, legend=ax is axes[0][-1])
         if metric == "pair/forward_top1":
             ax.axhline(0.9, color="crimson", ls=":", lw=1, label="0.9 (N90)")
         if chance_level(metric, 10) is not None:
             sizes = sorted(g["n_images"].unique())
-            ax.plot(sizes, [chance_level(metric, int(n)) for n in sizes], "k--", lw=0.8)
+            ax.plot(sizes, [chance_level(metric, int(n)) for n in sizes], "k--", lw=0.8, label="chance 1/N")
+        if metric == "mem/holdout_copy_excess":
+            ax.axhline(0.0, color="k", ls="--", lw=0.8, label="the mean training target's rate")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(g["n_images"].unique()), [str(int(n)) for n in sorted(g["n_images"].unique())])
-        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylim(-1.05 if metric == "mem/holdout_copy_excess" else -0.05, 1.05)
         ax.set_xlabel("N (given pairs)")
         ax.set_title(metric)
+    handles = {}
+    for ax in axes[0]:  # one legend for every line of every panel, the reference lines included
+        handles |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       frameon=False)
     fig.tight_layout()
     return fig

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import questions
 from .document import Document
-from .figures import distance_heatmap, plt, reference_label, sns
+from .figures import PAIRING_COLOURS, distance_heatmap, legend_outside, plt, reference_label, sns
 from .pairing import chance_level, seed_agreement
 from .scaling import REFERENCE_LOGLOG_SLOPE, REFERENCE_POINTS, fit_scaling
 
@@ -208,7 +208,6 @@ def _schedules(t: pd.DataFrame) -> str:
     return f"Direction schedule: {', '.join(names)} (alternate is the original's). "
 
 
-PAIRING_COLOURS = dict(zip(("aligned", "fixed", "shuffled"), sns.color_palette("deep"), strict=False))
 
 
 def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure:
@@ -231,8 +230,7 @@ def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure
         ax.set_title(f"{metric} vs {factor}")
         if ax.get_legend() is not None and ax is not axes[0][-1]:
             ax.get_legend().remove()
-    if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(fontsize=8, loc="best")
+    legend_outside(axes[0][-1])
     fig.tight_layout()
     return fig
 
@@ -257,7 +255,10 @@ def section_pairs(doc: Document, runs: StudyRuns) -> None:
         name = metric.replace("/", "_") + ".png"
         doc.figure(_plot_metric(t, metric, factors), name,
                    f"{metric} against each factor swept; points are means over runs with 95% bootstrap intervals "
-                   f"over runs (seeds), dashed line the chance level; {t[metric].notna().sum()} runs.")
+                   f"over runs (seeds); "
+                   + ("dashed lines: the chance level at each N" if chance_level(metric, 10) is not None else
+                      "no chance level (0 is the mean training target's rate)" if metric.startswith("mem/") else
+                      "no chance level") + f"; {t[metric].notna().sum()} runs.")
 
 
 def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
@@ -360,45 +361,27 @@ def section_importance(doc: Document, runs: StudyRuns, storage: str | None) -> N
     imp = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * imp["parameter"].nunique() * max(1, imp["evaluator"].nunique())))
     sns.barplot(data=imp, y="parameter", x="importance", hue="evaluator", ax=ax, orient="h")
+    for bars in ax.containers:  # a zero-width bar is a finding too: its number says so
+        ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    ax.set_xlim(0, max(1.0, float(imp["importance"].max()) * 1.15))
     ax.set_title(f"importance for {objective}")
     fig.tight_layout()
     doc.figure(fig, "importance.png", f"Parameter importance for {objective}: {source}. On few trials the "
                "evaluators can disagree; read them together with the plots above.")
-    doc.figure(_parallel(t, params, objective), "parallel.png",
-               f"Every completed trial as one line across the swept parameters, coloured by {objective}.")
+    if study is None:
+        doc.note("The parallel-coordinates plot needs the Optuna study, which was not at hand.")
+        return
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
 
-
-def _parallel(t: pd.DataFrame, params: list[str], objective: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(1.8 * (len(params) + 1) + 1, 4))
-    cols = params + [objective]
-    scaled = {}
-    labels = {}
-    for c in cols:
-        values = t[c]
-        levels = sorted(values.dropna().unique(), key=lambda v: (isinstance(v, str), v))
-        codes = values.map({v: i for i, v in enumerate(levels)}).astype(float)
-        if c == objective:
-            low, high = values.min(), values.max()
-            scaled[c] = (values - low) / (high - low) if high > low else values * 0 + 0.5
-            labels[c] = [f"{low:.2f}", f"{high:.2f}"]
-        else:
-            scaled[c] = codes / max(1, len(levels) - 1) if len(levels) > 1 else codes * 0 + 0.5
-            labels[c] = [str(v) for v in levels]
-    cmap = plt.get_cmap("viridis")
-    jitter = np.random.default_rng(0).normal(0, 0.012, size=(len(t), len(cols)))
-    for k, (_, row) in enumerate(pd.DataFrame(scaled).iterrows()):
-        ax.plot(range(len(cols)), row.values + jitter[k], color=cmap(float(scaled[objective].iloc[k])), alpha=0.6, lw=1)
-    for i, c in enumerate(cols):
-        levels = labels[c]
-        positions = [0.0, 1.0] if c == objective else (np.linspace(0, 1, len(levels)) if len(levels) > 1 else [0.5])
-        for pos, lab in zip(positions, levels, strict=False):
-            ax.text(i + 0.03, pos, lab, fontsize=8, va="center")
-        ax.axvline(i, color="grey", lw=0.8)
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks([])
-    ax.set_title("trials in parallel coordinates")
-    fig.tight_layout()
-    return fig
+    with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+        warnings.simplefilter("ignore")
+        swept = {k for trial in study.trials for k in trial.params}
+        ax = plot_parallel_coordinate(study, params=[p for p in params if p in swept] or None,
+                                      target=lambda x: x.values[0], target_name=objective)
+    fig = ax.figure
+    fig.set_size_inches(2.0 * (len(params) + 1) + 2, 4.5)
+    doc.figure(fig, "parallel.png", f"Every completed trial as one line across the swept parameters, coloured by "
+               f"{objective} (Optuna's parallel-coordinates plot, with its colour bar).")
 
 
 def _open_storage(storage: str | None):
@@ -475,7 +458,8 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
     ax_log.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_title("linear axes")
     ax_log.set_title("log-log axes (slope 1 = linear in N)")
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     fig.tight_layout()
     sizes = ", ".join(f"{int(v)} px" for v in sorted(t["image_size"].dropna().unique())) if "image_size" in t else "?"
     reference = (f"red crosses: the original (10, 1.5 s) and (20, 2.89 s) at 128 px, whose log-log slope is "
@@ -521,6 +505,8 @@ def section_curves(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None
         sns.lineplot(data=data[data["metric"] == metric], x="epoch", y="value", hue=hue, units="run_id",
                      estimator=None, palette=PAIRING_COLOURS if hue else None, lw=0.8, alpha=0.6, ax=ax,
                      legend=ax is axes[0][-1])
+        if ax is axes[0][-1]:
+            legend_outside(ax)
         ax.set_title(metric)
         ax.set_ylabel(metric)
     fig.tight_layout()
