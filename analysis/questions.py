@@ -370,8 +370,8 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
             # style as well as colour: a curve under another stays findable
             sns.lineplot(data=part, x="epoch", y="value", hue=hue, style=hue, errorbar=("ci", 95), seed=0, ax=ax,
                          palette=PAIRING_COLOURS if hue == "pairing" else None, markers=True, markersize=4,
-                         legend=row == 0 and col == len(sizes) - 1)
-            if row == 0 and col == len(sizes) - 1:
+                         legend=col == len(sizes) - 1)
+            if col == len(sizes) - 1:  # each row's own band named beside it
                 legend_outside(ax)
             ax.set_ylim(-0.05, 1.05)
             ax.set_title(f"{metric.removeprefix('pair/')}, N = {n}", fontsize=10)

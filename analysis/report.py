@@ -378,6 +378,8 @@ def section_importance(doc: Document, runs: StudyRuns, storage: str | None) -> N
         swept = {k for trial in study.trials for k in trial.params}
         ax = plot_parallel_coordinate(study, params=[p for p in params if p in swept] or None,
                                       target=lambda x: x.values[0], target_name=objective)
+    for lines in ax.collections:  # Optuna's reversed blues draw the best trials near-white, invisible on white
+        lines.set_cmap("viridis")
     fig = ax.figure
     fig.set_size_inches(2.0 * (len(params) + 1) + 2, 4.5)
     doc.figure(fig, "parallel.png", f"Every completed trial as one line across the swept parameters, coloured by "
@@ -530,7 +532,9 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
         doc.figure(fig, "formation.png", "forward_top1 and bijectivity at each evaluation, one panel per N: mean over "
                    "runs with a 95% bootstrap interval; grey bands: the central 95% of the fixed points of a random "
                    "permutation (forward_top1) and of the distinct targets of a random map (bijectivity), dashed "
-                   "lines their means. For runs given no pair, forward_top1 is against the stored order.")
+                   "lines their means. For runs given no pair, forward_top1 is against the stored order. A run that "
+                   "stopped (stop = locked) leaves the mean at its last evaluation: later points are over the runs "
+                   "still training.")
     table = questions.formation_table(t)
     if len(table):
         shuffled = " For runs given no pair it is against the stored order, so only locked_epoch and flips " \
