@@ -198,16 +198,24 @@ class RunLogger:
         self._timed(self.client.log_image, self.run_id, array, key=key, step=step)
 
     def log_dataset(self, table, name: str, source: str | None) -> None:
-        """The images a run trained on (names and content hashes) as an MLflow dataset input: the run page
-        lists it, and two runs on the same images show the same digest."""
+        """The images a run trained on (names and content hashes) as an MLflow dataset input."""
+        self.log_datasets({"training": (table, name)}, source)
+
+    def log_datasets(self, tables: dict, source: str | None) -> None:
+        """Image tables (names and content hashes) as MLflow dataset inputs, one per context (training,
+        evaluation): the run page lists them, and two runs on the same images show the same digest."""
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        with warnings.catch_warnings():  # MLflow's schema hints about integer columns are for model inputs
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(table, source=source, name=name)  # no source: this code made it
-            entity = dataset._to_mlflow_entity()  # the schema is inferred here
-        inputs = [DatasetInput(entity, [InputTag(key="mlflow.data.context", value="training")])]
+        inputs = []
+        for context, (table, name) in tables.items():
+            if table.empty:
+                continue
+            with warnings.catch_warnings():  # MLflow's schema hints about integer columns are for model inputs
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(table, source=source, name=name)  # no source: this code made it
+                entity = dataset._to_mlflow_entity()  # the schema is inferred here
+            inputs.append(DatasetInput(entity, [InputTag(key="mlflow.data.context", value=context)]))
         try:
             self._timed(self.client.log_inputs, self.run_id, inputs)
         except Exception:

@@ -87,9 +87,16 @@ class TrackedRun:
             (self.root / sub).mkdir()
         logger.log_params({**config.to_dict(), **config.budget()})
         synthetic = config.data == "synthetic"
-        logger.log_dataset(_dataset_table(data), f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic
-                           else f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}",
-                           None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
+        source = f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic else \
+            f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}"
+        table = _dataset_table(data)
+        # the trained-on images and the held-out ones are two inputs, named by N and data set: the UI tells
+        # datasets of different N apart by name, not by their hash alone
+        logger.log_datasets({"training": (table[table["part"] == "train"],
+                                          f"{source} N={config.n_images} data_seed={config.data_seed}"),
+                             "evaluation": (table[table["part"] == "held-out"],
+                                            f"{source} held-out={config.n_holdout} data_seed={config.data_seed}")},
+                            None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
 
     def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:
         if stats.epoch == 0:  # the untrained map: the slider opens on it and the curves start from it

@@ -101,7 +101,9 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         pairing = {a.path for a in client.list_artifacts(run.info.run_id, "pairing")}
         assert {"pairing/D_xy.csv", "pairing/D_xy.png", "pairing/D_yx.csv", "pairing/D_yx.png",
                 "pairing/history.csv"} <= pairing
-        assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "synthetic:faces-planes"
+        inputs = {i.tags[0].value: i.dataset.name for i in run.inputs.dataset_inputs}
+        assert inputs == {"training": "synthetic:faces-planes N=4 data_seed=0",
+                          "evaluation": "synthetic:faces-planes held-out=1 data_seed=0"}
         assert len(client.list_artifacts(run.info.run_id, "samples")) == 2  # epoch 2 and the final epoch 4
     assert parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["study/trials_complete"] == 4
