@@ -44,7 +44,7 @@ run: .venv  ## one tracked training in MLflow (ARGS="--set pairing=fixed ...")
 	$(PY) -m study run $(ARGS)
 
 ui: .venv  ## the MLflow UI on 127.0.0.1 for this store
-	@uri=$$($(PY) -m analysis.store); echo "MLflow UI: http://127.0.0.1:$(PORT)  (store $$uri; Ctrl-C stops it)"; \
+	@uri=$$($(PY) -m analysis.store); echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (store $$uri; Ctrl-C stops it)"; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) \
 		--workers 1 --backend-store-uri "$$uri"
 

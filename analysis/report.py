@@ -305,11 +305,16 @@ def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
             doc.note(f"image strip not available for this run ({type(err).__name__}).")
 
 
+# MLflow 3.17's UI picks GenAI or Model training for the whole page from this parameter (else from what the
+# browser last chose, GenAI at first), whatever the experiment's kind tag says
+CLASSIC_VIEW = "?workflowType=machine_learning"
+
+
 def _run_link(doc: Document, runs: StudyRuns, row: pd.Series) -> None:
     """The run's page in the MLflow UI, where the report knows the UI's address."""
     if runs.ui:
         doc.link(f"MLflow run {row.get('tags.mlflow.runName', row.run_id)}",
-                 f"{runs.ui.rstrip('/')}/#/experiments/{runs.experiment_id}/runs/{row.run_id}")
+                 f"{runs.ui.rstrip('/')}/#/experiments/{runs.experiment_id}/runs/{row.run_id}{CLASSIC_VIEW}")
 
 
 def _run_score(row: pd.Series, metric: str) -> str:

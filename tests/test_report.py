@@ -250,5 +250,6 @@ def test_a_table_of_contents_and_links_to_each_named_run(store, tmp_path):
     assert "#/experiments/" not in md  # no UI address known: no dead links
     linked = build_report("rep", tmp_path / "linked", client=client, ui="http://127.0.0.1:5000")
     experiment = client.get_experiment_by_name("rep").experiment_id
-    assert re.search(rf"\]\(http://127\.0\.0\.1:5000/#/experiments/{experiment}/runs/[0-9a-f]{{32}}\)",
+    assert re.search(rf"\]\(http://127\.0\.0\.1:5000/#/experiments/{experiment}/runs/[0-9a-f]{{32}}"
+                     r"\?workflowType=machine_learning\)",
                      (linked / "report.md").read_text())
