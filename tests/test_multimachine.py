@@ -128,7 +128,7 @@ def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
             history = _api(tracking, f"metrics/get-history?run_id={run_id}&metric_key=loss/G_l1")["metrics"]
             assert len(history) == 40
             artifacts = {f["path"] for f in _api(tracking, f"artifacts/list?run_id={run_id}")["files"]}
-            assert {"config.json", "pairing", "model"} <= artifacts
+            assert {"config.json", "pairing", "samples"} <= artifacts  # no weights: a sweep keeps them on request
         for machine in (a, b):  # nothing was written to a worker's own disk
             assert not (machine / "mlruns").exists() and not list(machine.glob("*.db"))
 
