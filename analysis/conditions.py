@@ -23,8 +23,13 @@ SHORT = {"n_images": "N", "direction_schedule": "schedule"}
 
 
 def varied(t: pd.DataFrame, without: tuple[str, ...] = ()) -> list[str]:
-    """The condition keys that take more than one value in `t`, in RunConfig's order."""
-    return [k for k in CONDITION_KEYS if k in t and k not in without and t[k].nunique(dropna=True) > 1]
+    """The condition keys that take more than one value in `t`, in RunConfig's order. With N pooled, a budget
+    that grows with N (the same epochs per image everywhere, a sweep's epochs_per_image) goes with it: it is
+    part of what N means in that study, not a condition of its own."""
+    keys = [k for k in CONDITION_KEYS if k in t and k not in without and t[k].nunique(dropna=True) > 1]
+    if "n_images" in without and "epochs" in keys and (t["epochs"] / t["n_images"]).nunique(dropna=True) == 1:
+        keys.remove("epochs")
+    return keys
 
 
 def groups(t: pd.DataFrame, without: tuple[str, ...] = ()) -> Iterator[tuple[dict, pd.DataFrame]]:

@@ -285,8 +285,8 @@ def n90_table(g: pd.DataFrame) -> pd.DataFrame:
         params = float(h["model/generator_params"].median()) if "model/generator_params" in h else float("nan")
         row = {k: h[k].iloc[0] for k in ("arch", "base_filters", "image_size", "pairing") if k in h} | condition
         row |= {"N90": "-" if n90 is None else (f">= {n90}" if n90 == largest else str(n90)),
-                "N90 per seed (range)": f"{min(shown, key=_order)} to {max(shown, key=_order)}" if len(each) > 1
-                else shown[0],
+                "N90 per seed (range)": shown[0] if len(set(shown)) == 1 else
+                f"{min(shown, key=_order)} to {max(shown, key=_order)}",
                 "N tried": ", ".join(str(int(n)) for n in by_n.index),
                 "top1 at largest N": round(float(by_n.iloc[-1]), 2),
                 "seeds per N": int(h.groupby("n_images").size().max()),

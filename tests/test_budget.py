@@ -179,3 +179,10 @@ def test_the_answer_sets_the_finding_beside_lu_et_al(kappa, verdict):
     # seeds of one data set are one piece of evidence: data set 2 has one seed at p = 0.04 and one at 0.08
     assert "5 of 6 runs had more distinct targets than a random map at p < 0.05 (every seed in 2 of 3 data sets)" \
         in text
+
+
+def test_n90_reads_a_budget_that_grows_with_n_as_part_of_n():
+    rows = [{"pairing": "fixed", "arch": "unet", "lambda_l1": 10.0, "n_images": n, "epochs": 25 * n, "seed": s,
+             "pair/forward_top1": v} for s in (0, 1) for n, v in ((10, 1.0), (20, 0.95), (40, 0.5))]
+    table = questions.n90_table(pd.DataFrame(rows))
+    assert len(table) == 1 and table.iloc[0]["N90"] == "20"
