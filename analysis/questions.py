@@ -567,14 +567,15 @@ def capacity_figure(g: pd.DataFrame) -> plt.Figure | None:
     for ax, metric in zip(axes[0], metrics, strict=True):
         # markers, intervals over seeds and a dodge: lines that coincide (both at 1.0) stay apart
         sns.lineplot(data=data, x="n_images", y=metric, hue=hue, style=style, markers=True, dashes=True,
-                     errorbar=("ci", 95), err_style="bars", seed=0, ax=ax, legend=ax is axes[0][-1])
+                     errorbar=("ci", 95), err_style="bars", seed=0, ax=ax, legend=ax is axes[0][-1],
+                     **({} if style else {"marker": "o"}))
         if metric == "pair/forward_top1":
             ax.axhline(0.9, color="crimson", ls=":", lw=1, label="0.9 (N90)")
         if chance_level(metric, 10) is not None:
             sizes = sorted(g["n_images"].unique())
             ax.plot(sizes, [chance_level(metric, int(n)) for n in sizes], "k--", lw=0.8, label="chance 1/N")
         if metric == "mem/holdout_copy_excess":
-            ax.axhline(0.0, color="k", ls="--", lw=0.8, label="the mean training target's rate")
+            ax.axhline(0.0, color="0.5", ls="-.", lw=0.8, label="the mean training target's rate")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(g["n_images"].unique()), [str(int(n)) for n in sorted(g["n_images"].unique())])
         ax.set_ylim(-1.05 if metric == "mem/holdout_copy_excess" else -0.05, 1.05)
