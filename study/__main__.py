@@ -34,8 +34,11 @@ def _sweep(args) -> int:
             print(shown.to_string(index=False))
     counts = table["state"].value_counts().to_dict() if len(table) else {}
     print(f"\n{len(table)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
-    print(f"this invocation: {table.attrs.get('trials_this_run', 0)} trials in {table.attrs.get('wall_s', 0):.1f} s; "
-          f"harness overhead (outside train and evaluation) {table.attrs.get('harness_overhead', float('nan')):.1%}")
+    if table.attrs.get("trials_this_run", 0):
+        print(f"this invocation: {table.attrs['trials_this_run']} trials in {table.attrs.get('wall_s', 0):.1f} s; "
+              f"harness overhead (outside train and evaluation) {table.attrs.get('harness_overhead', 0.0):.1%}")
+    else:
+        print("this invocation: no trial left to run; the study is as the table shows")
     from .tracking import disk_use
 
     print(f"disk: {disk_use(spec.name)}")
