@@ -141,11 +141,10 @@ def findings(t: pd.DataFrame) -> list[str]:
         f = g["pair/forward_top1"].dropna()
         if f.empty:
             continue
-        sig = int((g.get("pair/forward_top1_pvalue", pd.Series(dtype=float)) < 0.05).sum())
         target = "the stored order (no pair is given)" if g["pairing"].iloc[0] == "shuffled" else "the pair given"
         parts = [f"With {describe(condition)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} runs "
                  f"(range {f.min():.2f} to {f.max():.2f}; chance {_chance('pair/forward_top1', g)}); "
-                 f"{sig} of {len(f)} runs beat a random permutation at p < 0.05"]
+                 f"{_significant(g, 'pair/forward_top1_pvalue')} beat a random permutation at p < 0.05"]
         for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/cycle_top1_lowpass", "cycle_top1_lowpass"),
                            ("pair/mutual", "mutual")):
             if key in g and g[key].notna().any():
@@ -156,10 +155,8 @@ def findings(t: pd.DataFrame) -> list[str]:
             text = (f"bijectivity = {g['pair/bijectivity'].mean():.2f} (a random map: "
                     f"{_chance('pair/bijectivity', g)}")
             if "pair/bijectivity_p_collapse" in g:
-                fewer = int((g["pair/bijectivity_p_collapse"] < 0.05).sum())
-                more = int((g["pair/bijectivity_p_permutation"] < 0.05).sum())
-                text += (f"; {fewer} of {len(g)} runs have fewer distinct targets than a random map at p < 0.05, "
-                         f"{more} more")
+                text += (f"; {_significant(g, 'pair/bijectivity_p_collapse')} have fewer distinct targets than a "
+                         f"random map at p < 0.05, {_significant(g, 'pair/bijectivity_p_permutation')} more")
             parts.append(text + ")")
         parts.append(f"budget {budget_text(g)}: {stop_text(g)}")
         out.append(", ".join(parts) + ".")
@@ -168,6 +165,13 @@ def findings(t: pd.DataFrame) -> list[str]:
         out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric. Bijectivity is tested "
                    "against the exact distribution of distinct targets of a random map, not as a binomial share.")
     return out
+
+
+def _significant(g: pd.DataFrame, column: str) -> str:
+    """'k of m runs (every seed in j of d data sets)': runs at p < 0.05, and the data sets in which every seed
+    is, since seeds of one data set are not independent evidence."""
+    return (f"{_count(g, column)} of {len(g)} runs (every seed in {_sets_where(g, column)} of {data_sets(g)} data "
+            f"set{'s' * (data_sets(g) != 1)})")
 
 
 def _sets_where(g: pd.DataFrame, column: str) -> int:
@@ -200,15 +204,12 @@ def unpaired_answers(t: pd.DataFrame) -> list[str]:
     predictors = predictor_table(u)
     for condition, g in groups(u):
         sets = data_sets(g)
-        more, fewer = _count(g, "pair/bijectivity_p_permutation"), _count(g, "pair/bijectivity_p_collapse")
         full = int((g["pair/bijectivity"] >= 1.0).sum())
-        more_sets = _sets_where(g, "pair/bijectivity_p_permutation")
-        fewer_sets = _sets_where(g, "pair/bijectivity_p_collapse")
         text = (f"Given no pair, {_who(condition, g)}, {budget_text(g)}: {stop_text(g)}. It reached bijectivity "
                 f"{g['pair/bijectivity'].mean():.2f} over {len(g)} runs on {sets} data set{'s' * (sets != 1)} "
-                f"(a random map: {_chance('pair/bijectivity', g)}); {more} of {len(g)} runs had more distinct "
-                f"targets than a random map at p < 0.05 (every seed in {more_sets} of {sets} data sets), {fewer} "
-                f"fewer (every seed in {fewer_sets}), and {full} were one-to-one")
+                f"(a random map: {_chance('pair/bijectivity', g)}); "
+                f"{_significant(g, 'pair/bijectivity_p_permutation')} had more distinct targets than a random map "
+                f"at p < 0.05, {_significant(g, 'pair/bijectivity_p_collapse')} fewer, and {full} were one-to-one")
         if "pair/mutual" in g and g["pair/mutual"].notna().any():
             text += f"; mutual = {g['pair/mutual'].mean():.2f} (chance {_chance('pair/mutual', g)})"
         kappa = None
@@ -249,8 +250,8 @@ def unpaired_table(u: pd.DataFrame) -> pd.DataFrame:
         row = {**condition, "runs": len(g), "data sets": data_sets(g), "ended": stop_text(g),
                "bijectivity": round(g["pair/bijectivity"].mean(), 2),
                "random map": _chance("pair/bijectivity", g),
-               "more distinct (p<0.05)": _count(g, "pair/bijectivity_p_permutation"),
-               "collapsed (p<0.05)": _count(g, "pair/bijectivity_p_collapse")}
+               "more distinct (p<0.05)": _significant(g, "pair/bijectivity_p_permutation"),
+               "collapsed (p<0.05)": _significant(g, "pair/bijectivity_p_collapse")}
         for key, label in (("pair/mutual", "mutual"), ("pair/seed_kappa", "seed kappa")):
             if key in g:
                 row[label] = round(g[key].mean(), 2)
@@ -349,12 +350,12 @@ def collapse_answers(t: pd.DataFrame) -> list[str]:
               & (_col(t, "scheme", "cyclelike") != "cyclegan")]
     out = []
     for condition, g in groups(noisy):
-        fewer = _count(g, "pair/bijectivity_p_collapse")
+        column = "pair/bijectivity_p_collapse"
         out.append(f"With a new random partner every epoch as its L1 target ({describe(condition) or 'shuffled'}), "
-                   f"G reached bijectivity {g['pair/bijectivity'].mean():.2f} (a random map: "
-                   f"{_chance('pair/bijectivity', g)}); {fewer} of {len(g)} runs had fewer distinct targets than a "
+                   f"{budget_text(g)}, G reached bijectivity {g['pair/bijectivity'].mean():.2f} (a random map: "
+                   f"{_chance('pair/bijectivity', g)}); {_significant(g, column)} had fewer distinct targets than a "
                    f"random map at p < 0.05" + (": G collapses onto a few targets when the pair is noise."
-                                                 if fewer > len(g) / 2 else "."))
+                                                 if _count(g, column) > len(g) / 2 else "."))
     return out
 
 

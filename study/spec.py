@@ -196,9 +196,7 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
                 f"{table}={raw.get(table)!r}: expected a table ([{table}] with key = value lines)")
     for key, kind, words in (("objectives", (str, list), "a metric name or a list of them"),
                              ("directions", (str, list), "maximize/minimize or a list of them"),
-                             ("timeout_s", (int, float), "a number of seconds"),
-                             ("trials", int, "an integer"), ("eval_every", int, "an integer"),
-                             ("description", str, "a string")):
+                             ("timeout_s", (int, float), "a number of seconds"), ("description", str, "a string")):
         value = raw.get(key)
         _expect(value is None or (isinstance(value, kind) and not isinstance(value, bool)),
                 f"{key}={value!r}: expected {words}")
