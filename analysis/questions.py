@@ -318,7 +318,10 @@ def capacity_answers(t: pd.DataFrame) -> list[str]:
         parts.append(f"{name}: N90 {held} (per seed {r['N90 per seed (range)']}; {r['generator params (M)']:.2f} M "
                      f"parameters; at the largest N {r['ended at largest N']})")
     seeds = int(table["seeds per N"].max())
-    runs = f"mean over {seeds} seeds" if seeds > 1 else "one run"
+    sets = data_sets(g)
+    runs = (f"mean over {seeds} seeds" if seeds > 1 else "one run") + \
+        f" on {sets} data set{'s' * (sets != 1)}" + (": seeds of one data set, not independent" if sets == 1 and
+                                                      seeds > 1 else "")
     epochs = ", ".join(str(int(e)) for e in sorted(g["epochs"].dropna().unique())) if "epochs" in g else "?"
     per_pair = ""
     if "budget/g_steps_per_pair" in g and g["budget/g_steps_per_pair"].notna().any():
