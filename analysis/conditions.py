@@ -13,12 +13,10 @@ from dataclasses import fields
 
 import pandas as pd
 
-from cyclelike.config import EXECUTION_KEYS, RunConfig
+from cyclelike.config import EXECUTION_KEYS, TIMING_KEYS, RunConfig
 
 REPLICATES = ("seed", "data_seed")
-TIMING_ONLY = ("warmup_epochs",)
-CONDITION_KEYS = tuple(f.name for f in fields(RunConfig)
-                       if f.name not in REPLICATES + EXECUTION_KEYS + TIMING_ONLY)
+CONDITION_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in REPLICATES + EXECUTION_KEYS + TIMING_KEYS)
 SHORT = {"n_images": "N", "direction_schedule": "schedule"}
 
 

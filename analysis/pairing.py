@@ -239,7 +239,7 @@ def _colour_stats(images: torch.Tensor) -> torch.Tensor:
 def _edges(images: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude of the grey image: where the outlines are, whatever their colours."""
     grey = images.float().mean(1, keepdim=True)
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]).view(1, 1, 3, 3)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=grey.dtype).view(1, 1, 3, 3)
     gx = torch.nn.functional.conv2d(grey, kx, padding=1)
     gy = torch.nn.functional.conv2d(grey, kx.transpose(2, 3), padding=1)
     return (gx**2 + gy**2).sqrt()

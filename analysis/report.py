@@ -26,6 +26,7 @@ from .document import Document
 from .figures import PAIRING_COLOURS, distance_heatmap, legend_outside, plt, reference_label, sns
 from .pairing import chance_level, seed_agreement
 from .scaling import REFERENCE_LOGLOG_SLOPE, REFERENCE_POINTS, fit_scaling
+from .store import run_page, trials_page
 
 REFERENCE_SIZE = 128  # the original's image side for its two timings
 
@@ -57,6 +58,8 @@ def _strip(df: pd.DataFrame) -> pd.DataFrame:
     renamed = {c: c.split(".", 1)[1] for c in df.columns if c.startswith(("params.", "metrics."))}
     renamed |= {c: c.removeprefix("tags.summary.") for c in summaries}
     df = df.rename(columns=renamed)
+    if "precision" in df and "tags.resolved.precision" in df:  # auto: what the run's machine computed in
+        df["precision"] = df["precision"].where(df["precision"] != "auto", df["tags.resolved.precision"])
     for col in NUMERIC_PARAMS:
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -305,16 +308,11 @@ def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
             doc.note(f"image strip not available for this run ({type(err).__name__}).")
 
 
-# MLflow 3.17's UI picks GenAI or Model training for the whole page from this parameter (else from what the
-# browser last chose, GenAI at first), whatever the experiment's kind tag says
-CLASSIC_VIEW = "?workflowType=machine_learning"
-
-
 def _run_link(doc: Document, runs: StudyRuns, row: pd.Series) -> None:
     """The run's page in the MLflow UI, where the report knows the UI's address."""
     if runs.ui:
         doc.link(f"MLflow run {row.get('tags.mlflow.runName', row.run_id)}",
-                 f"{runs.ui.rstrip('/')}/#/experiments/{runs.experiment_id}/runs/{row.run_id}{CLASSIC_VIEW}")
+                 run_page(runs.ui, runs.experiment_id, row.run_id))
 
 
 def _run_score(row: pd.Series, metric: str) -> str:
@@ -493,9 +491,13 @@ def load_curves(client, trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for run_id in trials.get("run_id", []):
         for metric in CURVE_METRICS + questions.FORMATION_METRICS:
-            rows += [{"run_id": run_id, "metric": metric, "epoch": m.step, "value": m.value}
+            rows += [{"run_id": run_id, "metric": metric, "epoch": m.step, "value": m.value, "at": m.timestamp}
                      for m in client.get_metric_history(run_id, metric)]
-    return pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
+    curves = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value", "at"])
+    # a trial resumed from its checkpoint trained the epochs after it again, in the same run: each epoch once,
+    # as the resumed training (the one that goes on from there) logged it
+    curves = curves.sort_values("at").drop_duplicates(["run_id", "metric", "epoch"], keep="last")
+    return curves.drop(columns="at").sort_values(["run_id", "metric", "epoch"]).reset_index(drop=True)
 
 
 def section_curves(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:
@@ -525,6 +527,9 @@ def section_answers(doc: Document, runs: StudyRuns) -> None:
     doc.h2("The answers", numbered=False)
     for sentence in questions.answers(_complete(runs.trials)):
         doc.p(sentence)
+    if runs.ui and runs.objectives:
+        doc.link(f"Every trial in the MLflow UI, sorted by {runs.objectives[0]}",
+                 trials_page(runs.ui, runs.experiment_id, runs.objectives[0], runs.directions[0] == "maximize"))
 
 
 def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:

@@ -11,6 +11,7 @@ anchored to this checkout and never to the current directory, unless one of thes
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,24 @@ def use_store(folder: str | None) -> None:
     if folder:
         os.environ[STORE_ENV] = str(Path(folder).expanduser().resolve())
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # the flag on the command line wins over the environment
+
+
+# MLflow 3.17's UI picks GenAI or Model training for the whole page from this parameter (else from what the
+# browser last chose, GenAI at first), whatever the experiment's kind tag says
+CLASSIC_VIEW = "workflowType=machine_learning"
+DEFAULT_UI = "http://127.0.0.1:5000"  # make ui's
+
+
+def run_page(ui: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC_VIEW}"
+
+
+def trials_page(ui: str, experiment_id: str, objective: str, maximize: bool = True) -> str:
+    """The study's runs table sorted by its objective: sorted by a metric, the UI lists every trial as its own
+    row instead of folding them under the parent run, best first."""
+    key = urllib.parse.quote(f"metrics.`{objective}`", safe="")
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{CLASSIC_VIEW}"
+            f"&orderByKey={key}&orderByAsc={'false' if maximize else 'true'}")
 
 
 def safe_url(url: str) -> str:

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data import load_domains
     from .samples import SAMPLE_ROWS, labelled, sample_grid
-    from .train import check_resumable, train
+    from .train import check_resumable, timed_text, train
 
     try:
         config = RunConfig.from_dict(parse_sets(args.sets))
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = SAMPLE_ROWS if result.translator.backward is not None else SAMPLE_ROWS[:3]
     save_image(labelled(sample_grid(result.translator, data.to(result.device)), rows), out / "samples.png")
     print(f"{config.scheme}/{config.arch} N={config.n_images} {config.image_size}px: "
-          f"{result.sec_per_epoch:.3f} s/epoch (median after {config.warmup_epochs} warm-up), outputs in {out}\n"
+          f"{timed_text(result.sec_per_epoch, config.warmup_epochs)}, outputs in {out}\n"
           f"pairing metrics: python -m analysis pairing {out}")
     return 0
 

@@ -29,6 +29,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
 # how a run is executed, not what it computes: two runs that differ only here are the same condition
 EXECUTION_KEYS = ("threads", "device", "compile")
+# what only changes how a run's time is read (the epochs left out of sec_per_epoch): not the condition either
+TIMING_KEYS = ("warmup_epochs",)
 
 
 class ConfigError(ValueError):
@@ -188,8 +190,15 @@ class RunConfig:
         return cls(**values).validate()
 
     def condition(self) -> dict[str, Any]:
-        """The identity of the experimental condition: every field except the seed and how it is executed."""
-        return {k: v for k, v in self.to_dict().items() if k != "seed" and k not in EXECUTION_KEYS}
+        """The identity of the experimental condition: every field except the seed, how it is executed and how
+        its time is read; precision=auto as what it resolves to on this machine (bf16 or fp32), so that a
+        study spread over machines of both kinds never pools two arithmetics as seeds of one condition."""
+        values = {k: v for k, v in self.to_dict().items() if k != "seed" and k not in EXECUTION_KEYS + TIMING_KEYS}
+        if self.precision == "auto":
+            from .train import resolve_device, resolve_precision
+
+            values["precision"] = resolve_precision("auto", resolve_device(self.device))
+        return values
 
     def g_steps_per_epoch(self) -> int:
         """Generator optimizer steps in one epoch, the unit budgets are compared in across N, schemes and

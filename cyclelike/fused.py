@@ -206,6 +206,7 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
     live = list(range(K))  # seed positions still in the stack, in stack order
     histories: list[list[EpochStats]] = [[] for _ in range(K)]
     stopped = [False] * K
+    diverged: list[NonFiniteLossError | None] = [None] * K
     translators = [make_translator(nets, config.scheme) for nets in seeds_nets]
     for k, callback in enumerate(callbacks):
         if callback is not None:
@@ -224,8 +225,10 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
             stats = EpochStats(epoch, epoch_s, losses)
             histories[k].append(stats)
             bad = {name: v for name, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}
-            if bad:
-                raise NonFiniteLossError(f"epoch {epoch}, seed {configs[k].seed}: non-finite loss {bad}", epoch)
+            if bad:  # this seed alone fails; the others, independent in the stack, go on as without it
+                diverged[k] = NonFiniteLossError(f"epoch {epoch}: non-finite loss {bad}", epoch)
+                drop.append(pos)
+                continue
             if callbacks[k] is not None:
                 G.copy_into(pos, seeds_nets[k]["G"])
                 if callbacks[k](stats, translators[k]):
@@ -246,5 +249,5 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
     for pos, k in enumerate(live):
         G.copy_into(pos, seeds_nets[k]["G"])
         D.copy_into(pos, seeds_nets[k]["D"])
-    return [TrainResult(c, histories[k], seeds_nets[k], translators[k], str(device), precision, stopped[k])
-            for k, c in enumerate(configs)]
+    return [TrainResult(c, histories[k], seeds_nets[k], translators[k], str(device), precision, stopped[k],
+                        diverged=diverged[k]) for k, c in enumerate(configs)]

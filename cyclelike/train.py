@@ -55,14 +55,21 @@ class TrainResult:
     stopped_early: bool = False
     resumed_from_epoch: int = 0
     optims: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    diverged: NonFiniteLossError | None = None  # a fused seed whose losses went non-finite: left the stack
 
     @property
     def sec_per_epoch(self) -> float:
-        """Median epoch time after the warm-up epochs: the first epochs pay for allocator and cache set-up."""
-        times = [s.epoch_s for s in self.history if s.epoch > self.config.warmup_epochs] or [
-            s.epoch_s for s in self.history
-        ]
+        """Median epoch time after the warm-up epochs: the first epochs pay for allocator and cache set-up.
+        NaN when no epoch lies after them (warmup_epochs >= epochs): no timed epochs, never warm-up time."""
+        times = [s.epoch_s for s in self.history if s.epoch > self.config.warmup_epochs]
         return statistics.median(times) if times else float("nan")
+
+
+def timed_text(sec_per_epoch: float, warmup_epochs: int) -> str:
+    """What the commands print for a run's time per epoch, or why there is none."""
+    if sec_per_epoch != sec_per_epoch:
+        return f"no timed epochs (warmup_epochs={warmup_epochs} >= epochs)"
+    return f"{sec_per_epoch:.3f} s/epoch (median after {warmup_epochs} warm-up)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -238,8 +245,8 @@ def make_translator(nets: dict[str, nn.Module], scheme: str, batch: int = 64) ->
             net.eval()
             try:
                 with torch.inference_mode():
-                    device = next(net.parameters()).device
-                    return torch.cat([net(b.to(device)).float() for b in images.split(batch)])
+                    weight = next(net.parameters())  # the net's own dtype: float64 tests evaluate in float64
+                    return torch.cat([net(b.to(weight.device, weight.dtype)).float() for b in images.split(batch)])
             finally:
                 net.train(was_training)
 
@@ -254,7 +261,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def save_checkpoint(path: Path, epoch: int, config: RunConfig, nets, optims, gen, history) -> None:
+@dataclass
+class Checkpoints:
+    """Where and when train() saves its whole state: every `every` epochs and every `seconds` of training
+    (0: never), and at the end. `extra()` adds the caller's own state (a tracked run's evaluations so far),
+    given back by check_resumable; `saved(path)` hears of each new file (to send it to the store)."""
+    path: Path
+    every: int = 0
+    seconds: float = 0.0
+    extra: Callable[[], dict] | None = None
+    saved: Callable[[Path], None] | None = None
+
+    def due(self, epoch: int, last_save: float) -> bool:
+        return bool(self.every and epoch % self.every == 0) or \
+            bool(self.seconds and time.monotonic() - last_save >= self.seconds)
+
+    def save(self, epoch: int, config: RunConfig, nets, optims, gen, history) -> None:
+        save_checkpoint(self.path, epoch, config, nets, optims, gen, history, self.extra() if self.extra else {})
+        if self.saved is not None:
+            self.saved(self.path)
+
+
+def save_checkpoint(path: Path, epoch: int, config: RunConfig, nets, optims, gen, history,
+                    extra: dict | None = None) -> None:
     state = {
         "epoch": epoch,
         "config": config.to_dict(),
@@ -263,6 +292,7 @@ def save_checkpoint(path: Path, epoch: int, config: RunConfig, nets, optims, gen
         "rng": {"data": gen.get_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "history": [asdict(s) for s in history],
+        "extra": extra or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -307,15 +337,15 @@ def train(
     config: RunConfig,
     data: Domains | None = None,
     callback: Callable[[EpochStats, Translator], bool | None] | None = None,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | Checkpoints | None = None,
     checkpoint_every: int = 10,
     progress: bool = False,
     desc: str = "train",
 ) -> TrainResult:
-    """Train one run. With `checkpoint`, resume from that file when it exists and save to it every
-    `checkpoint_every` epochs and at the end, optimizer state and random state included. The callback sees
-    epoch 0 (no step taken, no losses) once before training, then every epoch; its answer at epoch 0 is
-    ignored."""
+    """Train one run. With `checkpoint` (a file, saved every `checkpoint_every` epochs, or Checkpoints),
+    resume from that file when it exists and save to it as asked and at the end, optimizer state and random
+    state included; an epoch's state is saved after the callback has seen it. The callback sees epoch 0 (no
+    step taken, no losses) once before training, then every epoch; its answer at epoch 0 is ignored."""
     config.validate()
     device = resolve_device(config.device)
     if config.threads > 0:
@@ -334,9 +364,11 @@ def train(
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
     start, history = 0, []
-    path = Path(checkpoint) if checkpoint else None
-    if path is not None and path.exists():
-        start, history = _resume(path, config, nets, optims, gen)
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoints):
+        checkpoint = Checkpoints(Path(checkpoint), every=checkpoint_every)
+    if checkpoint is not None and checkpoint.path.exists():
+        start, history = _resume(checkpoint.path, config, nets, optims, gen)
+    last_save = time.monotonic()
     translator = make_translator(nets, config.scheme)
     # compiled wrappers share the parameters; checkpoints and evaluation keep using the plain modules
     step_nets = {k: torch.compile(v) for k, v in nets.items()} if config.compile else nets
@@ -360,12 +392,11 @@ def train(
             raise NonFiniteLossError(f"epoch {epoch}: non-finite loss {bad}", epoch)
         bar.set_postfix({"s/epoch": f"{stats.epoch_s:.2f}", "D": f"{losses['loss/D']:.3f}",
                          "G": f"{losses['loss/G_total']:.3f}"}, refresh=False)
-        if path is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):
-            save_checkpoint(path, epoch, config, nets, optims, gen, history)
-        if callback is not None and callback(stats, translator):
-            stopped = True
-            if path is not None:
-                save_checkpoint(path, epoch, config, nets, optims, gen, history)
+        stopped = callback is not None and bool(callback(stats, translator))
+        if checkpoint is not None and (stopped or epoch == config.epochs or checkpoint.due(epoch, last_save)):
+            checkpoint.save(epoch, config, nets, optims, gen, history)
+            last_save = time.monotonic()
+        if stopped:
             break
     bar.close()
     return TrainResult(config, history, nets, translator, str(device), precision, stopped, start, optims)

@@ -39,10 +39,16 @@ def _sweep(args) -> int:
               f"harness overhead (outside train and evaluation) {table.attrs.get('harness_overhead', 0.0):.1%}")
     else:
         print("this invocation: no trial left to run; the study is as the table shows")
+    from analysis.store import DEFAULT_UI, trials_page
+
     from .tracking import disk_use
 
     print(f"disk: {disk_use(spec.name)}")
-    print(f"\nbrowse the runs:  make ui\nread the report:  make report STUDY={spec.name}")
+    if table.attrs.get("experiment_id"):
+        page = trials_page(DEFAULT_UI, table.attrs["experiment_id"], spec.objectives[0],
+                           spec.directions[0] == "maximize")
+        print(f"\nbrowse the runs:  make ui, then {page}")
+    print(f"read the report:  make report STUDY={spec.name}")
     return 0
 
 
@@ -75,6 +81,8 @@ def _reproduced(client, source: str) -> tuple[RunConfig, int | None]:
 
 
 def _run(args) -> int:
+    from cyclelike.train import timed_text
+
     from .tracking import RunLogger, ensure_experiment, prepare_store, provenance
     from .trial import run_trial
 
@@ -118,7 +126,8 @@ def _run(args) -> int:
     keys = ("pair/forward_top1", "pair/backward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1",
             "mem/holdout_copy_rate")
     print(f"{name}: " + "  ".join(f"{k}={outcome.metrics[k]:.3f}" for k in keys)
-          + f"  {outcome.sec_per_epoch:.3f} s/epoch  ended: {outcome.stop_reason} at epoch {outcome.epochs_run}")
+          + f"  {timed_text(outcome.sec_per_epoch, config.warmup_epochs)}  ended: {outcome.stop_reason} at epoch "
+            f"{outcome.epochs_run}")
     print(f"run {logger.run_id} in experiment {experiment!r}; browse it with: make ui\n"
           f"reproduce it: python -m study run --from {logger.run_id}")
     return 0

@@ -10,6 +10,7 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
     max_retries = 2                   # a failed (not pruned, not killed) condition is queued again this often
     epochs_per_image = 0              # > 0: each cell's budget is this many epochs per image (epochs = this x N)
     weights = "none"                  # none | all: log each trial's generator weights (model/G.pt, MBs a run)
+    keep_checkpoints = false          # keep each finished trial's last checkpoint (killed trials resume from it)
     eval_every = 10                   # epochs between pairing evaluations (logged; pruning reads them)
     pruner = "none"                   # none | median
     objectives = ["pair/forward_top1"]
@@ -45,7 +46,7 @@ OBJECTIVE_METRICS = (
 )
 TOP_KEYS = {"name", "description", "sampler", "trials", "timeout_s", "seeds", "eval_every", "pruner",
             "objectives", "directions", "fixed", "space", "sampler_seed", "max_retries", "epochs_per_image",
-            "weights"}
+            "weights", "keep_checkpoints"}
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median")
 
@@ -85,6 +86,7 @@ class SweepSpec:
     max_retries: int = 2
     epochs_per_image: int = 0  # > 0: a budget that grows with N, epochs = epochs_per_image x n_images
     weights: str = "none"  # none | all: whether trials log their generator weights
+    keep_checkpoints: bool = False  # a finished trial's checkpoint is deleted unless this is set
 
     def _budgeted(self, values: dict[str, Any]) -> dict[str, Any]:
         if self.epochs_per_image:
@@ -276,11 +278,13 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
             "epochs_per_image: the budget then is epochs_per_image x n_images; leave epochs out of fixed and space")
     weights = raw.get("weights", "none")
     _expect(weights in ("none", "all"), f"weights={weights!r}: allowed values are none, all")
+    keep = raw.get("keep_checkpoints", False)
+    _expect(isinstance(keep, bool), f"keep_checkpoints={keep!r}: expected true or false")
     timeout = raw.get("timeout_s", 0)
     _expect(isinstance(timeout, int | float) and timeout >= 0, f"timeout_s={timeout!r}: expected a number >= 0")
     return SweepSpec(raw["name"].strip(), fixed, space, sampler, trials, float(timeout), seeds, eval_every,
                      pruner, objectives, directions, raw.get("description", ""), source, sampler_seed, max_retries,
-                     per_image, weights)
+                     per_image, weights, keep)
 
 
 def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> SweepSpec:

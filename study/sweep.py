@@ -12,6 +12,7 @@ process, or a lease (a timestamp the owner refreshes) older than a grace period.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import multiprocessing as mp
@@ -39,11 +40,12 @@ from tqdm.auto import tqdm
 from analysis.store import first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
 from cyclelike.config import ConfigError, DataError, NonFiniteLossError, RunConfig
 from cyclelike.fused import check_fusable
+from cyclelike.train import timed_text
 
 from . import autotune
 from .spec import SweepError, SweepSpec
 from .tracking import RunLogger, ensure_experiment, file_lock, prepare_store, provenance
-from .trial import run_trial, run_trials_fused
+from .trial import CHECKPOINT_DIR, CHECKPOINT_S, run_trial, run_trials_fused
 
 PARENT_ATTR = "mlflow_parent_run_id"
 LEASE_EVERY_S = 30.0
@@ -52,10 +54,14 @@ LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another
 HEARTBEAT_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_S", 60))
 HEARTBEAT_GRACE_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_GRACE_S", 180))
 HOST = socket.gethostname()
+KILLED_STALE = "killed: its worker stopped sending heartbeats"
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # needs no new trial
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says more
 # heartbeats and fail_stale_trials are marked experimental in Optuna; they are what the RDB path relies on
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# this harness sends the heartbeats study.optimize would (see `lease`); said once per trial, it buried our lines
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run" links, twice per trial
 
 
 def open_storage(url: str | None, workers: int = 1):
@@ -79,10 +85,38 @@ def open_storage(url: str | None, workers: int = 1):
             return RDBStorage(url)
         # PostgreSQL for several machines: no process can tell another machine's live trial from a dead one,
         # so heartbeats decide, and Optuna hands each dead trial to `_killed` as it fails it
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S,
-                          heartbeat_stale_trial_callback=_killed)
+        return HeartbeatStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S,
+                                heartbeat_stale_trial_callback=_killed)
     except Exception as err:  # SQLAlchemy and the drivers raise many types for a bad URL or a server that is down
         raise SweepError(f"--storage {safe_url(url)}: cannot open it: {first_line(err)}") from None
+
+
+class HeartbeatStorage(RDBStorage):
+    """Optuna's RDB storage, where a RUNNING trial that never sent a heartbeat is stale once the grace period
+    has passed since it started. Optuna skips such a trial, so a worker that died between `ask` and its first
+    heartbeat left it RUNNING for ever, and every other worker waiting for it."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = datetime.timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        now = datetime.datetime.now()  # Optuna stamps datetime_start with the worker's clock, as here
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id not in stale and t.datetime_start and now - t.datetime_start > grace \
+                    and not self._has_heartbeat(t._trial_id):
+                stale.append(t._trial_id)
+        for trial_id in stale:  # Optuna fails them next, without a word: the reason goes on first
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.set_trial_user_attr(trial_id, "failure", KILLED_STALE)
+        return stale
+
+    def _has_heartbeat(self, trial_id: int) -> bool:
+        from optuna.storages._rdb import models
+
+        session = self.scoped_session()
+        try:
+            return session.query(models.TrialHeartbeatModel).filter_by(trial_id=trial_id).first() is not None
+        finally:
+            session.close()
 
 
 def coordinator_lock(storage_url: str | None):
@@ -219,7 +253,15 @@ def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a killed trial's condition and seed again: it did not fail, it was stopped."""
     if "config_key" in trial.user_attrs:
         keep = {k: trial.user_attrs[k] for k in ("seed", "config_key", "fixed_key") if k in trial.user_attrs}
-        study.enqueue_trial(trial.params, user_attrs=keep | {"retry_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs=keep | _resumes(trial))
+
+
+def _resumes(trial: FrozenTrial) -> dict[str, Any]:
+    """What a retry of a killed trial goes on from: its MLflow run, which holds the last checkpoint."""
+    attrs = {"retry_of": trial.number}
+    if "mlflow_run_id" in trial.user_attrs:
+        attrs["resume_run"] = trial.user_attrs["mlflow_run_id"]
+    return attrs
 
 
 def _close_run(client, run_id: str, state: str, failure: str | None) -> None:
@@ -236,7 +278,7 @@ def _killed(study: optuna.Study, trial) -> None:
 
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        _close_run(MlflowClient(tracking_uri()), run_id, "FAIL", "killed: its worker stopped sending heartbeats")
+        _close_run(MlflowClient(tracking_uri()), run_id, "FAIL", KILLED_STALE)
     _retry(study, trial)
 
 
@@ -290,7 +332,9 @@ def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
             report["exhausted"].append((params, seed, failures[-1].user_attrs.get("failure", "")))
             continue
         report["retries"] += bool(failures)
-        study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key})
+        resume = _resumes(trials[-1]) if trials and _is_killed(trials[-1]) else {}
+        study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key,
+                                                **resume})
         report["queued"] += 1
     report["changed"] = changed_fixed(study, spec)
     return report
@@ -357,30 +401,49 @@ def _claim(study: optuna.Study, ctx: Context):
     """Ask for a trial and give it its condition and seed; None when the draw is no new condition."""
     spec = ctx.spec
     trial = study.ask()
+    if heartbeat_enabled(study._storage):  # alive from the moment it exists, not from its MLflow run
+        study._storage.record_heartbeat(trial._trial_id)
     params = spec.suggest(trial)
     if "config_key" not in trial.user_attrs:
         key = config_key(spec.config_for(params, spec.seeds[0]))
-        taken = {t.user_attrs.get("config_key") for t in study.get_trials(deepcopy=False) if t.number != trial.number}
-        # grid: another worker took the last queued cell between our check and ask; random/tpe: a repeat draw
-        if spec.sampler == "grid" or key in taken:
-            trial.set_user_attr("spurious", True)
-            study.tell(trial, state=TrialState.FAIL)
-            return None
-        trial.set_user_attr("config_key", key)
+        # the check of what is taken and the write of the key are one step under the coordinator lock: two
+        # workers that draw the same condition at once would otherwise both see it free
+        with coordinator_lock(ctx.storage_url):
+            taken = {t.user_attrs.get("config_key") for t in study.get_trials(deepcopy=False)
+                     if t.number != trial.number}
+            # grid: another worker took the last queued cell between our check and ask; random/tpe: a repeat
+            if spec.sampler == "grid" or key in taken:
+                trial.set_user_attr("spurious", True)
+                study.tell(trial, state=TrialState.FAIL)
+                return None
+            trial.set_user_attr("config_key", key)
         trial.set_user_attr("seed", spec.seeds[0])
         trial.set_user_attr("fixed_key", spec.fixed_key)
         for seed in spec.seeds[1:]:  # the same condition again with each other seed
             study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key})
     seed = trial.user_attrs["seed"]
     config = spec.config_for(params, seed)
+    mine = config_key(config)
+    if mine != trial.user_attrs["config_key"]:  # queued by a machine whose precision=auto resolves otherwise
+        with coordinator_lock(ctx.storage_url):
+            if any(t.user_attrs.get("config_key") == mine and t.user_attrs.get("seed") == seed
+                   and t.state in TAKEN for t in study.get_trials(deepcopy=False) if t.number != trial.number):
+                trial.set_user_attr("spurious", True)  # this machine's version of the cell is done or running
+                study.tell(trial, state=TrialState.FAIL)
+                return None
+            trial.set_user_attr("config_key", mine)
     trial.set_user_attr("owner", owner_record(ctx.invocation))
     trial.set_user_attr("condition", config.condition())
     return trial, params, config
 
 
 def _fail(study, trial, logger, reason: str) -> None:
-    trial.set_user_attr("failure", reason[-2000:])
-    study.tell(trial, state=TrialState.FAIL)  # Optuna first: a run closed before its trial is told is never retried
+    try:
+        trial.set_user_attr("failure", reason[-2000:])
+        study.tell(trial, state=TrialState.FAIL)  # Optuna first: a run closed before its trial is told is never retried
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _superseded(trial, logger)
+        return
     logger.finish("FAILED", tags={"optuna.state": "FAIL", "failure": reason[-5000:]})
     tqdm.write(f"trial {trial.number:4d} FAILED: {reason.strip().splitlines()[-1] if reason.strip() else ''}")
 
@@ -393,9 +456,11 @@ def _claim_group(study: optuna.Study, ctx: Context, reserve) -> list:
         return []
     group = [first]
     key = first[0].user_attrs["config_key"]
-    while ctx.fuse and len(group) < len(ctx.spec.seeds):
+    # a retry goes on from its own checkpoint: it runs alone (fused groups keep none)
+    while ctx.fuse and len(group) < len(ctx.spec.seeds) and "resume_run" not in first[0].user_attrs:
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not waiting or waiting[0].user_attrs.get("config_key") != key or not reserve():
+        if not waiting or waiting[0].user_attrs.get("config_key") != key or "resume_run" in waiting[0].user_attrs \
+                or not reserve():
             break
         claimed = _claim(study, ctx)
         if claimed is None:
@@ -404,26 +469,58 @@ def _claim_group(study: optuna.Study, ctx: Context, reserve) -> list:
     return group
 
 
-def _start(ctx: Context, client, trial, params, config):
+def _start(ctx: Context, client, study, trial, params, config):
     spec, seed = ctx.spec, trial.user_attrs["seed"]
     if config.threads == 0:
         config = config.replace(threads=ctx.threads)
+    logger = _reopen(client, study, trial, spec) if "resume_run" in trial.user_attrs else None
+    if logger is not None:
+        trial.set_user_attr("mlflow_run_id", logger.run_id)
+        return config, logger, _reporter(spec, trial)
     logger = RunLogger.start(client, ctx.experiment_id, run_name(spec, params, seed), parent_run_id=ctx.parent_run_id,
                              tags={"study": spec.name, "trial": trial.number, "seed": seed,
                                    "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING",
-                                   "eval_every": spec.eval_every, **ctx.provenance})
+                                   "eval_every": spec.eval_every, **ctx.provenance,
+                                   # the run's description: one line, so the image cards keep their images
+                                   "mlflow.note.content": f"Trial {trial.number} of study {spec.name}, seed {seed}."})
     logger.set_tags({"reproduce": f"python -m study run --from {logger.run_id}"})
     trial.set_user_attr("mlflow_run_id", logger.run_id)
+    return config, logger, _reporter(spec, trial)
 
+
+def _reopen(client, study: optuna.Study, trial, spec: SweepSpec) -> RunLogger | None:
+    """A retry of a killed trial goes on in the killed trial's run, which holds its checkpoint and curves;
+    the pruner sees the killed trial's evaluations again (as Optuna's inherit_intermediate_values does)."""
+    run_id = trial.user_attrs["resume_run"]
+    try:
+        if not client.list_artifacts(run_id, CHECKPOINT_DIR):
+            return None  # killed before its first checkpoint: a fresh start in a new run, the old one KILLED
+        client.update_run(run_id, status="RUNNING")
+    except Exception:  # the run was deleted: a fresh start in a new run
+        return None
+    killed = study.get_trials(deepcopy=False)[trial.user_attrs["retry_of"]] if "retry_of" in trial.user_attrs else None
+    if killed is not None and not spec.multi_objective:
+        for step, value in killed.intermediate_values.items():
+            trial.report(value, step)
+    resumes = int(client.get_run(run_id).data.tags.get("resumes", 0)) + 1
+    logger = RunLogger(client, run_id)
+    logger.set_tags({"trial": trial.number, "optuna.state": "RUNNING", "resumes": resumes})
+    return logger
+
+
+def _reporter(spec: SweepSpec, trial):
     def report(epoch: int, metrics: dict[str, float]) -> bool:
         if spec.multi_objective or spec.pruner == "none":
             return False
         value = metrics.get(spec.objectives[0], float("nan"))
-        if value == value:
-            trial.report(value, epoch)
-        return trial.should_prune()
+        try:
+            if value == value:
+                trial.report(value, epoch)
+            return trial.should_prune()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return True  # declared stale by another worker: stop this seed; _conclude says why
 
-    return config, logger, report
+    return report
 
 
 def run_one(study: optuna.Study, storage, ctx: Context, client, reserve=lambda: False) -> int:
@@ -445,7 +542,7 @@ def run_one(study: optuna.Study, storage, ctx: Context, client, reserve=lambda: 
 
 def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
     spec = ctx.spec
-    started = [(trial, params, *_start(ctx, client, trial, params, config)) for trial, params, config in group]
+    started = [(trial, params, *_start(ctx, client, study, trial, params, config)) for trial, params, config in group]
     ctx.current.update(number=group[0][0].number)
     study_id = storage.get_study_id_from_name(spec.name)
     try:
@@ -463,7 +560,9 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
                 trial, params, config, logger, report = started[0]
                 outcomes = [run_trial(config, logger, spec.eval_every, report,
                                       desc=run_name(spec, params, trial.user_attrs["seed"]), progress=ctx.progress,
-                                      weights=spec.weights == "all")]
+                                      weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S,
+                                      resume="resume_run" in trial.user_attrs and logger.run_id ==
+                                      trial.user_attrs["resume_run"], keep_checkpoint=spec.keep_checkpoints)]
     except KeyboardInterrupt:
         # stopped, not failed: the next invocation runs these conditions again
         for trial, _, _, logger, _ in started:
@@ -488,8 +587,26 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
     return len(started)
 
 
+def _superseded(trial, logger) -> None:
+    """Another worker declared this trial stale while it ran (its heartbeats or lease lapsed): the retry it
+    queued runs the condition, so this result is not counted, and the sweep goes on."""
+    logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": f"{KILLED_STALE}; this result is not counted"})
+    tqdm.write(f"trial {trial.number:4d} was declared stale by another worker while it ran: not counted, "
+               "its retry runs it again")
+
+
 def _conclude(study, ctx: Context, trial, params, config, logger, outcome) -> None:
+    try:
+        _tell_outcome(study, ctx, trial, params, config, logger, outcome)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _superseded(trial, logger)
+
+
+def _tell_outcome(study, ctx: Context, trial, params, config, logger, outcome) -> None:
     spec, seed = ctx.spec, trial.user_attrs["seed"]
+    if outcome.failure is not None:  # a fused seed that diverged: it fails alone, the group's others go on
+        _fail(study, trial, logger, f"{type(outcome.failure).__name__}: {outcome.failure}")
+        return
     # one attribute, one storage write: several per trial added up to a visible share of a short sweep
     trial.set_user_attr("timing", {**outcome.timing, "sec_per_epoch": outcome.sec_per_epoch,
                                    "invocation": ctx.invocation})
@@ -505,13 +622,14 @@ def _conclude(study, ctx: Context, trial, params, config, logger, outcome) -> No
         _fail(study, trial, logger, f"objective {spec.objectives} is NaN for scheme={config.scheme} "
                                     "(a metric this scheme does not define)")
         return
-    study.tell(trial, values)
+    if study.tell(trial, values, skip_if_finished=True).state != TrialState.COMPLETE:
+        raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} ended elsewhere")
     logger.finish("FINISHED", tags={"optuna.state": "COMPLETE"})
     scores = " ".join(f"{m}={v:.3f}" for m, v in zip(spec.objectives, values, strict=True))
     ended = f"locked at epoch {outcome.epochs_run}" if outcome.stop_reason == "locked" else \
         f"budget of {outcome.epochs_run} epochs"
-    tqdm.write(f"trial {trial.number:4d} COMPLETE {scores}  {ended}  {outcome.sec_per_epoch:.3f} s/epoch  {summary} "
-               f"seed={seed}")
+    tqdm.write(f"trial {trial.number:4d} COMPLETE {scores}  {ended}  "
+               f"{timed_text(outcome.sec_per_epoch, config.warmup_epochs)}  {summary} seed={seed}")
 
 
 def worker_loop(ctx: Context, counter=None, worker: int = 0) -> None:
@@ -773,7 +891,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
                             "study/trials_failed": counts.get("FAIL", 0), "time/sweep_wall_s": wall,
                             "time/harness_overhead": overhead}, step=int(t0))
         parent.finish(status, tags={"workers": workers, "last_invocation": invocation})
-    table.attrs.update(wall_s=wall, harness_overhead=overhead, trials_this_run=len(mine))
+    table.attrs.update(wall_s=wall, harness_overhead=overhead, trials_this_run=len(mine), experiment_id=experiment_id)
     ended = _ended_here(study, invocation)
     if problem is not None:
         stopped = [t.number for t in ended if _is_killed(t)]

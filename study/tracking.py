@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -112,8 +113,15 @@ def artifact_root(uri: str) -> str | None:
     return (db.parent.resolve() / "artifacts").as_uri() if db is not None else None
 
 
-# MLflow 3 opens an experiment without a kind in its GenAI view (traces, token usage); ours are classic ML
+UI_IMAGE_WIDTH = 640
+# MLflow 3 opens an experiment without a kind in its GenAI view (traces, token usage); ours are classic ML.
+# The UI keeps its columns in the browser and nests a parent's runs unless the table is sorted by a metric
+# (then every run is a row), so the description says how to see every trial at once.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+STUDY_NOTE = {"mlflow.note.content": "Each trial is a run nested under the study's parent run, named "
+                                     "N-seed-condition. Sort by the objective (Sort menu) to list every trial as "
+                                     "its own row; add the swept params under Columns. `make ui` prints a link "
+                                     "that opens sorted."}
 ROLE_TAG = "cyclelike.role"  # study (a sweep's) or runs (single runs): make report picks the latest study
 
 
@@ -128,17 +136,18 @@ def disk_use(name: str, uri: str | None = None) -> str:
 
 
 def ensure_experiment(client: MlflowClient, name: str, role: str = "study") -> str:
+    tags = {**EXPERIMENT_TAGS, ROLE_TAG: role, **(STUDY_NOTE if role == "study" else {})}
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
-        for key, value in {**EXPERIMENT_TAGS, ROLE_TAG: role}.items():
+        for key, value in tags.items():
             if experiment.tags.get(key) != value:
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     root = artifact_root(client.tracking_uri)
     return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
-                                    tags={**EXPERIMENT_TAGS, ROLE_TAG: role})
+                                    tags=tags)
 
 
 def _clean(value: float) -> float:
@@ -193,7 +202,11 @@ class RunLogger:
         self._timed(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_image(self, image, key: str, step: int) -> None:
-        """A (3, H, W) tensor in [0, 1] as a step of an image series: the run page shows them with a slider."""
+        """A (3, H, W) tensor in [0, 1] as a step of an image series: the run page shows them with a slider.
+        Enlarged by whole pixels to at least UI_IMAGE_WIDTH: the UI's full screen shows the logged image at its
+        own size, and a strip of 16 px images would stay a thumbnail."""
+        factor = max(1, math.ceil(UI_IMAGE_WIDTH / image.shape[-1]))
+        image = image.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
         array = (image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
         self._timed(self.client.log_image, self.run_id, array, key=key, step=step)
 
@@ -229,6 +242,16 @@ class RunLogger:
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._timed(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def delete_artifacts(self, path: str) -> None:
+        """Remove a folder of the run's artifacts (a finished trial's checkpoint), where the store allows it."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            uri = self.client.get_run(self.run_id).info.artifact_uri
+            self._timed(get_artifact_repository(uri).delete_artifacts, path)
+        except Exception as err:  # a store without deletion keeps the file: said, never fatal
+            logging.getLogger(__name__).warning("run %s: %s/ not deleted: %s", self.run_id, path, first_line(err))
 
     def log_text(self, text: str, name: str) -> None:
         self._timed(self.client.log_text, self.run_id, text, name)

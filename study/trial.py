@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from cyclelike.samples import (
     labelled,
     sample_grid,
 )
-from cyclelike.train import EpochStats, TrainResult, Translator, train
+from cyclelike.train import Checkpoints, EpochStats, TrainResult, Translator, check_resumable, train
 
 from .tracking import RunLogger
 
@@ -45,8 +46,9 @@ class TrialOutcome:
     sec_per_epoch: float
     epochs_run: int
     pruned: bool = False
-    stop_reason: str = "budget"  # budget, locked or pruned (a diverged run raises instead)
+    stop_reason: str = "budget"  # budget, locked, pruned, or diverged (a fused seed; a single run raises)
     timing: dict[str, float] = field(default_factory=dict)  # train_s, eval_s, log_s, total_s
+    failure: Exception | None = None  # why a fused seed left its group without a result
 
 
 def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
@@ -57,6 +59,10 @@ def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
     return buf.getvalue()
 
 
+# a trial's whole state goes to its run this often (seconds of training) and at its end, and goes again once
+# the trial is done: a killed trial resumes from it, training again at most this much
+CHECKPOINT_S = float(os.environ.get("CYCLELIKE_CHECKPOINT_S", 300))
+CHECKPOINT_DIR = "checkpoint"
 SUMMARY_PREFIX = "summary."  # analysis.report reads tags.summary.<key> back as the number <key>
 
 
@@ -74,7 +80,7 @@ class TrackedRun:
     through `finish`."""
 
     def __init__(self, config: RunConfig, logger: RunLogger, data: Domains, eval_every: int,
-                 report: Report | None, weights: bool = True):
+                 report: Report | None, weights: bool = True, resumed: bool = False):
         self.config, self.logger, self.data, self.eval_every, self.report = config, logger, data, eval_every, report
         self.weights = weights  # the generator(s) as model/G.pt: megabytes a run, so a sweep keeps them on request
         self.eval_s, self.pruned, self.locked, self.n_grids = 0.0, False, False, 0
@@ -85,6 +91,9 @@ class TrackedRun:
         self.root = Path(self.staging.name)
         for sub in ("samples", "pairing", *(("model",) if weights else ())):
             (self.root / sub).mkdir()
+        self.checkpoints = tempfile.TemporaryDirectory()  # never under root, which goes to the store at the end
+        if resumed:  # the run has its params and datasets from before
+            return
         logger.log_params({**config.to_dict(), **config.budget()})
         synthetic = config.data == "synthetic"
         source = f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic else \
@@ -130,6 +139,28 @@ class TrackedRun:
             self.config.patience_epochs, need_top1=given_pair(self.config))
         return self.locked
 
+    def state(self) -> dict:
+        """What a resumed run needs besides the networks: its evaluations so far, which formation reads."""
+        return {"history": self.history, "epoch_seconds": self.epoch_seconds, "eval_s": self.eval_s,
+                "n_grids": self.n_grids}
+
+    def checkpointed(self, path: Path) -> None:
+        """Every epoch up to the checkpoint's goes to the store before the checkpoint does: no gap on resume."""
+        self.logger.flush()
+        self.logger.log_file(path, CHECKPOINT_DIR)
+
+    def resume(self) -> Path | None:
+        """The run's last checkpoint, fetched from the store, with the evaluations it holds; None if none."""
+        try:
+            path = Path(self.logger.client.download_artifacts(self.logger.run_id, f"{CHECKPOINT_DIR}/checkpoint.pt",
+                                                              self.checkpoints.name))
+        except Exception:  # no checkpoint yet (killed before its first): the retry starts from epoch 0
+            return None
+        extra = check_resumable(path, self.config)["extra"]
+        self.history, self.epoch_seconds = extra["history"], extra["epoch_seconds"]
+        self.eval_s, self.n_grids = extra["eval_s"], extra["n_grids"]
+        return path
+
     @property
     def stop_reason(self) -> str:
         return "pruned" if self.pruned else "locked" if self.locked else "budget"
@@ -168,6 +199,7 @@ class TrackedRun:
 
     def close(self) -> None:
         """Send whatever exists, also when training failed half-way."""
+        self.checkpoints.cleanup()
         if self.staging is not None:
             try:
                 self.logger.log_dir(self.root)
@@ -178,14 +210,27 @@ class TrackedRun:
 
 def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
               desc: str = "train", progress: bool = True, data: Domains | None = None,
-              weights: bool = True) -> TrialOutcome:
+              weights: bool = True, checkpoint_s: float = 0.0, resume: bool = False,
+              keep_checkpoint: bool = False) -> TrialOutcome:
+    """Train and track one run. With `checkpoint_s`, its whole state goes to the run every so many seconds of
+    training; with `resume`, the run goes on from its last checkpoint in the same MLflow run, where the
+    epochs after that checkpoint are logged again (the report reads each epoch once, the later)."""
     started = time.perf_counter()
     data = data if data is not None else load_domains(config)
-    run = TrackedRun(config, logger, data, eval_every, report, weights)
+    run = TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume)
     try:
+        checkpoints = None
+        if checkpoint_s:
+            path = (run.resume() if resume else None) or Path(run.checkpoints.name) / "checkpoint.pt"
+            checkpoints = Checkpoints(path, seconds=checkpoint_s, extra=run.state, saved=run.checkpointed)
         t_train = time.perf_counter()
-        result = train(config, data, callback=run.on_epoch, progress=progress, desc=desc)
-        return run.finish(result, time.perf_counter() - t_train - run.eval_s, started)
+        result = train(config, data, callback=run.on_epoch, checkpoint=checkpoints, progress=progress, desc=desc)
+        if result.resumed_from_epoch:
+            logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
+        outcome = run.finish(result, time.perf_counter() - t_train - run.eval_s, started)
+        if checkpoints is not None and not keep_checkpoint:
+            logger.delete_artifacts(CHECKPOINT_DIR)  # done: megabytes a run that nothing will read again
+        return outcome
     finally:
         run.close()
 
@@ -207,7 +252,8 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
         t_train = time.perf_counter()
         results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc)
         train_s = (time.perf_counter() - t_train - sum(r.eval_s for r in runs)) / len(configs)
-        outcomes = [run.finish(result, train_s, started) for run, result in zip(runs, results, strict=True)]
+        outcomes = [run.finish(result, train_s, started) if result.diverged is None else _diverged(run, result)
+                    for run, result in zip(runs, results, strict=True)]
         share = (time.perf_counter() - started) / len(configs)  # each run's part of the group's wall time
         for run, outcome in zip(runs, outcomes, strict=True):
             outcome.timing["total_s"] = share
@@ -216,6 +262,13 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
     finally:
         for run in runs:
             run.close()
+
+
+def _diverged(run: TrackedRun, result: TrainResult) -> TrialOutcome:
+    """A fused seed whose losses went non-finite: tagged as a diverged single run is, and failed alone."""
+    error = result.diverged
+    run.logger.pending_tags.update({"stop/reason": "diverged", f"{SUMMARY_PREFIX}stop/epoch": error.epoch})
+    return TrialOutcome({}, float("nan"), error.epoch, stop_reason="diverged", failure=error)
 
 
 def given_pair(config: RunConfig) -> bool:

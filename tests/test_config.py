@@ -74,3 +74,21 @@ def test_condition_is_everything_but_the_seed_and_execution():
     assert base.replace(seed=3, threads=1, device="cpu").condition() == base.condition()
     assert base.replace(epochs=31).condition() != base.condition()
     assert "direction_schedule" in base.condition() and base.direction_schedule == "alternate"
+
+
+def test_precision_auto_is_the_condition_the_machine_computes(monkeypatch):
+    """precision=auto was kept as "auto": a bf16 and an fp32 machine pooled two arithmetics as one condition."""
+    import torch
+
+    auto = RunConfig(device="cpu", precision="auto")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    on_bf16 = auto.condition()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    on_fp32 = auto.condition()
+    assert (on_bf16["precision"], on_fp32["precision"]) == ("bf16", "fp32")
+    assert on_fp32 == auto.replace(precision="fp32").condition()
+
+
+def test_warmup_epochs_only_reads_time_and_is_no_condition():
+    """Changing warmup_epochs queued a whole grid again."""
+    assert RunConfig(warmup_epochs=1).condition() == RunConfig(warmup_epochs=4).condition()

@@ -106,6 +106,32 @@ def test_pruning_one_seed_leaves_the_others_unchanged(fp64):
         assert (alone[k].translator.forward(data.x) - pruned[k].translator.forward(data.x)).abs().max() < FP64
 
 
+def test_a_diverging_seed_leaves_the_group_and_the_others_are_unchanged(fp64, monkeypatch):
+    """One NaN seed raised for the whole group: every seed of it failed, and their retries fused again."""
+    import cyclelike.fused as fused_module
+
+    configs, data, alone, _ = fp64
+    real, calls = fused_module.epoch_losses, []
+
+    def nan_for_seed_1_at_epoch_1(*args, **kwargs):
+        calls.append(1)
+        losses = real(*args, **kwargs)
+        return {k: float("nan") for k in losses} if len(calls) == 2 else losses  # epoch 1, stack position 1
+
+    monkeypatch.setattr(fused_module, "epoch_losses", nan_for_seed_1_at_epoch_1)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        results = train_fused(configs, data)
+    finally:
+        torch.set_default_dtype(old)
+    assert results[1].diverged is not None and results[1].diverged.epoch == 1
+    for k in (0, 2):
+        assert results[k].diverged is None and [s.epoch for s in results[k].history] == [1, 2]
+        for sa, sf in zip(alone[k].history, results[k].history, strict=True):
+            assert _gap(sa, sf) < FP64
+
+
 def test_only_seeds_of_one_condition_fuse():
     with pytest.raises(ConfigError, match="differ in n_images"):
         train_fused([CELL, CELL.replace(seed=1, n_images=4)])

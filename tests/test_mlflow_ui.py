@@ -4,6 +4,7 @@ map, and `make report` choosing the study, not the experiment of single runs."""
 import mlflow
 from conftest import store_in
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from analysis.report import most_recent_study
 from cyclelike.config import RunConfig
@@ -41,6 +42,9 @@ def test_the_strip_slider_starts_at_the_untrained_map(tmp_path):
         client = MlflowClient(uri)
         steps = sorted(m.step for m in client.get_metric_history(logger.run_id, "pair/forward_top1"))
         images = [f.path for f in client.list_artifacts(logger.run_id, "images")]
+        first = next(p for p in images if "pairing~strip+step+0+" in p and p.endswith(".png"))
+        width = Image.open(client.download_artifacts(logger.run_id, first, str(tmp_path))).width
+    assert width >= 640  # four 16 px images: full screen shows the logged image at its own size
     assert steps == [0, 2, 4]
     strips = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images
                     if "pairing~strip" in p and p.endswith(".png"))

@@ -163,3 +163,37 @@ def test_db_restarts_with_its_studies(cluster):
     assert restarted.port == cluster.port
     assert "kept" in [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
     assert oct(cluster.data.with_name("cluster.password").stat().st_mode & 0o777) == "0o600"
+
+
+DIES_AFTER_ASK = """
+import os, signal, sys
+from study.spec import load_sweep
+from study.sweep import prepare
+spec = load_sweep(sys.argv[1])
+_, study, _, _ = prepare(spec, sys.argv[2], 1)
+study.ask()  # the queued trial is RUNNING now, and no heartbeat has been sent for it
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_worker_killed_between_ask_and_its_first_heartbeat_is_failed_and_requeued(cluster, tmp_path):
+    """Optuna's stale check skips a RUNNING trial with no heartbeat row: the next worker waited for it for ever."""
+    folder, env = _machine(tmp_path, "m", "")
+    env.pop("MLFLOW_TRACKING_URI")  # MLflow in the folder's own store; Optuna on PostgreSQL
+    (folder / "askdie.toml").write_text(SWEEP.replace('name = "spread"', 'name = "askdie"')
+                                        .replace("seeds = [0, 1]", "seeds = [0]").replace("epochs = 40", "epochs = 2")
+                                        .replace('pairing = ["aligned", "fixed"]', 'pairing = ["fixed"]'))
+    storage = cluster.url("optuna")
+    died = subprocess.run([sys.executable, "-c", DIES_AFTER_ASK, "askdie.toml", storage], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    orphan = next(t for t in optuna.load_study(study_name="askdie", storage=storage).trials
+                  if t.state == TrialState.RUNNING)
+    sweep = subprocess.run([sys.executable, "-m", "study", "sweep", "--config", "askdie.toml", "--storage", storage],
+                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    trials = optuna.load_study(study_name="askdie", storage=storage).trials
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert "killed" in trials[orphan.number].user_attrs["failure"]
+    assert [t.state for t in trials if t.number != orphan.number] == [TrialState.COMPLETE]
+    assert "Heartbeat of storage" not in sweep.stderr and "View run" not in sweep.stdout

@@ -1,5 +1,6 @@
 """The sweep harness end to end: real (tiny) trainings, read back through MLflow and Optuna."""
 
+import contextlib
 import datetime
 import json
 import os
@@ -7,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from study.spec import SweepError, load_sweep, parse_sweep
-from study.sweep import SweepFailed, open_storage, run_sweep
+from study.sweep import Context, SweepFailed, _claim, load_study, open_storage, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,6 +197,29 @@ def test_nan_trial_fails_and_the_study_goes_on(tmp_path, monkeypatch):
     assert all(r.data.tags["stop/reason"] == "diverged" and int(r.data.tags["summary.stop/epoch"]) >= 1
                for r in failed)
     assert all(r.info.status == "FAILED" for r in failed)
+
+
+def test_a_diverging_seed_fails_alone_in_its_fused_group(tmp_path, monkeypatch):
+    import cyclelike.fused as fused_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    real, calls = fused_module.epoch_losses, []
+
+    def nan_once(*args, **kwargs):  # the first group's second seed, at epoch 1
+        calls.append(1)
+        losses = real(*args, **kwargs)
+        return {k: float("nan") for k in losses} if len(calls) == 2 else losses
+
+    monkeypatch.setattr(fused_module, "epoch_losses", nan_once)
+    table = run_sweep(load_sweep(write_sweep(tmp_path, "fusednan", epochs=2)), fuse="on")
+    assert sorted(table["state"]) == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("fusednan").experiment_id], "tags.trial != ''")
+    failed = [r for r in runs if r.data.tags["optuna.state"] == "FAIL"]
+    assert len(failed) == 1 and "non-finite" in failed[0].data.tags["failure"]
+    assert failed[0].data.tags["stop/reason"] == "diverged" and failed[0].info.status == "FAILED"
+    assert all(r.data.tags.get("fused_group") == "2" for r in runs)
 
 
 GOOD = {"name": "s", "fixed": {"image_size": 16}, "space": {"pairing": ["aligned", "fixed"]}}
@@ -619,3 +644,63 @@ def test_estimate_probes_the_largest_queued_condition(tmp_path):
     study = load_study(spec, open_storage(str(tmp_path / "optuna.journal")), create=True)
     queue_missing(study, spec)
     assert "2 epochs of N=40, 16 px" in estimate(study, spec, 2, threads=1, workers=1)
+
+
+def test_two_workers_drawing_one_random_condition_claim_it_once(tmp_path, monkeypatch):
+    """The check of what is taken and the write of config_key were two steps: two threads that drew the only
+    condition at once both claimed it. Both are held just before the write, where the race was."""
+    config = tmp_path / "race.toml"
+    config.write_text(TINY.format(name="race", epochs=1, extra="")
+                      .replace("seeds = [0, 1]", 'seeds = [0]\nsampler = "random"\ntrials = 1')
+                      .replace('pairing = ["aligned", "fixed"]', 'pairing = ["fixed"]'))
+    barrier, original = threading.Barrier(2), optuna.Trial.set_user_attr
+
+    def held(self, key, value):
+        if key == "config_key":
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=3)  # the other worker gets there too, unless a lock keeps it out
+        original(self, key, value)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", held)
+    with store_in(tmp_path):
+        spec = load_sweep(config)
+        load_study(spec, open_storage(None), create=True)
+        claims = []
+
+        def worker(i: int) -> None:
+            study = load_study(spec, open_storage(None), worker=i)
+            claims.append(_claim(study, Context(spec, None, "0", "parent", 1, f"inv{i}", 0, 0)))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        trials = _study(tmp_path, "race").trials
+    assert sum(c is not None for c in claims) == 1
+    assert [t.user_attrs.get("config_key") is not None for t in trials].count(True) == 1
+
+
+def test_a_worker_whose_trial_was_declared_stale_ends_it_with_one_line(tmp_path, capsys, monkeypatch):
+    """Another worker failed this trial as stale while it trained; its `tell` raised and the sweep exited 1."""
+    import study.sweep as sweep
+
+    config = write_sweep(tmp_path, "stale", epochs=2)
+    real = sweep.run_trial
+
+    def declared_stale_meanwhile(config, logger, *args, **kwargs):
+        outcome = real(config, logger, *args, **kwargs)
+        storage = open_storage(None)
+        for t in optuna.load_study(study_name="stale", storage=storage).get_trials(states=(TrialState.RUNNING,)):
+            if t.number == 0:  # as another worker's stale check does
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        return outcome
+
+    monkeypatch.setattr(sweep, "run_trial", declared_stale_meanwhile)
+    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config), "--workers", "1")
+    assert code == 0 and "Traceback" not in said, said[-3000:]
+    assert len([line for line in said.splitlines() if "trial    0" in line and "stale" in line]) == 1, said[-3000:]
+    trials = _study(tmp_path, "stale").trials
+    assert trials[0].state == TrialState.FAIL and "mlflow_run_id" in trials[0].user_attrs
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "KILLED"
