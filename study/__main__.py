@@ -36,7 +36,8 @@ def _sweep(args) -> int:
     print(f"\n{len(table)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
     if table.attrs.get("trials_this_run", 0):
         print(f"this invocation: {table.attrs['trials_this_run']} trials in {table.attrs.get('wall_s', 0):.1f} s; "
-              f"harness overhead (outside train and evaluation) {table.attrs.get('harness_overhead', 0.0):.1%}")
+              f"harness overhead {table.attrs.get('harness_overhead', 0.0):.1%} (the workers' busy seconds outside "
+              "training and evaluation)")
     else:
         print("this invocation: no trial left to run; the study is as the table shows")
     from analysis.store import DEFAULT_UI, trials_page

@@ -3,10 +3,11 @@
 A 32 px trial cannot use many cores: its convolutions are too small. Several trials side by side, each
 with fewer torch threads, or the seeds of a condition fused into one stacked model, may finish more
 trials per hour. Which one pays depends on the CPU (or GPU), its core count and torch, so it is measured:
-a few epochs of the study's first cell under each plan (workers x threads, never more than the cores),
-and the seeds fused against the same seeds one after another. The result is cached per machine (CPU
-model, cores, torch version, GPU) and cell, in ~/.cache/cyclelike/autotune.json
-(CYCLELIKE_AUTOTUNE_CACHE moves it); `--workers N` or `--fuse-seeds on|off` override it.
+a few epochs of the study's typical cell (the median cost of its timing sample) under each plan (workers
+x threads, never more than the cores), and the seeds fused against the same seeds one after another. The
+result is cached per machine (CPU model, cores, torch version, GPU) and cell, in
+~/.cache/cyclelike/autotune.json (CYCLELIKE_AUTOTUNE_CACHE moves it); `--workers N` or `--fuse-seeds on|off`
+override it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,30 @@ from cyclelike.config import RunConfig
 MEASURE_EPOCHS = 3  # after one warm-up epoch: enough to rank plans whose rates differ by more than ~10%
 CELL_KEYS = ("scheme", "arch", "image_size", "base_filters", "d_filters", "n_images", "batch_size", "norm",
              "direction_schedule", "precision", "device", "lambda_cyc")
+
+
+def sample_pins(space: dict) -> dict:
+    """The space's values that do not change what an epoch costs, pinned to their first: the cells left are a
+    sample of the study that costs what the whole study costs per trial (every architecture, N, cycle weight,
+    ... of it), not its first cells, which are its cheapest."""
+    return {k: v[0] for k, v in space.items() if isinstance(v, list) and k not in CELL_KEYS}
+
+
+def epoch_cost(config: RunConfig) -> float:
+    """What an epoch costs, to rank cells: G's forward FLOPs on one image x N, twice with the cycle pass."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cyclelike.nets import define_G
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        define_G(config)(torch.zeros(1, 3, config.image_size, config.image_size))
+    return counter.get_total_flops() * config.n_images * (2 if config.lambda_cyc > 0 else 1)
+
+
+def typical_cell(configs: list[RunConfig]) -> RunConfig:
+    """The cell of median cost among `configs`: what auto measures the machine with."""
+    return sorted(configs, key=epoch_cost)[len(configs) // 2]
 
 
 def cores() -> int:

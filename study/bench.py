@@ -29,6 +29,7 @@ from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
 from cyclelike.train import resolve_device, resolve_precision, train
 
+from . import autotune
 from .spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,8 +116,15 @@ def schedule_pairing(config: RunConfig, seeds: tuple[int, ...] = (0, 1, 2)) -> d
     return {"runs": rows, "mean": mean}
 
 
-def harness_overhead(trials: int) -> dict:
-    """A short default sweep in a scratch store: its wall time against its trainings and evaluations."""
+def timing_sample() -> dict:
+    """The --set values that cut the default sweep to its timing sample: every architecture, N and cycle
+    weight (what changes an epoch's cost), one pairing (which does not)."""
+    return autotune.sample_pins(load_sweep(REPO / "study" / "configs" / "default.toml").space)
+
+
+def harness_overhead() -> dict:
+    """The default sweep's timing sample in a scratch store, one worker: the workers' busy seconds against
+    the seconds of training and evaluation."""
     from .sweep import run_sweep
     from .tracking import prepare_store
 
@@ -128,10 +136,9 @@ def harness_overhead(trials: int) -> dict:
             t0 = time.perf_counter()
             prepare_store()
             setup_s = time.perf_counter() - t0
-            spec = load_sweep(REPO / "study" / "configs" / "default.toml")
+            spec = load_sweep(REPO / "study" / "configs" / "default.toml", timing_sample())
             spec.name = "bench-overhead"
-            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), max_trials=trials,
-                              probe=False)
+            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), probe=False)
         finally:
             if old is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -144,8 +151,8 @@ def harness_overhead(trials: int) -> dict:
 
 
 def _scratch_sweep(name: str, trials: int, workers, fuse: str, sets: dict | None = None):
-    """The default sweep's first `trials` trials (0: all) in a scratch store, as `make sweep` would run them:
-    the trials table and the MLflow runs (metrics and params by their own names)."""
+    """The default sweep (`trials` of it, 0: all; `sets` pins values) in a scratch store, as `make sweep`
+    would run it: the trials table and the MLflow runs (metrics and params by their own names)."""
     from .sweep import run_sweep
     from .tracking import prepare_store
 
@@ -173,22 +180,24 @@ def _scratch_sweep(name: str, trials: int, workers, fuse: str, sets: dict | None
 THROUGHPUT_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1")
 
 
-def throughput(trials: int) -> dict:
-    """Trials per hour of the default sweep's first trials, three ways in one run: today's (1 worker with
+def throughput() -> dict:
+    """Trials per hour of the default sweep's timing sample, three ways in one run: today's (1 worker with
     every thread, seeds one after another), auto workers, and auto workers with fused seeds. The auto
-    measurement is made (and cached) before the clock starts: a machine pays it once per cell."""
-    from . import autotune
+    measurement (of the sample's typical cell, as `make sweep` makes it) is made and cached before the
+    clock starts: a machine pays it once per cell."""
     from .sweep import execution
 
-    spec = load_sweep(REPO / "study" / "configs" / "default.toml")
+    sets = timing_sample()
+    spec = load_sweep(REPO / "study" / "configs" / "default.toml", sets)
     t0 = time.perf_counter()
     execution(spec, "auto", "auto")
     tune_s = time.perf_counter() - t0
-    tuning = autotune.cached(spec.config_for(spec.grid_cells()[0], spec.seeds[0]))
+    tuning = autotune.cached(autotune.typical_cell([spec.config_for(c, spec.seeds[0]) for c in spec.grid_cells()]))
+    trials = len(spec.grid_cells()) * len(spec.seeds)
     ways = {"sequential": (1, "off"), "auto": ("auto", "off"), "fused": ("auto", "on")}
-    out: dict = {"trials": trials, "tuning": vars(tuning), "tuning_s": tune_s}
+    out: dict = {"trials": trials, "sample": sets, "tuning": vars(tuning), "tuning_s": tune_s}
     for way, (workers, fuse) in ways.items():
-        table, runs = _scratch_sweep(f"bench-{way}", trials, workers, fuse)
+        table, runs = _scratch_sweep(f"bench-{way}", 0, workers, fuse, sets)
         done = table[table["state"] == "COMPLETE"]
         wall = table.attrs["wall_s"]
         profile = {k: float(done[f"time_{k}"].mean()) for k in ("train_s", "eval_s", "total_s") if f"time_{k}" in done}
@@ -262,9 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per timing (the first is warm-up)")
-    parser.add_argument("--sweep-trials", type=int, default=24, help="trials of the default sweep timed for overhead")
-    parser.add_argument("--throughput-trials", type=int, default=12,
-                        help="trials of the default sweep timed each way in the throughput section")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="sections to run (default: all): paths (plain vs fast), schedules, overhead, throughput, "
                              "stopping (the default study with stop = off and stop = locked)")
@@ -285,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         results["schedules"] = {s: schedule_pairing(default.replace(direction_schedule=s))
                                 for s in ("alternate", "joint")}
     if "overhead" in args.only:
-        results["sweep"] = harness_overhead(args.sweep_trials)
+        results["sweep"] = harness_overhead()
     if "throughput" in args.only:
-        results["throughput"] = throughput(args.throughput_trials)
+        results["throughput"] = throughput()
     if "stopping" in args.only:
         results["stopping"] = stopping()
     out = Path(args.out)
@@ -324,15 +330,17 @@ def print_tables(results: dict) -> None:
             print(f"  {schedule:10s} " + "  ".join(f"{k}={v:.3f}" for k, v in r["mean"].items()))
     if "sweep" in results:
         s = results["sweep"]
-        print(f"\nharness overhead: {s['harness_overhead']:.1%} of a {s['trials']}-trial default sweep's wall time "
-              f"({s['wall_s']:.1f} s wall, {s['train_and_eval_s']:.1f} s in train() and evaluation)")
+        print(f"\nharness overhead: {s['harness_overhead']:.1%} of the worker's busy seconds in the default sweep's "
+              f"{s['trials']}-trial timing sample ({s['wall_s']:.1f} s wall, {s['train_and_eval_s']:.1f} s of "
+              "training epochs and evaluation)")
     if "throughput" in results:
         t = results["throughput"]
-        print(f"\nthroughput: the default sweep's first {t['trials']} trials, three ways in this run "
+        print(f"\nthroughput: the default sweep's {t['trials']}-trial timing sample (pinned: {t.get('sample')}; every "
+              "architecture, N and lambda_cyc), three ways in this run "
               f"(auto: {t['tuning']['workers']} worker(s) x {t['tuning']['threads']} thread(s); measured fused "
               f"speed-up {t['tuning']['fused_speedup']:.2f}x; measuring took {t['tuning_s']:.0f} s, cached, "
               "not counted)")
-        print("auto's measurement, trainings of the first cell per hour by workers x threads: "
+        print("auto's measurement, trainings of the typical cell per hour by workers x threads: "
               + ", ".join(f"{plan} = {rate:.0f}" for plan, rate in t["tuning"]["rates"].items()))
         rows = [("way", "workers", "fuse", "trials", "wall s", "trials/hour", "ratio", "train s/trial",
                  "eval s/trial", "total s/trial", "outside s/trial",

@@ -18,6 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -243,6 +244,30 @@ def lease(storage, trial_id: int):
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+class StoreOutage(RuntimeError):
+    """The tracking server or the database stopped answering, after MLflow's and the driver's own retries."""
+
+
+OUTAGE_WORDS = ("Max retries exceeded", "Connection refused", "connection refused", "could not connect",
+                "server closed the connection", "Connection reset", "Name or service not known", "timed out")
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether an error, or one it was raised from, says the store could not be reached (not bad input)."""
+    import requests
+    import sqlalchemy.exc
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, ConnectionError | requests.exceptions.ConnectionError | requests.exceptions.Timeout
+                      | sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return True
+        if any(w in str(seen) for w in OUTAGE_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _is_killed(trial: FrozenTrial) -> bool:
@@ -576,7 +601,9 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
                 logger.pending_tags.update({"stop/reason": "diverged", "summary.stop/epoch": err.epoch})
             _fail(study, trial, logger, f"{type(err).__name__}: {err}")
         return len(started)
-    except Exception:
+    except Exception as err:
+        if is_outage(err):
+            _stop_for_outage(study, started, err)
         for trial, _, _, logger, _ in started:
             _fail(study, trial, logger, traceback.format_exc())
         return len(started)
@@ -585,6 +612,19 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
     for (trial, params, config, logger, _), outcome in zip(started, outcomes, strict=True):
         _conclude(study, ctx, trial, params, config, logger, outcome)
     return len(started)
+
+
+def _stop_for_outage(study, started, err: BaseException) -> None:
+    """The store stopped answering mid-trial: the trials are killed, not failed (no retry is used up), closed
+    where the store still answers (else the next start closes them), and this worker stops."""
+    reason = f"killed: the store stopped answering ({first_line(err)})"
+    for trial, _, _, logger, _ in started:
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("failure", reason)
+            study.tell(trial, state=TrialState.FAIL)
+        with contextlib.suppress(Exception):
+            logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": reason})
+    raise StoreOutage(first_line(err)) from None
 
 
 def _superseded(trial, logger) -> None:
@@ -632,8 +672,20 @@ def _tell_outcome(study, ctx: Context, trial, params, config, logger, outcome) -
                f"{timed_text(outcome.sec_per_epoch, config.warmup_epochs)}  {summary} seed={seed}")
 
 
-def worker_loop(ctx: Context, counter=None, worker: int = 0) -> None:
-    """Pop and run trials until the queue or the budget is empty."""
+def worker_loop(ctx: Context, counter=None, worker: int = 0, busy=None) -> None:
+    """Pop and run trials until the queue or the budget is empty. Adds to `busy` this worker's seconds from
+    its start to the end of its last trial: the worker-seconds the harness overhead is counted against (a
+    slot left idle at the end of the queue is no overhead)."""
+    started, ended = time.time(), []
+    try:
+        _work(ctx, counter, worker, ended)
+    finally:
+        if busy is not None and ended:
+            with busy.get_lock():
+                busy.value += ended[-1] - started
+
+
+def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
     torch.set_num_threads(ctx.threads)
     from mlflow.tracking import MlflowClient
 
@@ -670,17 +722,27 @@ def worker_loop(ctx: Context, counter=None, worker: int = 0) -> None:
                 return True
 
         ran = run_one(study, storage, ctx, client, reserve)
+        if ran:
+            ended.append(time.time())
         repeats = 0 if ran else repeats + 1
         if not ran and counter is not None:
             with counter.get_lock():
                 counter.value -= 1
 
 
-def _worker_main(ctx: Context, counter, worker: int) -> None:
+OUTAGE_EXIT = 3  # the store (tracking server, database) stopped answering: neither bad input nor a failed trial
+
+
+def _worker_main(ctx: Context, counter, worker: int, busy) -> None:
     try:
-        worker_loop(ctx, counter, worker)
+        worker_loop(ctx, counter, worker, busy)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as err:
+        if not (isinstance(err, StoreOutage) or is_outage(err)):
+            raise
+        print(f"worker {worker}: the store stopped answering: {first_line(err)}", file=sys.stderr)
+        raise SystemExit(OUTAGE_EXIT) from None
 
 
 # ---------------------------------------------------------------- the sweep
@@ -798,13 +860,17 @@ def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, plann
 
 def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int, bool]:
     """Worker processes, torch threads per worker and whether seeds fuse. `auto` reads this machine's cached
-    measurement of the study's first cell (measuring it once where there is none); never more threads in
+    measurement of the study's typical cell (measuring it once where there is none); never more threads in
     all than cores."""
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
     if fuse not in ("auto", "on", "off"):
         raise SweepError(f"--fuse-seeds {fuse}: expected auto, on or off")
-    cell = spec.config_for(spec.grid_cells()[0] if spec.sampler == "grid" else {}, spec.seeds[0])
+    cell = spec.config_for({}, spec.seeds[0])
+    if spec.sampler == "grid":
+        pins = autotune.sample_pins(spec.space)
+        sample = [c for c in spec.grid_cells() if all(c[k] == v for k, v in pins.items())]
+        cell = autotune.typical_cell([spec.config_for(c, spec.seeds[0]) for c in sample])
     try:
         check_fusable([cell, cell.replace(seed=cell.seed + 1)])
         fusable = len(spec.seeds) > 1
@@ -842,12 +908,13 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
               flush=True)
     status, problem = "FINISHED", None
     counter = mp.get_context("spawn").Value("i", 0)
+    busy = mp.get_context("spawn").Value("d", 0.0)  # the workers' seconds, start to last trial's end
     overall = overall_bar(spec, storage_url, invocation, planned)
     try:
         if workers == 1:
-            worker_loop(ctx, counter)
+            worker_loop(ctx, counter, busy=busy)
         else:
-            procs = [mp.get_context("spawn").Process(target=_worker_main, args=(ctx, counter, k))
+            procs = [mp.get_context("spawn").Process(target=_worker_main, args=(ctx, counter, k, busy))
                      for k in range(workers)]
             for p in procs:
                 p.start()
@@ -861,6 +928,8 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
             dead = [p for p in procs if p.exitcode not in (0, 130)]
             if any(p.exitcode == 130 for p in procs):
                 raise KeyboardInterrupt
+            if dead and all(p.exitcode == OUTAGE_EXIT for p in dead):
+                raise StoreOutage("see the workers' lines above")
             if dead:
                 status = "FAILED"
                 problem = SweepFailed("worker process(es) " + ", ".join(f"{p.pid} (exit code {p.exitcode})"
@@ -871,38 +940,60 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     except Exception as err:
         status = "FAILED"
         number = ctx.current.get("number")
-        problem = SweepFailed(f"the worker crashed{f' during trial {number}' if number is not None else ''}: "
-                              f"{type(err).__name__}: {err}")
+        if isinstance(err, StoreOutage) or is_outage(err):
+            problem = SweepFailed(f"the store stopped answering: {first_line(err)}; its trials count as killed, "
+                                  "not failed: the same command resumes the study once it answers", OUTAGE_EXIT)
+        else:
+            problem = SweepFailed(f"the worker crashed{f' during trial {number}' if number is not None else ''}: "
+                                  f"{type(err).__name__}: {err}")
     finally:
         overall()
         wall = time.time() - t0
-        storage = open_storage(storage_url)
-        study = load_study(spec, storage)
-        with coordinator_lock(storage_url):
-            recover_stale(study, storage, client)  # a crashed worker's trial, closed now
-        table = trials_table(study, spec)
-        parent = RunLogger(client, parent_run_id)
-        mine = table[table["invocation"] == invocation] if len(table) else table
-        work = float(mine[["time_train_s", "time_eval_s"]].sum().sum()) if len(mine) else 0.0
-        overhead = 1.0 - work / (wall * workers) if wall > 0 and len(mine) else float("nan")
-        counts = table["state"].value_counts().to_dict() if len(table) else {}
-        parent.log_metrics({"study/trials_complete": counts.get("COMPLETE", 0),
-                            "study/trials_pruned": counts.get("PRUNED", 0),
-                            "study/trials_failed": counts.get("FAIL", 0), "time/sweep_wall_s": wall,
-                            "time/harness_overhead": overhead}, step=int(t0))
-        parent.finish(status, tags={"workers": workers, "last_invocation": invocation})
+    try:
+        study, table, overhead, mine = _close_invocation(spec, storage_url, client, parent_run_id, invocation,
+                                                          status, workers, t0, wall, busy.value)
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        raise SweepFailed(f"{problem or 'the sweep'}; the store could not be reached to close it: "
+                          f"{first_line(err)}; the next start closes its runs", OUTAGE_EXIT) from None
     table.attrs.update(wall_s=wall, harness_overhead=overhead, trials_this_run=len(mine), experiment_id=experiment_id)
     ended = _ended_here(study, invocation)
     if problem is not None:
         stopped = [t.number for t in ended if _is_killed(t)]
         raise SweepFailed(f"{problem}{f'; trial(s) {stopped} stopped' if stopped else ''}; the same command "
                           "resumes the study", problem.code)
+    if not ended and len(table) and not table["state"].isin(["COMPLETE", "PRUNED", "RUNNING"]).any():
+        raise SweepFailed(f"study {spec.name} has no completed trial and nothing left to run: its cells used up "
+                          f"their {spec.max_retries} retries (see 'not retried' above); remove the cause, then raise "
+                          "max_retries in the sweep file")
     failed = [t for t in ended if t.state == TrialState.FAIL]
     if ended and len(failed) == len(ended):
         reasons = sorted({str(t.user_attrs.get("failure", "")).strip().splitlines()[-1:][0]
                           if str(t.user_attrs.get("failure", "")).strip() else "unknown" for t in failed})
         raise SweepFailed(f"all {len(failed)} trial(s) of this invocation failed: " + "; ".join(reasons))
     return table
+
+
+def _close_invocation(spec, storage_url, client, parent_run_id, invocation, status, workers, t0, wall, busy):
+    """Close a crashed worker's trial, and log the invocation's counts and overhead on the parent run: the
+    share of the workers' busy seconds spent outside training and evaluation."""
+    storage = open_storage(storage_url)
+    study = load_study(spec, storage)
+    with coordinator_lock(storage_url):
+        recover_stale(study, storage, client)  # a crashed worker's trial, closed now
+    table = trials_table(study, spec)
+    parent = RunLogger(client, parent_run_id)
+    mine = table[table["invocation"] == invocation] if len(table) else table
+    work = float(mine[["time_train_s", "time_eval_s"]].sum().sum()) if len(mine) else 0.0
+    overhead = 1.0 - work / busy if busy > 0 and len(mine) else float("nan")
+    counts = table["state"].value_counts().to_dict() if len(table) else {}
+    parent.log_metrics({"study/trials_complete": counts.get("COMPLETE", 0),
+                        "study/trials_pruned": counts.get("PRUNED", 0),
+                        "study/trials_failed": counts.get("FAIL", 0), "time/sweep_wall_s": wall,
+                        "time/harness_overhead": overhead}, step=int(t0))
+    parent.finish(status, tags={"workers": workers, "last_invocation": invocation})
+    return study, table, overhead, mine
 
 
 def _ended_here(study: optuna.Study, invocation: str) -> list[FrozenTrial]:

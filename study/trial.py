@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.utils import save_image
 
-from analysis.figures import distance_heatmap, plt
+from analysis.figures import matrix_image
 from analysis.pairing import PairingResult, evaluate_pairing, formation, is_locked
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, load_domains
@@ -208,6 +209,12 @@ class TrackedRun:
                 self.staging = None
 
 
+def trained_seconds(result: TrainResult) -> float:
+    """The seconds of the epochs trained here (after any resume): training alone, without the evaluations,
+    logging and checkpoints done between epochs, which are the harness's part."""
+    return sum(s.epoch_s for s in result.history if s.epoch > result.resumed_from_epoch)
+
+
 def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
               desc: str = "train", progress: bool = True, data: Domains | None = None,
               weights: bool = True, checkpoint_s: float = 0.0, resume: bool = False,
@@ -223,11 +230,10 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         if checkpoint_s:
             path = (run.resume() if resume else None) or Path(run.checkpoints.name) / "checkpoint.pt"
             checkpoints = Checkpoints(path, seconds=checkpoint_s, extra=run.state, saved=run.checkpointed)
-        t_train = time.perf_counter()
         result = train(config, data, callback=run.on_epoch, checkpoint=checkpoints, progress=progress, desc=desc)
         if result.resumed_from_epoch:
             logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
-        outcome = run.finish(result, time.perf_counter() - t_train - run.eval_s, started)
+        outcome = run.finish(result, trained_seconds(result), started)
         if checkpoints is not None and not keep_checkpoint:
             logger.delete_artifacts(CHECKPOINT_DIR)  # done: megabytes a run that nothing will read again
         return outcome
@@ -249,9 +255,9 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
         for config, logger, report in zip(configs, loggers, reports, strict=True):
             logger.pending_tags["fused_group"] = str(len(configs))
             runs.append(TrackedRun(config, logger, data, eval_every, report, weights))
-        t_train = time.perf_counter()
         results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc)
-        train_s = (time.perf_counter() - t_train - sum(r.eval_s for r in runs)) / len(configs)
+        # the group's epochs (as long as its longest-lived seed), shared by its K seeds
+        train_s = max(trained_seconds(r) for r in results) / len(configs)
         outcomes = [run.finish(result, train_s, started) if result.diverged is None else _diverged(run, result)
                     for run, result in zip(runs, results, strict=True)]
         share = (time.perf_counter() - started) / len(configs)  # each run's part of the group's wall time
@@ -321,11 +327,6 @@ def _samples(translator: Translator, data: Domains) -> torch.Tensor:
     return labelled(sample_grid(translator, data), SAMPLE_ROWS if translator.backward is not None else SAMPLE_ROWS[:3])
 
 
-def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int, weights: bool) -> None:
     """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
     save_image(_samples(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
@@ -334,14 +335,12 @@ def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int,
     if held is not None:
         save_image(labelled(held, HOLDOUT_ROWS), root / "pairing" / "holdout.png")
     (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
-    pairing = result.config.pairing
-    _save(distance_heatmap(final.D_xy, final.a, final.pi, pairing=pairing, row_names=data.x_names,
-                           col_names=data.y_names), root / "pairing" / "D_xy.png")
+    # rows x_i, columns y_j: white frames the nearest y of each x, a red dot the pair given (the report
+    # draws the same matrices labelled)
+    Image.fromarray(matrix_image(final.D_xy, final.a, final.pi)).save(root / "pairing" / "D_xy.png")
     if final.D_yx is not None:
         (root / "pairing" / "D_yx.csv").write_text(_matrix_csv(final.D_yx, "y", "x"))
-        _save(distance_heatmap(final.D_yx, final.b, np.argsort(final.pi), title="D_yx[j, i] = d(G(y_j), x_i)",
-                               row_label="y_j", col_label="x_i", pairing=pairing, row_names=data.y_names,
-                               col_names=data.x_names), root / "pairing" / "D_yx.png")
+        Image.fromarray(matrix_image(final.D_yx, final.b, np.argsort(final.pi))).save(root / "pairing" / "D_yx.png")
     (root / "pairing" / "assignment.json").write_text(json.dumps(
         {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
          "x_names": data.x_names, "y_names": data.y_names}, indent=1))

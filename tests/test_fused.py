@@ -192,3 +192,20 @@ def test_fused_sweep_gives_each_seed_its_own_run(tmp_path, monkeypatch):
     alone = train(spec.config_for({"pairing": "fixed"}, 1))
     logged = float(runs.loc[runs["tags.seed"].astype(int) == 1, "metrics.loss/G_total"].iloc[0])
     assert abs(alone.history[-1].losses["loss/G_total"] - logged) < 0.05  # fp32 after 2 epochs: see above
+
+
+def test_auto_and_the_bench_time_a_sample_that_costs_what_the_study_costs():
+    """They timed the default sweep's first cells, all of them its cheapest (encdec, N = 5)."""
+    from pathlib import Path
+
+    from study.spec import load_sweep
+
+    spec = load_sweep(Path(__file__).parents[1] / "study" / "configs" / "default.toml")
+    pins = autotune.sample_pins(spec.space)
+    sample = [c for c in spec.grid_cells() if all(c[k] == v for k, v in pins.items())]
+    assert list(pins) == ["pairing"]  # the pairing does not change what an epoch costs
+    assert {(c["arch"], c["n_images"], c["lambda_cyc"]) for c in sample} == {
+        (a, n, cyc) for a in ("encdec", "unet") for n in (5, 10) for cyc in (0.0, 1.0)}
+    configs = [spec.config_for(c, 0) for c in sample]
+    costs = sorted(autotune.epoch_cost(c) for c in configs)
+    assert costs[0] < autotune.epoch_cost(autotune.typical_cell(configs)) < costs[-1]

@@ -86,7 +86,10 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         assert set(run.data.params) >= {"lambda_l1", "lambda_cyc", "arch", "n_images", "seed", "image_size"}
         history = client.get_metric_history(run.info.run_id, "loss/G_l1")
         assert sorted(m.step for m in history) == [1, 2, 3, 4]
-        assert len(client.get_metric_history(run.info.run_id, "time/epoch_s")) == 4
+        epoch_s = client.get_metric_history(run.info.run_id, "time/epoch_s")
+        assert len(epoch_s) == 4
+        # train_s is the epochs' own time: evaluations and logging between them are the harness's
+        assert float(run.data.tags["summary.time/train_s"]) == pytest.approx(sum(m.value for m in epoch_s), rel=1e-3)
         # step 0: the untrained map, where the curves and the strip slider start
         assert [m.step for m in client.get_metric_history(run.info.run_id, "pair/forward_top1")] == [0, 2, 4]
         for key in ("pair/bijectivity", "pair/mutual", "pair/cycle_top1", "mem/holdout_copy_rate",
@@ -464,7 +467,9 @@ def test_retries_stop_after_max_retries(tmp_path, capsys):
             with pytest.raises(SweepFailed, match="all 2 trial"):
                 run_sweep(load_sweep(config))
         capsys.readouterr()
-        run_sweep(load_sweep(config))
+        # nothing left to run and nothing complete: that is no success (it exited 0)
+        with pytest.raises(SweepFailed, match="no completed trial and nothing left to run"):
+            run_sweep(load_sweep(config))
     printed = capsys.readouterr().out
     assert "not retried (1 retries used)" in printed and "0 queued now" in printed
     assert len(_study(tmp_path, "hopeless").trials) == 4  # 2 cells x (1 try + 1 retry)
@@ -704,3 +709,71 @@ def test_a_worker_whose_trial_was_declared_stale_ends_it_with_one_line(tmp_path,
     assert trials[0].state == TrialState.FAIL and "mlflow_run_id" in trials[0].user_attrs
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+def _server(folder: Path, port: int) -> subprocess.Popen:
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    return subprocess.Popen([str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{folder}/server.db"], cwd=folder,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_tracking_server_outage_ends_the_sweep_with_one_line_and_uses_no_retry(tmp_path):
+    """An outage past MLflow's retries ended in a 120-line traceback, counted against max_retries, and left
+    the run RUNNING while Optuna said FAIL."""
+    port = _free_port()
+    config = write_sweep(tmp_path, "outage", epochs=150)
+    config.write_text(config.read_text().replace("seeds = [0, 1]", "seeds = [0]\nmax_retries = 0")
+                      .replace('pairing = ["aligned", "fixed"]', 'pairing = ["fixed"]'))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "CYCLELIKE_STORE": str(tmp_path / "store"),
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "study", "sweep", "--config", str(config), "--workers", "1"]
+    server = _server(tmp_path, port)
+    sweep = None
+    try:
+        _wait_for(lambda: _up(port), 90, "the MLflow server")
+        sweep = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, start_new_session=True)
+        journal = tmp_path / "store" / "optuna.journal"
+
+        def training():
+            if not journal.exists():
+                return None
+            with contextlib.suppress(KeyError):
+                return [t for t in optuna.load_study(study_name="outage", storage=open_storage(str(journal))).trials
+                        if "mlflow_run_id" in t.user_attrs] or None
+            return None
+
+        _wait_for(training, 120, "a trial in training")
+        os.killpg(server.pid, signal.SIGKILL)  # the tracking server's machine goes away
+        server.wait(timeout=30)
+        _, err = sweep.communicate(timeout=240)
+        assert sweep.returncode == 3, err[-3000:]
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error:"), err[-3000:]
+        assert "the store stopped answering" in err.strip().splitlines()[-1]
+        trial = optuna.load_study(study_name="outage", storage=open_storage(str(journal))).trials[0]
+        assert trial.state == TrialState.FAIL and trial.user_attrs["failure"].startswith("killed:")
+        server = _server(tmp_path, port)  # back again: the same command goes on, no retry used up
+        _wait_for(lambda: _up(port), 90, "the MLflow server")
+        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        states = [t.state for t in optuna.load_study(study_name="outage", storage=open_storage(str(journal))).trials]
+        assert states == [TrialState.FAIL, TrialState.COMPLETE]
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        experiment = client.get_experiment_by_name("outage")
+        assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+    finally:
+        if sweep is not None and sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
