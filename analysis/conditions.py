@@ -53,3 +53,31 @@ def _plain(value) -> str:
 def data_sets(g: pd.DataFrame) -> int:
     """Independent data sets behind a group: its distinct data seeds (seeds of one data set share images)."""
     return int(g["data_seed"].nunique()) if "data_seed" in g else 1
+
+
+def _same(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def missing_cells(t: pd.DataFrame, space: dict, seeds: list) -> list[dict]:
+    """The grid's (cell, seed) pairs with no complete or pruned run: what a sweep has yet to run, or lost.
+    `space` as the sweep file gives it; ranges (random, TPE) have no cells to miss."""
+    if not space or not all(isinstance(v, list) for v in space.values()):
+        return []
+    import itertools
+
+    done = t[t["state"].isin(["COMPLETE", "PRUNED"])] if "state" in t else t.iloc[:0]
+    names = sorted(space)
+    lost = []
+    for values in itertools.product(*(space[n] for n in names)):
+        cell = dict(zip(names, values, strict=True))
+        for seed in seeds:
+            mask = pd.Series(True, index=done.index)
+            for k, v in {**cell, "seed": seed}.items():
+                mask &= done[k].map(lambda x, v=v: _same(x, v)) if k in done else False
+            if not mask.any():
+                lost.append({**cell, "seed": seed})
+    return lost

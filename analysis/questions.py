@@ -332,6 +332,28 @@ def capacity_answers(t: pd.DataFrame) -> list[str]:
             f"held forward_top1 >= 0.9 up to these N (N90; {runs} per N): " + "; ".join(parts) + "."]
 
 
+def ledger_text(t: pd.DataFrame, missing: list[dict]) -> str:
+    """What the study lost on the way, from its runs: trials killed and resumed, runs killed and not resumed,
+    runs failed (with their reasons), runs still RUNNING (a live sweep, or the orphan of a dead one) and the
+    grid's cells with no finished run."""
+    failure = t.get("tags.failure", pd.Series("", index=t.index)).fillna("").astype(str)
+    killed = (t["state"] == "FAIL") & failure.str.startswith("killed")
+    failed = t[(t["state"] == "FAIL") & ~killed]
+    resumed = int(pd.to_numeric(t.get("tags.resumes", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+    running = int((t.get("status", pd.Series(dtype=str)) == "RUNNING").sum())
+    parts = [f"{resumed} kill(s) resumed from a checkpoint in the same run", f"{int(killed.sum())} run(s) killed "
+             "and not resumed (their retry started afresh)"]
+    reasons = failed.assign(why=failure[failed.index].str.strip().str.split("\n").str[-1]).groupby("why").size()
+    parts.append(f"{len(failed)} failed" + (" (" + "; ".join(f"{n}: {why or 'no reason'}" for why, n in
+                                                          reasons.items()) + ")" if len(failed) else ""))
+    parts.append(f"{running} still RUNNING (a sweep at work, or the orphan of a dead one: the next start closes "
+                 "it)" if running else "none left RUNNING")
+    lost = "; ".join(", ".join(f"{k}={v}" for k, v in cell.items()) for cell in missing[:10])
+    parts.append(f"{len(missing)} cell(s) of the grid without a finished run" + (f": {lost}"
+                 + (f" and {len(missing) - 10} more" if len(missing) > 10 else "") if missing else ""))
+    return "Trials on the way: " + "; ".join(parts) + "."
+
+
 def answers(t: pd.DataFrame) -> list[str]:
     """The report's first screen: each question the study has data for, in sentences with numbers; a
     sentence for each it has none for."""

@@ -15,13 +15,14 @@ import sys
 import tempfile
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import questions
+from .conditions import missing_cells
 from .document import Document
 from .figures import PAIRING_COLOURS, distance_heatmap, legend_outside, plt, reference_label, sns
 from .pairing import chance_level, seed_agreement
@@ -47,6 +48,7 @@ class StudyRuns:
     objectives: list[str]
     directions: list[str]
     ui: str | None = None  # the MLflow UI's address, for links to each run's page
+    sweep: dict = field(default_factory=dict)  # the sweep file as the parent run keeps it (space, seeds, ...)
 
 
 def _strip(df: pd.DataFrame) -> pd.DataFrame:
@@ -90,15 +92,15 @@ def load_study_runs(client, name: str) -> StudyRuns:
     else:
         trials["state"] = trials["status"].map({"FINISHED": "COMPLETE", "FAILED": "FAIL"}).fillna(trials["status"])
     trials = trials.sort_values("start_time").reset_index(drop=True)
-    objectives, directions = ["pair/forward_top1"], ["maximize"]
+    sweep = {"objectives": ["pair/forward_top1"], "directions": ["maximize"]}
     if parent is not None:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 sweep = json.loads(Path(client.download_artifacts(parent.run_id, "sweep.json", tmp)).read_text())
-            objectives, directions = sweep["objectives"], sweep["directions"]
         except Exception:
             pass  # an older or hand-made parent run: fall back to forward_top1
-    return StudyRuns(name, experiment.experiment_id, parent, trials, objectives, directions)
+    return StudyRuns(name, experiment.experiment_id, parent, trials, sweep["objectives"], sweep["directions"],
+                     sweep=sweep)
 
 
 def study_names(client) -> list[str]:
@@ -191,6 +193,7 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
           f"Wall time {_fmt(wall / 60, 1)} min (the time during which at least one trial ran, over every "
           f"invocation, killed ones included). {_schedules(t)}Objective: "
           + ", ".join(f"{o} ({d})" for o, d in zip(runs.objectives, runs.directions, strict=True)) + ".")
+    doc.p(questions.ledger_text(t, missing_cells(t, runs.sweep.get("space", {}), runs.sweep.get("seeds", []))))
     done = _complete(t)
     objective, direction = runs.objectives[0], runs.directions[0]
     if done.empty or objective not in done:

@@ -153,3 +153,25 @@ def test_seconds_to_pairs_is_fitted_per_series_and_counts_runs_that_never_paired
     assert fits.loc[("time/seconds_to_pairs", "encdec"), "a (s)"] == 2.0
     assert fits.loc[("time/seconds_to_pairs", "unet"), "runs without a value"] == 1
     assert fits.loc[("time/sec_per_epoch", "unet"), "runs"] == 4
+
+
+def test_the_report_counts_killed_failed_and_orphan_trials_and_names_missing_cells():
+    """It had no killed count and never mentioned a missing cell or an orphan trial."""
+    from analysis.conditions import missing_cells
+
+    t = pd.DataFrame([
+        {"pairing": "aligned", "n_images": 5, "seed": 0, "state": "COMPLETE", "status": "FINISHED",
+         "tags.resumes": "1"},
+        {"pairing": "aligned", "n_images": 5, "seed": 1, "state": "FAIL", "status": "KILLED",
+         "tags.failure": "killed: its process died while the trial was RUNNING"},
+        {"pairing": "aligned", "n_images": 5, "seed": 1, "state": "COMPLETE", "status": "FINISHED"},
+        {"pairing": "fixed", "n_images": 5, "seed": 0, "state": "FAIL", "status": "FAILED",
+         "tags.failure": "Traceback ...\nDataError: x_path does not exist"},
+        {"pairing": "fixed", "n_images": 5, "seed": 1, "state": "RUNNING", "status": "RUNNING"},
+    ])
+    missing = missing_cells(t, {"pairing": ["aligned", "fixed"], "n_images": [5]}, [0, 1])
+    assert missing == [{"n_images": 5, "pairing": "fixed", "seed": 0}, {"n_images": 5, "pairing": "fixed", "seed": 1}]
+    text = questions.ledger_text(t, missing)
+    assert "1 kill(s) resumed" in text and "1 run(s) killed and not resumed" in text
+    assert "1 failed (1: DataError: x_path does not exist)" in text and "1 still RUNNING" in text
+    assert "2 cell(s) of the grid without a finished run: n_images=5, pairing=fixed, seed=0" in text
