@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 from tqdm.auto import tqdm
@@ -32,7 +31,10 @@ from .train import (
     _sync,
     build,
     epoch_losses,
+    gan_criterion,
+    l1_loss,
     make_translator,
+    paired_step,
     resolve_device,
     resolve_precision,
     scheduled,
@@ -61,20 +63,6 @@ def check_fusable(configs: list[RunConfig]) -> None:
         raise ConfigError("fuse_seeds: compile=true is not supported with fused seeds")
 
 
-def _per_seed(values: torch.Tensor) -> torch.Tensor:
-    return values.flatten(1).mean(1)  # (K, ...) -> (K,): each seed's own mean, as F.*_loss computes alone
-
-
-def _gan(kind: str):
-    def criterion(logits: torch.Tensor, real: bool) -> torch.Tensor:
-        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-        if kind == "lsgan":
-            return _per_seed((logits - target) ** 2)
-        return _per_seed(F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
-
-    return criterion
-
-
 class Stack:
     """K copies of one network as stacked tensors, run once under vmap."""
 
@@ -89,9 +77,10 @@ class Stack:
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         return self.forward(self.params, self.buffers, *args)
 
-    def requires_grad(self, flag: bool) -> None:
+    def requires_grad_(self, flag: bool) -> Stack:
         for p in self.params.values():
             p.requires_grad_(flag)
+        return self
 
     def keep(self, index: torch.Tensor) -> None:
         self.params = {k: v.detach()[index].requires_grad_(v.requires_grad) for k, v in self.params.items()}
@@ -123,29 +112,6 @@ def _snapshot(opt: torch.optim.Adam) -> dict:
     return {"params": [opt.state.get(p) for g in opt.param_groups for p in g["params"]]}
 
 
-def paired_step_fused(G: Stack, D: Stack, optims, src, tgt, config: RunConfig, gan, autocast,
-                      two_way: bool = True) -> dict[str, torch.Tensor]:
-    """cyclelike.train.paired_step for K seeds at once: src and tgt are (K, B, C, H, W); losses are (K,)."""
-    with autocast():
-        fake = G(src)
-    D.requires_grad(True)
-    optims["D"].zero_grad(set_to_none=True)
-    with autocast():
-        loss_d = 0.5 * (gan(D(tgt, src), True) + gan(D(fake.detach(), src), False))
-    loss_d.sum().backward()
-    optims["D"].step()
-    D.requires_grad(False)
-    optims["G"].zero_grad(set_to_none=True)
-    with autocast():
-        raw = {"adv": gan(D(fake, src), True), "l1": _per_seed((fake - tgt).abs())}
-        if two_way and config.lambda_cyc > 0:
-            raw["cyc"] = _per_seed((G(fake) - src).abs())
-        total = config.lambda_adv * raw["adv"] + config.lambda_l1 * raw["l1"] + config.lambda_cyc * raw.get("cyc", 0)
-    total.sum().backward()
-    optims["G"].step()
-    return {"D": loss_d.detach(), **{k: v.detach() for k, v in raw.items()}}
-
-
 def run_epoch_fused(G, D, optims, data: Domains, config: RunConfig, gens: list[torch.Generator], gan, autocast):
     """cyclelike.train.run_epoch for K seeds: each seed draws its own pairing and batch order from its own
     generator, in the same order as alone; returns (K,) loss sums and the step count."""
@@ -167,7 +133,8 @@ def run_epoch_fused(G, D, optims, data: Domains, config: RunConfig, gens: list[t
               torch.stack([data.y[pi[idx]] for idx, pi in zip(b, pis, strict=True)])) for b in batches]
     # the same order as alone; a joint batch stacks both directions on the batch axis, axis 1 here
     for src, tgt in scheduled(pairs, config, batch_dim=1):
-        add(paired_step_fused(G, D, optims, src, tgt, config, gan, autocast, two_way=config.scheme != "pix2pix"))
+        add(paired_step({"G": G, "D": D}, optims, src, tgt, config, gan, autocast, two_way=config.scheme != "pix2pix",
+                        l1=l1_loss(per_seed=True)))
     return sums, steps
 
 
@@ -195,7 +162,7 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
     G = Stack([nets["G"] for nets in seeds_nets], config.dropout > 0)
     D = Stack([nets["D"] for nets in seeds_nets], False)
     optims = {"G": _adam([G], config), "D": _adam([D], config)}
-    gan = _gan(config.gan_loss)
+    gan = gan_criterion(config.gan_loss, per_seed=True)
     precision = resolve_precision(config.precision, device)
 
     def autocast():

@@ -91,21 +91,29 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if supported else "fp32"
 
 
-def gan_criterion(kind: str) -> Callable[[torch.Tensor, bool], torch.Tensor]:
+def gan_criterion(kind: str, per_seed: bool = False) -> Callable[[torch.Tensor, bool], torch.Tensor]:
+    """The GAN loss on D's logits: their mean, or with `per_seed` (fused seeds, logits (K, ...)) each
+    seed's own mean, as it computes alone."""
     def criterion(logits: torch.Tensor, real: bool) -> torch.Tensor:
         target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-        if kind == "lsgan":
-            return F.mse_loss(logits, target)
-        return F.binary_cross_entropy_with_logits(logits, target)
+        loss = F.mse_loss if kind == "lsgan" else F.binary_cross_entropy_with_logits
+        return seed_means(loss(logits, target, reduction="none")) if per_seed else loss(logits, target)
 
     return criterion
 
 
-def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+def seed_means(values: torch.Tensor) -> torch.Tensor:
+    return values.flatten(1).mean(1)  # (K, ...) -> (K,): each seed's own mean, as F.*_loss computes alone
+
+
+def l1_loss(per_seed: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return (lambda a, b: seed_means((a - b).abs())) if per_seed else F.l1_loss
+
+
+def set_requires_grad(nets: list, flag: bool) -> None:
     # D gets no gradients during the G step: it is not updated there, so they would be wasted work
     for net in nets:
-        for p in net.parameters():
-            p.requires_grad_(flag)
+        net.requires_grad_(flag)  # a module's, or a fused Stack's (cyclelike.fused)
 
 
 def build(config: RunConfig, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
@@ -128,10 +136,11 @@ def build(config: RunConfig, device: torch.device) -> tuple[dict[str, nn.Module]
     return nets, optims
 
 
-def paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=True) -> dict[str, torch.Tensor]:
+def paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=True, l1=F.l1_loss) -> dict[str, torch.Tensor]:
     """One D step and one G step on the batch src -> tgt. cyclelike (two_way): the one G serves both
     directions, so src is x (target y) or y (target x), or both stacked for the joint schedule.
-    pix2pix (not two_way): X -> Y only, so there is no way back for a cycle."""
+    pix2pix (not two_way): X -> Y only, so there is no way back for a cycle. Fused seeds run this same step
+    on stacked networks with per-seed losses (K,) (cyclelike.fused); their sum's gradient is each seed's."""
     G, D = nets["G"], nets["D"]
     with autocast():
         fake = G(src)
@@ -140,17 +149,17 @@ def paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=True) -> 
     optims["D"].zero_grad(set_to_none=True)
     with autocast():
         loss_d = 0.5 * (gan(D(tgt, src), True) + gan(D(fake.detach(), src), False))
-    loss_d.backward()
+    loss_d.sum().backward()
     optims["D"].step()
     # G: fool D, match the paired target, and come back to src when applied twice
     set_requires_grad([D], False)
     optims["G"].zero_grad(set_to_none=True)
     with autocast():
-        raw = {"adv": gan(D(fake, src), True), "l1": F.l1_loss(fake, tgt)}
+        raw = {"adv": gan(D(fake, src), True), "l1": l1(fake, tgt)}
         if two_way and config.lambda_cyc > 0:
-            raw["cyc"] = F.l1_loss(G(fake), src)
+            raw["cyc"] = l1(G(fake), src)
         total = config.lambda_adv * raw["adv"] + config.lambda_l1 * raw["l1"] + config.lambda_cyc * raw.get("cyc", 0)
-    total.backward()
+    total.sum().backward()
     optims["G"].step()
     return {"D": loss_d.detach(), **{k: v.detach() for k, v in raw.items()}}
 
