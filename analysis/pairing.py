@@ -24,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from scipy.special import stirling2
 from scipy.stats import binomtest, rankdata
 from torchvision.transforms.v2 import functional as TF
 
@@ -123,11 +124,9 @@ def distinct_values_null(n: int) -> tuple[float, ...]:
     """P(a uniformly random map of n points onto n has exactly k distinct values), k = 0..n.
 
     Exact: C(n, k) * k! * S(n, k) / n^n with S the Stirling numbers of the second kind."""
-    stirling = [1] + [0] * n  # S(m, k) for k = 0..n, from m = 0 up to m = n
-    for _ in range(n):
-        stirling = [0] + [k * stirling[k] + stirling[k - 1] for k in range(1, n + 1)]
     total = n**n
-    return tuple(float(Fraction(math.comb(n, k) * math.factorial(k) * stirling[k], total)) for k in range(n + 1))
+    return tuple(float(Fraction(math.comb(n, k) * math.factorial(k) * int(stirling2(n, k, exact=True)), total))
+                 for k in range(n + 1))
 
 
 @dataclass

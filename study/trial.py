@@ -6,7 +6,6 @@ Optuna: the sweep passes `report`, which sees each evaluation and answers whethe
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torchvision.utils import save_image
@@ -53,11 +53,10 @@ class TrialOutcome:
 
 
 def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
-    buf = io.StringIO()
-    buf.write(",".join([f"{row}\\{col}", *(f"{col}{j}" for j in range(D.shape[1]))]) + "\n")
-    for i, r in enumerate(D):
-        buf.write(",".join([f"{row}{i}", *(f"{v:.6f}" for v in r)]) + "\n")
-    return buf.getvalue()
+    """D with named rows and columns (x0.., y0..) under a corner `x\\y`, six decimals."""
+    table = pd.DataFrame(D, index=[f"{row}{i}" for i in range(len(D))],
+                         columns=[f"{col}{j}" for j in range(D.shape[1])]).rename_axis(f"{row}\\{col}")
+    return table.to_csv(float_format="%.6f", lineterminator="\n")
 
 
 # a trial's whole state goes to its run this often (seconds of training) and at its end, and goes again once
@@ -311,16 +310,16 @@ def _strip(translator: Translator, data: Domains, result: PairingResult) -> torc
 
 
 def _history_csv(history: list[tuple[int, PairingResult]]) -> str:
-    """One row per evaluation and x_i: epoch, i, a(i), b(i), the row's minimum distance and its margin."""
-    lines = ["epoch,i,a,b,row_min,margin"]
+    """One row per evaluation and x_i: epoch, i, a(i), b(i), the row's minimum distance and its margin over
+    the second nearest (relative)."""
+    rows = []
     for epoch, r in history:
         part = np.sort(r.D_xy, axis=1)
-        for i in range(len(r.a)):
-            b = "" if r.b is None else int(r.b[i])
-            second = part[i, 1] if part.shape[1] > 1 else np.nan
-            margin = (second - part[i, 0]) / (part[i, 0] + 1e-12)
-            lines.append(f"{epoch},{i},{int(r.a[i])},{b},{part[i, 0]:.6f},{margin:.6f}")
-    return "\n".join(lines) + "\n"
+        second = part[:, 1] if part.shape[1] > 1 else np.full(len(part), np.nan)
+        rows.append(pd.DataFrame({"epoch": epoch, "i": np.arange(len(r.a)), "a": r.a.astype(int),
+                                  "b": pd.array(r.b if r.b is not None else [None] * len(r.a), dtype="Int64"),
+                                  "row_min": part[:, 0], "margin": (second - part[:, 0]) / (part[:, 0] + 1e-12)}))
+    return pd.concat(rows).to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
 def _samples(translator: Translator, data: Domains) -> torch.Tensor:
