@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from analysis.report import load_curves
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
-from study.sweep import open_storage
+from study.storage import open_storage
 from study.tracking import RunLogger, ensure_experiment, prepare_store
 from study.trial import CHECKPOINT_DIR, run_trial
 

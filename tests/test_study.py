@@ -21,8 +21,11 @@ from conftest import store_in
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from study.ledger import claim
 from study.spec import SweepError, load_sweep, parse_sweep
-from study.sweep import Context, SweepFailed, _claim, load_study, open_storage, run_sweep
+from study.storage import load_study, open_storage
+from study.sweep import SweepFailed, run_sweep
+from study.workers import Context
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -319,12 +322,12 @@ def test_mlflow_server_serves_the_runs(swept):
 
 def test_pruned_trials_end_pruned_and_tagged(tmp_path, monkeypatch):
     """Pruning decisions are Optuna's; what is ours is ending the trial and its run correctly."""
-    import study.sweep as sweep_module
+    import study.storage as storage_module
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     # forward_top1 is at most 1, so this pruner stops every trial at its first evaluation
-    monkeypatch.setattr(sweep_module, "make_pruner", lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(storage_module, "make_pruner", lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
     path = write_sweep(tmp_path, "pruned", epochs=6)
     path.write_text(path.read_text().replace('eval_every = 2', 'eval_every = 2\npruner = "median"'))
     table = run_sweep(load_sweep(path))
@@ -562,7 +565,7 @@ def test_resuming_train_with_other_settings_names_them_and_keeps_the_config(tmp_
 
 
 def test_run_names_say_the_condition_and_seed():
-    from study.sweep import run_name
+    from study.workers import run_name
 
     spec = parse_sweep(GOOD, "names.toml")
     params = {"n_images": 10, "arch": "unet", "lambda_cyc": 1.0, "pairing": "fixed"}
@@ -642,7 +645,8 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
 def test_estimate_probes_the_largest_queued_condition(tmp_path):
     """Queued trials keep their condition in fixed_params until asked for: the estimate must read it there,
     or every sweep is estimated from the base config (a capacity study up to N=160 from N=10)."""
-    from study.sweep import estimate, load_study, queue_missing
+    from study.ledger import queue_missing
+    from study.sweep import estimate
 
     spec = parse_sweep({"name": "est", "seeds": [0], "space": {"n_images": [4, 40]},
                         "fixed": {"image_size": 16, "base_filters": 4, "d_filters": 4, "n_holdout": 0, "epochs": 2}})
@@ -674,7 +678,7 @@ def test_two_workers_drawing_one_random_condition_claim_it_once(tmp_path, monkey
 
         def worker(i: int) -> None:
             study = load_study(spec, open_storage(None), worker=i)
-            claims.append(_claim(study, Context(spec, None, "0", "parent", 1, f"inv{i}", 0, 0)))
+            claims.append(claim(study, Context(spec, None, "0", "parent", 1, f"inv{i}", 0, 0)))
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
         for t in threads:
@@ -688,7 +692,7 @@ def test_two_workers_drawing_one_random_condition_claim_it_once(tmp_path, monkey
 
 def test_a_worker_whose_trial_was_declared_stale_ends_it_with_one_line(tmp_path, capsys, monkeypatch):
     """Another worker failed this trial as stale while it trained; its `tell` raised and the sweep exited 1."""
-    import study.sweep as sweep
+    import study.workers as sweep
 
     config = write_sweep(tmp_path, "stale", epochs=2)
     real = sweep.run_trial

@@ -1,0 +1,264 @@
+"""The exactly-once contract of a study, in one place. Its invariants:
+
+- each (condition, seed) completes once: a claim checks what is taken and writes its key in one step under
+  the coordinator lock, and a condition queued or running is never queued again;
+- a dead owner's trial is failed as killed and queued again: a dead process on this host, a lease older than
+  its grace on another (journal), a heartbeat older than its grace or never sent (PostgreSQL);
+- a killed trial uses up no retry; a failed one is retried up to max_retries times;
+- a retry resumes from its checkpoint, in the killed trial's MLflow run, with its intermediate values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from analysis.store import tracking_uri
+from cyclelike.config import RunConfig
+
+from .spec import SweepSpec
+from .storage import KILLED_STALE, coordinator_lock, heartbeat_enabled
+
+LEASE_EVERY_S = 30.0
+
+
+LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another host's trial is dead past this
+
+
+HOST = socket.gethostname()
+
+
+TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # needs no new trial
+
+
+def config_key(config: RunConfig) -> str:
+    return hashlib.sha1(json.dumps(config.condition(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process: a pid reused by another process has another one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_record(invocation: str) -> dict[str, Any]:
+    return {"host": HOST, "pid": os.getpid(), "pid_start": _process_start(os.getpid()), "invocation": invocation}
+
+
+def owner_alive(trial: FrozenTrial, now: float | None = None) -> bool:
+    owner, now = trial.user_attrs.get("owner"), now or time.time()
+    if owner and owner.get("host") == HOST:
+        return _process_start(owner["pid"]) is not None and _process_start(owner["pid"]) == owner.get("pid_start")
+    started = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - float(trial.user_attrs.get("lease", started)) < LEASE_GRACE_S
+
+
+@contextlib.contextmanager
+def lease(storage, trial_id: int):
+    """Tell the storage the trial is alive while it runs: Optuna's heartbeat on an RDB storage (the thread
+    `study.optimize` would run), else a lease timestamp that other hosts can read."""
+    stop = threading.Event()
+    beat = heartbeat_enabled(storage)
+    interval = storage.heartbeat_interval if beat else LEASE_EVERY_S
+
+    def refresh():
+        while True:
+            with contextlib.suppress(Exception):  # a missed refresh is retried; the grace spans several
+                if beat:
+                    storage.record_heartbeat(trial_id)
+                else:
+                    storage.set_trial_user_attr(trial_id, "lease", time.time())
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=refresh, daemon=True, name=f"lease-{trial_id}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def is_killed(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and "killed" in str(trial.user_attrs.get("failure", ""))
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a killed trial's condition and seed again: it did not fail, it was stopped."""
+    if "config_key" in trial.user_attrs:
+        keep = {k: trial.user_attrs[k] for k in ("seed", "config_key", "fixed_key") if k in trial.user_attrs}
+        study.enqueue_trial(trial.params, user_attrs=keep | _resumes(trial))
+
+
+def _resumes(trial: FrozenTrial) -> dict[str, Any]:
+    """What a retry of a killed trial goes on from: its MLflow run, which holds the last checkpoint."""
+    attrs = {"retry_of": trial.number}
+    if "mlflow_run_id" in trial.user_attrs:
+        attrs["resume_run"] = trial.user_attrs["mlflow_run_id"]
+    return attrs
+
+
+def close_run(client, run_id: str, state: str, failure: str | None) -> None:
+    if failure:
+        client.set_tag(run_id, "failure", failure)
+    client.set_tag(run_id, "optuna.state", state)
+    status = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
+    client.set_terminated(run_id, "KILLED" if "killed" in (failure or "") else status)
+
+
+def killed(study: optuna.Study, trial) -> None:
+    """Optuna's callback for a trial it failed on a missed heartbeat: close its run, queue it again."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        close_run(MlflowClient(tracking_uri()), run_id, "FAIL", KILLED_STALE)
+    _retry(study, trial)
+
+
+def recover_stale(study: optuna.Study, storage, client) -> list[int]:
+    """Fail the RUNNING trials whose owner is dead, then close every MLflow trial run left RUNNING whose
+    trial has ended (its process died between telling Optuna and closing the run)."""
+    if heartbeat_enabled(storage):
+        optuna.storages.fail_stale_trials(study)  # calls _killed for each trial it fails
+    study_id = storage.get_study_id_from_name(study.study_name)
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if heartbeat_enabled(storage) or owner_alive(t):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, "failure", "killed: its process died while the trial was RUNNING")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        recovered.append(t.number)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    experiment = client.get_experiment_by_name(study.study_name)
+    if experiment is not None:
+        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and tags.trial != ''"):
+            t = trials.get(int(run.data.tags["trial"]))
+            if t is None or t.state == TrialState.RUNNING:
+                continue  # a live trial, or one Optuna has not heard of yet
+            close_run(client, run.info.run_id, t.state.name, t.user_attrs.get("failure"))
+    return recovered
+
+
+def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
+    """Queue each (condition, seed) asked for that has no trial done, running or waiting: the grid's cells
+    not yet run, killed trials, and failed ones up to spec.max_retries times (their cause may be gone)."""
+    tried: dict[tuple[str, int], list[FrozenTrial]] = defaultdict(list)
+    for t in study.get_trials(deepcopy=False):
+        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious"):
+            tried[(t.user_attrs["config_key"], t.user_attrs["seed"])].append(t)
+    wanted: dict[tuple[str, int], dict] = {}
+    if spec.sampler == "grid":
+        for params in spec.grid_cells():
+            for seed in spec.seeds:
+                wanted[(config_key(spec.config_for(params, seed)), seed)] = params
+    for (key, seed), trials in tried.items():  # sampled conditions of this sweep's fixed values
+        if trials[-1].user_attrs.get("fixed_key") == spec.fixed_key and not spec.sampler == "grid":
+            wanted.setdefault((key, seed), trials[-1].params)
+    report = {"queued": 0, "retries": 0, "exhausted": [], "changed": {}}
+    for (key, seed), params in wanted.items():
+        trials = tried.get((key, seed), [])
+        if any(t.state in TAKEN for t in trials):
+            continue
+        failures = [t for t in trials if t.state == TrialState.FAIL and not is_killed(t)]
+        if len(failures) > spec.max_retries:
+            report["exhausted"].append((params, seed, failures[-1].user_attrs.get("failure", "")))
+            continue
+        report["retries"] += bool(failures)
+        resume = _resumes(trials[-1]) if trials and is_killed(trials[-1]) else {}
+        study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key,
+                                                **resume})
+        report["queued"] += 1
+    report["changed"] = changed_fixed(study, spec)
+    return report
+
+
+def changed_fixed(study: optuna.Study, spec: SweepSpec) -> dict[str, tuple[Any, Any]]:
+    """The fixed values this sweep file now asks for that differ from the study's earlier trials."""
+    earlier = [t for t in study.get_trials(deepcopy=False) if "condition" in t.user_attrs]
+    if not earlier:
+        return {}
+    last = earlier[-1]
+    now = spec.config_for(last.params, last.user_attrs["seed"]).condition()
+    return {k: (v, now.get(k)) for k, v in last.user_attrs["condition"].items() if now.get(k) != v}
+
+
+def count_configs(study: optuna.Study, spec: SweepSpec) -> int:
+    return len({t.user_attrs["config_key"] for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("fixed_key") == spec.fixed_key})
+
+
+def claim(study: optuna.Study, ctx):
+    """Ask for a trial and give it its condition and seed; None when the draw is no new condition."""
+    spec = ctx.spec
+    trial = study.ask()
+    if heartbeat_enabled(study._storage):  # alive from the moment it exists, not from its MLflow run
+        study._storage.record_heartbeat(trial._trial_id)
+    params = spec.suggest(trial)
+    if "config_key" not in trial.user_attrs:
+        key = config_key(spec.config_for(params, spec.seeds[0]))
+        # the check of what is taken and the write of the key are one step under the coordinator lock: two
+        # workers that draw the same condition at once would otherwise both see it free
+        with coordinator_lock(ctx.storage_url):
+            taken = {t.user_attrs.get("config_key") for t in study.get_trials(deepcopy=False)
+                     if t.number != trial.number}
+            # grid: another worker took the last queued cell between our check and ask; random/tpe: a repeat
+            if spec.sampler == "grid" or key in taken:
+                trial.set_user_attr("spurious", True)
+                study.tell(trial, state=TrialState.FAIL)
+                return None
+            trial.set_user_attr("config_key", key)
+        trial.set_user_attr("seed", spec.seeds[0])
+        trial.set_user_attr("fixed_key", spec.fixed_key)
+        for seed in spec.seeds[1:]:  # the same condition again with each other seed
+            study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key})
+    seed = trial.user_attrs["seed"]
+    config = spec.config_for(params, seed)
+    mine = config_key(config)
+    if mine != trial.user_attrs["config_key"]:  # queued by a machine whose precision=auto resolves otherwise
+        with coordinator_lock(ctx.storage_url):
+            if any(t.user_attrs.get("config_key") == mine and t.user_attrs.get("seed") == seed
+                   and t.state in TAKEN for t in study.get_trials(deepcopy=False) if t.number != trial.number):
+                trial.set_user_attr("spurious", True)  # this machine's version of the cell is done or running
+                study.tell(trial, state=TrialState.FAIL)
+                return None
+            trial.set_user_attr("config_key", mine)
+    trial.set_user_attr("owner", owner_record(ctx.invocation))
+    trial.set_user_attr("condition", config.condition())
+    return trial, params, config
+
+
+def claim_group(study: optuna.Study, ctx, reserve) -> list:
+    """The next trial and, with fused seeds, the other seeds of its condition that wait next in the queue
+    (ask() pops the oldest waiting trial; another worker may take one first, which then runs alone)."""
+    first = claim(study, ctx)
+    if first is None:
+        return []
+    group = [first]
+    key = first[0].user_attrs["config_key"]
+    # a retry goes on from its own checkpoint: it runs alone (fused groups keep none)
+    while ctx.fuse and len(group) < len(ctx.spec.seeds) and "resume_run" not in first[0].user_attrs:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting or waiting[0].user_attrs.get("config_key") != key or "resume_run" in waiting[0].user_attrs \
+                or not reserve():
+            break
+        claimed = claim(study, ctx)
+        if claimed is None:
+            break
+        group.append(claimed)
+    return group
