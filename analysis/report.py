@@ -532,7 +532,7 @@ def section_answers(doc: Document, runs: StudyRuns) -> None:
         doc.p(sentence)
     if runs.ui and runs.objectives:
         doc.link(f"Every trial in the MLflow UI, sorted by {runs.objectives[0]}",
-                 trials_page(runs.ui, runs.experiment_id, runs.objectives[0], runs.directions[0] == "maximize"))
+                 trials_page(runs.ui, runs.experiment_id))
 
 
 def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:

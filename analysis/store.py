@@ -11,10 +11,11 @@ anchored to this checkout and never to the current directory, unless one of thes
 from __future__ import annotations
 
 import os
-import urllib.parse
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
+# the harness runs offline and sends nothing anywhere; MLflow's usage telemetry also cost ~50 ms a call
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 STORE_ENV = "CYCLELIKE_STORE"
 
 
@@ -65,12 +66,13 @@ def run_page(ui: str, experiment_id: str, run_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC_VIEW}"
 
 
-def trials_page(ui: str, experiment_id: str, objective: str, maximize: bool = True) -> str:
-    """The study's runs table sorted by its objective: sorted by a metric, the UI lists every trial as its own
-    row instead of folding them under the parent run, best first."""
-    key = urllib.parse.quote(f"metrics.`{objective}`", safe="")
-    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{CLASSIC_VIEW}"
-            f"&orderByKey={key}&orderByAsc={'false' if maximize else 'true'}")
+TRIALS_VIEW = "trials"  # the experiment's shared view (study.tracking.set_trials_view) that links open
+
+
+def trials_page(ui: str, experiment_id: str) -> str:
+    """The study's runs table as the sweep set it up: every trial a row, sorted by the objective, with the
+    swept params and the objectives as columns."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={TRIALS_VIEW}&{CLASSIC_VIEW}"
 
 
 def safe_url(url: str) -> str:

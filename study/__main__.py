@@ -46,8 +46,7 @@ def _sweep(args) -> int:
 
     print(f"disk: {disk_use(spec.name)}")
     if table.attrs.get("experiment_id"):
-        page = trials_page(DEFAULT_UI, table.attrs["experiment_id"], spec.objectives[0],
-                           spec.directions[0] == "maximize")
+        page = trials_page(DEFAULT_UI, table.attrs["experiment_id"])
         print(f"\nbrowse the runs:  make ui, then {page}")
     print(f"read the report:  make report STUDY={spec.name}")
     return 0

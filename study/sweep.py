@@ -30,8 +30,8 @@ from . import autotune
 from .ledger import count_configs, is_killed, queue_missing, recover_stale
 from .spec import SweepError, SweepSpec
 from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage
-from .tracking import RunLogger, ensure_experiment, prepare_store, provenance
-from .workers import Context, worker_loop, worker_process
+from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, set_trials_view
+from .workers import NAME_ORDER, Context, worker_loop, worker_process
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -80,6 +80,8 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
         if study.metric_names is None:  # optuna-dashboard then says pair/forward_top1, not "Objective 0"
             study.set_metric_names(spec.objectives)
         parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
+        set_trials_view(client, experiment_id, [*sorted(spec.space, key=_name_order), "seed"], spec.objectives[0],
+                        spec.directions[0] == "maximize")
         RunLogger(client, parent_run_id).set_tags(provenance())
         spec.check_study(study)
         recovered = recover_stale(study, storage, client)
@@ -98,6 +100,10 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
         print(f"study {spec.name}: grid of {total} trials ({len(spec.grid_cells())} cells x {len(spec.seeds)} seeds), "
               f"{queue['queued']} queued now ({queue['retries']} of them retries of failed trials)")
     return client, study, experiment_id, parent_run_id
+
+
+def _name_order(key: str) -> tuple[int, str]:
+    return (NAME_ORDER.index(key) if key in NAME_ORDER else len(NAME_ORDER), key)
 
 
 def plan(study: optuna.Study, spec: SweepSpec, max_trials: int) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from analysis.store import first_line, safe_url, sqlite_path, tracking_uri
+from analysis.store import TRIALS_VIEW, first_line, safe_url, sqlite_path, tracking_uri
 
 from .spec import SweepError
 
@@ -119,9 +119,19 @@ UI_IMAGE_WIDTH = 640
 # (then every run is a row), so the description says how to see every trial at once.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 STUDY_NOTE = {"mlflow.note.content": "Each trial is a run nested under the study's parent run, named "
-                                     "N-seed-condition. Sort by the objective (Sort menu) to list every trial as "
-                                     "its own row; add the swept params under Columns. `make ui` prints a link "
-                                     "that opens sorted."}
+                                     "N-seed-condition. The link `make sweep` and the report print opens this "
+                                     "table with every trial as a row (sorted by the objective) and the swept "
+                                     "params as columns."}
+
+
+def set_trials_view(client: MlflowClient, experiment_id: str, columns: list[str], objective: str,
+                    maximize: bool) -> None:
+    """The runs table a study is read in, as a shared view (what the UI's Share button writes): sorted by the
+    objective, where MLflow 3 lists every trial as a row instead of folding them under the parent run, with
+    the swept params and the objective as columns. The UI keeps its columns in the browser otherwise."""
+    view = {"orderByKey": f"metrics.`{objective}`", "orderByAsc": not maximize, "runsHiddenMode": "SHOW_ALL",
+            "selectedColumns": [f"metrics.`{objective}`", *(f"params.`{c}`" for c in columns)]}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{TRIALS_VIEW}", json.dumps(view))
 ROLE_TAG = "cyclelike.role"  # study (a sweep's) or runs (single runs): make report picks the latest study
 
 

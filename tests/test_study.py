@@ -75,6 +75,10 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
     experiment = client.get_experiment_by_name("tiny")
     assert experiment is not None
     assert experiment.artifact_location.startswith((folder / "mlruns" / "artifacts").as_uri())
+    # the UI's link opens every trial as a row, sorted by the objective, the swept params as columns
+    view = json.loads(experiment.tags["mlflow.sharedViewState.trials"])
+    assert view["orderByKey"] == "metrics.`pair/forward_top1`" and view["orderByAsc"] is False
+    assert view["selectedColumns"] == ["metrics.`pair/forward_top1`", "params.`pairing`", "params.`seed`"]
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("role") == "study"]
     trials = [r for r in runs if "trial" in r.data.tags]
