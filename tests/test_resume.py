@@ -80,13 +80,13 @@ def _ids(runs):
 SWEEP = """
 name = "killed"
 seeds = [0]
-eval_every = 10
+eval_every = 20
 [fixed]
-image_size = 32
+image_size = 16
 n_images = 6
 n_holdout = 0
-base_filters = 16
-d_filters = 16
+base_filters = 8
+d_filters = 8
 batch_size = 2
 epochs = {epochs}
 threads = 1
@@ -98,7 +98,7 @@ pairing = ["fixed"]
 
 def test_a_trial_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL at about epoch E of 2E: the next invocation goes on from the last checkpoint, in the same run."""
-    epochs = 60
+    epochs = 80
     (tmp_path / "killed.toml").write_text(SWEEP.format(epochs=epochs))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db", "PYTHONUNBUFFERED": "1",
            "CYCLELIKE_CHECKPOINT_S": "1"}
