@@ -4,7 +4,6 @@ pairing metrics of one `python -m cyclelike train` output folder."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -31,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pairing":
         return _pairing(Path(args.folder))
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file is noise
     from .store import PROJECT, first_line, safe_url, tracking_uri, use_store
 
     use_store(args.store)

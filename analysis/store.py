@@ -16,6 +16,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 # the harness runs offline and sends nothing anywhere; MLflow's usage telemetry also cost ~50 ms a call
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file is noise
 STORE_ENV = "CYCLELIKE_STORE"
 
 
