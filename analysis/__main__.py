@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from .report import build_report, most_recent_study, study_names
+    from .report import build_report
+    from .runs import most_recent_study, study_names
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)  # mlflow.search_runs reads the global URI

@@ -7,7 +7,7 @@ Question 2, how far one G reaches: runs GIVEN a pair (aligned or fixed, lambda_l
 N90, the largest N still at forward_top1 >= 0.9 within the epoch budget, per architecture and width,
 against the generator's parameter count.
 
-Each function takes the study's table (one row per completed trial, as analysis.report loads it) and
+Each function takes the study's table (one row per completed trial, as analysis.runs loads it) and
 returns sentences, a table or a figure; analysis.report places them.
 """
 

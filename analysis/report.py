@@ -1,13 +1,11 @@
 """The study report: where does pair formation come from, and how does time per epoch grow with N.
 
-Everything is read through MLflow (mlflow.search_runs into pandas, artifacts through the client), so
-the report works the same against a remote tracking server. Each section draws what the runs allow
-and says in words what it could not draw; a bad or thin experiment never ends in a stack trace.
+The runs come from analysis.runs (the one loader, MLflow read-only); each section here draws what they
+allow and says in words what it could not draw; a bad or thin experiment never ends in a stack trace.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import shutil
@@ -15,7 +13,6 @@ import sys
 import tempfile
 import traceback
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,18 @@ from . import questions
 from .conditions import missing_cells
 from .document import Document
 from .figures import PAIRING_COLOURS, distance_heatmap, legend_outside, plt, reference_label, sns
-from .pairing import chance_level, seed_agreement
+from .pairing import chance_level
+from .runs import (
+    CURVE_METRICS,
+    NUMERIC_PARAMS,
+    StudyRuns,
+    add_seed_agreement,
+    busy_seconds,
+    complete,
+    load_curves,
+    load_study_runs,
+    most_recent_study,
+)
 from .scaling import REFERENCE_LOGLOG_SLOPE, REFERENCE_POINTS, fit_scaling
 from .store import run_page, trials_page
 
@@ -34,86 +42,6 @@ REFERENCE_SIZE = 128  # the original's image side for its two timings
 CORE_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1", "pair/seed_kappa",
                 "mem/holdout_copy_excess")
 FACTORS = ("pairing", "direction_schedule", "arch", "scheme", "n_images", "lambda_l1", "lambda_cyc")
-NUMERIC_PARAMS = ("n_images", "data_seed", "image_size", "lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id", "seed",
-                  "epochs", "batch_size", "base_filters", "d_filters", "n_holdout", "lr", "warmup_epochs", "patience",
-                  "patience_epochs", "budget/epochs", "budget/g_steps", "budget/g_steps_per_pair")
-
-
-@dataclass
-class StudyRuns:
-    name: str
-    experiment_id: str | None
-    parent: pd.Series | None  # the study's parent run
-    trials: pd.DataFrame  # one row per trial run; params.* parsed to numbers where they are numbers
-    objectives: list[str]
-    directions: list[str]
-    ui: str | None = None  # the MLflow UI's address, for links to each run's page
-    sweep: dict = field(default_factory=dict)  # the sweep file as the parent run keeps it (space, seeds, ...)
-
-
-def _strip(df: pd.DataFrame) -> pd.DataFrame:
-    """`params.n_images` -> `n_images`; metrics keep their `pair/...` names, and so do the run-level summaries
-    a trial logs as `summary.<key>` tags (intervals, chance levels, p-values), read back as numbers."""
-    summaries = [c for c in df.columns if c.startswith("tags.summary.")]
-    for c in summaries:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    renamed = {c: c.split(".", 1)[1] for c in df.columns if c.startswith(("params.", "metrics."))}
-    renamed |= {c: c.removeprefix("tags.summary.") for c in summaries}
-    df = df.rename(columns=renamed)
-    if "precision" in df and "tags.resolved.precision" in df:  # auto: what the run's machine computed in
-        df["precision"] = df["precision"].where(df["precision"] != "auto", df["tags.resolved.precision"])
-    for col in NUMERIC_PARAMS:
-        if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-            whole = df[col].dropna()
-            if len(whole) and (whole == whole.round()).all() and col not in ("lambda_l1", "lambda_adv", "lambda_cyc",
-                                                                             "lambda_id", "lr"):
-                df[col] = df[col].astype("Int64")  # N = 10, not 10.0, in tables and axes
-    return df
-
-
-def load_study_runs(client, name: str) -> StudyRuns:
-    """The one loader: a study's runs as one tidy DataFrame, read through the client's own store."""
-    import mlflow
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return StudyRuns(name, None, None, pd.DataFrame(), [], [])
-    mlflow.set_tracking_uri(client.tracking_uri)  # search_runs reads the global URI: make it this client's store
-    runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], max_results=50000)
-    if runs.empty:
-        return StudyRuns(name, experiment.experiment_id, None, pd.DataFrame(), [], [])
-    role = runs.get("tags.role", pd.Series(index=runs.index, dtype=object))
-    parents = runs[role == "study"]
-    parent = parents.sort_values("start_time").iloc[-1] if len(parents) else None
-    trials = _strip(runs[role != "study"].copy())
-    if "tags.optuna.state" in trials:
-        trials["state"] = trials["tags.optuna.state"].fillna(trials["status"])
-    else:
-        trials["state"] = trials["status"].map({"FINISHED": "COMPLETE", "FAILED": "FAIL"}).fillna(trials["status"])
-    trials = trials.sort_values("start_time").reset_index(drop=True)
-    sweep = {"objectives": ["pair/forward_top1"], "directions": ["maximize"]}
-    if parent is not None:
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                sweep = json.loads(Path(client.download_artifacts(parent.run_id, "sweep.json", tmp)).read_text())
-        except Exception:
-            pass  # an older or hand-made parent run: fall back to forward_top1
-    return StudyRuns(name, experiment.experiment_id, parent, trials, sweep["objectives"], sweep["directions"],
-                     sweep=sweep)
-
-
-def study_names(client) -> list[str]:
-    return sorted(e.name for e in client.search_experiments() if e.name != "Default")
-
-
-def most_recent_study(client) -> str | None:
-    """The latest experiment a sweep wrote, never the one single runs (`make run`) go to."""
-    experiments = [e for e in client.search_experiments()
-                   if e.name != "Default" and e.tags.get("cyclelike.role", "study") == "study"]
-    if not experiments:
-        return None
-    return max(experiments, key=lambda e: e.last_update_time or e.creation_time or 0).name
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -126,56 +54,7 @@ def _swept(trials: pd.DataFrame) -> list[str]:
     return [c for c in params if c != "seed" and not c.startswith("budget/") and trials[c].nunique(dropna=True) > 1]
 
 
-def _complete(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[trials["state"] == "COMPLETE"] if len(trials) else trials
-
-
-def add_seed_agreement(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """pair/seed_agreement and pair/seed_kappa per condition (config_key: one data set, so its runs differ
-    in seed alone): means over seed pairs of the share of i with the same a(i) and of Cohen's kappa."""
-    done = _complete(trials)
-    if "tags.config_key" not in done or done.empty:
-        return trials
-    assignments = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for row in done.itertuples():
-            try:
-                path = client.download_artifacts(row.run_id, "pairing/assignment.json", tmp)
-                assignments[row.run_id] = np.asarray(json.loads(Path(path).read_text())["a"])
-            except Exception:
-                continue
-    trials = trials.copy()
-    for key, group in done.groupby("tags.config_key"):
-        ids = [r for r in group.run_id if r in assignments]
-        pairs = [seed_agreement(assignments[p], assignments[q]) for p, q in itertools.combinations(ids, 2)]
-        if pairs:
-            trials.loc[trials["tags.config_key"] == key, "pair/seed_agreement"] = float(
-                np.mean([s["pair/seed_agreement"] for s in pairs]))
-            trials.loc[trials["tags.config_key"] == key, "pair/seed_kappa"] = float(
-                np.mean([s["pair/seed_kappa"] for s in pairs]))
-    return trials
-
-
 # ---------------------------------------------------------------- sections
-
-
-def busy_seconds(t: pd.DataFrame) -> float:
-    """Wall seconds during which at least one trial ran: the union of the runs' [start, end] intervals, so
-    that a study run in several invocations (or by several workers at once) is neither under- nor over-counted."""
-    if t.empty or "start_time" not in t or "end_time" not in t:
-        return float("nan")
-    spans = t.dropna(subset=["start_time", "end_time"]).sort_values("start_time")[["start_time", "end_time"]]
-    total, current_start, current_end = 0.0, None, None
-    for start, end in spans.itertuples(index=False):
-        if current_end is None or start > current_end:
-            if current_end is not None:
-                total += (current_end - current_start).total_seconds()
-            current_start, current_end = start, end
-        else:
-            current_end = max(current_end, end)
-    if current_end is not None:
-        total += (current_end - current_start).total_seconds()
-    return total
 
 
 def section_glance(doc: Document, runs: StudyRuns, client) -> None:
@@ -194,7 +73,7 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
           f"invocation, killed ones included). {_schedules(t)}Objective: "
           + ", ".join(f"{o} ({d})" for o, d in zip(runs.objectives, runs.directions, strict=True)) + ".")
     doc.p(questions.ledger_text(t, missing_cells(t, runs.sweep.get("space", {}), runs.sweep.get("seeds", []))))
-    done = _complete(t)
+    done = complete(t)
     objective, direction = runs.objectives[0], runs.directions[0]
     if done.empty or objective not in done:
         doc.note("No completed trial reports the objective: no best configuration to show.")
@@ -212,8 +91,6 @@ def _schedules(t: pd.DataFrame) -> str:
         return ""
     names = sorted(t["direction_schedule"].dropna().unique())
     return f"Direction schedule: {', '.join(names)} (alternate is the original's). "
-
-
 
 
 def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure:
@@ -243,7 +120,7 @@ def _plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure
 
 def section_pairs(doc: Document, runs: StudyRuns) -> None:
     doc.h2("Pair formation")
-    t = _complete(runs.trials)
+    t = complete(runs.trials)
     if t.empty:
         doc.note("No completed trials: nothing to show about pair formation.")
         return
@@ -269,7 +146,7 @@ def section_pairs(doc: Document, runs: StudyRuns) -> None:
 
 def section_assignments(doc: Document, runs: StudyRuns, client) -> None:
     doc.h2("Assignment pictures")
-    t = _complete(runs.trials)
+    t = complete(runs.trials)
     objective = runs.objectives[0]
     if t.empty or objective not in t:
         doc.note("No completed trials with the objective: no runs to picture.")
@@ -338,7 +215,7 @@ def _eta_squared(t: pd.DataFrame, objective: str, params: list[str]) -> dict[str
 
 def section_importance(doc: Document, runs: StudyRuns, storage: str | None) -> None:
     doc.h2("Parameter importance")
-    t = _complete(runs.trials)
+    t = complete(runs.trials)
     objective = runs.objectives[0]
     params = [p for p in _swept(t)]
     if t.empty or objective not in t or not params:
@@ -485,24 +362,6 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
                   f"{f['log-log slope']} (95% interval {f['slope 95% interval']}){versus}. Reliable: {f['reliable']}.")
 
 
-CURVE_METRICS = ("loss/G_total", "loss/D", "loss/G_l1", "loss/G_cyc")
-
-
-def load_curves(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """Per-epoch losses and per-evaluation pairing scores of every trial run as one long table (run_id,
-    metric, epoch, value): the loader's part of the training-curves and formation sections."""
-    rows = []
-    for run_id in trials.get("run_id", []):
-        for metric in CURVE_METRICS + questions.FORMATION_METRICS:
-            rows += [{"run_id": run_id, "metric": metric, "epoch": m.step, "value": m.value, "at": m.timestamp}
-                     for m in client.get_metric_history(run_id, metric)]
-    curves = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value", "at"])
-    # a trial resumed from its checkpoint trained the epochs after it again, in the same run: each epoch once,
-    # as the resumed training (the one that goes on from there) logged it
-    curves = curves.sort_values("at").drop_duplicates(["run_id", "metric", "epoch"], keep="last")
-    return curves.drop(columns="at").sort_values(["run_id", "metric", "epoch"]).reset_index(drop=True)
-
-
 def section_curves(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:
     doc.h2("Training curves")
     if curves.empty:
@@ -528,7 +387,7 @@ def section_curves(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None
 
 def section_answers(doc: Document, runs: StudyRuns) -> None:
     doc.h2("The answers", numbered=False)
-    for sentence in questions.answers(_complete(runs.trials)):
+    for sentence in questions.answers(complete(runs.trials)):
         doc.p(sentence)
     if runs.ui and runs.objectives:
         doc.link(f"Every trial in the MLflow UI, sorted by {runs.objectives[0]}",
@@ -537,7 +396,7 @@ def section_answers(doc: Document, runs: StudyRuns) -> None:
 
 def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:
     doc.h2("How the pairs formed over time")
-    t = _complete(runs.trials)
+    t = complete(runs.trials)
     fig = questions.formation_figure(t, curves) if not curves.empty and not t.empty else None
     if fig is None:
         doc.note("No run evaluated its pairing during training (eval_every = 0): no formation curves.")
@@ -575,7 +434,7 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
 
 def section_predictors(doc: Document, runs: StudyRuns) -> None:
     doc.h2("What decides the pairs when none is given")
-    u = questions.unpaired(_complete(runs.trials))
+    u = questions.unpaired(complete(runs.trials))
     if u.empty:
         doc.note("No run of this study was given no pair (pairing=shuffled with lambda_l1 = 0, or cyclegan).")
         return
@@ -597,7 +456,7 @@ def section_predictors(doc: Document, runs: StudyRuns) -> None:
 
 def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
     doc.h2("How far one G reaches")
-    g = questions.given(_complete(runs.trials))
+    g = questions.given(complete(runs.trials))
     table = questions.n90_table(g)
     if table.empty:
         doc.note("This needs runs given a pair (aligned or fixed, lambda_l1 > 0) at two or more N.")

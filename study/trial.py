@@ -63,7 +63,7 @@ def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
 # the trial is done: a killed trial resumes from it, training again at most this much
 CHECKPOINT_S = float(os.environ.get("CYCLELIKE_CHECKPOINT_S", 300))
 CHECKPOINT_DIR = "checkpoint"
-SUMMARY_PREFIX = "summary."  # analysis.report reads tags.summary.<key> back as the number <key>
+SUMMARY_PREFIX = "summary."  # analysis.runs reads tags.summary.<key> back as the number <key>
 
 
 def summary(logger: RunLogger, values: dict[str, float]) -> None:

@@ -6,7 +6,7 @@ from conftest import store_in
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from analysis.report import most_recent_study
+from analysis.runs import most_recent_study
 from cyclelike.config import RunConfig
 from study.tracking import RunLogger, ensure_experiment, prepare_store
 from study.trial import run_trial

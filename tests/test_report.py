@@ -186,7 +186,7 @@ def test_wall_time_is_the_union_of_the_trials_run_times():
     """A killed and a resumed invocation: the time trials ran, not the last invocation's nor the calendar span."""
     import pandas as pd
 
-    from analysis.report import busy_seconds
+    from analysis.runs import busy_seconds
 
     t0 = pd.Timestamp("2026-01-01")
     s = lambda x: t0 + pd.Timedelta(seconds=x)  # noqa: E731

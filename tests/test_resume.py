@@ -14,7 +14,7 @@ from conftest import store_in
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from analysis.report import load_curves
+from analysis.runs import load_curves
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
 from study.storage import open_storage
