@@ -13,98 +13,27 @@ returns sentences, a table or a figure; analysis.report places them.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from cyclelike.config import RunConfig
-
 from .conditions import data_sets, describe, groups, varied
-from .figures import PAIRING_COLOURS, legend_outside, plt, sns
-from .pairing import PREDICTORS, chance_band, chance_level
-from .scaling import fit_scaling
-
-FORMATION_METRICS = ("pair/forward_top1", "pair/bijectivity")
-# what each grey band is drawn from: the two nulls differ, and a reader compares a curve to its own
-BAND_LABELS = {"pair/forward_top1": "fixed points of a random permutation, central 95%",
-               "pair/bijectivity": "distinct targets of a random map, central 95%"}
-SIGNIFICANT = 0.05
-
-
-def _col(t: pd.DataFrame, name: str, default) -> pd.Series:
-    return t[name] if name in t else pd.Series(default, index=t.index)
-
-
-def unpaired(t: pd.DataFrame) -> pd.DataFrame:
-    """Runs that were given no pair: the pairs they show formed by themselves."""
-    if t.empty:
-        return t
-    scheme, l1 = _col(t, "scheme", "cyclelike"), _col(t, "lambda_l1", 10.0)
-    return t[(_col(t, "pairing", "aligned") == "shuffled") & ((scheme == "cyclegan") | (l1 == 0))]
-
-
-def given(t: pd.DataFrame) -> pd.DataFrame:
-    """Runs trained towards a given pair: whether G holds the pairs is a question of its range."""
-    if t.empty:
-        return t
-    scheme, l1 = _col(t, "scheme", "cyclelike"), _col(t, "lambda_l1", 10.0)
-    return t[_col(t, "pairing", "aligned").isin(["aligned", "fixed"]) & (scheme != "cyclegan") & (l1 > 0)]
-
-
-ORIGINAL_EPOCHS = {10: 2000, 20: 10000}  # the original's budgets, after a 1500-epoch pre-training run
-ORIGINAL_BATCH = 5
-
-
-def _chance(metric: str, g: pd.DataFrame) -> str:
-    """A metric's chance level for the N of a group, one per N: never a mean over N that no run has."""
-    sizes = sorted(int(n) for n in g["n_images"].dropna().unique())
-    return ", ".join(f"{chance_level(metric, n):.2f}" + (f" at N = {n}" if len(sizes) > 1 else "") for n in sizes)
-
-
-def _count(g: pd.DataFrame, column: str) -> int:
-    return int((g[column] < SIGNIFICANT).sum()) if column in g else 0
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjustment: the family-wise error stays below alpha across the tests."""
-    order = np.argsort(pvalues)
-    adjusted, running = np.empty(len(pvalues)), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
-def budget_text(g: pd.DataFrame) -> str:
-    """A group's budget in the original's units, beside the original's own at that N."""
-    if "epochs" not in g or g["epochs"].isna().all():
-        return "an unrecorded budget"
-    parts = []
-    for (n, epochs), h in g.groupby(["n_images", "epochs"]):
-        shape = {k: h[k].iloc[0] for k in ("batch_size", "scheme", "direction_schedule") if k in h}
-        steps = RunConfig(n_images=int(n), epochs=int(epochs), **shape).budget()["budget/g_steps"]
-        text = f"up to {int(epochs)} epochs at N = {int(n)} ({steps} G steps)"
-        if int(n) in ORIGINAL_EPOCHS:
-            original = RunConfig(n_images=int(n), epochs=ORIGINAL_EPOCHS[int(n)], batch_size=ORIGINAL_BATCH).budget()
-            text += (f", {100 * epochs / ORIGINAL_EPOCHS[int(n)]:.0f}% of the original's {ORIGINAL_EPOCHS[int(n)]} "
-                     f"epochs ({original['budget/g_steps']} G steps)")
-        parts.append(text)
-    return "; ".join(parts)
-
-
-def stop_text(g: pd.DataFrame) -> str:
-    """How the runs of a group ended: locked (stop = locked reached its answer) or at the end of the budget."""
-    if "stop" not in g or (g["stop"].fillna("off") == "off").all():
-        return f"all {len(g)} runs trained their whole budget (stop = off)"
-    reasons = g["tags.stop/reason"].fillna("budget") if "tags.stop/reason" in g else pd.Series("budget", g.index)
-    locked = g[reasons == "locked"]
-    text = f"{len(locked)} of {len(g)} runs locked"
-    if len(locked) and "stop/epoch" in locked:
-        text += f" (median epoch {locked['stop/epoch'].median():.0f})"
-    spent = int((reasons == "budget").sum())
-    if spent:
-        text += f", {spent} ran out of budget (not converged)"
-    return text
+from .dynamics import formation_answers, scaling_answers
+from .evidence import (
+    SIGNIFICANT,
+    budget_text,
+    chance_text,
+    column_or,
+    count_significant,
+    given,
+    holm,
+    sets_where,
+    significant_text,
+    stop_text,
+    unpaired,
+    who,
+)
+from .figures import plt, sns
+from .pairing import PREDICTORS, chance_level
 
 
 def predictor_table(u: pd.DataFrame) -> pd.DataFrame:
@@ -120,11 +49,11 @@ def predictor_table(u: pd.DataFrame) -> pd.DataFrame:
             key = f"pair/agree_{name}"
             if key not in g or g[key].isna().all():
                 continue
-            hits, sets = _sets_where(g, f"{key}_pvalue"), data_sets(g)
+            hits, sets = sets_where(g, f"{key}_pvalue"), data_sets(g)
             found.append((name, key, hits, sets, binomtest(hits, sets, SIGNIFICANT, alternative="greater").pvalue))
         for (name, key, hits, sets, _), p_holm in zip(found, holm([f[-1] for f in found]), strict=True):
             rows.append({**condition, "predictor": name, "agreement": round(g[key].mean(), 3),
-                         "chance": _chance(key, g), "data sets p<0.05": f"{hits} of {sets}",
+                         "chance": chance_text(key, g), "data sets p<0.05": f"{hits} of {sets}",
                          "runs": len(g), "p (Holm)": float(f"{p_holm:.2g}"),
                          "beyond chance": "yes" if p_holm < SIGNIFICANT else "no"})
     return pd.DataFrame(rows)
@@ -143,20 +72,20 @@ def findings(t: pd.DataFrame) -> list[str]:
             continue
         target = "the stored order (no pair is given)" if g["pairing"].iloc[0] == "shuffled" else "the pair given"
         parts = [f"With {describe(condition)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} runs "
-                 f"(range {f.min():.2f} to {f.max():.2f}; chance {_chance('pair/forward_top1', g)}); "
-                 f"{_significant(g, 'pair/forward_top1_pvalue')} beat a random permutation at p < 0.05"]
+                 f"(range {f.min():.2f} to {f.max():.2f}; chance {chance_text('pair/forward_top1', g)}); "
+                 f"{significant_text(g, 'pair/forward_top1_pvalue')} beat a random permutation at p < 0.05"]
         for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/cycle_top1_lowpass", "cycle_top1_lowpass"),
                            ("pair/mutual", "mutual")):
             if key in g and g[key].notna().any():
-                parts.append(f"{label} = {g[key].mean():.2f} (chance {_chance(key, g)})")
+                parts.append(f"{label} = {g[key].mean():.2f} (chance {chance_text(key, g)})")
         if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():
             parts.append(f"seed kappa = {g['pair/seed_kappa'].mean():.2f} (Cohen's; 0 is chance)")
         if "pair/bijectivity" in g and g["pair/bijectivity"].notna().any():
             text = (f"bijectivity = {g['pair/bijectivity'].mean():.2f} (a random map: "
-                    f"{_chance('pair/bijectivity', g)}")
+                    f"{chance_text('pair/bijectivity', g)}")
             if "pair/bijectivity_p_collapse" in g:
-                text += (f"; {_significant(g, 'pair/bijectivity_p_collapse')} have fewer distinct targets than a "
-                         f"random map at p < 0.05, {_significant(g, 'pair/bijectivity_p_permutation')} more")
+                text += (f"; {significant_text(g, 'pair/bijectivity_p_collapse')} have fewer distinct targets than a "
+                         f"random map at p < 0.05, {significant_text(g, 'pair/bijectivity_p_permutation')} more")
             parts.append(text + ")")
         parts.append(f"budget {budget_text(g)}: {stop_text(g)}")
         out.append(", ".join(parts) + ".")
@@ -165,29 +94,6 @@ def findings(t: pd.DataFrame) -> list[str]:
         out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric. Bijectivity is tested "
                    "against the exact distribution of distinct targets of a random map, not as a binomial share.")
     return out
-
-
-def _significant(g: pd.DataFrame, column: str) -> str:
-    """'k of m runs (every seed in j of d data sets)': runs at p < 0.05, and the data sets in which every seed
-    is, since seeds of one data set are not independent evidence."""
-    return (f"{_count(g, column)} of {len(g)} runs (every seed in {_sets_where(g, column)} of {data_sets(g)} data "
-            f"set{'s' * (data_sets(g) != 1)})")
-
-
-def _sets_where(g: pd.DataFrame, column: str) -> int:
-    """Data sets in which every seed has p < 0.05: the count that treats seeds of one data set as one."""
-    if column not in g:
-        return 0
-    worst = g.groupby("data_seed")[column].max() if "data_seed" in g else pd.Series([g[column].max()])
-    return int((worst < SIGNIFICANT).sum())
-
-
-def _who(condition: dict, g: pd.DataFrame) -> str:
-    scheme = condition.get("scheme", g["scheme"].iloc[0] if "scheme" in g else "cyclelike")
-    who = "the one G (lambda_l1 = 0, a new random pairing every epoch)" if scheme == "cyclelike" else \
-        f"the {scheme} baseline"
-    rest = {k: v for k, v in condition.items() if k != "scheme"}
-    return who + (f" with {describe(rest)}" if rest else "")
 
 
 LU_ET_AL = ("Lu et al. (AAAI 2019) found CycleGAN's one-to-one map to be \"just a random one within the large "
@@ -205,13 +111,13 @@ def unpaired_answers(t: pd.DataFrame) -> list[str]:
     for condition, g in groups(u):
         sets = data_sets(g)
         full = int((g["pair/bijectivity"] >= 1.0).sum())
-        text = (f"Given no pair, {_who(condition, g)}, {budget_text(g)}: {stop_text(g)}. It reached bijectivity "
+        text = (f"Given no pair, {who(condition, g)}, {budget_text(g)}: {stop_text(g)}. It reached bijectivity "
                 f"{g['pair/bijectivity'].mean():.2f} over {len(g)} runs on {sets} data set{'s' * (sets != 1)} "
-                f"(a random map: {_chance('pair/bijectivity', g)}); "
-                f"{_significant(g, 'pair/bijectivity_p_permutation')} had more distinct targets than a random map "
-                f"at p < 0.05, {_significant(g, 'pair/bijectivity_p_collapse')} fewer, and {full} were one-to-one")
+                f"(a random map: {chance_text('pair/bijectivity', g)}); "
+                f"{significant_text(g, 'pair/bijectivity_p_permutation')} had more distinct targets than a random map "
+                f"at p < 0.05, {significant_text(g, 'pair/bijectivity_p_collapse')} fewer, and {full} were one-to-one")
         if "pair/mutual" in g and g["pair/mutual"].notna().any():
-            text += f"; mutual = {g['pair/mutual'].mean():.2f} (chance {_chance('pair/mutual', g)})"
+            text += f"; mutual = {g['pair/mutual'].mean():.2f} (chance {chance_text('pair/mutual', g)})"
         kappa = None
         if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():
             per_set = g.groupby("tags.config_key")["pair/seed_kappa"].first().dropna()
@@ -249,16 +155,16 @@ def unpaired_table(u: pd.DataFrame) -> pd.DataFrame:
     for condition, g in groups(u):
         row = {**condition, "runs": len(g), "data sets": data_sets(g), "ended": stop_text(g),
                "bijectivity": round(g["pair/bijectivity"].mean(), 2),
-               "random map": _chance("pair/bijectivity", g),
-               "more distinct (p<0.05)": _significant(g, "pair/bijectivity_p_permutation"),
-               "collapsed (p<0.05)": _significant(g, "pair/bijectivity_p_collapse")}
+               "random map": chance_text("pair/bijectivity", g),
+               "more distinct (p<0.05)": significant_text(g, "pair/bijectivity_p_permutation"),
+               "collapsed (p<0.05)": significant_text(g, "pair/bijectivity_p_collapse")}
         for key, label in (("pair/mutual", "mutual"), ("pair/seed_kappa", "seed kappa")):
             if key in g:
                 row[label] = round(g[key].mean(), 2)
         agree = {name: g[f"pair/agree_{name}"].mean() for name in PREDICTORS if f"pair/agree_{name}" in g}
         if agree:
             best = max(agree, key=agree.get)
-            row["closest predictor"] = f"{best} {agree[best]:.2f} (chance {_chance('pair/agree_', g)})"
+            row["closest predictor"] = f"{best} {agree[best]:.2f} (chance {chance_text('pair/agree_', g)})"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -371,197 +277,18 @@ def collapse_answers(t: pd.DataFrame) -> list[str]:
     noise, and G averages it; bijectivity against the random map says whether it collapsed."""
     if t.empty or "pair/bijectivity" not in t:
         return []
-    noisy = t[(_col(t, "pairing", "aligned") == "shuffled") & (_col(t, "lambda_l1", 10.0) > 0)
-              & (_col(t, "scheme", "cyclelike") != "cyclegan")]
+    noisy = t[(column_or(t, "pairing", "aligned") == "shuffled") & (column_or(t, "lambda_l1", 10.0) > 0)
+              & (column_or(t, "scheme", "cyclelike") != "cyclegan")]
     out = []
     for condition, g in groups(noisy):
         column = "pair/bijectivity_p_collapse"
         out.append(f"With a new random partner every epoch as its L1 target ({describe(condition) or 'shuffled'}), "
                    f"{budget_text(g)}, G reached bijectivity {g['pair/bijectivity'].mean():.2f} (a random map: "
-                   f"{_chance('pair/bijectivity', g)}); {_significant(g, column)} had fewer distinct targets than a "
-                   f"random map at p < 0.05" + (": G collapses onto a few targets when the pair is noise."
-                                                 if _count(g, column) > len(g) / 2 else "."))
+                   f"{chance_text('pair/bijectivity', g)}); {significant_text(g, column)} had fewer distinct "
+                   f"targets than a random map at p < 0.05"
+                   + (": G collapses onto a few targets when the pair is noise."
+                      if count_significant(g, column) > len(g) / 2 else "."))
     return out
-
-
-def _hue(t: pd.DataFrame) -> str | None:
-    return next((k for k in ("scheme", "pairing", "arch") if k in t and t[k].nunique() > 1), None)
-
-
-def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
-    """forward_top1 and bijectivity against epoch, one panel per N, mean over runs with a 95% interval, and
-    the central 95% range of a random map shaded (grey)."""
-    data = curves[curves["metric"].isin(FORMATION_METRICS)].merge(t, on="run_id")
-    if data.empty:
-        return None
-    hue = _hue(t)
-    sizes = sorted(int(n) for n in data["n_images"].unique())
-    fig, axes = plt.subplots(len(FORMATION_METRICS), len(sizes), figsize=(3.6 * len(sizes) + 0.6, 6.4),
-                             squeeze=False, sharex=True, sharey=True)
-    for col, n in enumerate(sizes):
-        for row, metric in enumerate(FORMATION_METRICS):
-            ax = axes[row][col]
-            low, high = chance_band(metric, n)
-            ax.axhspan(low, high, color="0.85", label=BAND_LABELS[metric])
-            ax.axhline(chance_level(metric, n), color="0.4", ls="--", lw=0.8)
-            part = data[(data["metric"] == metric) & (data["n_images"] == n)]
-            # style as well as colour: a curve under another stays findable
-            sns.lineplot(data=part, x="epoch", y="value", hue=hue, style=hue, errorbar=("ci", 95), seed=0, ax=ax,
-                         palette=PAIRING_COLOURS if hue == "pairing" else None, markers=True, markersize=4,
-                         legend=col == len(sizes) - 1)
-            if col == len(sizes) - 1:  # each row's own band named beside it
-                legend_outside(ax)
-            ax.set_ylim(-0.05, 1.05)
-            ax.set_title(f"{metric.removeprefix('pair/')}, N = {n}", fontsize=10)
-            ax.set_ylabel(metric if col == 0 else "")
-    fig.tight_layout()
-    return fig
-
-
-def scaling_series(t: pd.DataFrame) -> pd.Series:
-    """The series seconds per epoch are fitted in: anything that changes the work per image is its own (a cycle
-    or identity term adds a G pass), and so is a fused run, whose epoch time is its whole group's."""
-    t = t.assign(**{"cycle pass": np.where(_col(t, "lambda_cyc", 0.0) > 0, "cycle", "no cycle"),
-                    "identity pass": np.where(_col(t, "lambda_id", 0.0) > 0, "identity", "no identity"),
-                    "seeds fused": _col(t, "tags.fused_group", "1").fillna("1")})
-    candidates = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "precision",
-                  "cycle pass", "identity pass", "seeds fused")
-    keys = [k for k in candidates if k in t and t[k].nunique() > 1]
-    return t[keys].astype(str).agg(", ".join, axis=1) if keys else pd.Series("all runs", index=t.index)
-
-
-def scaling_answers(t: pd.DataFrame) -> list[str]:
-    """How seconds per epoch grow with N, per series with two or more N: the original's "about linear"."""
-    if "time/sec_per_epoch" not in t or _col(t, "n_images", 0).nunique() < 2:
-        return []
-    t = t.dropna(subset=["time/sec_per_epoch"])
-    parts = []
-    for series, g in t.groupby(scaling_series(t)):
-        try:
-            fit = fit_scaling(g["n_images"].to_numpy(), g["time/sec_per_epoch"].to_numpy())
-        except ValueError:
-            continue
-        parts.append(f"{series}: log-log slope {fit.loglog_slope:.2f} (95% interval {fit.loglog_low:.2f} to "
-                     f"{fit.loglog_high:.2f}), t = {fit.a:.3g} + {fit.b:.3g} N s, {fit.n_points} runs, reliable: "
-                     f"{fit.verdict()}")
-    if not parts:
-        return []
-    return ["Seconds per epoch against N (1 is linear; the original's two timings give 0.946): " + "; ".join(parts)
-            + "."]
-
-
-def formation_answers(t: pd.DataFrame) -> list[str]:
-    """When the given pairs existed: the first evaluated epoch at forward_top1 >= 0.9, per condition, censored
-    at the first evaluation (it may have come earlier) and counted where it never came."""
-    g = given(t)
-    if g.empty or "pair/epochs_to_90" not in g:
-        return []
-    parts = []
-    for condition, h in groups(g):
-        reached = h["pair/epochs_to_90"].dropna()
-        if reached.empty:
-            parts.append(f"{describe(condition)}: none of {len(h)} runs reached forward_top1 >= 0.9")
-            continue
-        first = int(reached.min())
-        censored = int((reached == first).sum())
-        parts.append(f"{describe(condition)}: epoch {reached.median():.0f} (median of {len(reached)} of {len(h)} "
-                     f"runs that reached it" + (f"; {censored} at the first evaluation they had, so possibly earlier"
-                                                if censored > 1 else "") + ")")
-    return ["Given the pair, forward_top1 first reached 0.9 at: " + "; ".join(parts) + "."]
-
-
-def formation_table(t: pd.DataFrame) -> pd.DataFrame:
-    """Formation per whole condition and timing series: medians of epochs_to_90, locked_epoch, flips and
-    seconds_to_pairs over the runs that have them, and how many runs reached 0.9 and locked."""
-    cols = [c for c in ("pair/epochs_to_90", "pair/locked_epoch", "pair/flips", "time/seconds_to_pairs") if c in t]
-    if not cols:
-        return pd.DataFrame()
-    rows = []
-    for condition, g in groups(t):
-        for series, h in g.groupby(timing_series(g)):
-            rows.append({"condition": describe(condition), "timing": series} | {c: h[c].median() for c in cols} | {
-                "reached 0.9": f"{h['pair/epochs_to_90'].notna().sum()} of {len(h)}" if "pair/epochs_to_90" in h
-                else "-",
-                "locked (a(i) seen to stay)": f"{h['pair/locked_epoch'].notna().sum()} of {len(h)}"
-                if "pair/locked_epoch" in h else "-"})
-    return pd.DataFrame(rows).round(1).astype(object).fillna("-")
-
-
-def timing_series(t: pd.DataFrame) -> pd.Series:
-    """The series a time is read in: the factor that varies, and apart from it runs whose seeds were fused,
-    since a fused run's epoch time is its whole group's (K seeds at once), not one seed's."""
-    hue = _hue(t)
-    series = t[hue].astype(str) if hue else pd.Series("all runs", index=t.index)
-    if "tags.fused_group" in t:
-        k = t["tags.fused_group"].fillna("1").astype(str)
-        series = series.where(k == "1", series + ", " + k + " seeds fused")
-    return series
-
-
-def steps_to_lock(g: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
-    """G steps and training seconds until the pairs locked (stop = locked), against N: the original's
-    "twice the data, twice the time per epoch" carried on to "how long until the pairs exist". Runs that
-    spent their budget unlocked are counted per N, not drawn."""
-    if "tags.stop/reason" not in g or not (g["tags.stop/reason"] == "locked").any():
-        return None, pd.DataFrame()
-    data = g.assign(series=timing_series(g), locked=g["tags.stop/reason"] == "locked")
-    rows = []
-    for (series, n), h in data.groupby(["series", "n_images"]):
-        done = h[h["locked"]]
-        rows.append({"series": series, "N": int(n), "locked": f"{len(done)} of {len(h)}",
-                     "median G steps to lock": done["stop/g_steps"].median() if len(done) else float("nan"),
-                     "median seconds to lock": round(done["time/train_s"].median(), 1) if len(done) else float("nan"),
-                     "budget (G steps)": int(h["budget/g_steps"].max()) if "budget/g_steps" in h else "?"})
-    locked = data[data["locked"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric, label in ((axes[0], "stop/g_steps", "G steps to lock"),
-                              (axes[1], "time/train_s", "training seconds to lock")):
-        sns.lineplot(data=locked, x="n_images", y=metric, hue="series", estimator="median", errorbar=("pi", 100),
-                     marker="o", ax=ax, legend=ax is axes[1])
-        ax.set_xscale("log", base=2)
-        sizes = sorted(int(n) for n in data["n_images"].unique())
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.set_yscale("log")
-        ax.set_xlabel("N (given pairs)")
-        ax.set_ylabel(label)
-    legend_outside(axes[1])
-    fig.tight_layout()
-    return fig, pd.DataFrame(rows)
-
-
-def seconds_to_pairs(t: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
-    """Wall seconds of training until forward_top1 first reached 0.9, against N, beside seconds per epoch:
-    what a user waits for against what the original timed. One fit per series (scheme, pairing or
-    architecture, whichever varies) with two or more N; runs that never reached 0.9 are counted, not drawn."""
-    if "time/seconds_to_pairs" not in t or t["time/seconds_to_pairs"].notna().sum() < 2:
-        return None, pd.DataFrame()
-    series = timing_series(t)
-    palette = dict(zip(sorted(series.unique()), sns.color_palette("deep"), strict=False))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
-    rows = []
-    for ax, metric in zip(axes, ("time/seconds_to_pairs", "time/sec_per_epoch"), strict=True):
-        for name, g in t.assign(series=series).groupby("series"):
-            data = g.dropna(subset=[metric])
-            if data.empty:  # a series that never reached 0.9: counted in the table, no empty legend entry
-                continue
-            ax.scatter(data["n_images"], data[metric], color=palette[name], s=18, label=str(name))
-            try:
-                fit = fit_scaling(data["n_images"].to_numpy(), data[metric].to_numpy())
-            except ValueError:
-                continue
-            grid = np.linspace(data["n_images"].min(), data["n_images"].max(), 50)
-            ax.plot(grid, fit.predict(grid), color=palette[name], lw=1,
-                    label=f"{name}: t = {fit.a:.3g} + {fit.b:.3g} N")
-            rows.append({"quantity": metric, "series": name, "a (s)": round(fit.a, 3),
-                         "b (s per image)": round(fit.b, 4), "R^2": round(fit.r2, 3),
-                         "log-log slope": round(fit.loglog_slope, 3), "runs": fit.n_points,
-                         "reliable": fit.verdict(),
-                         "runs without a value": int(g[metric].isna().sum())})
-        legend_outside(ax)
-        ax.set_xlabel("N (images per domain)")
-        ax.set_ylabel(metric)
-    fig.tight_layout()
-    return fig, pd.DataFrame(rows)
 
 
 def predictor_figure(u: pd.DataFrame) -> plt.Figure | None:

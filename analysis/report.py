@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import questions
+from . import dynamics, evidence, questions
 from .conditions import missing_cells
 from .document import Document
 from .figures import PAIRING_COLOURS, distance_heatmap, legend_outside, plt, reference_label, sns
@@ -297,7 +297,7 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
         spreads.append((min(values), max(values), len(epochs)))
     t = t.assign(epoch_min=[s[0] for s in spreads], epoch_max=[s[1] for s in spreads],
                  epochs_timed=[s[2] for s in spreads])
-    t["series"] = questions.scaling_series(t)
+    t["series"] = dynamics.scaling_series(t)
     fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(12, 4.5))
     rows, fits = [], []
     palette = dict(zip(sorted(t["series"].unique()), sns.color_palette("deep"), strict=False))
@@ -397,7 +397,7 @@ def section_answers(doc: Document, runs: StudyRuns) -> None:
 def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> None:
     doc.h2("How the pairs formed over time")
     t = complete(runs.trials)
-    fig = questions.formation_figure(t, curves) if not curves.empty and not t.empty else None
+    fig = dynamics.formation_figure(t, curves) if not curves.empty and not t.empty else None
     if fig is None:
         doc.note("No run evaluated its pairing during training (eval_every = 0): no formation curves.")
     else:
@@ -407,10 +407,10 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
                    "lines their means. For runs given no pair, forward_top1 is against the stored order. A run that "
                    "stopped (stop = locked) leaves the mean at its last evaluation: later points are over the runs "
                    "still training.")
-    table = questions.formation_table(t)
+    table = dynamics.formation_table(t)
     if len(table):
         shuffled = " For runs given no pair it is against the stored order, so only locked_epoch and flips " \
-            "describe their formation." if len(questions.unpaired(t)) else ""
+            "describe their formation." if len(evidence.unpaired(t)) else ""
         doc.table(table,
                   "Formation per condition and timing series (medians over the runs that reached each): the first "
                   "evaluated epoch with forward_top1 >= 0.9 (censored at the first evaluation: it may have come "
@@ -418,7 +418,7 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
                   "is not locked, and a run whose median row is not locked has none), assignment changes between "
                   "evaluations, and the training seconds until forward_top1 >= 0.9 (a fused run's seconds are its "
                   "group's, so fused runs are their own series)." + shuffled)
-    fig, fits = questions.seconds_to_pairs(t)
+    fig, fits = dynamics.seconds_to_pairs(t)
     if fig is None:
         doc.p("Seconds to pairs against N: fewer than two runs reached forward_top1 >= 0.9.")
         return
@@ -434,7 +434,7 @@ def section_formation(doc: Document, runs: StudyRuns, curves: pd.DataFrame) -> N
 
 def section_predictors(doc: Document, runs: StudyRuns) -> None:
     doc.h2("What decides the pairs when none is given")
-    u = questions.unpaired(complete(runs.trials))
+    u = evidence.unpaired(complete(runs.trials))
     if u.empty:
         doc.note("No run of this study was given no pair (pairing=shuffled with lambda_l1 = 0, or cyclegan).")
         return
@@ -456,7 +456,7 @@ def section_predictors(doc: Document, runs: StudyRuns) -> None:
 
 def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
     doc.h2("How far one G reaches")
-    g = questions.given(complete(runs.trials))
+    g = evidence.given(complete(runs.trials))
     table = questions.n90_table(g)
     if table.empty:
         doc.note("This needs runs given a pair (aligned or fixed, lambda_l1 > 0) at two or more N.")
@@ -473,7 +473,7 @@ def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
     doc.table(table, "N90 per whole condition apart from N: the largest N whose mean forward_top1 over seeds is "
               ">= 0.9 within the budget ('>=' when it is the largest N tried), its range over the seeds' own N90, "
               "the generator's parameters, and how the runs at the largest N ended.")
-    fig, lock = questions.steps_to_lock(g)
+    fig, lock = dynamics.steps_to_lock(g)
     if fig is not None:
         doc.figure(fig, "steps_to_lock.png", "Until the pairs lock (stop = locked): G steps (left) and training "
                    "seconds (right; a fused run's is its group's time over the K seeds it trained with, so fused "

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import questions
+from . import dynamics
 from .pairing import seed_agreement
 
 NUMERIC_PARAMS = ("n_images", "data_seed", "image_size", "lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id", "seed",
@@ -156,7 +156,7 @@ def load_curves(client, trials: pd.DataFrame) -> pd.DataFrame:
     metric, epoch, value): the loader's part of the training-curves and formation sections."""
     rows = []
     for run_id in trials.get("run_id", []):
-        for metric in CURVE_METRICS + questions.FORMATION_METRICS:
+        for metric in CURVE_METRICS + dynamics.FORMATION_METRICS:
             rows += [{"run_id": run_id, "metric": metric, "epoch": m.step, "value": m.value, "at": m.timestamp}
                      for m in client.get_metric_history(run_id, metric)]
     curves = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value", "at"])

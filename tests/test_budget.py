@@ -11,7 +11,7 @@ import pytest
 from conftest import store_in
 from mlflow.tracking import MlflowClient
 
-from analysis import questions
+from analysis import dynamics, evidence, questions
 from analysis.pairing import formation, is_locked, seed_agreement
 from cyclelike.config import ConfigError, RunConfig
 from study.tracking import RunLogger, ensure_experiment, prepare_store
@@ -41,7 +41,7 @@ def test_n90_keeps_conditions_apart():
     rows = [{"pairing": p, "scheme": "cyclelike", "lambda_l1": 10.0, "epochs": 40, "arch": "unet", "base_filters": 32,
              "n_images": n, "seed": s, "pair/forward_top1": v, "model/generator_params": 1e6}
             for p, v in (("aligned", 1.0), ("fixed", 0.8)) for n in (10, 20) for s in (0, 1)]
-    table = questions.n90_table(questions.given(pd.DataFrame(rows))).set_index("pairing")
+    table = questions.n90_table(evidence.given(pd.DataFrame(rows))).set_index("pairing")
     assert table.loc["aligned", "N90"] == ">= 20"
     assert table.loc["fixed", "N90"] == "-"
     assert len(table) == 2
@@ -135,7 +135,7 @@ def test_fused_runs_are_their_own_timing_series():
     rows = [{"arch": "unet", "n_images": n, "time/seconds_to_pairs": k * (1.0 + 0.5 * n),
              "time/sec_per_epoch": k * 0.01 * n, "tags.fused_group": str(k) if k > 1 else None}
             for k in (1, 2) for n in (10, 20, 40)]
-    _, fits = questions.seconds_to_pairs(pd.DataFrame(rows))
+    _, fits = dynamics.seconds_to_pairs(pd.DataFrame(rows))
     fits = fits.set_index(["quantity", "series"])
     assert fits.loc[("time/seconds_to_pairs", "all runs"), "b (s per image)"] == 0.5
     assert fits.loc[("time/seconds_to_pairs", "all runs, 2 seeds fused"), "b (s per image)"] == 1.0

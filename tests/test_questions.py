@@ -13,7 +13,7 @@ import torch
 from conftest import store_in
 from mlflow.tracking import MlflowClient
 
-from analysis import questions
+from analysis import dynamics, evidence, questions
 from analysis.pairing import bijectivity, chance_band, predictor_partners
 from analysis.report import build_report
 from study.spec import parse_sweep
@@ -74,7 +74,7 @@ def test_n90_is_the_largest_n_still_at_0_9():
                 ("unet", 16, 80, 0.92, 2e5), ("unet", 16, 160, 0.3, 2e5),
                 ("unet", 64, 10, 1.0, 3e6), ("unet", 64, 20, 1.0, 3e6),
                 ("encdec", 16, 10, 0.5, 1e5), ("encdec", 16, 20, 0.2, 1e5)])
-    table = questions.n90_table(questions.given(t)).set_index(["arch", "base_filters"])
+    table = questions.n90_table(evidence.given(t)).set_index(["arch", "base_filters"])
     assert table.loc[("unet", 16), "N90"] == "80" and table.loc[("unet", 16), "pairs per M params"] == 400.0
     assert table.loc[("unet", 64), "N90"] == ">= 20"  # reached at the largest N tried: a lower bound
     assert table.loc[("encdec", 16), "N90"] == "-"
@@ -146,7 +146,7 @@ def test_seconds_to_pairs_is_fitted_per_series_and_counts_runs_that_never_paired
     rows = [{"arch": arch, "n_images": n, "time/seconds_to_pairs": a + b * n, "time/sec_per_epoch": 0.01 * n}
             for arch, a, b in (("unet", 1.0, 0.5), ("encdec", 2.0, 2.0)) for n in (10, 20, 40)]
     rows.append({"arch": "unet", "n_images": 80, "time/seconds_to_pairs": float("nan"), "time/sec_per_epoch": 0.8})
-    fig, fits = questions.seconds_to_pairs(pd.DataFrame(rows))
+    fig, fits = dynamics.seconds_to_pairs(pd.DataFrame(rows))
     assert fig is not None
     fits = fits.set_index(["quantity", "series"])
     assert fits.loc[("time/seconds_to_pairs", "unet"), "b (s per image)"] == 0.5

@@ -1,0 +1,198 @@
+"""How the pairs form over training, and what time it takes: formation curves and tables, G steps and
+seconds to a locked assignment, and the seconds-per-epoch scaling with N. Each function takes the study's
+table (one row per completed trial, as analysis.runs loads it); analysis.report places what they return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .conditions import describe, groups
+from .evidence import column_or, given, hue_of
+from .figures import PAIRING_COLOURS, legend_outside, plt, sns
+from .pairing import chance_band, chance_level
+from .scaling import fit_scaling
+
+FORMATION_METRICS = ("pair/forward_top1", "pair/bijectivity")
+
+
+# what each grey band is drawn from: the two nulls differ, and a reader compares a curve to its own
+BAND_LABELS = {"pair/forward_top1": "fixed points of a random permutation, central 95%",
+               "pair/bijectivity": "distinct targets of a random map, central 95%"}
+
+
+def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None:
+    """forward_top1 and bijectivity against epoch, one panel per N, mean over runs with a 95% interval, and
+    the central 95% range of a random map shaded (grey)."""
+    data = curves[curves["metric"].isin(FORMATION_METRICS)].merge(t, on="run_id")
+    if data.empty:
+        return None
+    hue = hue_of(t)
+    sizes = sorted(int(n) for n in data["n_images"].unique())
+    fig, axes = plt.subplots(len(FORMATION_METRICS), len(sizes), figsize=(3.6 * len(sizes) + 0.6, 6.4),
+                             squeeze=False, sharex=True, sharey=True)
+    for col, n in enumerate(sizes):
+        for row, metric in enumerate(FORMATION_METRICS):
+            ax = axes[row][col]
+            low, high = chance_band(metric, n)
+            ax.axhspan(low, high, color="0.85", label=BAND_LABELS[metric])
+            ax.axhline(chance_level(metric, n), color="0.4", ls="--", lw=0.8)
+            part = data[(data["metric"] == metric) & (data["n_images"] == n)]
+            # style as well as colour: a curve under another stays findable
+            sns.lineplot(data=part, x="epoch", y="value", hue=hue, style=hue, errorbar=("ci", 95), seed=0, ax=ax,
+                         palette=PAIRING_COLOURS if hue == "pairing" else None, markers=True, markersize=4,
+                         legend=col == len(sizes) - 1)
+            if col == len(sizes) - 1:  # each row's own band named beside it
+                legend_outside(ax)
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_title(f"{metric.removeprefix('pair/')}, N = {n}", fontsize=10)
+            ax.set_ylabel(metric if col == 0 else "")
+    fig.tight_layout()
+    return fig
+
+
+def formation_answers(t: pd.DataFrame) -> list[str]:
+    """When the given pairs existed: the first evaluated epoch at forward_top1 >= 0.9, per condition, censored
+    at the first evaluation (it may have come earlier) and counted where it never came."""
+    g = given(t)
+    if g.empty or "pair/epochs_to_90" not in g:
+        return []
+    parts = []
+    for condition, h in groups(g):
+        reached = h["pair/epochs_to_90"].dropna()
+        if reached.empty:
+            parts.append(f"{describe(condition)}: none of {len(h)} runs reached forward_top1 >= 0.9")
+            continue
+        first = int(reached.min())
+        censored = int((reached == first).sum())
+        parts.append(f"{describe(condition)}: epoch {reached.median():.0f} (median of {len(reached)} of {len(h)} "
+                     f"runs that reached it" + (f"; {censored} at the first evaluation they had, so possibly earlier"
+                                                if censored > 1 else "") + ")")
+    return ["Given the pair, forward_top1 first reached 0.9 at: " + "; ".join(parts) + "."]
+
+
+def formation_table(t: pd.DataFrame) -> pd.DataFrame:
+    """Formation per whole condition and timing series: medians of epochs_to_90, locked_epoch, flips and
+    seconds_to_pairs over the runs that have them, and how many runs reached 0.9 and locked."""
+    cols = [c for c in ("pair/epochs_to_90", "pair/locked_epoch", "pair/flips", "time/seconds_to_pairs") if c in t]
+    if not cols:
+        return pd.DataFrame()
+    rows = []
+    for condition, g in groups(t):
+        for series, h in g.groupby(timing_series(g)):
+            rows.append({"condition": describe(condition), "timing": series} | {c: h[c].median() for c in cols} | {
+                "reached 0.9": f"{h['pair/epochs_to_90'].notna().sum()} of {len(h)}" if "pair/epochs_to_90" in h
+                else "-",
+                "locked (a(i) seen to stay)": f"{h['pair/locked_epoch'].notna().sum()} of {len(h)}"
+                if "pair/locked_epoch" in h else "-"})
+    return pd.DataFrame(rows).round(1).astype(object).fillna("-")
+
+
+def steps_to_lock(g: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
+    """G steps and training seconds until the pairs locked (stop = locked), against N: the original's
+    "twice the data, twice the time per epoch" carried on to "how long until the pairs exist". Runs that
+    spent their budget unlocked are counted per N, not drawn."""
+    if "tags.stop/reason" not in g or not (g["tags.stop/reason"] == "locked").any():
+        return None, pd.DataFrame()
+    data = g.assign(series=timing_series(g), locked=g["tags.stop/reason"] == "locked")
+    rows = []
+    for (series, n), h in data.groupby(["series", "n_images"]):
+        done = h[h["locked"]]
+        rows.append({"series": series, "N": int(n), "locked": f"{len(done)} of {len(h)}",
+                     "median G steps to lock": done["stop/g_steps"].median() if len(done) else float("nan"),
+                     "median seconds to lock": round(done["time/train_s"].median(), 1) if len(done) else float("nan"),
+                     "budget (G steps)": int(h["budget/g_steps"].max()) if "budget/g_steps" in h else "?"})
+    locked = data[data["locked"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric, label in ((axes[0], "stop/g_steps", "G steps to lock"),
+                              (axes[1], "time/train_s", "training seconds to lock")):
+        sns.lineplot(data=locked, x="n_images", y=metric, hue="series", estimator="median", errorbar=("pi", 100),
+                     marker="o", ax=ax, legend=ax is axes[1])
+        ax.set_xscale("log", base=2)
+        sizes = sorted(int(n) for n in data["n_images"].unique())
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_yscale("log")
+        ax.set_xlabel("N (given pairs)")
+        ax.set_ylabel(label)
+    legend_outside(axes[1])
+    fig.tight_layout()
+    return fig, pd.DataFrame(rows)
+
+
+def seconds_to_pairs(t: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
+    """Wall seconds of training until forward_top1 first reached 0.9, against N, beside seconds per epoch:
+    what a user waits for against what the original timed. One fit per series (scheme, pairing or
+    architecture, whichever varies) with two or more N; runs that never reached 0.9 are counted, not drawn."""
+    if "time/seconds_to_pairs" not in t or t["time/seconds_to_pairs"].notna().sum() < 2:
+        return None, pd.DataFrame()
+    series = timing_series(t)
+    palette = dict(zip(sorted(series.unique()), sns.color_palette("deep"), strict=False))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+    rows = []
+    for ax, metric in zip(axes, ("time/seconds_to_pairs", "time/sec_per_epoch"), strict=True):
+        for name, g in t.assign(series=series).groupby("series"):
+            data = g.dropna(subset=[metric])
+            if data.empty:  # a series that never reached 0.9: counted in the table, no empty legend entry
+                continue
+            ax.scatter(data["n_images"], data[metric], color=palette[name], s=18, label=str(name))
+            try:
+                fit = fit_scaling(data["n_images"].to_numpy(), data[metric].to_numpy())
+            except ValueError:
+                continue
+            grid = np.linspace(data["n_images"].min(), data["n_images"].max(), 50)
+            ax.plot(grid, fit.predict(grid), color=palette[name], lw=1,
+                    label=f"{name}: t = {fit.a:.3g} + {fit.b:.3g} N")
+            rows.append({"quantity": metric, "series": name, "a (s)": round(fit.a, 3),
+                         "b (s per image)": round(fit.b, 4), "R^2": round(fit.r2, 3),
+                         "log-log slope": round(fit.loglog_slope, 3), "runs": fit.n_points,
+                         "reliable": fit.verdict(),
+                         "runs without a value": int(g[metric].isna().sum())})
+        legend_outside(ax)
+        ax.set_xlabel("N (images per domain)")
+        ax.set_ylabel(metric)
+    fig.tight_layout()
+    return fig, pd.DataFrame(rows)
+
+
+def timing_series(t: pd.DataFrame) -> pd.Series:
+    """The series a time is read in: the factor that varies, and apart from it runs whose seeds were fused,
+    since a fused run's epoch time is its whole group's (K seeds at once), not one seed's."""
+    hue = hue_of(t)
+    series = t[hue].astype(str) if hue else pd.Series("all runs", index=t.index)
+    if "tags.fused_group" in t:
+        k = t["tags.fused_group"].fillna("1").astype(str)
+        series = series.where(k == "1", series + ", " + k + " seeds fused")
+    return series
+
+
+def scaling_series(t: pd.DataFrame) -> pd.Series:
+    """The series seconds per epoch are fitted in: anything that changes the work per image is its own (a cycle
+    or identity term adds a G pass), and so is a fused run, whose epoch time is its whole group's."""
+    t = t.assign(**{"cycle pass": np.where(column_or(t, "lambda_cyc", 0.0) > 0, "cycle", "no cycle"),
+                    "identity pass": np.where(column_or(t, "lambda_id", 0.0) > 0, "identity", "no identity"),
+                    "seeds fused": column_or(t, "tags.fused_group", "1").fillna("1")})
+    candidates = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "precision",
+                  "cycle pass", "identity pass", "seeds fused")
+    keys = [k for k in candidates if k in t and t[k].nunique() > 1]
+    return t[keys].astype(str).agg(", ".join, axis=1) if keys else pd.Series("all runs", index=t.index)
+
+
+def scaling_answers(t: pd.DataFrame) -> list[str]:
+    """How seconds per epoch grow with N, per series with two or more N: the original's "about linear"."""
+    if "time/sec_per_epoch" not in t or column_or(t, "n_images", 0).nunique() < 2:
+        return []
+    t = t.dropna(subset=["time/sec_per_epoch"])
+    parts = []
+    for series, g in t.groupby(scaling_series(t)):
+        try:
+            fit = fit_scaling(g["n_images"].to_numpy(), g["time/sec_per_epoch"].to_numpy())
+        except ValueError:
+            continue
+        parts.append(f"{series}: log-log slope {fit.loglog_slope:.2f} (95% interval {fit.loglog_low:.2f} to "
+                     f"{fit.loglog_high:.2f}), t = {fit.a:.3g} + {fit.b:.3g} N s, {fit.n_points} runs, reliable: "
+                     f"{fit.verdict()}")
+    if not parts:
+        return []
+    return ["Seconds per epoch against N (1 is linear; the original's two timings give 0.946): " + "; ".join(parts)
+            + "."]
