@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ from .pairing import seed_agreement
 NUMERIC_PARAMS = ("n_images", "data_seed", "image_size", "lambda_l1", "lambda_adv", "lambda_cyc", "lambda_id", "seed",
                   "epochs", "batch_size", "base_filters", "d_filters", "n_holdout", "lr", "warmup_epochs", "patience",
                   "patience_epochs", "budget/epochs", "budget/g_steps", "budget/g_steps_per_pair")
+
+CORE_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1", "pair/seed_kappa",
+                "mem/holdout_copy_excess")
+FACTORS = ("pairing", "direction_schedule", "arch", "scheme", "n_images", "lambda_l1", "lambda_cyc")
 
 
 @dataclass
@@ -164,3 +169,13 @@ def load_curves(client, trials: pd.DataFrame) -> pd.DataFrame:
     # as the resumed training (the one that goes on from there) logged it
     curves = curves.sort_values("at").drop_duplicates(["run_id", "metric", "epoch"], keep="last")
     return curves.drop(columns="at").sort_values(["run_id", "metric", "epoch"]).reset_index(drop=True)
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def swept_params(trials: pd.DataFrame) -> list[str]:
+    params = [c for c in trials.columns if c in FACTORS or c in NUMERIC_PARAMS or c in ("data", "norm", "gan_loss")]
+    # the budget/* params follow from epochs, N and the scheme: never a factor of their own
+    return [c for c in params if c != "seed" and not c.startswith("budget/") and trials[c].nunique(dropna=True) > 1]

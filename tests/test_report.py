@@ -217,12 +217,13 @@ def test_one_colour_per_pairing_in_every_panel():
     import pandas as pd
     from matplotlib.colors import to_hex
 
-    from analysis.report import PAIRING_COLOURS, _plot_metric
+    from analysis.figures import PAIRING_COLOURS
+    from analysis.study_sections import plot_metric
 
     rng = np.random.default_rng(0)
     t = pd.DataFrame({"pairing": np.repeat(["aligned", "fixed", "shuffled"], 4), "n_images": [5, 10] * 6,
                       "pair/forward_top1": rng.random(12)})
-    fig = _plot_metric(t, "pair/forward_top1", ["pairing", "n_images"])
+    fig = plot_metric(t, "pair/forward_top1", ["pairing", "n_images"])
     for ax in fig.axes:
         drawn = {to_hex(line.get_color()) for line in ax.lines if line.get_label() != "chance" and
                  to_hex(line.get_color()) != "#000000"}
