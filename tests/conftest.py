@@ -7,6 +7,47 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# The tiny sweep every study test starts from (16 px, N = 4, two pairings x two seeds), changed per test
+TINY = """
+name = "{name}"
+seeds = [0, 1]
+eval_every = 2
+objectives = ["pair/forward_top1"]
+[fixed]
+image_size = 16
+n_images = 4
+n_holdout = 1
+base_filters = 8
+d_filters = 8
+batch_size = 2
+epochs = {epochs}
+[space]
+pairing = ["aligned", "fixed"]
+{extra}
+"""
+
+
+def tiny_sweep(name: str, epochs: int = 4, extra: str = "", **changes: str) -> str:
+    """TINY for `name`; `changes` replace a line that starts with their key (seeds, eval_every, pairing, ...)
+    and add one to [fixed] where none does."""
+    text = TINY.format(name=name, epochs=epochs, extra=extra)
+    for key, value in changes.items():
+        line = f"{key} = {value}"
+        lines = text.splitlines()
+        hits = [i for i, old in enumerate(lines) if old.startswith(f"{key} = ")]
+        if hits:
+            lines[hits[0]] = line
+        else:
+            lines.insert(lines.index("[fixed]") + 1, line)
+        text = "\n".join(lines) + "\n"
+    return text
+
+
+def write_sweep(folder: Path, name: str, epochs: int = 4, extra: str = "", **changes: str) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(tiny_sweep(name, epochs, extra, **changes))
+    return path
+
 
 @pytest.fixture(autouse=True)
 def _few_threads():

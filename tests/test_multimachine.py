@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import tiny_sweep
 from optuna.trial import TrialState
 
 from study import postgres
@@ -24,22 +25,7 @@ try:
 except postgres.PostgresError as missing:
     pytest.skip(f"{missing} (make test installs it where it can)", allow_module_level=True)
 
-SWEEP = """
-name = "spread"
-seeds = [0, 1]
-eval_every = 20
-[fixed]
-threads = 1  # three worker processes share this machine's cores
-image_size = 16
-n_images = 4
-n_holdout = 1
-base_filters = 8
-d_filters = 8
-batch_size = 2
-epochs = 40
-[space]
-pairing = ["aligned", "fixed"]
-"""
+SWEEP = tiny_sweep("spread", epochs=40, eval_every="20", threads="1")  # three workers share the cores
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +166,7 @@ def test_a_worker_killed_between_ask_and_its_first_heartbeat_is_failed_and_reque
     """Optuna's stale check skips a RUNNING trial with no heartbeat row: the next worker waited for it for ever."""
     folder, env = _machine(tmp_path, "m", "")
     env.pop("MLFLOW_TRACKING_URI")  # MLflow in the folder's own store; Optuna on PostgreSQL
-    (folder / "askdie.toml").write_text(SWEEP.replace('name = "spread"', 'name = "askdie"')
-                                        .replace("seeds = [0, 1]", "seeds = [0]").replace("epochs = 40", "epochs = 2")
-                                        .replace('pairing = ["aligned", "fixed"]', 'pairing = ["fixed"]'))
+    (folder / "askdie.toml").write_text(tiny_sweep("askdie", epochs=2, seeds="[0]", pairing='["fixed"]', threads="1"))
     storage = cluster.url("optuna")
     died = subprocess.run([sys.executable, "-c", DIES_AFTER_ASK, "askdie.toml", storage], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=120)

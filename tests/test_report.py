@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import store_in
+from conftest import store_in, tiny_sweep
 from mlflow.tracking import MlflowClient
 
 from analysis.report import build_report
@@ -17,22 +17,7 @@ from study.sweep import run_sweep
 from study.tracking import RunLogger, ensure_experiment, prepare_store
 from study.trial import run_trial
 
-SWEEP = """
-name = "rep"
-seeds = [0, 1]
-eval_every = 0
-[fixed]
-image_size = 16
-n_images = 4
-n_holdout = 1
-base_filters = 8
-d_filters = 8
-batch_size = 2
-epochs = 5
-[space]
-pairing = ["aligned", "shuffled"]
-n_images = [4, 6]
-"""
+SWEEP = tiny_sweep("rep", epochs=5, extra="n_images = [4, 6]", eval_every="0", pairing='["aligned", "shuffled"]')
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 import optuna
 import pytest
 import torch
-from conftest import store_in
+from conftest import store_in, tiny_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -77,29 +77,14 @@ def _ids(runs):
     return pd.DataFrame({"run_id": [r.info.run_id for r in runs.values()]})
 
 
-SWEEP = """
-name = "killed"
-seeds = [0]
-eval_every = 20
-[fixed]
-image_size = 16
-n_images = 6
-n_holdout = 0
-base_filters = 8
-d_filters = 8
-batch_size = 2
-epochs = {epochs}
-threads = 1
-precision = "fp32"
-[space]
-pairing = ["fixed"]
-"""
 
 
 def test_a_trial_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL at about epoch E of 2E: the next invocation goes on from the last checkpoint, in the same run."""
     epochs = 80
-    (tmp_path / "killed.toml").write_text(SWEEP.format(epochs=epochs))
+    (tmp_path / "killed.toml").write_text(tiny_sweep("killed", epochs, seeds="[0]", eval_every="20", n_images="6",
+                                                     n_holdout="0", threads="1", precision='"fp32"',
+                                                     pairing='["fixed"]'))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db", "PYTHONUNBUFFERED": "1",
            "CYCLELIKE_CHECKPOINT_S": "1"}
     cmd = [sys.executable, "-m", "study", "sweep", "--config", "killed.toml", "--workers", "1"]

@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import store_in
+from conftest import TINY, store_in, write_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -29,29 +29,6 @@ from study.workers import Context
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = """
-name = "{name}"
-seeds = [0, 1]
-eval_every = 2
-objectives = ["pair/forward_top1"]
-[fixed]
-image_size = 16
-n_images = 4
-n_holdout = 1
-base_filters = 8
-d_filters = 8
-batch_size = 2
-epochs = {epochs}
-[space]
-pairing = ["aligned", "fixed"]
-{extra}
-"""
-
-
-def write_sweep(folder: Path, name: str, epochs: int = 4, extra: str = "") -> Path:
-    path = folder / f"{name}.toml"
-    path.write_text(TINY.format(name=name, epochs=epochs, extra=extra))
-    return path
 
 
 def env_for(folder: Path) -> dict:
