@@ -9,6 +9,7 @@ Optuna storage and what counts as an outage, study.storage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import threading
@@ -23,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from analysis.store import first_line
-from cyclelike.config import ConfigError
+from cyclelike.config import ConfigError, RunConfig
 from cyclelike.fused import check_fusable
 
 from . import autotune
@@ -318,18 +319,28 @@ def _ended_here(study: optuna.Study, invocation: str) -> list[FrozenTrial]:
 
 
 def trials_table(study: optuna.Study, spec: SweepSpec) -> pd.DataFrame:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("spurious") or t.state == TrialState.WAITING:
-            continue
-        row = {"trial": t.number, "state": t.state.name, "seed": t.user_attrs.get("seed"), **t.params}
-        for i, m in enumerate(spec.objectives):
-            row[m] = t.values[i] if t.values else float("nan")
-        timing = t.user_attrs.get("timing", {})
-        row["sec_per_epoch"] = timing.get("sec_per_epoch", float("nan"))
-        for k in ("train_s", "eval_s", "total_s"):
-            row[f"time_{k}"] = timing.get(k, 0.0)
-        row["invocation"] = t.user_attrs.get("owner", {}).get("invocation", timing.get("invocation", ""))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ["trial", "state", "seed", "invocation", "time_train_s",
-                                                         "time_eval_s", "time_total_s"])
+    """One row per trial that ran or runs (Optuna's trials_dataframe, without queued trials and repeat
+    draws): trial, state, seed, the condition's params, the objectives, timing and the invocation."""
+    columns = ["trial", "state", "seed", "invocation", "time_train_s", "time_eval_s", "time_total_s"]
+    df = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs"))
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    spurious = df.get("user_attrs_spurious", pd.Series(False, index=df.index)).fillna(False).astype(bool)
+    df = df[(df["state"] != "WAITING") & ~spurious]
+    empty = pd.Series([{}] * len(df), index=df.index, dtype=object)
+    timing = df.get("user_attrs_timing", empty).apply(lambda v: v if isinstance(v, dict) else {})
+    owner = df.get("user_attrs_owner", empty).apply(lambda v: v if isinstance(v, dict) else {})
+    values = [c for c in df.columns if c == "value" or c.startswith("values_")]
+    table = pd.DataFrame({"trial": df["number"], "state": df["state"], "seed": df.get("user_attrs_seed")})
+    params = df[[c for c in df.columns if c.startswith("params_")]].rename(columns=lambda c: c[7:])
+    ints = {f.name for f in dataclasses.fields(RunConfig) if f.type in ("int", int)}
+    for c in params.columns.intersection(sorted(ints)):  # N = 10, not 10.0 (queued trials' gaps made floats)
+        params[c] = params[c].astype("Int64")
+    table = table.join(params)
+    for m, c in zip(spec.objectives, values or [None] * len(spec.objectives), strict=True):
+        table[m] = df[c] if c else float("nan")
+    table["sec_per_epoch"] = timing.map(lambda t: t.get("sec_per_epoch", float("nan")))
+    for k in ("train_s", "eval_s", "total_s"):
+        table[f"time_{k}"] = timing.map(lambda t, k=k: t.get(k, 0.0))
+    table["invocation"] = [o.get("invocation", t.get("invocation", "")) for o, t in zip(owner, timing, strict=True)]
+    return table.reset_index(drop=True)
