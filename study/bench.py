@@ -122,6 +122,64 @@ def timing_sample() -> dict:
     return autotune.sample_pins(load_sweep(REPO / "study" / "configs" / "default.toml").space)
 
 
+# what each profiled op is, by the first pattern its name contains: the rows of `make bench --only profile`
+OP_KINDS = (("convolution", ("conv", "mkldnn_convolution")), ("norm", ("batch_norm", "instance_norm", "layer_norm")),
+            ("activation", ("relu", "tanh", "sigmoid", "threshold", "leaky")),
+            ("loss", ("l1_loss", "binary_cross_entropy", "mse_loss", "abs", "sgn")),
+            ("optimizer", ("adam", "_foreach", "lerp", "addcdiv", "addcmul", "sqrt")),
+            ("cast", ("aten::to", "_to_copy", "copy_")),
+            ("data movement", ("cat", "stack", "index", "clone", "contiguous", "pad", "upsample", "slice",
+                               "select", "view", "reshape", "permute", "transpose", "empty", "zero", "fill")))
+
+
+def op_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, patterns in OP_KINDS if any(p in lowered for p in patterns)), "other")
+
+
+def profile_epoch(config: RunConfig) -> dict:
+    """One epoch of `config` (after a warm-up epoch) under torch.profiler: self time per op kind, beside the
+    epoch's wall time and what its convolution FLOPs would take at the matmul peak measured now. Where the
+    time goes, for whoever speeds the fast path up next."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cyclelike.train import build, gan_criterion, run_epoch
+
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    data = load_domains(config).to(device)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    nets, optims = build(config, device)
+    gan = gan_criterion(config.gan_loss)
+
+    def autocast():
+        if precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    run_epoch(nets, optims, data, config, gen, gan, autocast)  # allocator, caches and oneDNN primitives
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:  # the epoch alone: no network building, no evaluation
+        t0 = time.perf_counter()
+        run_epoch(nets, optims, data, config, gen, gan, autocast)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    kinds: dict[str, float] = {}
+    for event in prof.key_averages():
+        # self time: each op's own time, without what its children take (no time is counted twice)
+        kinds[op_kind(event.key)] = kinds.get(op_kind(event.key), 0.0) + event.self_cpu_time_total / 1e6
+    flops = epoch_flops(config.replace(epochs=1))
+    peak = matmul_peak(precision, device)
+    rows = {kind: {"s": round(kinds.get(kind, 0.0), 4), "share": kinds.get(kind, 0.0) / wall}
+            for kind in [k for k, _ in OP_KINDS] + ["other"]}
+    rows["convolution"]["at_peak_s"] = flops / peak
+    return {"precision": precision, "epoch_s": wall, "profiled_s": sum(kinds.values()), "kinds": rows,
+            "epoch_flop": flops, "peak_flops": peak, "peak_epoch_s": flops / peak,
+            "outside_ops_s": max(0.0, wall - sum(kinds.values())), "config": config.to_dict()}
+
+
 def harness_overhead() -> dict:
     """The default sweep's timing sample in a scratch store, one worker: the workers' busy seconds against
     the seconds of training and evaluation."""
@@ -264,7 +322,7 @@ def machine() -> dict:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-SECTIONS = ("paths", "schedules", "overhead", "throughput", "stopping")
+SECTIONS = ("paths", "schedules", "overhead", "throughput", "stopping", "profile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6, help="epochs per timing (the first is warm-up)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="sections to run (default: all): paths (plain vs fast), schedules, overhead, throughput, "
-                             "stopping (the default study with stop = off and stop = locked)")
+                             "stopping (the default study with stop = off and stop = locked), profile (time per op "
+                             "kind of one seed-workload and one default-cell epoch)")
     parser.add_argument("--out", default=str(REPO / "bench.json"), help="where to write the numbers")
     args = parser.parse_args(argv)
     default = load_sweep(REPO / "study" / "configs" / "default.toml").config_for(DEFAULT_CELL, 0)
@@ -296,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         results["throughput"] = throughput()
     if "stopping" in args.only:
         results["stopping"] = stopping()
+    if "profile" in args.only:
+        results["profile"] = {"seed": profile_epoch(SEED), "default": profile_epoch(default)}
     out = Path(args.out)
     if set(args.only) != set(SECTIONS) and out.exists():
         # one section re-run: the others stay as their last full run measured them (ratios are per section)
@@ -328,6 +389,15 @@ def print_tables(results: dict) -> None:
         print("\npairing of the default cell (32 px, 60 epochs) by schedule, mean over 3 seeds:")
         for schedule, r in results["schedules"].items():
             print(f"  {schedule:10s} " + "  ".join(f"{k}={v:.3f}" for k, v in r["mean"].items()))
+    if "profile" in results:
+        for name, r in results["profile"].items():
+            print(f"\nprofile of one {name}-workload epoch ({r['precision']}): {r['epoch_s']:.3f} s wall, "
+                  f"{r['profiled_s']:.3f} s inside ops (self time), {r['outside_ops_s']:.3f} s outside them; its "
+                  f"{r['epoch_flop'] / 1e9:.1f} GFLOP of convolutions would take {r['peak_epoch_s']:.3f} s at the "
+                  f"measured {r['precision']} matmul peak ({r['peak_flops'] / 1e9:.0f} GFLOP/s)")
+            _print_rows([("op kind", "s", "share of epoch", "at peak s")]
+                        + [(kind, f"{v['s']:.3f}", f"{v['share']:.0%}",
+                            f"{v['at_peak_s']:.3f}" if "at_peak_s" in v else "-") for kind, v in r["kinds"].items()])
     if "sweep" in results:
         s = results["sweep"]
         print(f"\nharness overhead: {s['harness_overhead']:.1%} of the worker's busy seconds in the default sweep's "
