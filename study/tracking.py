@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -113,7 +112,6 @@ def artifact_root(uri: str) -> str | None:
     return (db.parent.resolve() / "artifacts").as_uri() if db is not None else None
 
 
-UI_IMAGE_WIDTH = 640
 # MLflow 3 opens an experiment without a kind in its GenAI view (traces, token usage); ours are classic ML.
 # The UI keeps its columns in the browser and nests a parent's runs unless the table is sorted by a metric
 # (then every run is a row), so the description says how to see every trial at once.
@@ -212,11 +210,8 @@ class RunLogger:
         self._timed(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_image(self, image, key: str, step: int) -> None:
-        """A (3, H, W) tensor in [0, 1] as a step of an image series: the run page shows them with a slider.
-        Enlarged by whole pixels to at least UI_IMAGE_WIDTH: the UI's full screen shows the logged image at its
-        own size, and a strip of 16 px images would stay a thumbnail."""
-        factor = max(1, math.ceil(UI_IMAGE_WIDTH / image.shape[-1]))
-        image = image.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
+        """A (3, H, W) tensor in [0, 1] as a step of an image series: the run page shows them with a slider
+        (cyclelike.samples.labelled has made it at least 512 px wide: full screen shows it at its own size)."""
         array = (image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
         self._timed(self.client.log_image, self.run_id, array, key=key, step=step)
 
