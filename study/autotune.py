@@ -34,6 +34,15 @@ def sample_pins(space: dict) -> dict:
     return {k: v[0] for k, v in space.items() if isinstance(v, list) and k not in CELL_KEYS}
 
 
+def timing_sample(spec) -> list[RunConfig]:
+    """A sweep's timing sample as configurations (seed: its first): the grid's cells with sample_pins' values;
+    a random or TPE sweep's fixed values alone."""
+    if spec.sampler != "grid":
+        return [spec.config_for({}, spec.seeds[0])]
+    pins = sample_pins(spec.space)
+    return [spec.config_for(c, spec.seeds[0]) for c in spec.grid_cells() if all(c[k] == v for k, v in pins.items())]
+
+
 def epoch_cost(config: RunConfig) -> float:
     """What an epoch costs, to rank cells: G's forward FLOPs on one image x N, twice with the cycle pass."""
     import torch

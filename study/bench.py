@@ -250,7 +250,7 @@ def throughput() -> dict:
     t0 = time.perf_counter()
     execution(spec, "auto", "auto")
     tune_s = time.perf_counter() - t0
-    tuning = autotune.cached(autotune.typical_cell([spec.config_for(c, spec.seeds[0]) for c in spec.grid_cells()]))
+    tuning = autotune.cached(autotune.typical_cell(autotune.timing_sample(spec)))
     trials = len(spec.grid_cells()) * len(spec.seeds)
     ways = {"sequential": (1, "off"), "auto": ("auto", "off"), "fused": ("auto", "on")}
     out: dict = {"trials": trials, "sample": sets, "tuning": vars(tuning), "tuning_s": tune_s}

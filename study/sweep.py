@@ -183,11 +183,9 @@ def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int,
         raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
     if fuse not in ("auto", "on", "off"):
         raise SweepError(f"--fuse-seeds {fuse}: expected auto, on or off")
-    cell = spec.config_for({}, spec.seeds[0])
-    if spec.sampler == "grid":
-        pins = autotune.sample_pins(spec.space)
-        sample = [c for c in spec.grid_cells() if all(c[k] == v for k, v in pins.items())]
-        cell = autotune.typical_cell([spec.config_for(c, spec.seeds[0]) for c in sample])
+    cell = spec.config_for(spec.grid_cells()[0] if spec.sampler == "grid" else {}, spec.seeds[0])
+    if workers == "auto" or fuse == "auto":  # only auto measures: ranking the sample's cells builds networks
+        cell = autotune.typical_cell(autotune.timing_sample(spec))
     try:
         check_fusable([cell, cell.replace(seed=cell.seed + 1)])
         fusable = len(spec.seeds) > 1
