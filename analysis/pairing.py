@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 
@@ -336,6 +336,9 @@ class PairingResult:
     pi: np.ndarray
     copy_factor: float = COPY_FACTOR
     copy_baseline: float = float("nan")  # mem/holdout_copy_rate of the mean training target
+    # G's outputs on the training images that these metrics measured: G(x), and G(y), G(G(x)) with a backward
+    # map. Pictures of the evaluation draw them rather than running G again; a run's history drops them.
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def statistics(self) -> dict[str, float]:
@@ -382,13 +385,16 @@ def evaluate_pairing(
         "pair/hungarian_agreement": hungarian_agreement(D_xy),
     }
     D_yx = b = None
+    outputs = {"G(x)": fx}
     if backward is not None:
-        D_yx = distances(backward(y), x).numpy()
+        outputs["G(y)"] = gy = backward(y)
+        D_yx = distances(gy, x).numpy()
         b = assignment(D_yx)
         shares["pair/backward_top1"] = top1(D_yx, inverse)
         shares["pair/mutual"] = mutual(a, b)
         identity = np.arange(n)
-        shares["pair/cycle_top1"] = top1(distances(backward(fx), x).numpy(), identity)
+        outputs["G(G(x))"] = gfx = backward(fx)
+        shares["pair/cycle_top1"] = top1(distances(gfx, x).numpy(), identity)
         shares["pair/cycle_top1_lowpass"] = top1(distances(backward(lowpass(fx)), x).numpy(), identity)
     else:
         metrics.update({k: float("nan") for k in ("pair/backward_top1", "pair/mutual", "pair/cycle_top1",
@@ -403,4 +409,4 @@ def evaluate_pairing(
     # the rate of the mean training target itself (0 or 1), and the rate above it is what memory explains
     baseline = holdout_copy_rate(y.float().mean(0, keepdim=True), y, copy_factor)
     metrics["mem/holdout_copy_excess"] = metrics["mem/holdout_copy_rate"] - baseline
-    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor, baseline)
+    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor, baseline, outputs)

@@ -42,34 +42,43 @@ def draw_width(font, text: str) -> float:
     return ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)
 
 
-def sample_grid(translator: Translator, data: Domains, k: int = 6) -> torch.Tensor:
+def sample_grid(translator: Translator, data: Domains, k: int = 6, outputs: dict | None = None) -> torch.Tensor:
     """A (3, H, W) image in [0, 1]. Rows: x, G(x), y_pi(x); then y, G(y), x; then x, G(x), G(G(x)).
 
-    Columns are the first k training pairs in the pairing in force (aligned order for shuffled)."""
+    Columns are the first k training pairs in the pairing in force (aligned order for shuffled). `outputs`
+    (G(x), G(y), G(G(x)) on every training image, as an evaluation computed them) saves running G again."""
     k = min(k, data.n)
-    x = data.x[:k].cpu()
-    y = data.y[data.pi[:k].to(data.y.device)].cpu()
-    fx = translator.forward(x).cpu()
+    pi = data.pi[:k].cpu()
+    x, y = data.x[:k].cpu(), data.y.cpu()[pi]
+    if outputs is None:
+        fx = translator.forward(x).cpu()
+        gy = translator.backward(y).cpu() if translator.backward is not None else None
+        gfx = translator.backward(fx.to(data.x.device)).cpu() if translator.backward is not None else None
+    else:
+        fx = outputs["G(x)"][:k].cpu()
+        gy, gfx = (outputs["G(y)"].cpu()[pi], outputs["G(G(x))"][:k].cpu()) if "G(y)" in outputs else (None, None)
     rows = [x, fx, y]
-    if translator.backward is not None:
-        rows += [y, translator.backward(y).cpu(), x, x, fx, translator.backward(fx.to(x.device)).cpu()]
-    images = torch.cat(rows)
-    return make_grid(images.clamp(-1, 1) * 0.5 + 0.5, nrow=k, padding=2, pad_value=1.0)
+    if gy is not None:
+        rows += [y, gy, x, x, fx, gfx]
+    return make_grid(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, nrow=k, padding=2, pad_value=1.0)
 
 
-def assignment_strip(translator: Translator, data: Domains, a, k: int = 8) -> torch.Tensor:
+def assignment_strip(translator: Translator, data: Domains, a, k: int = 8, outputs: dict | None = None) -> torch.Tensor:
     """Rows x_i, G(x_i), the nearest y (y_a(i)), G(G(x_i)) for the first k training images: what the
     pairing metrics measure, as a picture. `a` is the assignment a(i) = argmin_j d(G(x_i), y_j), negative
-    on a tied row, which shows a blank."""
+    on a tied row, which shows a blank. `outputs` as in sample_grid."""
     k = min(k, data.n)
     x = data.x[:k].cpu()
-    fx = translator.forward(x).cpu()
+    if outputs is None:
+        fx = translator.forward(x).cpu()
+        gfx = translator.backward(fx).cpu() if translator.backward is not None else None
+    else:
+        fx, gfx = outputs["G(x)"][:k].cpu(), outputs.get("G(G(x))")
+        gfx = gfx[:k].cpu() if gfx is not None else None
     a = torch.as_tensor(a[:k])
     nearest = data.y[a.clamp(min=0).to(data.y.device)].cpu()
     nearest[a < 0] = 1.0
-    rows = [x, fx, nearest]
-    if translator.backward is not None:
-        rows.append(translator.backward(fx).cpu())
+    rows = [x, fx, nearest] + ([gfx] if gfx is not None else [])
     return make_grid(torch.cat(rows).clamp(-1, 1) * 0.5 + 0.5, nrow=k, padding=2, pad_value=1.0)
 
 

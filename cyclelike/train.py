@@ -273,17 +273,20 @@ def _sync(device: torch.device) -> None:
 @dataclass
 class Checkpoints:
     """Where and when train() saves its whole state: every `every` epochs and every `seconds` of training
-    (0: never), and at the end. `extra()` adds the caller's own state (a tracked run's evaluations so far),
-    given back by check_resumable; `saved(path)` hears of each new file (to send it to the store)."""
+    (0: never), and at the end once `final_after` seconds have passed since the last save (0: always).
+    `extra()` adds the caller's own state (a tracked run's evaluations so far), given back by check_resumable;
+    `saved(path)` hears of each new file (to send it to the store)."""
     path: Path
     every: int = 0
     seconds: float = 0.0
     extra: Callable[[], dict] | None = None
     saved: Callable[[Path], None] | None = None
+    final_after: float = 0.0
 
-    def due(self, epoch: int, last_save: float) -> bool:
-        return bool(self.every and epoch % self.every == 0) or \
-            bool(self.seconds and time.monotonic() - last_save >= self.seconds)
+    def due(self, epoch: int, last_save: float, last: bool = False) -> bool:
+        since = time.monotonic() - last_save
+        return bool(self.every and epoch % self.every == 0) or bool(self.seconds and since >= self.seconds) or \
+            (last and since >= self.final_after)
 
     def save(self, epoch: int, config: RunConfig, nets, optims, gen, history) -> None:
         save_checkpoint(self.path, epoch, config, nets, optims, gen, history, self.extra() if self.extra else {})
@@ -388,7 +391,8 @@ def train(
                initial=start, total=config.epochs, leave=False, dynamic_ncols=True)
     for epoch in bar:
         for net in nets.values():
-            net.train()
+            if not net.training:  # a callback's evaluation restores the mode itself; the walk costs ~1 ms
+                net.train()
         _sync(device)
         t0 = time.perf_counter()
         sums, steps = run_epoch(step_nets, optims, data, config, gen, gan, autocast)
@@ -402,7 +406,7 @@ def train(
         bar.set_postfix({"s/epoch": f"{stats.epoch_s:.2f}", "D": f"{losses['loss/D']:.3f}",
                          "G": f"{losses['loss/G_total']:.3f}"}, refresh=False)
         stopped = callback is not None and bool(callback(stats, translator))
-        if checkpoint is not None and (stopped or epoch == config.epochs or checkpoint.due(epoch, last_save)):
+        if checkpoint is not None and checkpoint.due(epoch, last_save, last=stopped or epoch == config.epochs):
             checkpoint.save(epoch, config, nets, optims, gen, history)
             last_save = time.monotonic()
         if stopped:

@@ -11,14 +11,13 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torchvision.utils import save_image
 
 from analysis.figures import matrix_image
 from analysis.pairing import PairingResult, evaluate_pairing, formation, is_locked
@@ -83,7 +82,8 @@ class TrackedRun:
                  report: Report | None, weights: bool = True, resumed: bool = False):
         self.config, self.logger, self.data, self.eval_every, self.report = config, logger, data, eval_every, report
         self.weights = weights  # the generator(s) as model/G.pt: megabytes a run, so a sweep keeps them on request
-        self.eval_s, self.pruned, self.locked, self.n_grids = 0.0, False, False, 0
+        self.eval_s, self.pruned, self.locked = 0.0, False, False
+        self.stored_checkpoints = 0  # in the run's artifacts: deleted when the trial is done
         self.history: list[tuple[int, PairingResult]] = []  # every evaluation: how the pairs formed
         self.epoch_seconds: dict[int, float] = {}
         # every artifact is written here and sent with one call at the end: each MLflow call costs milliseconds
@@ -114,7 +114,7 @@ class TrackedRun:
                 result = _evaluate(translator, self.data)
                 self.eval_s += time.perf_counter() - t0
                 self.logger.log_metrics(result.metrics, step=0)
-                self.logger.log_image(_strip(translator, self.data, result), "pairing/strip", 0)
+                self.logger.log_image(_strip(self.data, result), "pairing/strip", 0)
             return False
         self.logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
         self.epoch_seconds[stats.epoch] = stats.epoch_s
@@ -123,13 +123,11 @@ class TrackedRun:
         t0 = time.perf_counter()
         result = _evaluate(translator, self.data)
         self.eval_s += time.perf_counter() - t0
-        self.history.append((stats.epoch, result))
+        self.history.append((stats.epoch, replace(result, outputs={})))  # images would bloat each checkpoint
         self.logger.log_metrics(result.metrics, step=stats.epoch)
-        # the run page's image slider shows the pairs forming, one strip per evaluation
-        self.logger.log_image(_strip(translator, self.data, result), "pairing/strip", stats.epoch)
-        if self.n_grids < 3:  # a few epochs' samples show the pairs forming without filling the store
-            self.n_grids += 1
-            save_image(_samples(translator, self.data), self.root / "samples" / f"epoch_{stats.epoch:04d}.png")
+        # the run page's image slider shows the pairs forming, one strip per evaluation (the sample grid, the
+        # original's figure, is drawn once at the end: the strips already show every evaluation)
+        self.logger.log_image(_strip(self.data, result), "pairing/strip", stats.epoch)
         if self.report is not None and self.report(stats.epoch, result.metrics):
             self.pruned = True
             return True
@@ -141,13 +139,13 @@ class TrackedRun:
 
     def state(self) -> dict:
         """What a resumed run needs besides the networks: its evaluations so far, which formation reads."""
-        return {"history": self.history, "epoch_seconds": self.epoch_seconds, "eval_s": self.eval_s,
-                "n_grids": self.n_grids}
+        return {"history": self.history, "epoch_seconds": self.epoch_seconds, "eval_s": self.eval_s}
 
     def checkpointed(self, path: Path) -> None:
         """Every epoch up to the checkpoint's goes to the store before the checkpoint does: no gap on resume."""
         self.logger.flush()
         self.logger.log_file(path, CHECKPOINT_DIR)
+        self.stored_checkpoints += 1
 
     def resume(self) -> Path | None:
         """The run's last checkpoint, fetched from the store, with the evaluations it holds; None if none."""
@@ -158,7 +156,8 @@ class TrackedRun:
             return None
         extra = check_resumable(path, self.config)["extra"]
         self.history, self.epoch_seconds = extra["history"], extra["epoch_seconds"]
-        self.eval_s, self.n_grids = extra["eval_s"], extra["n_grids"]
+        self.eval_s = extra["eval_s"]
+        self.stored_checkpoints = 1
         return path
 
     @property
@@ -175,8 +174,9 @@ class TrackedRun:
         metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
                    **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
         logger.log_metrics({**final.metrics, "time/sec_per_epoch": result.sec_per_epoch}, step=epoch)
-        logger.log_image(_strip(result.translator, data, final), "pairing/strip", epoch)
-        self.history.append((epoch, final))
+        strip = _strip(data, final)
+        logger.log_image(strip, "pairing/strip", epoch)
+        self.history.append((epoch, replace(final, outputs={})))
         formed = formation([e for e, _ in self.history], [r.a for _, r in self.history],
                            [r.metrics["pair/forward_top1"] for _, r in self.history], self.epoch_seconds)
         (self.root / "pairing" / "history.csv").write_text(_history_csv(self.history))
@@ -189,7 +189,7 @@ class TrackedRun:
                          "model/generator_params": generator_params(result.nets),
                          "stop/epoch": epoch, "stop/g_steps": epoch * self.config.g_steps_per_epoch()})
         logger.pending_tags["stop/reason"] = self.stop_reason
-        _write_final_artifacts(self.root, result, final, data, epoch, self.weights)
+        _write_final_artifacts(self.root, result, final, strip, data, epoch, self.weights)
         self.close()
         timing = {"train_s": train_s, "eval_s": self.eval_s, "log_s": logger.log_seconds,
                   "total_s": time.perf_counter() - started}
@@ -228,12 +228,15 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         checkpoints = None
         if checkpoint_s:
             path = (run.resume() if resume else None) or Path(run.checkpoints.name) / "checkpoint.pt"
-            checkpoints = Checkpoints(path, seconds=checkpoint_s, extra=run.state, saved=run.checkpointed)
+            # the end saves too where that protects enough training to pay for itself, or where the checkpoint
+            # is kept (to train on later); a finished trial's checkpoint is deleted, so a short trial skips it
+            checkpoints = Checkpoints(path, seconds=checkpoint_s, extra=run.state, saved=run.checkpointed,
+                                      final_after=0.0 if keep_checkpoint else checkpoint_s / 10)
         result = train(config, data, callback=run.on_epoch, checkpoint=checkpoints, progress=progress, desc=desc)
         if result.resumed_from_epoch:
             logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
         outcome = run.finish(result, trained_seconds(result), started)
-        if checkpoints is not None and not keep_checkpoint:
+        if run.stored_checkpoints and not keep_checkpoint:
             logger.delete_artifacts(CHECKPOINT_DIR)  # done: megabytes a run that nothing will read again
         return outcome
     finally:
@@ -304,9 +307,10 @@ def _dataset_table(data: Domains):
     return pd.DataFrame(rows)
 
 
-def _strip(translator: Translator, data: Domains, result: PairingResult) -> torch.Tensor:
-    rows = STRIP_ROWS if translator.backward is not None else STRIP_ROWS[:3]
-    return labelled(assignment_strip(translator, data, result.a), rows)
+def _strip(data: Domains, result: PairingResult) -> torch.Tensor:
+    """The evaluation's assignment as a picture, drawn from the outputs it measured (no forward pass)."""
+    rows = STRIP_ROWS if "G(G(x))" in result.outputs else STRIP_ROWS[:3]
+    return labelled(assignment_strip(None, data, result.a, outputs=result.outputs), rows)
 
 
 def _history_csv(history: list[tuple[int, PairingResult]]) -> str:
@@ -322,17 +326,26 @@ def _history_csv(history: list[tuple[int, PairingResult]]) -> str:
     return pd.concat(rows).to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
-def _samples(translator: Translator, data: Domains) -> torch.Tensor:
-    return labelled(sample_grid(translator, data), SAMPLE_ROWS if translator.backward is not None else SAMPLE_ROWS[:3])
+def _samples(data: Domains, result: PairingResult) -> torch.Tensor:
+    rows = SAMPLE_ROWS if "G(y)" in result.outputs else SAMPLE_ROWS[:3]
+    return labelled(sample_grid(None, data, outputs=result.outputs), rows)
 
 
-def _write_final_artifacts(root: Path, result, final, data: Domains, epoch: int, weights: bool) -> None:
+def _png(image: torch.Tensor, path: Path) -> None:
+    # zlib's fastest level: a third of the default's time, and these pictures (large flat blocks, upscaled
+    # by labelled) come out only 10-20% larger
+    pixels = image.mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+    Image.fromarray(pixels).save(path, compress_level=1)
+
+
+def _write_final_artifacts(root: Path, result, final: PairingResult, strip: torch.Tensor, data: Domains,
+                           epoch: int, weights: bool) -> None:
     """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
-    save_image(_samples(result.translator, data), root / "samples" / f"epoch_{epoch:04d}.png")
-    save_image(_strip(result.translator, data, final), root / "pairing" / "strip.png")
+    _png(_samples(data, final), root / "samples" / f"epoch_{epoch:04d}.png")
+    _png(strip, root / "pairing" / "strip.png")
     held = holdout_strip(result.translator, data)
     if held is not None:
-        save_image(labelled(held, HOLDOUT_ROWS), root / "pairing" / "holdout.png")
+        _png(labelled(held, HOLDOUT_ROWS), root / "pairing" / "holdout.png")
     (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
     # rows x_i, columns y_j: white frames the nearest y of each x, a red dot the pair given (the report
     # draws the same matrices labelled)

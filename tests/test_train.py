@@ -4,8 +4,8 @@ import torch
 from analysis.pairing import evaluate_pairing
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
-from cyclelike.samples import sample_grid
-from cyclelike.train import NonFiniteLossError, train
+from cyclelike.samples import assignment_strip, sample_grid
+from cyclelike.train import Checkpoints, NonFiniteLossError, train
 
 TINY = RunConfig(n_images=4, n_holdout=1, image_size=16, base_filters=8, d_filters=8, batch_size=2, epochs=2)
 
@@ -71,6 +71,30 @@ def test_schemes_train_their_own_nets_and_losses(scheme):
     assert (result.translator.backward is None) == (scheme == "pix2pix")
     grid = sample_grid(result.translator, load_domains(config), k=3)
     assert grid.shape == (3, 2 + (9 if scheme != "pix2pix" else 3) * 18, 2 + 3 * 18)  # 16 px images, 2 px padding
+
+
+@pytest.mark.parametrize("scheme", ["cyclelike", "pix2pix"])
+def test_pictures_from_an_evaluations_outputs_are_those_of_running_g(scheme):
+    """A sweep draws its strips and sample grids from the images its evaluation already computed; they must
+    be the pictures that running G again would draw, rows and a fixed pairing's order included."""
+    config = TINY.replace(scheme=scheme, pairing="fixed", n_images=5)
+    result = train(config)
+    data = load_domains(config)
+    t = result.translator
+    evaluation = evaluate_pairing(t.forward, t.backward, data.x, data.y, data.pi, data.x_holdout)
+    assert not torch.equal(data.pi, torch.arange(5))  # the G(y) rows must follow pi
+    assert torch.allclose(sample_grid(None, data, outputs=evaluation.outputs), sample_grid(t, data), atol=1e-5)
+    assert torch.allclose(assignment_strip(None, data, evaluation.a, outputs=evaluation.outputs),
+                          assignment_strip(t, data, evaluation.a), atol=1e-5)
+
+
+def test_the_end_of_training_checkpoints_only_what_is_worth_it(tmp_path):
+    """A checkpoint at the end protects the training since the last one: a run whose last save is more recent
+    than `final_after` skips it (a sweep deletes a finished trial's checkpoint anyway); 0 always saves."""
+    skipped, saved = tmp_path / "skipped.pt", tmp_path / "saved.pt"
+    train(TINY, checkpoint=Checkpoints(skipped, seconds=3600, final_after=3600))
+    train(TINY, checkpoint=Checkpoints(saved, seconds=3600, final_after=0.0))
+    assert not skipped.exists() and saved.exists()
 
 
 def test_each_schedule_is_its_own_algorithm():
