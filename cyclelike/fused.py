@@ -9,6 +9,9 @@ slice's gradient is its own seed's, and one elementwise Adam over the stacked te
 What differs from K runs alone: summation order in reductions (fp32 rounding, ~1e-6), and dropout,
 whose draws come from one generator for the whole stack. A seed whose callback says stop (pruned) is
 removed from the stack; the others continue exactly as before.
+
+Checkpoints are per seed and in the format of a run alone: a killed group's trials are retried one by
+one (never fused again), each resuming from its own seed's state.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tqdm.auto import tqdm
 from .config import ConfigError, NonFiniteLossError, RunConfig
 from .data import Domains, load_domains
 from .train import (
+    Checkpoints,
     EpochStats,
     TrainResult,
     Translator,
@@ -112,6 +116,24 @@ def _snapshot(opt: torch.optim.Adam) -> dict:
     return {"params": [opt.state.get(p) for g in opt.param_groups for p in g["params"]]}
 
 
+def _save_seed(checkpoint: Checkpoints, pos: int, epoch: int, config: RunConfig, G: Stack, D: Stack,
+               optims: dict[str, torch.optim.Adam], nets: dict[str, nn.Module], gen: torch.Generator,
+               history: list[EpochStats]) -> None:
+    """The seed at stack position `pos` saved as its run alone would save itself: its networks, its slice
+    of the stacked Adam moments as an Adam of its own, its generator and history."""
+    alone = {}
+    for name, stack in (("G", G), ("D", D)):
+        stack.copy_into(pos, nets[name])
+        opt = torch.optim.Adam(nets[name].parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                               fused=config.fused_adam)
+        for p, stacked in zip(nets[name].parameters(), stack.params.values(), strict=True):
+            if stacked in optims[name].state:
+                opt.state[p] = {k: v.clone() if v.dim() == 0 else v[pos].clone()
+                                for k, v in optims[name].state[stacked].items()}
+        alone[name] = opt
+    checkpoint.save(epoch, config, nets, alone, gen, history)
+
+
 def run_epoch_fused(G, D, optims, data: Domains, config: RunConfig, gens: list[torch.Generator], gan, autocast):
     """cyclelike.train.run_epoch for K seeds: each seed draws its own pairing and batch order from its own
     generator, in the same order as alone; returns (K,) loss sums and the step count."""
@@ -140,16 +162,19 @@ def run_epoch_fused(G, D, optims, data: Domains, config: RunConfig, gens: list[t
 
 def train_fused(configs: list[RunConfig], data: Domains | None = None,
                 callbacks: list[Callback | None] | None = None, progress: bool = False,
-                desc: str = "fused") -> list[TrainResult]:
+                desc: str = "fused", checkpoints: list[Checkpoints | None] | None = None) -> list[TrainResult]:
     """Train the seeds of one condition as one stacked model; one TrainResult per config, in order.
 
     Each callback sees its own seed's epochs and translator, as with cyclelike.train.train; a callback
-    that returns True stops (prunes) that seed only. `epoch_s` is the whole group's epoch time: K seeds
-    share it, and a run records `fuse_seeds` so that no one reads it as one seed's time."""
+    that returns True stops (prunes) that seed only. Each seed's `checkpoints` (when due, after its callback)
+    are files that cyclelike.train.train resumes that seed from alone; the group itself never resumes.
+    `epoch_s` is the whole group's epoch time: K seeds share it, and a run records `fuse_seeds` so that no
+    one reads it as one seed's time."""
     check_fusable(configs)
     config = configs[0]
     K = len(configs)
     callbacks = list(callbacks) if callbacks is not None else [None] * K
+    checkpoints = list(checkpoints) if checkpoints is not None else [None] * K
     device = resolve_device(config.device)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -180,6 +205,7 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
             callback(EpochStats(0, 0.0, {}), translators[k])  # each seed's untrained map, as train() does
     bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
                dynamic_ncols=True)
+    last_save = time.monotonic()
     for epoch in bar:
         _sync(device)
         t0 = time.perf_counter()
@@ -201,6 +227,15 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
                 if callbacks[k](stats, translators[k]):
                     stopped[k] = True
                     drop.append(pos)
+        saved = False
+        for pos, k in enumerate(live):  # stack positions as they were this epoch, before any drop
+            due = checkpoints[k] is not None and diverged[k] is None and \
+                checkpoints[k].due(epoch, last_save, last=stopped[k] or epoch == config.epochs)
+            if due:
+                _save_seed(checkpoints[k], pos, epoch, configs[k], G, D, optims, seeds_nets[k], gens[k], histories[k])
+                saved = True
+        if saved:
+            last_save = time.monotonic()
         if drop:
             keep = torch.tensor([p for p in range(len(live)) if p not in drop], dtype=torch.long)
             live = [live[p] for p in keep.tolist()]

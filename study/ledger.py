@@ -251,7 +251,7 @@ def claim_group(study: optuna.Study, ctx, reserve) -> list:
         return []
     group = [first]
     key = first[0].user_attrs["config_key"]
-    # a retry goes on from its own checkpoint: it runs alone (fused groups keep none)
+    # a retry goes on from its own checkpoint (a fused group's seeds have one each): it runs alone
     while ctx.fuse and len(group) < len(ctx.spec.seeds) and "resume_run" not in first[0].user_attrs:
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not waiting or waiting[0].user_attrs.get("config_key") != key or "resume_run" in waiting[0].user_attrs \

@@ -141,6 +141,17 @@ class TrackedRun:
         """What a resumed run needs besides the networks: its evaluations so far, which formation reads."""
         return {"history": self.history, "epoch_seconds": self.epoch_seconds, "eval_s": self.eval_s}
 
+    def checkpoint_plan(self, seconds: float, keep: bool, path: Path | None = None) -> Checkpoints:
+        """Save every `seconds` of training to this run. The end saves too where that protects enough training
+        to pay for itself, or where the checkpoint is kept (to train on later): a finished trial's checkpoint
+        is deleted, so a short trial skips it."""
+        return Checkpoints(path or Path(self.checkpoints.name) / "checkpoint.pt", seconds=seconds, extra=self.state,
+                           saved=self.checkpointed, final_after=0.0 if keep else seconds / 10)
+
+    def drop_checkpoint(self, keep: bool) -> None:
+        if self.stored_checkpoints and not keep:
+            self.logger.delete_artifacts(CHECKPOINT_DIR)  # done: megabytes a run that nothing will read again
+
     def checkpointed(self, path: Path) -> None:
         """Every epoch up to the checkpoint's goes to the store before the checkpoint does: no gap on resume."""
         self.logger.flush()
@@ -227,17 +238,12 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     try:
         checkpoints = None
         if checkpoint_s:
-            path = (run.resume() if resume else None) or Path(run.checkpoints.name) / "checkpoint.pt"
-            # the end saves too where that protects enough training to pay for itself, or where the checkpoint
-            # is kept (to train on later); a finished trial's checkpoint is deleted, so a short trial skips it
-            checkpoints = Checkpoints(path, seconds=checkpoint_s, extra=run.state, saved=run.checkpointed,
-                                      final_after=0.0 if keep_checkpoint else checkpoint_s / 10)
+            checkpoints = run.checkpoint_plan(checkpoint_s, keep_checkpoint, run.resume() if resume else None)
         result = train(config, data, callback=run.on_epoch, checkpoint=checkpoints, progress=progress, desc=desc)
         if result.resumed_from_epoch:
             logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
         outcome = run.finish(result, trained_seconds(result), started)
-        if run.stored_checkpoints and not keep_checkpoint:
-            logger.delete_artifacts(CHECKPOINT_DIR)  # done: megabytes a run that nothing will read again
+        run.drop_checkpoint(keep_checkpoint)
         return outcome
     finally:
         run.close()
@@ -245,19 +251,24 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
 
 def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_every: int = 10,
                      reports: list[Report | None] | None = None, desc: str = "fused",
-                     progress: bool = True, weights: bool = True) -> list[TrialOutcome]:
+                     progress: bool = True, weights: bool = True, checkpoint_s: float = 0.0,
+                     keep_checkpoint: bool = False) -> list[TrialOutcome]:
     """The seeds of one condition trained as one stacked model (cyclelike.fused), each its own MLflow run
-    with its own evaluations and pruning decision. Each run's train_s is the group's training time over K,
-    and each records fuse_seeds = K."""
+    with its own evaluations, pruning decision and checkpoints (each seed's alone: a killed group's retries
+    resume one by one). Each run's train_s is the group's training time over K, and each records
+    fuse_seeds = K."""
     started = time.perf_counter()
     data = load_domains(configs[0])
     reports = reports or [None] * len(configs)
     runs = []
     try:
         for config, logger, report in zip(configs, loggers, reports, strict=True):
-            logger.pending_tags["fused_group"] = str(len(configs))
+            # now, not at the end: a killed group's runs resume alone, and their early epoch times stay the group's
+            logger.set_tags({"fused_group": str(len(configs))})
             runs.append(TrackedRun(config, logger, data, eval_every, report, weights))
-        results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc)
+        plans = [run.checkpoint_plan(checkpoint_s, keep_checkpoint) if checkpoint_s else None for run in runs]
+        results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc,
+                              checkpoints=plans)
         # the group's epochs (as long as its longest-lived seed), shared by its K seeds
         train_s = max(trained_seconds(r) for r in results) / len(configs)
         outcomes = [run.finish(result, train_s, started) if result.diverged is None else _diverged(run, result)
@@ -266,6 +277,7 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
         for run, outcome in zip(runs, outcomes, strict=True):
             outcome.timing["total_s"] = share
             summary(run.logger, {"time/trial_s": share})
+            run.drop_checkpoint(keep_checkpoint)
         return outcomes
     finally:
         for run in runs:

@@ -168,7 +168,8 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
                                             spec.eval_every, [r for *_, r in started],
                                             desc=run_name(spec, group[0][1], "+".join(str(t.user_attrs["seed"])
                                                                                       for t, *_ in started)),
-                                            progress=ctx.progress, weights=spec.weights == "all")
+                                            progress=ctx.progress, weights=spec.weights == "all",
+                                            checkpoint_s=CHECKPOINT_S, keep_checkpoint=spec.keep_checkpoints)
             else:
                 trial, params, config, logger, report = started[0]
                 outcomes = [run_trial(config, logger, spec.eval_every, report,

@@ -11,7 +11,7 @@ import torch
 from cyclelike.config import ConfigError, RunConfig
 from cyclelike.data import load_domains
 from cyclelike.fused import train_fused
-from cyclelike.train import train
+from cyclelike.train import Checkpoints, train
 from study import autotune
 
 # No dropout. In float64 a fused seed IS the seed alone (1e-10). In fp32 the grouped convolutions sum in
@@ -130,6 +130,35 @@ def test_a_diverging_seed_leaves_the_group_and_the_others_are_unchanged(fp64, mo
         assert results[k].diverged is None and [s.epoch for s in results[k].history] == [1, 2]
         for sa, sf in zip(alone[k].history, results[k].history, strict=True):
             assert _gap(sa, sf) < FP64
+
+
+def test_a_killed_group_resumes_each_seed_alone_from_its_own_checkpoint(fp64, tmp_path):
+    """A fused group killed after epoch 1 leaves one checkpoint per seed in a run-alone format; train()
+    resumes each seed from it and ends where that seed alone ends, in float64."""
+    configs, data, alone, _ = fp64
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(stats, translator):
+        if stats.epoch == 2:
+            raise Killed
+
+    paths = [tmp_path / f"seed{c.seed}.pt" for c in configs]
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with pytest.raises(Killed):
+            train_fused(configs, data, [None, None, kill_at_2], checkpoints=[Checkpoints(p, every=1) for p in paths])
+        resumed = [train(c, data, checkpoint=Checkpoints(p)) for c, p in zip(configs, paths, strict=True)]
+    finally:
+        torch.set_default_dtype(old)
+    for a, r in zip(alone, resumed, strict=True):
+        assert r.resumed_from_epoch == 1 and [s.epoch for s in r.history] == [1, 2]
+        assert _gap(a.history[1], r.history[1]) < FP64, a.config.seed
+        assert (a.translator.forward(data.x) - r.translator.forward(data.x)).abs().max().item() < FP64
+    # the check can fail: a seed resumed from another seed's checkpoint is not that seed
+    assert (alone[0].translator.forward(data.x) - resumed[1].translator.forward(data.x)).abs().max().item() > 1e-3
 
 
 def test_only_seeds_of_one_condition_fuse():
