@@ -211,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # a store lost before or after the trials (planning, the final table): one line too
+        from .storage import OUTAGE_EXIT, is_outage, outage_reason
+
+        if not is_outage(err):
+            raise
+        print(f"error: the store stopped answering: {outage_reason(err)}; run the same command again once it "
+              "answers", file=sys.stderr)
+        return OUTAGE_EXIT
 
 
 if __name__ == "__main__":

@@ -168,6 +168,16 @@ OUTAGE_WORDS = ("Max retries exceeded", "Connection refused", "connection refuse
 
 def is_outage(err: BaseException) -> bool:
     """Whether an error, or one it was raised from, says the store could not be reached (not bad input)."""
+    return _lost_in(err) is not None
+
+
+def outage_reason(err: BaseException) -> str:
+    """The line that says why the store did not answer: the deepest such error in the chain, not a wrapper's
+    guess (Optuna calls a lost database "invalid data in the commit, e.g. exceeding max length")."""
+    return first_line(_lost_in(err) or err)
+
+
+def _lost_in(err: BaseException) -> BaseException | None:
     import http.client
 
     import requests
@@ -177,14 +187,12 @@ def is_outage(err: BaseException) -> bool:
     lost = (ConnectionError, http.client.HTTPException, urllib3.exceptions.ProtocolError,
             requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
             sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
-    seen = err
+    found, seen = None, err
     while seen is not None:
-        if isinstance(seen, lost):
-            return True
-        if any(w in str(seen) for w in OUTAGE_WORDS):
-            return True
+        if isinstance(seen, lost) or any(w in str(seen) for w in OUTAGE_WORDS):
+            found = seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return found
 
 
 OUTAGE_EXIT = 3  # the store (tracking server, database) stopped answering: neither bad input nor a failed trial

@@ -30,7 +30,7 @@ from cyclelike.fused import check_fusable
 from . import autotune
 from .ledger import count_configs, is_killed, queue_missing, recover_stale
 from .spec import SweepError, SweepSpec
-from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage
+from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage, outage_reason
 from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, set_trials_view
 from .workers import NAME_ORDER, Context, worker_loop, worker_process
 
@@ -158,9 +158,10 @@ def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, plann
     stop = threading.Event()
 
     def follow():
-        study = load_study(spec, open_storage(storage_url))
+        study = None
         while not stop.wait(2.0):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a store that stops answering: the sweep itself says so, once
+                study = study or load_study(spec, open_storage(storage_url))
                 done = len(_ended_here(study, invocation))
                 bar.update(max(0, min(planned, done) - bar.n))
 
@@ -256,7 +257,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
         status = "FAILED"
         number = ctx.current.get("number")
         if isinstance(err, StoreOutage) or is_outage(err):
-            problem = SweepFailed(f"the store stopped answering: {first_line(err)}; its trials count as killed, "
+            problem = SweepFailed(f"the store stopped answering: {outage_reason(err)}; its trials count as killed, "
                                   "not failed: the same command resumes the study once it answers", OUTAGE_EXIT)
         else:
             problem = SweepFailed(f"the worker crashed{f' during trial {number}' if number is not None else ''}: "
@@ -270,8 +271,9 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     except Exception as err:
         if not is_outage(err):
             raise
-        raise SweepFailed(f"{problem or 'the sweep'}; the store could not be reached to close it: "
-                          f"{first_line(err)}; the next start closes its runs", OUTAGE_EXIT) from None
+        why = "" if problem is not None and problem.code == OUTAGE_EXIT else f": {outage_reason(err)}"
+        raise SweepFailed(f"{problem or 'the sweep'}; the store could not be reached to close it{why}; the next "
+                          "start closes its runs", OUTAGE_EXIT) from None
     table.attrs.update(wall_s=wall, harness_overhead=overhead, trials_this_run=len(mine), experiment_id=experiment_id)
     ended = _ended_here(study, invocation)
     if problem is not None:

@@ -23,7 +23,16 @@ from cyclelike.train import timed_text
 
 from .ledger import claim_group, count_configs, lease
 from .spec import SweepSpec
-from .storage import KILLED_STALE, OUTAGE_EXIT, StoreOutage, heartbeat_enabled, is_outage, load_study, open_storage
+from .storage import (
+    KILLED_STALE,
+    OUTAGE_EXIT,
+    StoreOutage,
+    heartbeat_enabled,
+    is_outage,
+    load_study,
+    open_storage,
+    outage_reason,
+)
 from .tracking import RunLogger
 from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, run_trial, run_trials_fused
 
@@ -206,7 +215,7 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
 def _stop_for_outage(study, started, err: BaseException) -> None:
     """The store stopped answering mid-trial: the trials are killed, not failed (no retry is used up), closed
     where the store still answers (else the next start closes them), and this worker stops."""
-    reason = f"killed: the store stopped answering ({first_line(err)})"
+    reason = f"killed: the store stopped answering ({outage_reason(err)})"
     for trial, _, _, logger, _ in started:
         with contextlib.suppress(Exception):
             trial.set_user_attr("failure", reason)
@@ -327,5 +336,5 @@ def worker_process(ctx: Context, counter, worker: int, busy) -> None:
     except Exception as err:
         if not (isinstance(err, StoreOutage) or is_outage(err)):
             raise
-        print(f"worker {worker}: the store stopped answering: {first_line(err)}", file=sys.stderr)
+        print(f"worker {worker}: the store stopped answering: {outage_reason(err)}", file=sys.stderr)
         raise SystemExit(OUTAGE_EXIT) from None

@@ -1,6 +1,7 @@
 """Studies on several machines, for real: a PostgreSQL started here for Optuna and as the backend of an
 MLflow tracking server, and workers in separate folders that share nothing but the two URLs."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -181,3 +182,45 @@ def test_a_worker_killed_between_ask_and_its_first_heartbeat_is_failed_and_reque
     assert "killed" in trials[orphan.number].user_attrs["failure"]
     assert [t.state for t in trials if t.number != orphan.number] == [TrialState.COMPLETE]
     assert "Heartbeat of storage" not in sweep.stderr and "View run" not in sweep.stdout
+
+
+def test_a_database_outage_ends_the_sweep_with_one_line_and_the_next_start_goes_on(cluster, tmp_path):
+    """The database stops mid-trial: one `error:` line naming the refused connection (Optuna's own words
+    blamed "invalid data in the commit"), exit 3; once it is back, the same command fails the orphan trial
+    as killed (no retry used up), closes its run and completes the condition."""
+    folder, env = _machine(tmp_path, "m", "")
+    env.pop("MLFLOW_TRACKING_URI")  # MLflow in the folder's own store; Optuna on PostgreSQL
+    (folder / "dbout.toml").write_text(tiny_sweep("dbout", epochs=40, seeds="[0]\nmax_retries = 0",
+                                                  pairing='["fixed"]', threads="1"))
+    storage = cluster.url("optuna")
+    cmd = [sys.executable, "-m", "study", "sweep", "--config", "dbout.toml", "--storage", storage, "--workers", "1"]
+    sweep = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:  # until a trial has its run: it is training
+            time.sleep(0.2)
+            with contextlib.suppress(KeyError):  # no such study yet
+                if any("mlflow_run_id" in t.user_attrs for t in optuna.load_study(study_name="dbout",
+                                                                                  storage=storage).trials):
+                    break
+        postgres.stop(cluster.data)
+        _, err = sweep.communicate(timeout=240)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        postgres.start(cluster.data)  # the module's other tests need it
+    last = err.strip().splitlines()[-1]
+    assert sweep.returncode == 3, err[-3000:]
+    assert "Traceback" not in err and last.startswith("error:") and "stopped answering" in last, err[-3000:]
+    assert "connection" in last.lower() and "exceeding max length" not in last, last
+    again = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = optuna.load_study(study_name="dbout", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["failure"].startswith("killed")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("dbout").experiment_id], "tags.trial != ''")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
