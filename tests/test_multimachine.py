@@ -190,6 +190,7 @@ def test_a_database_outage_ends_the_sweep_with_one_line_and_the_next_start_goes_
     as killed (no retry used up), closes its run and completes the condition."""
     folder, env = _machine(tmp_path, "m", "")
     env.pop("MLFLOW_TRACKING_URI")  # MLflow in the folder's own store; Optuna on PostgreSQL
+    env["CYCLELIKE_HEARTBEAT_GRACE_S"] = "2"  # the orphan goes stale sooner: the next start waits less
     (folder / "dbout.toml").write_text(tiny_sweep("dbout", epochs=40, seeds="[0]\nmax_retries = 0",
                                                   pairing='["fixed"]', threads="1"))
     storage = cluster.url("optuna")
