@@ -33,6 +33,7 @@ from .train import (
     TrainResult,
     Translator,
     _sync,
+    adam,
     build,
     epoch_losses,
     gan_criterion,
@@ -104,7 +105,7 @@ def _adam(stacks: list[Stack], config: RunConfig, state: dict | None = None,
     """One Adam over the stacked tensors (elementwise, so K independent Adams); with `state`, the moments
     of the seeds in `index` carried over from the previous stack."""
     params = [p for s in stacks for p in s.params.values()]
-    opt = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), fused=config.fused_adam)
+    opt = adam(params, config)
     if state is not None:
         for p, old in zip(params, state["params"], strict=True):
             if old is not None:
@@ -124,8 +125,7 @@ def _save_seed(checkpoint: Checkpoints, pos: int, epoch: int, config: RunConfig,
     alone = {}
     for name, stack in (("G", G), ("D", D)):
         stack.copy_into(pos, nets[name])
-        opt = torch.optim.Adam(nets[name].parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-                               fused=config.fused_adam)
+        opt = adam(nets[name].parameters(), config)
         for p, stacked in zip(nets[name].parameters(), stack.params.values(), strict=True):
             if stacked in optims[name].state:
                 opt.state[p] = {k: v.clone() if v.dim() == 0 else v[pos].clone()
