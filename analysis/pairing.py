@@ -401,10 +401,11 @@ def evaluate_pairing(
                                                   "pair/cycle_top1_lowpass")})
     shares.update(predictor_agreement(a, predictor_partners(x, y)))
     metrics.update({k: s.value for k, s in shares.items()})
-    has_holdout = x_holdout is not None and len(x_holdout) > 0
-    metrics["mem/holdout_copy_rate"] = (
-        holdout_copy_rate(forward(x_holdout), y, copy_factor) if has_holdout else float("nan")
-    )
+    if x_holdout is not None and len(x_holdout) > 0:
+        outputs["G(x_holdout)"] = forward(x_holdout)
+        metrics["mem/holdout_copy_rate"] = holdout_copy_rate(outputs["G(x_holdout)"], y, copy_factor)
+    else:
+        metrics["mem/holdout_copy_rate"] = float("nan")
     # a blurred output near the mean face passes the threshold without memorising anything: its baseline is
     # the rate of the mean training target itself (0 or 1), and the rate above it is what memory explains
     baseline = holdout_copy_rate(y.float().mean(0, keepdim=True), y, copy_factor)

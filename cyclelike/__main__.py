@@ -33,8 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default runs/train-<time>)")
     args = parser.parse_args(argv)
     # torch loads only now: --help answers without it
-    from torchvision.utils import save_image
-
     from .data import load_domains
     from .samples import SAMPLE_ROWS, labelled, sample_grid
     from .train import check_resumable, timed_text, train
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in result.history:
             writer.writerow({"epoch": s.epoch, "epoch_s": round(s.epoch_s, 5), **s.losses})
     rows = SAMPLE_ROWS if result.translator.backward is not None else SAMPLE_ROWS[:3]
-    save_image(labelled(sample_grid(result.translator, data.to(result.device)), rows), out / "samples.png")
+    labelled(sample_grid(result.translator, data.to(result.device)), rows).save(out / "samples.png")
     print(f"{config.scheme}/{config.arch} N={config.n_images} {config.image_size}px: "
           f"{timed_text(result.sec_per_epoch, config.warmup_epochs)}, outputs in {out}\n"
           f"pairing metrics: python -m analysis pairing {out}")

@@ -8,6 +8,7 @@ ever opened for reading.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,3 +221,35 @@ def load_domains(config: RunConfig) -> Domains:
     else:
         pi = torch.arange(n)
     return Domains(x, y, x_hold, y_hold, config.pairing, pi, x_names, y_names, x_hold_names, y_hold_names)
+
+
+# the fields of a RunConfig that load_domains reads: two configs equal on these train on the same images
+DATA_FIELDS = ("data", "x_path", "y_path", "x_domain", "y_domain", "image_size", "n_images", "n_holdout", "data_seed",
+               "pairing")
+_LOADED: OrderedDict[tuple, Domains] = OrderedDict()
+
+
+def data_key(config: RunConfig) -> tuple:
+    """What identifies the images `config` trains on: its data fields and, for files, every file's size and
+    modification time (an edited image is a different data set)."""
+    stamps = []
+    for spec in {config.x_path, config.y_path} - {""}:
+        path = Path(spec).expanduser()
+        if not path.exists() and ":" in spec:  # FILE:DATASET
+            path = Path(spec.rpartition(":")[0]).expanduser()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] * path.exists()
+        stamps += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return (*(getattr(config, k) for k in DATA_FIELDS), tuple(stamps))
+
+
+def shared_domains(config: RunConfig, keep: int = 4) -> Domains:
+    """load_domains, remembered for the last `keep` data sets of this process: a sweep's trials share a few
+    data sets, and drawing or decoding them for every trial is repeated work. The Domains returned is shared:
+    nothing may change its tensors in place."""
+    key = data_key(config)
+    if key not in _LOADED:
+        _LOADED[key] = load_domains(config)
+        while len(_LOADED) > keep:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(key)
+    return _LOADED[key]

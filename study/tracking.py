@@ -22,6 +22,8 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from analysis.store import TRIALS_VIEW, first_line, safe_url, sqlite_path, tracking_uri
 
@@ -70,6 +72,35 @@ def file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class Client(MlflowClient):
+    """The client trials log through: a tag already set on a run to the same value is not sent again.
+    MLflow's log_image sets mlflow.loggedImages=True with every picture, one store write (~3 ms) for each
+    evaluation's strip."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tags_set: set[tuple[str, str, str]] = set()
+
+    def set_tag(self, run_id: str, key: str, value: Any, synchronous: bool | None = None):
+        if (run_id, key, str(value)) in self._tags_set:
+            return None
+        result = super().set_tag(run_id, key, value, synchronous)
+        if len(self._tags_set) > 10_000:  # a long-lived worker: forget, at worst one write again
+            self._tags_set.clear()
+        self._tags_set.add((run_id, key, str(value)))
+        return result
+
+
+@event.listens_for(Engine, "connect")
+def _wal_syncs_at_checkpoints(connection, _record) -> None:
+    """An sqlite store in WAL mode syncs the log at its checkpoints, not at every commit (sqlite's
+    synchronous=NORMAL): still safe from corruption and from a killed process; a power cut may lose the last
+    commits. Each MLflow write is its own commit, and a trial makes dozens."""
+    if isinstance(connection, sqlite3.Connection):
+        if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            connection.execute("PRAGMA synchronous=NORMAL")
+
+
 def _check_server(uri: str) -> None:
     """A tracking server that is down gives one line at once, not minutes of MLflow's retries."""
     try:
@@ -90,15 +121,17 @@ def prepare_store(uri: str | None = None) -> MlflowClient:
         _check_server(uri)
     try:
         if db is None:
-            client = MlflowClient(tracking_uri=uri)
+            client = Client(tracking_uri=uri)
             client.search_experiments(max_results=1)
             return client
         db.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(db.parent / ".store.lock"):
-            client = MlflowClient(tracking_uri=uri)
+            # before MLflow's first connection, which then syncs as WAL allows (_wal_syncs_at_checkpoints):
+            # concurrent writers from several workers, ~3x faster
+            with contextlib.closing(sqlite3.connect(db)) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+            client = Client(tracking_uri=uri)
             client.search_experiments(max_results=1)  # runs the migration
-            with sqlite3.connect(db) as con:
-                con.execute("PRAGMA journal_mode=WAL")  # concurrent writers from several workers, ~3x faster
         return client
     except SweepError:
         raise
@@ -209,37 +242,19 @@ class RunLogger:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._timed(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_image(self, image, key: str, step: int) -> None:
-        """A (3, H, W) tensor in [0, 1] as a step of an image series: the run page shows them with a slider
+    def log_image(self, picture, key: str, step: int) -> None:
+        """A picture (PIL) as a step of an image series: the run page shows them with a slider
         (cyclelike.samples.labelled has made it at least 512 px wide: full screen shows it at its own size)."""
-        from PIL import Image
+        from cyclelike.samples import PNG_OPTIONS
 
-        picture = Image.fromarray(image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
-        # zlib's fastest level, where MLflow would use the default: half the time of a strip's logging, for a
-        # file 10-20% larger (flat upscaled blocks). Pillow 13 keeps a preset encoderinfo through save(); a
-        # Pillow that does not writes the default level, the same picture.
-        picture.encoderinfo = {"compress_level": 1}
+        # saved as the run's other pictures are, where MLflow would use zlib's default: half the time. Pillow 13
+        # keeps a preset encoderinfo through save(); a Pillow that does not writes the default, the same picture
+        picture.encoderinfo = dict(PNG_OPTIONS)
         self._timed(self.client.log_image, self.run_id, picture, key=key, step=step)
 
-    def log_dataset(self, table, name: str, source: str | None) -> None:
-        """The images a run trained on (names and content hashes) as an MLflow dataset input."""
-        self.log_datasets({"training": (table, name)}, source)
-
-    def log_datasets(self, tables: dict, source: str | None) -> None:
-        """Image tables (names and content hashes) as MLflow dataset inputs, one per context (training,
-        evaluation): the run page lists them, and two runs on the same images show the same digest."""
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
-
-        inputs = []
-        for context, (table, name) in tables.items():
-            if table.empty:
-                continue
-            with warnings.catch_warnings():  # MLflow's schema hints about integer columns are for model inputs
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(table, source=source, name=name)  # no source: this code made it
-                entity = dataset._to_mlflow_entity()  # the schema is inferred here
-            inputs.append(DatasetInput(entity, [InputTag(key="mlflow.data.context", value=context)]))
+    def log_inputs(self, inputs: list) -> None:
+        """Dataset inputs (see dataset_inputs) on this run: the run page lists them, and two runs on the same
+        images show the same digest."""
         try:
             self._timed(self.client.log_inputs, self.run_id, inputs)
         except Exception:
@@ -280,3 +295,21 @@ class RunLogger:
                         tags=[RunTag(k, str(v)) for k, v in tags.items()])
         finally:
             self._timed(self.client.set_terminated, self.run_id, status)
+
+
+def dataset_inputs(tables: dict, source: str | None) -> list:
+    """Image tables (names and content hashes) as MLflow dataset inputs, one per context (training,
+    evaluation). No source: this code made the images."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for context, (table, name) in tables.items():
+        if table.empty:
+            continue
+        with warnings.catch_warnings():  # MLflow's schema hints about integer columns are for model inputs
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(table, source=source, name=name)
+            entity = dataset._to_mlflow_entity()  # the schema and the digest are computed here
+        inputs.append(DatasetInput(entity, [InputTag(key="mlflow.data.context", value=context)]))
+    return inputs

@@ -22,10 +22,11 @@ from PIL import Image
 from analysis.figures import matrix_image
 from analysis.pairing import PairingResult, evaluate_pairing, formation, is_locked
 from cyclelike.config import RunConfig
-from cyclelike.data import Domains, load_domains
+from cyclelike.data import Domains, data_key, shared_domains
 from cyclelike.fused import train_fused
 from cyclelike.samples import (
     HOLDOUT_ROWS,
+    PNG_OPTIONS,
     SAMPLE_ROWS,
     STRIP_ROWS,
     assignment_strip,
@@ -35,7 +36,7 @@ from cyclelike.samples import (
 )
 from cyclelike.train import Checkpoints, EpochStats, TrainResult, Translator, check_resumable, train
 
-from .tracking import RunLogger
+from .tracking import RunLogger, dataset_inputs
 
 Report = Callable[[int, dict[str, float]], bool]
 
@@ -95,17 +96,7 @@ class TrackedRun:
         if resumed:  # the run has its params and datasets from before
             return
         logger.log_params({**config.to_dict(), **config.budget()})
-        synthetic = config.data == "synthetic"
-        source = f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic else \
-            f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}"
-        table = _dataset_table(data)
-        # the trained-on images and the held-out ones are two inputs, named by N and data set: the UI tells
-        # datasets of different N apart by name, not by their hash alone
-        logger.log_datasets({"training": (table[table["part"] == "train"],
-                                          f"{source} N={config.n_images} data_seed={config.data_seed}"),
-                             "evaluation": (table[table["part"] == "held-out"],
-                                            f"{source} held-out={config.n_holdout} data_seed={config.data_seed}")},
-                            None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
+        logger.log_inputs(_dataset_inputs(config, data))
 
     def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:
         if stats.epoch == 0:  # the untrained map: the slider opens on it and the curves start from it
@@ -233,7 +224,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     training; with `resume`, the run goes on from its last checkpoint in the same MLflow run, where the
     epochs after that checkpoint are logged again (the report reads each epoch once, the later)."""
     started = time.perf_counter()
-    data = data if data is not None else load_domains(config)
+    data = data if data is not None else shared_domains(config)
     run = TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume)
     try:
         checkpoints = None
@@ -258,7 +249,7 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
     resume one by one). Each run's train_s is the group's training time over K, and each records
     fuse_seeds = K."""
     started = time.perf_counter()
-    data = load_domains(configs[0])
+    data = shared_domains(configs[0])
     reports = reports or [None] * len(configs)
     runs = []
     try:
@@ -302,6 +293,29 @@ def generator_params(nets) -> int:
     return sum(p.numel() for name in ("G", "F") if name in nets for p in nets[name].parameters())
 
 
+_INPUTS: dict[tuple, list] = {}
+
+
+def _dataset_inputs(config: RunConfig, data: Domains) -> list:
+    """The trained-on images and the held-out ones as two MLflow inputs, named by N and data set (the UI tells
+    datasets of different N apart by name, not by their hash alone). Built once per data set and process:
+    hashing the images and MLflow's digest of the table cost ~10 ms a run."""
+    key = data_key(config)
+    if key not in _INPUTS:
+        synthetic = config.data == "synthetic"
+        source = f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic else \
+            f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}"
+        table = _dataset_table(data)
+        if len(_INPUTS) >= 8:
+            _INPUTS.clear()
+        drawn = f"data_seed={config.data_seed}"
+        _INPUTS[key] = dataset_inputs(
+            {"training": (table[table["part"] == "train"], f"{source} N={config.n_images} {drawn}"),
+             "evaluation": (table[table["part"] == "held-out"], f"{source} held-out={config.n_holdout} {drawn}")},
+            None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
+    return _INPUTS[key]
+
+
 def _dataset_table(data: Domains):
     """Every image of the run: domain, part, index, name and a hash of its pixels as trained on."""
     import hashlib
@@ -319,7 +333,7 @@ def _dataset_table(data: Domains):
     return pd.DataFrame(rows)
 
 
-def _strip(data: Domains, result: PairingResult) -> torch.Tensor:
+def _strip(data: Domains, result: PairingResult) -> Image.Image:
     """The evaluation's assignment as a picture, drawn from the outputs it measured (no forward pass)."""
     rows = STRIP_ROWS if "G(G(x))" in result.outputs else STRIP_ROWS[:3]
     return labelled(assignment_strip(None, data, result.a, outputs=result.outputs), rows)
@@ -338,33 +352,30 @@ def _history_csv(history: list[tuple[int, PairingResult]]) -> str:
     return pd.concat(rows).to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
-def _samples(data: Domains, result: PairingResult) -> torch.Tensor:
+def _samples(data: Domains, result: PairingResult) -> Image.Image:
     rows = SAMPLE_ROWS if "G(y)" in result.outputs else SAMPLE_ROWS[:3]
     return labelled(sample_grid(None, data, outputs=result.outputs), rows)
 
 
-def _png(image: torch.Tensor, path: Path) -> None:
-    # zlib's fastest level: a third of the default's time, and these pictures (large flat blocks, upscaled
-    # by labelled) come out only 10-20% larger
-    pixels = image.mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
-    Image.fromarray(pixels).save(path, compress_level=1)
+def _png(picture: Image.Image, path: Path) -> None:
+    picture.save(path, **PNG_OPTIONS)
 
 
-def _write_final_artifacts(root: Path, result, final: PairingResult, strip: torch.Tensor, data: Domains,
+def _write_final_artifacts(root: Path, result, final: PairingResult, strip: Image.Image, data: Domains,
                            epoch: int, weights: bool) -> None:
     """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
     _png(_samples(data, final), root / "samples" / f"epoch_{epoch:04d}.png")
     _png(strip, root / "pairing" / "strip.png")
-    held = holdout_strip(result.translator, data)
+    held = holdout_strip(result.translator, data, outputs=final.outputs)
     if held is not None:
         _png(labelled(held, HOLDOUT_ROWS), root / "pairing" / "holdout.png")
     (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
     # rows x_i, columns y_j: white frames the nearest y of each x, a red dot the pair given (the report
     # draws the same matrices labelled)
-    Image.fromarray(matrix_image(final.D_xy, final.a, final.pi)).save(root / "pairing" / "D_xy.png")
+    _png(Image.fromarray(matrix_image(final.D_xy, final.a, final.pi)), root / "pairing" / "D_xy.png")
     if final.D_yx is not None:
         (root / "pairing" / "D_yx.csv").write_text(_matrix_csv(final.D_yx, "y", "x"))
-        Image.fromarray(matrix_image(final.D_yx, final.b, np.argsort(final.pi))).save(root / "pairing" / "D_yx.png")
+        _png(Image.fromarray(matrix_image(final.D_yx, final.b, np.argsort(final.pi))), root / "pairing" / "D_yx.png")
     (root / "pairing" / "assignment.json").write_text(json.dumps(
         {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
          "x_names": data.x_names, "y_names": data.y_names}, indent=1))

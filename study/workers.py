@@ -33,7 +33,7 @@ from .storage import (
     open_storage,
     outage_reason,
 )
-from .tracking import RunLogger
+from .tracking import Client, RunLogger
 from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, run_trial, run_trials_fused
 
 
@@ -285,9 +285,7 @@ def worker_loop(ctx: Context, counter=None, worker: int = 0, busy=None) -> None:
 
 def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
     torch.set_num_threads(ctx.threads)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri())
+    client = Client(tracking_uri())
     storage = open_storage(ctx.storage_url)
     study = load_study(ctx.spec, storage, worker=worker, history=ctx.history)
     spec = ctx.spec

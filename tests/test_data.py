@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from cyclelike.config import RunConfig
-from cyclelike.data import DataError, derangement, load_domains, load_folder, load_hdf5
+from cyclelike.data import DataError, derangement, load_domains, load_folder, load_hdf5, shared_domains
 from cyclelike.synthetic import synthetic_domain
 
 
@@ -70,6 +70,25 @@ def test_load_domains_from_folders_splits_and_checks_counts(tmp_path):
     assert len(data.x_holdout_names) == 2 and not set(data.x_holdout_names) & set(data.x_names)
     with pytest.raises(DataError, match=r"X has 12 images; n_images=20"):
         load_domains(config.replace(n_images=20))
+
+
+def test_a_sweeps_shared_images_are_read_again_once_a_file_changes(tmp_path):
+    """A worker keeps the images its trials share, but an image edited between two trials is a new data set."""
+    for name in ("X", "Y"):
+        write_mixed_folder(tmp_path / name, n_extra=4)
+    config = RunConfig(data="folders", x_path=str(tmp_path / "X"), y_path=str(tmp_path / "Y"),
+                       n_images=6, n_holdout=2, image_size=16)
+    first = shared_domains(config)
+    assert shared_domains(config.replace(seed=3)) is first  # another seed trains on the same images
+    assert shared_domains(config.replace(n_images=5)).n == 5
+    Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(tmp_path / "X" / "a_rgb.png")
+    edited = shared_domains(config)
+
+    def images(d):
+        return torch.cat([d.x, d.x_holdout])
+
+    assert not torch.equal(images(edited), images(first))
+    assert torch.equal(images(edited), images(load_domains(config)))
 
 
 def test_hdf5_layout_of_the_original(tmp_path):

@@ -45,7 +45,26 @@ def test_the_strip_slider_starts_at_the_untrained_map(tmp_path):
         first = next(p for p in images if "pairing~strip+step+0+" in p and p.endswith(".png"))
         width = Image.open(client.download_artifacts(logger.run_id, first, str(tmp_path))).width
     assert width >= 512  # four 16 px images: full screen shows the logged image at its own size
+    assert client.get_run(logger.run_id).data.tags["mlflow.loggedImages"] == "True"  # the slider's card
     assert steps == [0, 2, 4]
     strips = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images
                     if "pairing~strip" in p and p.endswith(".png"))
     assert strips == [0, 2, 4]
+
+
+def test_a_runs_unchanged_tag_is_written_once_and_its_sqlite_store_syncs_at_checkpoints(tmp_path):
+    """MLflow's log_image sets mlflow.loggedImages=True with every picture: one write is enough. The store
+    is in WAL mode, where syncing at checkpoints (synchronous=NORMAL) survives a killed process."""
+    with store_in(tmp_path) as uri:
+        client = prepare_store(uri)
+        logger = RunLogger.start(client, ensure_experiment(client, "tags"), "tags-run")
+        store = client._tracking_client.store
+        writes, real = [], store.set_tag
+        store.set_tag = lambda run_id, tag: (writes.append((tag.key, tag.value)), real(run_id, tag))[1]
+        for _ in range(3):
+            client.set_tag(logger.run_id, "mlflow.loggedImages", True)
+        client.set_tag(logger.run_id, "mlflow.loggedImages", False)
+        with store.engine.connect() as connection:
+            synchronous = connection.exec_driver_sql("PRAGMA synchronous").scalar()
+    assert writes == [("mlflow.loggedImages", "True"), ("mlflow.loggedImages", "False")]
+    assert synchronous == 1  # NORMAL

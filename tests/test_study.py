@@ -607,7 +607,7 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
     fail its whole trial with an IntegrityError. The first log_inputs call here loses that race."""
     import pandas as pd
 
-    from study.tracking import RunLogger, ensure_experiment, prepare_store
+    from study.tracking import RunLogger, dataset_inputs, ensure_experiment, prepare_store
 
     client = prepare_store(f"sqlite:///{tmp_path}/mlflow.db")
     logger = RunLogger.start(client, ensure_experiment(client, "race"), "r")
@@ -620,7 +620,7 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
         return real(run_id, datasets)
 
     client.log_inputs = lose_once
-    logger.log_dataset(pd.DataFrame({"name": ["a"], "sha1": ["0"]}), "images", None)
+    logger.log_inputs(dataset_inputs({"training": (pd.DataFrame({"name": ["a"], "sha1": ["0"]}), "images")}, None))
     assert len(calls) == 2 and client.get_run(logger.run_id).inputs.dataset_inputs[0].dataset.name == "images"
 
 

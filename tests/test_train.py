@@ -1,10 +1,11 @@
+import numpy as np
 import pytest
 import torch
 
 from analysis.pairing import evaluate_pairing
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
-from cyclelike.samples import assignment_strip, sample_grid
+from cyclelike.samples import assignment_strip, holdout_strip, labelled, sample_grid
 from cyclelike.train import Checkpoints, NonFiniteLossError, train
 
 TINY = RunConfig(n_images=4, n_holdout=1, image_size=16, base_filters=8, d_filters=8, batch_size=2, epochs=2)
@@ -86,6 +87,19 @@ def test_pictures_from_an_evaluations_outputs_are_those_of_running_g(scheme):
     assert torch.allclose(sample_grid(None, data, outputs=evaluation.outputs), sample_grid(t, data), atol=1e-5)
     assert torch.allclose(assignment_strip(None, data, evaluation.a, outputs=evaluation.outputs),
                           assignment_strip(t, data, evaluation.a), atol=1e-5)
+    assert len(data.x_holdout) and torch.allclose(holdout_strip(None, data, outputs=evaluation.outputs),
+                                                  holdout_strip(t, data), atol=1e-5)
+
+
+def test_a_labelled_picture_holds_the_grid_pixel_for_pixel_beside_its_row_names():
+    grid = torch.rand(3, 20, 40)
+    picture = labelled(grid, ["x", "G(x)"], min_width=100)  # 40 px wide: upscaled 3 times
+    pixels = torch.from_numpy(np.asarray(picture)).permute(2, 0, 1)
+    margin = picture.width - 120
+    expected = grid.mul(255).byte().repeat_interleave(3, 1).repeat_interleave(3, 2)
+    assert picture.height == 60 and margin > 0
+    assert torch.equal(pixels[:, :, margin:], expected)
+    assert (pixels[:, :, :margin] < 128).any()  # the names are written in the margin
 
 
 def test_the_end_of_training_checkpoints_only_what_is_worth_it(tmp_path):
