@@ -180,6 +180,7 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
         torch.set_num_threads(config.threads)
     data = (data if data is not None else load_domains(config)).to(device)
     gens, seeds_nets = [], []
+    t0 = time.perf_counter()
     for c in configs:  # the order of train(): global seed (initialisation), generator, build
         torch.manual_seed(c.seed)
         gens.append(torch.Generator().manual_seed(c.seed))
@@ -187,6 +188,7 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
     G = Stack([nets["G"] for nets in seeds_nets], config.dropout > 0)
     D = Stack([nets["D"] for nets in seeds_nets], False)
     optims = {"G": _adam([G], config), "D": _adam([D], config)}
+    build_s = (time.perf_counter() - t0) / K
     gan = gan_criterion(config.gan_loss, per_seed=True)
     precision = resolve_precision(config.precision, device)
 
@@ -252,4 +254,4 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
         G.copy_into(pos, seeds_nets[k]["G"])
         D.copy_into(pos, seeds_nets[k]["D"])
     return [TrainResult(c, histories[k], seeds_nets[k], translators[k], str(device), precision, stopped[k],
-                        diverged=diverged[k]) for k, c in enumerate(configs)]
+                        diverged=diverged[k], build_s=build_s) for k, c in enumerate(configs)]

@@ -56,6 +56,7 @@ class TrainResult:
     resumed_from_epoch: int = 0
     optims: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     diverged: NonFiniteLossError | None = None  # a fused seed whose losses went non-finite: left the stack
+    build_s: float = 0.0  # building the networks and optimizers (a fused seed: its share of the stack's)
 
     @property
     def sec_per_epoch(self) -> float:
@@ -365,7 +366,9 @@ def train(
     data = (data if data is not None else load_domains(config)).to(device)
     torch.manual_seed(config.seed)  # initialisation and dropout
     gen = torch.Generator().manual_seed(config.seed)  # batch order and shuffled pairings
+    t0 = time.perf_counter()
     nets, optims = build(config, device)
+    build_s = time.perf_counter() - t0
     gan = gan_criterion(config.gan_loss)
     precision = resolve_precision(config.precision, device)
     use_bf16 = precision == "bf16"
@@ -412,4 +415,5 @@ def train(
         if stopped:
             break
     bar.close()
-    return TrainResult(config, history, nets, translator, str(device), precision, stopped, start, optims)
+    return TrainResult(config, history, nets, translator, str(device), precision, stopped, start, optims,
+                       build_s=build_s)

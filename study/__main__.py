@@ -18,7 +18,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 def _sweep(args) -> int:
     import pandas as pd
 
-    from .sweep import SweepFailed, run_sweep
+    from .sweep import WORK_COLUMNS, SweepFailed, run_sweep
 
     spec = load_sweep(args.config, parse_sets(args.sets))
     _check_device(spec.base_config())
@@ -29,7 +29,7 @@ def _sweep(args) -> int:
         print(f"error: study {spec.name}: {err}", file=sys.stderr)
         return err.code
     if len(table):
-        shown = table.drop(columns=["invocation", "time_train_s", "time_eval_s", "time_total_s"])
+        shown = table.drop(columns=["invocation", *WORK_COLUMNS, "time_total_s"])
         with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.3f}".format):
             print(shown.to_string(index=False))
     counts = table["state"].value_counts().to_dict() if len(table) else {}
@@ -37,7 +37,7 @@ def _sweep(args) -> int:
     if table.attrs.get("trials_this_run", 0):
         print(f"this invocation: {table.attrs['trials_this_run']} trials in {table.attrs.get('wall_s', 0):.1f} s; "
               f"harness overhead {table.attrs.get('harness_overhead', 0.0):.1%} (the workers' busy seconds outside "
-              "training and evaluation)")
+              "loading images, building networks, training and evaluation)")
     else:
         print("this invocation: no trial left to run; the study is as the table shows")
     from analysis.store import DEFAULT_UI, trials_page

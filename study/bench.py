@@ -197,8 +197,8 @@ def profile_epoch(config: RunConfig) -> dict:
 
 def harness_overhead() -> dict:
     """The default sweep's timing sample in a scratch store, one worker: the workers' busy seconds against
-    the seconds of training and evaluation."""
-    from .sweep import run_sweep
+    the trials' own work (loading images, building networks, training epochs, evaluations)."""
+    from .sweep import WORK_COLUMNS, run_sweep
     from .tracking import prepare_store
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,8 +218,8 @@ def harness_overhead() -> dict:
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = old
     done = table[table["state"] == "COMPLETE"]
-    work = float(done[["time_train_s", "time_eval_s"]].sum().sum())
-    return {"trials": int(len(done)), "wall_s": table.attrs["wall_s"], "train_and_eval_s": work,
+    return {"trials": int(len(done)), "wall_s": table.attrs["wall_s"],
+            **{column[5:]: float(done[column].sum()) for column in WORK_COLUMNS},
             "harness_overhead": table.attrs["harness_overhead"], "store_setup_s": setup_s}
 
 
@@ -422,9 +422,11 @@ def print_tables(results: dict) -> None:
                             f"{v['at_peak_s']:.3f}" if "at_peak_s" in v else "-") for kind, v in r["kinds"].items()])
     if "sweep" in results:
         s = results["sweep"]
+        work = {k: s.get(k, 0.0) for k in ("setup_s", "train_s", "eval_s")}
         print(f"\nharness overhead: {s['harness_overhead']:.1%} of the worker's busy seconds in the default sweep's "
-              f"{s['trials']}-trial timing sample ({s['wall_s']:.1f} s wall, {s['train_and_eval_s']:.1f} s of "
-              "training epochs and evaluation)")
+              f"{s['trials']}-trial timing sample ({s['wall_s']:.1f} s wall; the trials' own work: "
+              f"{work['setup_s']:.1f} s loading images and building networks, {work['train_s']:.1f} s of training "
+              f"epochs, {work['eval_s']:.1f} s of evaluation)")
     if "throughput" in results:
         t = results["throughput"]
         print(f"\nthroughput: the default sweep's {t['trials']}-trial timing sample (pinned: {t.get('sample')}; every "

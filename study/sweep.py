@@ -294,7 +294,8 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
 
 def _close_invocation(spec, storage_url, client, parent_run_id, invocation, status, workers, t0, wall, busy):
     """Close a crashed worker's trial, and log the invocation's counts and overhead on the parent run: the
-    share of the workers' busy seconds spent outside training and evaluation."""
+    share of the workers' busy seconds spent outside the training runs themselves (loading their images,
+    building their networks, their epochs and evaluations)."""
     storage = open_storage(storage_url)
     study = load_study(spec, storage)
     with coordinator_lock(storage_url):
@@ -302,7 +303,7 @@ def _close_invocation(spec, storage_url, client, parent_run_id, invocation, stat
     table = trials_table(study, spec)
     parent = RunLogger(client, parent_run_id)
     mine = table[table["invocation"] == invocation] if len(table) else table
-    work = float(mine[["time_train_s", "time_eval_s"]].sum().sum()) if len(mine) else 0.0
+    work = float(mine[list(WORK_COLUMNS)].sum().sum()) if len(mine) else 0.0
     overhead = 1.0 - work / busy if busy > 0 and len(mine) else float("nan")
     counts = table["state"].value_counts().to_dict() if len(table) else {}
     parent.log_metrics({"study/trials_complete": counts.get("COMPLETE", 0),
@@ -318,10 +319,15 @@ def _ended_here(study: optuna.Study, invocation: str) -> list[FrozenTrial]:
             and t.user_attrs.get("owner", {}).get("invocation") == invocation]
 
 
+# a trial's own work, the rest of a worker's busy seconds being the harness's: its images loaded and networks
+# built, its epochs, its evaluations
+WORK_COLUMNS = ("time_setup_s", "time_train_s", "time_eval_s")
+
+
 def trials_table(study: optuna.Study, spec: SweepSpec) -> pd.DataFrame:
     """One row per trial that ran or runs (Optuna's trials_dataframe, without queued trials and repeat
     draws): trial, state, seed, the condition's params, the objectives, timing and the invocation."""
-    columns = ["trial", "state", "seed", "invocation", "time_train_s", "time_eval_s", "time_total_s"]
+    columns = ["trial", "state", "seed", "invocation", *WORK_COLUMNS, "time_total_s"]
     df = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs"))
     if df.empty:
         return pd.DataFrame(columns=columns)
@@ -340,7 +346,7 @@ def trials_table(study: optuna.Study, spec: SweepSpec) -> pd.DataFrame:
     for m, c in zip(spec.objectives, values or [None] * len(spec.objectives), strict=True):
         table[m] = df[c] if c else float("nan")
     table["sec_per_epoch"] = timing.map(lambda t: t.get("sec_per_epoch", float("nan")))
-    for k in ("train_s", "eval_s", "total_s"):
+    for k in ("setup_s", "train_s", "eval_s", "total_s"):
         table[f"time_{k}"] = timing.map(lambda t, k=k: t.get(k, 0.0))
     table["invocation"] = [o.get("invocation", t.get("invocation", "")) for o, t in zip(owner, timing, strict=True)]
     return table.reset_index(drop=True)

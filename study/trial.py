@@ -166,8 +166,9 @@ class TrackedRun:
     def stop_reason(self) -> str:
         return "pruned" if self.pruned else "locked" if self.locked else "budget"
 
-    def finish(self, result: TrainResult, train_s: float, started: float) -> TrialOutcome:
-        """Final evaluation, summaries and artifacts of a trained run; `train_s` is its share of training time."""
+    def finish(self, result: TrainResult, train_s: float, started: float, setup_s: float = 0.0) -> TrialOutcome:
+        """Final evaluation, summaries and artifacts of a trained run; `train_s` is its share of training time,
+        `setup_s` of loading its images and building its networks."""
         logger, data = self.logger, self.data
         epoch = result.history[-1].epoch
         t0 = time.perf_counter()
@@ -185,15 +186,15 @@ class TrackedRun:
         # one value per run is no curve: intervals, chance levels and p-values are run-level summaries (tags),
         # so the run page charts only what changes over epochs
         summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": self.eval_s,
-                         "pair/epochs_to_90": formed.epochs_to_90, "pair/locked_epoch": formed.locked_epoch,
-                         "pair/locked_rows": formed.locked_rows,
+                         "time/setup_s": setup_s, "pair/epochs_to_90": formed.epochs_to_90,
+                         "pair/locked_epoch": formed.locked_epoch, "pair/locked_rows": formed.locked_rows,
                          "pair/flips": formed.flips, "time/seconds_to_pairs": formed.seconds_to_pairs,
                          "model/generator_params": generator_params(result.nets),
                          "stop/epoch": epoch, "stop/g_steps": epoch * self.config.g_steps_per_epoch()})
         logger.pending_tags["stop/reason"] = self.stop_reason
         _write_final_artifacts(self.root, result, final, strip, data, epoch, self.weights)
         self.close()
-        timing = {"train_s": train_s, "eval_s": self.eval_s, "log_s": logger.log_seconds,
+        timing = {"train_s": train_s, "eval_s": self.eval_s, "setup_s": setup_s, "log_s": logger.log_seconds,
                   "total_s": time.perf_counter() - started}
         summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
         logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
@@ -225,6 +226,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     epochs after that checkpoint are logged again (the report reads each epoch once, the later)."""
     started = time.perf_counter()
     data = data if data is not None else shared_domains(config)
+    data_s = time.perf_counter() - started
     run = TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume)
     try:
         checkpoints = None
@@ -233,7 +235,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         result = train(config, data, callback=run.on_epoch, checkpoint=checkpoints, progress=progress, desc=desc)
         if result.resumed_from_epoch:
             logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
-        outcome = run.finish(result, trained_seconds(result), started)
+        outcome = run.finish(result, trained_seconds(result), started, data_s + result.build_s)
         run.drop_checkpoint(keep_checkpoint)
         return outcome
     finally:
@@ -250,6 +252,7 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
     fuse_seeds = K."""
     started = time.perf_counter()
     data = shared_domains(configs[0])
+    data_s = (time.perf_counter() - started) / len(configs)
     reports = reports or [None] * len(configs)
     runs = []
     try:
@@ -262,7 +265,8 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
                               checkpoints=plans)
         # the group's epochs (as long as its longest-lived seed), shared by its K seeds
         train_s = max(trained_seconds(r) for r in results) / len(configs)
-        outcomes = [run.finish(result, train_s, started) if result.diverged is None else _diverged(run, result)
+        outcomes = [run.finish(result, train_s, started, data_s + result.build_s) if result.diverged is None
+                    else _diverged(run, result)
                     for run, result in zip(runs, results, strict=True)]
         share = (time.perf_counter() - started) / len(configs)  # each run's part of the group's wall time
         for run, outcome in zip(runs, outcomes, strict=True):
