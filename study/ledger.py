@@ -97,6 +97,21 @@ def is_killed(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and "killed" in str(trial.user_attrs.get("failure", ""))
 
 
+def not_rerun(trials: list[FrozenTrial], killed: list[int]) -> list[int]:
+    """Of the killed trials `killed`, those whose condition and seed no retry has finished (COMPLETE or
+    PRUNED). A retry names the trial it repeats (retry_of) and may itself be killed and retried."""
+    retries: dict[int, list[FrozenTrial]] = {}
+    for t in trials:
+        if "retry_of" in t.user_attrs:
+            retries.setdefault(t.user_attrs["retry_of"], []).append(t)
+
+    def finished(number: int) -> bool:
+        return any(r.state in (TrialState.COMPLETE, TrialState.PRUNED) or finished(r.number)
+                   for r in retries.get(number, []))
+
+    return [n for n in killed if not finished(n)]
+
+
 def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a killed trial's condition and seed again: it did not fail, it was stopped."""
     if "config_key" in trial.user_attrs:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +29,7 @@ from cyclelike.config import ConfigError, RunConfig
 from cyclelike.fused import check_fusable
 
 from . import autotune
-from .ledger import count_configs, is_killed, queue_missing, recover_stale
+from .ledger import count_configs, is_killed, not_rerun, queue_missing, recover_stale
 from .spec import SweepError, SweepSpec
 from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage, outage_reason
 from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, set_trials_view
@@ -222,7 +223,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     if planned and probe:
         print(f"planned: {planned} trial(s) in this invocation; {estimate(study, spec, planned, ctx.threads, workers)}",
               flush=True)
-    status, problem = "FINISHED", None
+    status, problem, survived = "FINISHED", None, False  # survived: some worker outlived a dead one
     counter = mp.get_context("spawn").Value("i", 0)
     busy = mp.get_context("spawn").Value("d", 0.0)  # the workers' seconds, start to last trial's end
     overall = overall_bar(spec, storage_url, invocation, planned)
@@ -250,6 +251,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
                 status = "FAILED"
                 problem = SweepFailed("worker process(es) " + ", ".join(f"{p.pid} (exit code {p.exitcode})"
                                                                         for p in dead) + " died")
+                survived = len(dead) < len(procs)
     except KeyboardInterrupt:
         status = "KILLED"
         problem = SweepFailed("interrupted", code=130)
@@ -276,8 +278,14 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
                           "start closes its runs", OUTAGE_EXIT) from None
     table.attrs.update(wall_s=wall, harness_overhead=overhead, trials_this_run=len(mine), experiment_id=experiment_id)
     ended = _ended_here(study, invocation)
+    stopped = [t.number for t in ended if is_killed(t)]
+    if problem is not None and survived and not not_rerun(study.trials, stopped):
+        # the other workers retried what the dead one was running (from its checkpoint): nothing is lost
+        client.set_terminated(parent_run_id, "FINISHED")
+        rerun = f"trial(s) {stopped} ran again and finished here" if stopped else "the others ran its share"
+        tqdm.write(f"warning: {problem}; {rerun}", file=sys.stderr)
+        problem = None
     if problem is not None:
-        stopped = [t.number for t in ended if is_killed(t)]
         raise SweepFailed(f"{problem}{f'; trial(s) {stopped} stopped' if stopped else ''}; the same command "
                           "resumes the study", problem.code)
     if not ended and len(table) and not table["state"].isin(["COMPLETE", "PRUNED", "RUNNING"]).any():

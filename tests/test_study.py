@@ -764,3 +764,22 @@ def test_a_tracking_server_outage_ends_the_sweep_with_one_line_and_uses_no_retry
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_a_killed_trial_counts_as_run_again_once_a_retry_of_it_finishes():
+    """A sweep whose dead worker's trials the other workers ran again to the end has lost nothing; one whose
+    retry still waits, or was killed in turn without a finished retry, has."""
+    from optuna.trial import create_trial
+
+    from study.ledger import not_rerun
+
+    study = optuna.create_study()
+    killed = {"failure": "killed: its worker stopped sending heartbeats"}
+    for state, attrs in [(TrialState.FAIL, killed), (TrialState.FAIL, {**killed, "retry_of": 0}),
+                         (TrialState.COMPLETE, {"retry_of": 1}), (TrialState.FAIL, killed),
+                         (TrialState.WAITING, {"retry_of": 3}), (TrialState.FAIL, killed),
+                         (TrialState.PRUNED, {"retry_of": 5})]:
+        study.add_trial(create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None,
+                                     intermediate_values={1: 0.5} if state == TrialState.PRUNED else None,
+                                     params={}, distributions={}, user_attrs=attrs))
+    assert not_rerun(study.trials, [0, 1, 3, 5]) == [3]
