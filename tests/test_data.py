@@ -59,11 +59,16 @@ def test_folder_errors_name_the_path(tmp_path):
         load_folder(tmp_path / "empty", 16)
 
 
-def test_load_domains_from_folders_splits_and_checks_counts(tmp_path):
+def two_folders(root) -> RunConfig:
+    """Domains X and Y as two folders of 12 images each, and a config that trains on 6 and holds out 2."""
     for name in ("X", "Y"):
-        write_mixed_folder(tmp_path / name, n_extra=4)
-    config = RunConfig(data="folders", x_path=str(tmp_path / "X"), y_path=str(tmp_path / "Y"),
-                       n_images=6, n_holdout=2, image_size=16)
+        write_mixed_folder(root / name, n_extra=4)
+    return RunConfig(data="folders", x_path=str(root / "X"), y_path=str(root / "Y"), n_images=6, n_holdout=2,
+                     image_size=16)
+
+
+def test_load_domains_from_folders_splits_and_checks_counts(tmp_path):
+    config = two_folders(tmp_path)
     data = load_domains(config)
     assert data.x.shape == (6, 3, 16, 16) and data.x_holdout.shape == (2, 3, 16, 16)
     assert data.x_names == sorted(data.x_names) and data.x_names == data.y_names  # aligned rows
@@ -74,10 +79,7 @@ def test_load_domains_from_folders_splits_and_checks_counts(tmp_path):
 
 def test_a_sweeps_shared_images_are_read_again_once_a_file_changes(tmp_path):
     """A worker keeps the images its trials share, but an image edited between two trials is a new data set."""
-    for name in ("X", "Y"):
-        write_mixed_folder(tmp_path / name, n_extra=4)
-    config = RunConfig(data="folders", x_path=str(tmp_path / "X"), y_path=str(tmp_path / "Y"),
-                       n_images=6, n_holdout=2, image_size=16)
+    config = two_folders(tmp_path)
     first = shared_domains(config)
     assert shared_domains(config.replace(seed=3)) is first  # another seed trains on the same images
     assert shared_domains(config.replace(n_images=5)).n == 5
