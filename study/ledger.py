@@ -24,11 +24,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis.store import tracking_uri
+from analysis.store import first_line, tracking_uri
 from cyclelike.config import RunConfig
 
 from .spec import SweepSpec
-from .storage import KILLED_STALE, coordinator_lock, heartbeat_enabled
+from .storage import KILLED_STALE, StoreOutage, coordinator_lock, heartbeat_enabled
 
 LEASE_EVERY_S = 30.0
 
@@ -66,31 +66,54 @@ def owner_alive(trial: FrozenTrial, now: float | None = None) -> bool:
     return now - float(trial.user_attrs.get("lease", started)) < LEASE_GRACE_S
 
 
+class Lease:
+    """A trial's heartbeat (or lease) thread, and when the storage last took it."""
+
+    def __init__(self, storage, trial_id: int):
+        beat = heartbeat_enabled(storage)
+        self.storage, self.trial_id, self.beat = storage, trial_id, beat
+        self.interval = storage.heartbeat_interval if beat else LEASE_EVERY_S
+        # past this without a heartbeat, other workers fail the trial as stale and run its retry
+        self.grace = (storage.grace_period or 2 * storage.heartbeat_interval) if beat else LEASE_GRACE_S
+        self.taken = time.monotonic()
+        self.error: Exception | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._refresh, daemon=True, name=f"lease-{trial_id}")
+
+    def _refresh(self) -> None:
+        while True:
+            try:  # a missed refresh is retried; the grace spans several
+                if self.beat:
+                    self.storage.record_heartbeat(self.trial_id)
+                else:
+                    self.storage.set_trial_user_attr(self.trial_id, "lease", time.time())
+                self.taken, self.error = time.monotonic(), None
+            except Exception as err:
+                self.error = err
+            if self.stop.wait(self.interval):
+                return
+
+    def check(self) -> None:
+        """Raise once the storage has taken no heartbeat for the grace period: the trial counts as dead to the
+        other workers, so training it on is lost work (an outage, or a network cut from this machine)."""
+        silent = time.monotonic() - self.taken
+        if self.error is not None and silent > self.grace:
+            raise StoreOutage(f"no heartbeat of trial id {self.trial_id} reached the storage for {silent:.0f} s "
+                              f"(grace {self.grace:.0f} s): {first_line(self.error)}") from self.error
+
+
 @contextlib.contextmanager
 def lease(storage, trial_id: int):
     """Tell the storage the trial is alive while it runs: Optuna's heartbeat on an RDB storage (the thread
-    `study.optimize` would run), else a lease timestamp that other hosts can read."""
-    stop = threading.Event()
-    beat = heartbeat_enabled(storage)
-    interval = storage.heartbeat_interval if beat else LEASE_EVERY_S
-
-    def refresh():
-        while True:
-            with contextlib.suppress(Exception):  # a missed refresh is retried; the grace spans several
-                if beat:
-                    storage.record_heartbeat(trial_id)
-                else:
-                    storage.set_trial_user_attr(trial_id, "lease", time.time())
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=refresh, daemon=True, name=f"lease-{trial_id}")
-    thread.start()
+    `study.optimize` would run), else a lease timestamp that other hosts can read. Yields the Lease, whose
+    check() says when the storage stopped taking it."""
+    held = Lease(storage, trial_id)
+    held.thread.start()
     try:
-        yield
+        yield held
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        held.stop.set()
+        held.thread.join(timeout=5)
 
 
 def is_killed(trial: FrozenTrial) -> bool:

@@ -184,7 +184,7 @@ def _lost_in(err: BaseException) -> BaseException | None:
     import sqlalchemy.exc
     import urllib3
 
-    lost = (ConnectionError, http.client.HTTPException, urllib3.exceptions.ProtocolError,
+    lost = (StoreOutage, ConnectionError, http.client.HTTPException, urllib3.exceptions.ProtocolError,
             requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
             sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
     found, seen = None, err

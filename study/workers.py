@@ -145,6 +145,16 @@ def _reporter(spec: SweepSpec, trial):
     return report
 
 
+def _guarded(report, held):
+    """The trial's report to the pruner, after its lease's check: a trial the storage has lost for the grace
+    period stops at its next evaluation (an outage), instead of training on to an end it cannot tell."""
+    def check(epoch: int, metrics: dict[str, float]) -> bool:
+        held.check()
+        return report(epoch, metrics)
+
+    return check
+
+
 def run_one(study: optuna.Study, storage, ctx: Context, client, reserve=lambda: False) -> int:
     """Claim and run one trial, or with fused seeds the seeds of one condition as one stacked model; returns
     how many trials ran (0 when the draw was no new condition)."""
@@ -169,19 +179,20 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
     study_id = storage.get_study_id_from_name(spec.name)
     try:
         with contextlib.ExitStack() as stack:
-            for trial, *_ in started:
-                stack.enter_context(lease(storage, storage.get_trial_id_from_study_id_trial_number(study_id,
-                                                                                                   trial.number)))
+            leases = [stack.enter_context(lease(storage, storage.get_trial_id_from_study_id_trial_number(
+                study_id, trial.number))) for trial, *_ in started]
+            # each evaluation first asks whether the storage still takes the trial's heartbeats
+            reports = [_guarded(report, held) for (*_, report), held in zip(started, leases, strict=True)]
             if fused:
                 outcomes = run_trials_fused([c for _, _, c, _, _ in started], [lg for *_, lg, _ in started],
-                                            spec.eval_every, [r for *_, r in started],
+                                            spec.eval_every, reports,
                                             desc=run_name(spec, group[0][1], "+".join(str(t.user_attrs["seed"])
                                                                                       for t, *_ in started)),
                                             progress=ctx.progress, weights=spec.weights == "all",
                                             checkpoint_s=CHECKPOINT_S, keep_checkpoint=spec.keep_checkpoints)
             else:
-                trial, params, config, logger, report = started[0]
-                outcomes = [run_trial(config, logger, spec.eval_every, report,
+                trial, params, config, logger, _ = started[0]
+                outcomes = [run_trial(config, logger, spec.eval_every, reports[0],
                                       desc=run_name(spec, params, trial.user_attrs["seed"]), progress=ctx.progress,
                                       weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S,
                                       resume="resume_run" in trial.user_attrs and logger.run_id ==

@@ -783,3 +783,28 @@ def test_a_killed_trial_counts_as_run_again_once_a_retry_of_it_finishes():
                                      intermediate_values={1: 0.5} if state == TrialState.PRUNED else None,
                                      params={}, distributions={}, user_attrs=attrs))
     assert not_rerun(study.trials, [0, 1, 3, 5]) == [3]
+
+
+def test_a_trial_whose_heartbeats_no_longer_reach_the_storage_stops_at_its_next_evaluation():
+    """Past the grace period the other workers count the trial as dead and run its retry: training it on
+    (with pruner = none nothing else asks the storage until the end) is lost work, and its end cannot be told."""
+    from study.ledger import Lease
+    from study.storage import StoreOutage, is_outage, outage_reason
+    from study.workers import _guarded
+
+    class Down:  # a storage that stopped answering
+        def set_trial_user_attr(self, *args):
+            raise ConnectionRefusedError("connection to server at 127.0.0.1 port 5432 refused")
+
+    held = Lease(Down(), 7)
+    held.interval, held.grace = 0.02, 0.3
+    report = _guarded(lambda epoch, metrics: False, held)
+    held.thread.start()
+    try:
+        assert report(10, {}) is False  # within the grace: a missed heartbeat is retried
+        time.sleep(0.6)
+        with pytest.raises(StoreOutage) as stopped:
+            report(20, {})
+    finally:
+        held.stop.set()
+    assert is_outage(stopped.value) and "5432 refused" in outage_reason(stopped.value)
