@@ -217,7 +217,7 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
         drop = []
         for pos, k in enumerate(live):
             losses = epoch_losses({name: v[pos] for name, v in sums.items()}, steps, config)
-            stats = EpochStats(epoch, epoch_s, losses)
+            stats = EpochStats(epoch, epoch_s, losses, seeds=K)
             histories[k].append(stats)
             bad = {name: v for name, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}
             if bad:  # this seed alone fails; the others, independent in the stack, go on as without it

@@ -12,6 +12,7 @@ import contextlib
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -34,6 +35,7 @@ class EpochStats:
     epoch: int  # 1-based
     epoch_s: float  # wall time of the whole epoch, device synchronised
     losses: dict[str, float]  # raw `loss/G_l1` and weighted `loss/G_l1_w`, means over the epoch's steps
+    seeds: int = 1  # how many seeds shared the epoch's time: K for a fused group (cyclelike.fused), else 1
 
 
 @dataclass
@@ -59,10 +61,20 @@ class TrainResult:
     build_s: float = 0.0  # building the networks and optimizers (a fused seed: its share of the stack's)
 
     @property
+    def timing_seeds(self) -> int:
+        """The seeds that shared the epochs sec_per_epoch is read from: a run resumed alone after its fused group
+        was killed has epochs of both kinds, and its time is the kind it has more of (ties: the later)."""
+        timed = [s.seeds for s in self.history if s.epoch > self.config.warmup_epochs] or [1]
+        counts = Counter(timed)
+        return next(k for k in reversed(timed) if counts[k] == max(counts.values()))
+
+    @property
     def sec_per_epoch(self) -> float:
-        """Median epoch time after the warm-up epochs: the first epochs pay for allocator and cache set-up.
-        NaN when no epoch lies after them (warmup_epochs >= epochs): no timed epochs, never warm-up time."""
-        times = [s.epoch_s for s in self.history if s.epoch > self.config.warmup_epochs]
+        """Median epoch time after the warm-up epochs (the first epochs pay for allocator and cache set-up), of
+        the epochs timed as timing_seeds. NaN when no epoch lies after them (warmup_epochs >= epochs): no timed
+        epochs, never warm-up time."""
+        seeds = self.timing_seeds
+        times = [s.epoch_s for s in self.history if s.epoch > self.config.warmup_epochs and s.seeds == seeds]
         return statistics.median(times) if times else float("nan")
 
 

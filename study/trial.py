@@ -235,6 +235,9 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         result = train(config, data, callback=run.on_epoch, checkpoint=checkpoints, progress=progress, desc=desc)
         if result.resumed_from_epoch:
             logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
+            if any(s.seeds > 1 for s in result.history):  # resumed alone from its fused group's checkpoint
+                # the series its time is read in (analysis.dynamics) follows the epochs time/sec_per_epoch is of
+                logger.pending_tags["fused_group"] = result.timing_seeds
         outcome = run.finish(result, trained_seconds(result), started, data_s + result.build_s)
         run.drop_checkpoint(keep_checkpoint)
         return outcome

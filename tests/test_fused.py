@@ -11,7 +11,7 @@ import torch
 from cyclelike.config import ConfigError, RunConfig
 from cyclelike.data import load_domains
 from cyclelike.fused import train_fused
-from cyclelike.train import Checkpoints, train
+from cyclelike.train import Checkpoints, EpochStats, TrainResult, train
 from study import autotune
 
 # No dropout. In float64 a fused seed IS the seed alone (1e-10). In fp32 the grouped convolutions sum in
@@ -155,6 +155,7 @@ def test_a_killed_group_resumes_each_seed_alone_from_its_own_checkpoint(fp64, tm
         torch.set_default_dtype(old)
     for a, r in zip(alone, resumed, strict=True):
         assert r.resumed_from_epoch == 1 and [s.epoch for s in r.history] == [1, 2]
+        assert [s.seeds for s in r.history] == [3, 1]  # epoch 1's time was the group's
         assert _gap(a.history[1], r.history[1]) < FP64, a.config.seed
         assert (a.translator.forward(data.x) - r.translator.forward(data.x)).abs().max().item() < FP64
     # the check can fail: a seed resumed from another seed's checkpoint is not that seed
@@ -236,3 +237,15 @@ def test_auto_and_the_bench_time_a_sample_that_costs_what_the_study_costs():
         (a, n, cyc) for a in ("encdec", "unet") for n in (5, 10) for cyc in (0.0, 1.0)}
     costs = sorted(autotune.epoch_cost(c) for c in configs)
     assert costs[0] < autotune.epoch_cost(autotune.typical_cell(configs)) < costs[-1]
+
+
+def test_a_run_resumed_alone_after_its_group_is_timed_by_the_kind_of_epoch_it_has_more_of():
+    """Its epochs before the kill took the group's time (three seeds at once), those after its own: one
+    median over both would be neither, and the run must be read in the series of the epochs it is timed by."""
+    fused = [EpochStats(e, 2.0 + e, {}, seeds=3) for e in range(1, 5)]  # timed after warm-up: 4, 5, 6 s
+    alone = [EpochStats(e, 0.5 + e / 10, {}) for e in range(5, 11)]  # 1.0 to 1.5 s
+    config = CELL.replace(epochs=10, warmup_epochs=1)
+    mostly_alone = TrainResult(config, fused + alone, {}, None, "cpu", resumed_from_epoch=4)
+    assert mostly_alone.timing_seeds == 1 and mostly_alone.sec_per_epoch == pytest.approx(1.25)
+    mostly_fused = TrainResult(config, fused + alone[:2], {}, None, "cpu", resumed_from_epoch=4)
+    assert mostly_fused.timing_seeds == 3 and mostly_fused.sec_per_epoch == 5.0
