@@ -94,7 +94,7 @@ def test_pictures_from_an_evaluations_outputs_are_those_of_running_g(scheme):
 def test_a_labelled_picture_holds_the_grid_pixel_for_pixel_beside_its_row_names():
     grid = torch.rand(3, 20, 40)
     picture = labelled(grid, ["x", "G(x)"], min_width=100)  # 40 px wide: upscaled 3 times
-    pixels = torch.from_numpy(np.asarray(picture)).permute(2, 0, 1)
+    pixels = torch.from_numpy(np.array(picture)).permute(2, 0, 1)
     margin = picture.width - 120
     expected = grid.mul(255).byte().repeat_interleave(3, 1).repeat_interleave(3, 2)
     assert picture.height == 60 and margin > 0
