@@ -28,7 +28,7 @@ from analysis.store import first_line, tracking_uri
 from cyclelike.config import RunConfig
 
 from .spec import SweepSpec
-from .storage import KILLED_STALE, StoreOutage, coordinator_lock, heartbeat_enabled
+from .storage import KILLED_STALE, StoreOutage, coordinator_lock, heartbeat_enabled, heartbeat_grace_s
 
 LEASE_EVERY_S = 30.0
 
@@ -74,7 +74,7 @@ class Lease:
         self.storage, self.trial_id, self.beat = storage, trial_id, beat
         self.interval = storage.heartbeat_interval if beat else LEASE_EVERY_S
         # past this without a heartbeat, other workers fail the trial as stale and run its retry
-        self.grace = (storage.grace_period or 2 * storage.heartbeat_interval) if beat else LEASE_GRACE_S
+        self.grace = heartbeat_grace_s(storage) if beat else LEASE_GRACE_S
         self.taken = time.monotonic()
         self.error: Exception | None = None
         self.stop = threading.Event()

@@ -82,7 +82,7 @@ class HeartbeatStorage(RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
-        grace = datetime.timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        grace = datetime.timedelta(seconds=heartbeat_grace_s(self))
         now = datetime.datetime.now()  # Optuna stamps datetime_start with the worker's clock, as here
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             if t._trial_id not in stale and t.datetime_start and now - t.datetime_start > grace \
@@ -151,6 +151,12 @@ def load_study(spec: SweepSpec, storage, create: bool = False, worker: int = 0, 
     if create:
         return optuna.create_study(directions=spec.directions, load_if_exists=True, **kwargs)
     return optuna.load_study(**kwargs)
+
+
+def heartbeat_grace_s(storage) -> float:
+    """How long a trial may go without a heartbeat before it is stale: Optuna's rule (the grace period, else two
+    heartbeat intervals), for the workers that fail stale trials and for the one whose heartbeats fail."""
+    return storage.grace_period or 2 * storage.heartbeat_interval
 
 
 def heartbeat_enabled(storage) -> bool:
