@@ -63,6 +63,17 @@ class Domains:
             return torch.randperm(self.n, generator=generator)
         return self.pi
 
+    def content_hash(self, domains: str = "xy") -> str:
+        """A hash of the training images of the `domains` ("x", "y" or both), as trained on: two runs are on one
+        data set exactly when "xy" is equal, whatever their data_seed (a folder that holds only N + n_holdout
+        images gives every data_seed the same training images)."""
+        import hashlib
+
+        digest = hashlib.sha1()
+        for name in domains:
+            digest.update(getattr(self, name).detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def to(self, device: torch.device | str) -> Domains:
         moved = {k: getattr(self, k).to(device) for k in ("x", "y", "x_holdout", "y_holdout")}
         return dataclasses.replace(self, **moved)

@@ -6,9 +6,10 @@ and each network runs once per step under `vmap`, whose convolution rule turns t
 one grouped convolution. The loss is the sum of the K seeds' losses: seeds share no parameter, so each
 slice's gradient is its own seed's, and one elementwise Adam over the stacked tensors is K Adams.
 
-What differs from K runs alone: summation order in reductions (fp32 rounding, ~1e-6), and dropout,
-whose draws come from one generator for the whole stack. A seed whose callback says stop (pruned) is
-removed from the stack; the others continue exactly as before.
+What differs from K runs alone: summation order in reductions (fp32 rounding, ~1e-6). Dropout is refused:
+its masks would come from one generator for the whole stack, so no seed would be the seed alone and
+dropping one seed would change the others' masks. A seed whose callback says stop (pruned) is removed
+from the stack; the others continue exactly as before.
 
 Checkpoints are per seed and in the format of a run alone: a killed group's trials are retried one by
 one (never fused again), each resuming from its own seed's state.
@@ -66,15 +67,18 @@ def check_fusable(configs: list[RunConfig]) -> None:
                           "use norm=instance or none, or fuse_seeds=false")
     if first.compile:
         raise ConfigError("fuse_seeds: compile=true is not supported with fused seeds")
+    if first.dropout > 0:
+        raise ConfigError(f"fuse_seeds: dropout={first.dropout:g} draws every seed's masks from one generator, so a "
+                          "fused seed would not be the seed alone; use dropout=0 or fuse_seeds=false")
 
 
 class Stack:
     """K copies of one network as stacked tensors, run once under vmap."""
 
-    def __init__(self, modules: list[nn.Module], dropout: bool):
+    def __init__(self, modules: list[nn.Module]):
         self.template = copy.deepcopy(modules[0]).to("meta")
         self.params, self.buffers = stack_module_state(modules)
-        self.forward = torch.vmap(self._call, randomness="different" if dropout else "error")
+        self.forward = torch.vmap(self._call, randomness="error")  # check_fusable refuses dropout
 
     def _call(self, params, buffers, *args):
         return functional_call(self.template, (params, buffers), args)
@@ -185,8 +189,8 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
         torch.manual_seed(c.seed)
         gens.append(torch.Generator().manual_seed(c.seed))
         seeds_nets.append(build(c, device)[0])
-    G = Stack([nets["G"] for nets in seeds_nets], config.dropout > 0)
-    D = Stack([nets["D"] for nets in seeds_nets], False)
+    G = Stack([nets["G"] for nets in seeds_nets])
+    D = Stack([nets["D"] for nets in seeds_nets])
     optims = {"G": _adam([G], config), "D": _adam([D], config)}
     build_s = (time.perf_counter() - t0) / K
     gan = gan_criterion(config.gan_loss, per_seed=True)

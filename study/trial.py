@@ -70,8 +70,9 @@ def summary(logger: RunLogger, values: dict[str, float]) -> None:
     logger.pending_tags.update({f"{SUMMARY_PREFIX}{k}": f"{v:.6g}" for k, v in values.items()})
 
 
-def _evaluate(translator: Translator, data: Domains):
-    return evaluate_pairing(translator.forward, translator.backward, data.x, data.y, data.pi, data.x_holdout)
+def _evaluate(translator: Translator, data: Domains, initial: np.ndarray | None = None):
+    return evaluate_pairing(translator.forward, translator.backward, data.x, data.y, data.pi, data.x_holdout,
+                            initial=initial)
 
 
 class TrackedRun:
@@ -93,6 +94,9 @@ class TrackedRun:
         for sub in ("samples", "pairing", *(("model",) if weights else ())):
             (self.root / sub).mkdir()
         self.checkpoints = tempfile.TemporaryDirectory()  # never under root, which goes to the store at the end
+        # the data set a run counts as in the report: its images, not its data_seed
+        logger.pending_tags.update({"data_hash": data.content_hash(), "data_hash.x": data.content_hash("x"),
+                                    "data_hash.y": data.content_hash("y")})
         if resumed:  # the run has its params and datasets from before
             return
         logger.log_params({**config.to_dict(), **config.budget()})
@@ -104,15 +108,18 @@ class TrackedRun:
                 t0 = time.perf_counter()
                 result = _evaluate(translator, self.data)
                 self.eval_s += time.perf_counter() - t0
+                # kept: "the initialisation decides the pairs" is a candidate explanation (pair/agree_initial)
+                self.history.append((0, replace(result, outputs={})))
                 self.logger.log_metrics(result.metrics, step=0)
                 self.logger.log_image(_strip(self.data, result), "pairing/strip", 0)
             return False
         self.logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
-        self.epoch_seconds[stats.epoch] = stats.epoch_s
+        # the seed's own share of a fused epoch: a fused group's K seeds trained in that time together
+        self.epoch_seconds[stats.epoch] = stats.epoch_s / stats.seeds
         if not self.eval_every or stats.epoch % self.eval_every or stats.epoch == self.config.epochs:
             return False
         t0 = time.perf_counter()
-        result = _evaluate(translator, self.data)
+        result = _evaluate(translator, self.data, self.initial)
         self.eval_s += time.perf_counter() - t0
         self.history.append((stats.epoch, replace(result, outputs={})))  # images would bloat each checkpoint
         self.logger.log_metrics(result.metrics, step=stats.epoch)
@@ -122,11 +129,19 @@ class TrackedRun:
         if self.report is not None and self.report(stats.epoch, result.metrics):
             self.pruned = True
             return True
+        paired = given_pair(self.config)
+        both_ways = not paired and all(r.b is not None for _, r in self.history)
         self.locked = self.config.stop == "locked" and is_locked(
             [e for e, _ in self.history], [r.a for _, r in self.history],
             [r.metrics["pair/forward_top1"] for _, r in self.history], self.config.patience,
-            self.config.patience_epochs, need_top1=given_pair(self.config))
+            self.config.patience_epochs, need_top1=paired,
+            backward=[r.b for _, r in self.history] if both_ways else None)
         return self.locked
+
+    @property
+    def initial(self) -> np.ndarray | None:
+        """The untrained map's assignment, where epoch 0 was evaluated."""
+        return self.history[0][1].a if self.history and self.history[0][0] == 0 else None
 
     def state(self) -> dict:
         """What a resumed run needs besides the networks: its evaluations so far, which formation reads."""
@@ -172,7 +187,7 @@ class TrackedRun:
         logger, data = self.logger, self.data
         epoch = result.history[-1].epoch
         t0 = time.perf_counter()
-        final = _evaluate(result.translator, data)
+        final = _evaluate(result.translator, data, self.initial)
         self.eval_s += time.perf_counter() - t0
         metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
                    **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
@@ -187,12 +202,15 @@ class TrackedRun:
         # so the run page charts only what changes over epochs
         summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": self.eval_s,
                          "time/setup_s": setup_s, "pair/epochs_to_90": formed.epochs_to_90,
+                         "pair/epochs_to_90_after": formed.epochs_to_90_after,
                          "pair/locked_epoch": formed.locked_epoch, "pair/locked_rows": formed.locked_rows,
+                         "time/seed_train_s": seed_seconds(result),
                          "pair/flips": formed.flips, "time/seconds_to_pairs": formed.seconds_to_pairs,
                          "model/generator_params": generator_params(result.nets),
                          "stop/epoch": epoch, "stop/g_steps": epoch * self.config.g_steps_per_epoch()})
         logger.pending_tags["stop/reason"] = self.stop_reason
-        _write_final_artifacts(self.root, result, final, strip, data, epoch, self.weights)
+        _write_final_artifacts(self.root, result, final, strip, data, epoch, self.weights,
+                               self.history[0][1] if self.initial is not None else None)
         self.close()
         timing = {"train_s": train_s, "eval_s": self.eval_s, "setup_s": setup_s, "log_s": logger.log_seconds,
                   "total_s": time.perf_counter() - started}
@@ -209,6 +227,13 @@ class TrackedRun:
             finally:
                 self.staging.cleanup()
                 self.staging = None
+
+
+def seed_seconds(result: TrainResult) -> float:
+    """This seed's own training seconds over every epoch it trained, before a resume too (the checkpoint keeps
+    the history): a fused epoch counts its time over the K seeds that shared it. What "seconds to lock" is
+    read from, per seed."""
+    return sum(s.epoch_s / s.seeds for s in result.history)
 
 
 def trained_seconds(result: TrainResult) -> float:
@@ -369,7 +394,7 @@ def _png(picture: Image.Image, path: Path) -> None:
 
 
 def _write_final_artifacts(root: Path, result, final: PairingResult, strip: Image.Image, data: Domains,
-                           epoch: int, weights: bool) -> None:
+                           epoch: int, weights: bool, initial: PairingResult | None = None) -> None:
     """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
     _png(_samples(data, final), root / "samples" / f"epoch_{epoch:04d}.png")
     _png(strip, root / "pairing" / "strip.png")
@@ -385,6 +410,9 @@ def _write_final_artifacts(root: Path, result, final: PairingResult, strip: Imag
         _png(Image.fromarray(matrix_image(final.D_yx, final.b, np.argsort(final.pi))), root / "pairing" / "D_yx.png")
     (root / "pairing" / "assignment.json").write_text(json.dumps(
         {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
+         # the untrained map (epoch 0): where the pairs started from
+         "a0": None if initial is None else initial.a.tolist(),
+         "b0": None if initial is None or initial.b is None else initial.b.tolist(),
          "x_names": data.x_names, "y_names": data.y_names}, indent=1))
     (root / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2))
     for name, net in result.nets.items():
