@@ -43,7 +43,7 @@ def chance_level(metric: str, n: int) -> float | None:
         return None  # statistics about a metric, not shares of N images
     if metric == "pair/bijectivity":
         return 1.0 - (1.0 - 1.0 / n) ** n  # expected share of distinct values of a random map
-    if metric == "pair/partner_rank":
+    if metric == "pair/partner_rank" or metric.startswith("pair/rank_"):
         return (n + 1) / 2
     if metric == "pair/seed_kappa":
         return 0.0  # Cohen's kappa: agreement beyond what the two maps' marginals give
@@ -251,19 +251,65 @@ def coarse(images: torch.Tensor) -> torch.Tensor:
     return TF.gaussian_blur(images.float(), [kernel, kernel], [sigma, sigma])
 
 
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    return images.float().mean(1)  # (N, H, W) in [-1, 1]
+
+
+def _foreground(images: torch.Tensor) -> torch.Tensor:
+    """The silhouette: pixels whose colour differs from the background's (the median of the border pixels) by
+    more than a tenth of the range. A photograph's subject, an edge map's strokes, whatever their colours."""
+    im = images.float()
+    border = torch.cat([im[..., 0, :], im[..., -1, :], im[..., :, 0], im[..., :, -1]], dim=-1)  # (N, C, 4S)
+    background = border.median(dim=-1).values[..., None, None]
+    return ((im - background).abs().mean(1) > 0.2).float()  # (N, H, W)
+
+
+def _silhouette(images: torch.Tensor) -> torch.Tensor:
+    return _foreground(images)[:, None]
+
+
+def _orientation(images: torch.Tensor) -> torch.Tensor:
+    """Where the silhouette lies and which way it points, from its image moments: centroid, and the axis of
+    least inertia as (cos 2theta, sin 2theta) scaled by the elongation (a disc has no orientation)."""
+    mask = _foreground(images)
+    n, h, w = mask.shape
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    mass = mask.sum((1, 2)).clamp(min=1.0)
+    cx, cy = (mask * xs).sum((1, 2)) / mass, (mask * ys).sum((1, 2)) / mass
+    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
+    mu20, mu02 = (mask * dx**2).sum((1, 2)) / mass, (mask * dy**2).sum((1, 2)) / mass
+    mu11 = (mask * dx * dy).sum((1, 2)) / mass
+    spread = torch.sqrt((mu20 - mu02) ** 2 + 4 * mu11**2)
+    elongation = spread / (mu20 + mu02).clamp(min=1e-6)
+    theta2 = torch.atan2(2 * mu11, mu20 - mu02)
+    return torch.stack([cx, cy, elongation * torch.cos(theta2), elongation * torch.sin(theta2)], 1)
+
+
+def _brightness(images: torch.Tensor, bins: int = 16) -> torch.Tensor:
+    """The grey-level histogram (shares of pixels in 16 bins): how light or dark, whatever the layout."""
+    grey = ((_grey(images) + 1) / 2).clamp(0, 1).flatten(1)
+    index = (grey * bins).long().clamp(max=bins - 1)
+    return torch.nn.functional.one_hot(index, bins).float().mean(1)
+
+
 PREDICTORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "pixel": lambda im: im.float(), "lowpass": coarse, "colour": _colour_stats, "edges": _edges,
+    "silhouette": _silhouette, "orientation": _orientation, "brightness": _brightness,
 }
+# not data-only: the untrained G's own assignment at epoch 0, the candidate "the initialisation decides"
+INITIAL = "initial"
+
+
+def predictor_costs(x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+    """For each data-only predictor, the distance between every ORIGINAL x_i and y_j on that predictor's
+    feature: the cost of Lu et al.'s transport view of the pairing."""
+    return {name: distances(feature(x.cpu()), feature(y.cpu())).numpy() for name, feature in PREDICTORS.items()}
 
 
 def predictor_partners(x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
     """For each data-only predictor, the optimal one-to-one assignment (Hungarian) of the ORIGINAL x_i to
     the y_j on that predictor's distance: what the pairs would be if that were all they were based on."""
-    out = {}
-    for name, feature in PREDICTORS.items():
-        fx, fy = feature(x.cpu()), feature(y.cpu())
-        out[name] = optimal_assignment(distances(fx, fy).numpy())
-    return out
+    return {name: optimal_assignment(cost) for name, cost in predictor_costs(x, y).items()}
 
 
 def predictor_agreement(a: np.ndarray, partners: dict[str, np.ndarray]) -> dict[str, Share]:
@@ -273,30 +319,56 @@ def predictor_agreement(a: np.ndarray, partners: dict[str, np.ndarray]) -> dict[
             for name, p in partners.items()}
 
 
+def chosen_rank(a: np.ndarray, cost: np.ndarray) -> float:
+    """pair/rank_<predictor>: where the learned partner a(i) ranks in x_i's row of the predictor's cost (1 =
+    the nearest y on that predictor; ties averaged), mean over the rows with a partner; chance (N + 1) / 2.
+    Top-1 agreement misses a predictor whose second choice the map keeps taking; the rank does not."""
+    a = np.asarray(a)
+    ranks = rankdata(np.asarray(cost), axis=1, method="average")
+    rows = np.flatnonzero(a != NO_MATCH)
+    return float(ranks[rows, a[rows]].mean()) if len(rows) else float("nan")
+
+
+def agreement_pvalue(a: np.ndarray, other: np.ndarray, draws: int = 999, seed: int = 0) -> float:
+    """P(as many i with a(i) = other(i) when other's rows are shuffled): a permutation test that keeps both
+    maps' marginals, so two maps that collapse onto the same y do not agree beyond chance."""
+    a, other = np.asarray(a), np.asarray(other)
+    observed = int(matches(a, other).sum())
+    shuffled = np.random.default_rng(seed).permuted(np.tile(other, (draws, 1)), axis=1)
+    null = ((shuffled == a) & (a != NO_MATCH)).sum(1)
+    return float((1 + (null >= observed).sum()) / (1 + draws))
+
+
 # ---------------------------------------------------------------- formation over time
 
 
 @dataclass
 class Formation:
     epochs_to_90: float  # first evaluated epoch with forward_top1 >= 0.9; NaN if never
-    locked_epoch: float  # median over i of the epoch from which a(i) stays; NaN when the median row is not locked
+    locked_epoch: float  # the epoch from which the whole map a stays; NaN when it was not seen to stay
     flips: int  # assignment changes between consecutive evaluations, summed over i
     seconds_to_pairs: float  # training wall seconds up to epochs_to_90; NaN if never
     locked_rows: int = 0  # rows whose a(i) held at one evaluation at least after its last change
+    # forward_top1 is seen only at evaluations: it reached 0.9 after this epoch (the evaluation before) and by
+    # epochs_to_90, an interval censored by eval_every; 0 when the first evaluation already had it
+    epochs_to_90_after: float = float("nan")
 
 
 def formation(epochs: list[int], assignments: list[np.ndarray], top1: list[float],
               epoch_seconds: dict[int, float] | None = None) -> Formation:
     """How the pairs formed, from the assignment a at each evaluation (in epoch order).
 
-    locked_epoch is right-censored: a row whose a(i) changed at the last evaluation (or that was evaluated
-    once) has not been seen to stay, so it is not locked; it counts as locked "after the run" in the median,
-    and a median that falls on such a row is NaN, "not locked", never the last epoch."""
+    locked_epoch is the evaluation from which the WHOLE map a stays as it ended (held_since, the rule stop=locked
+    reads), so a locked map's forward_top1 no longer changes: locked before reaching 0.9 and reaching it later
+    cannot both be said of one run. It is right-censored: a map that changed at the last evaluation (or was
+    evaluated once) has not been seen to stay, and its locked_epoch is NaN, "not locked", never the last
+    epoch. locked_rows counts the rows a(i) seen to stay, each on its own."""
     if not epochs:
         return Formation(float("nan"), float("nan"), 0, float("nan"))
     stack = np.stack([np.asarray(a) for a in assignments])  # (evaluations, N)
-    reached = [e for e, v in zip(epochs, top1, strict=True) if v >= 0.9]
-    to_90 = float(reached[0]) if reached else float("nan")
+    reached = [k for k, v in enumerate(top1) if v >= 0.9]
+    to_90 = float(epochs[reached[0]]) if reached else float("nan")
+    after = float(epochs[reached[0] - 1]) if reached and reached[0] > 0 else 0.0 if reached else float("nan")
     changed = stack[1:] != stack[:-1]
     flips = int(changed.sum())
     locked = []
@@ -304,24 +376,35 @@ def formation(epochs: list[int], assignments: list[np.ndarray], top1: list[float
         last_change = np.flatnonzero(changed[:, i])
         since = last_change[-1] + 1 if len(last_change) else 0  # the evaluation from which a(i) stays
         locked.append(float(epochs[since]) if since < len(epochs) - 1 else math.inf)
-    median = float(np.median(locked))
+    since = held_since(epochs, list(stack))
+    whole = float(epochs[since]) if since < len(epochs) - 1 else float("nan")
     seconds = float("nan")
     if reached and epoch_seconds is not None:
         seconds = float(sum(t for e, t in epoch_seconds.items() if e <= to_90))
-    return Formation(to_90, median if math.isfinite(median) else float("nan"), flips, seconds,
-                     int(np.isfinite(locked).sum()))
+    return Formation(to_90, whole, flips, seconds, int(np.isfinite(locked).sum()), after)
+
+
+def held_since(epochs: list[int], *maps: list[np.ndarray]) -> int:
+    """The index of the first evaluation from which every one of `maps` (a, and b for two directions) has
+    been the same as at the last evaluation."""
+    since = len(epochs) - 1
+    while since > 0 and all(np.array_equal(m[since - 1], m[-1]) for m in maps):
+        since -= 1
+    return since
 
 
 def is_locked(epochs: list[int], assignments: list[np.ndarray], top1: list[float], patience: int,
-              patience_epochs: int, need_top1: bool) -> bool:
-    """The rule of stop=locked: a unchanged over the last `patience` evaluations after the one it was first
-    seen at, those spanning >= `patience_epochs` epochs; with a pair given, forward_top1 >= 0.9 now too."""
-    if len(epochs) < patience + 1:
+              patience_epochs: int, need_top1: bool, backward: list[np.ndarray] | None = None) -> bool:
+    """The rule of stop=locked: how long the map has held. a (and b, where a backward map is given: an
+    unpaired run has reached its answer only when both directions hold) has stayed as it is now for at least
+    `patience` evaluations after the one it was first seen at AND for at least `patience_epochs` epochs;
+    with a pair given, forward_top1 >= 0.9 now too. Frequent evaluations lengthen the count, never the span."""
+    if not epochs:
         return False
-    recent = [np.asarray(a) for a in assignments[-(patience + 1):]]
-    same = all(np.array_equal(recent[0], a) for a in recent[1:])
-    spans = epochs[-1] - epochs[-(patience + 1)] >= patience_epochs
-    return same and spans and (not need_top1 or top1[-1] >= 0.9)
+    maps = [list(assignments)] + ([list(backward)] if backward is not None else [])
+    since = held_since(epochs, *maps)
+    held_evaluations, held_epochs = len(epochs) - 1 - since, epochs[-1] - epochs[since]
+    return held_evaluations >= patience and held_epochs >= patience_epochs and (not need_top1 or top1[-1] >= 0.9)
 
 
 @dataclass
@@ -339,6 +422,7 @@ class PairingResult:
     # G's outputs on the training images that these metrics measured: G(x), and G(y), G(G(x)) with a backward
     # map. Pictures of the evaluation draw them rather than running G again; a run's history drops them.
     outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    pvalues: dict[str, float] = field(default_factory=dict)  # p-values not against a random permutation
 
     @property
     def statistics(self) -> dict[str, float]:
@@ -348,7 +432,9 @@ class PairingResult:
         out: dict[str, float] = {}
         for key, s in self.shares.items():
             out |= {f"{key}_ci_low": s.low, f"{key}_ci_high": s.high, f"{key}_chance": s.chance}
-            if key == "pair/forward_top1" or "agree_" in key:
+            if key in self.pvalues:
+                out[f"{key}_pvalue"] = self.pvalues[key]
+            elif key == "pair/forward_top1" or "agree_" in key:
                 out[f"{key}_pvalue"] = fixed_point_pvalue(s.k, s.n)
         d = self.distinct
         out |= {"pair/bijectivity_chance": d.chance, "pair/bijectivity_null_low": d.null_low,
@@ -367,9 +453,11 @@ def evaluate_pairing(
     pi: torch.Tensor | np.ndarray | None = None,
     x_holdout: torch.Tensor | None = None,
     copy_factor: float = COPY_FACTOR,
+    initial: np.ndarray | None = None,
 ) -> PairingResult:
     """Every pairing metric of one trained translator. `backward` is None for one-way schemes (pix2pix):
-    the metrics that need Y -> X are then NaN. For a one-generator model pass the same G twice."""
+    the metrics that need Y -> X are then NaN. For a one-generator model pass the same G twice. `initial`: the
+    untrained map's assignment (epoch 0), a candidate explanation beside the data-only predictors."""
     n = len(x)
     pi_np = np.arange(n) if pi is None else np.asarray(pi)
     inverse = np.argsort(pi_np)  # y_j's partner is x_{inverse[j]}
@@ -399,7 +487,14 @@ def evaluate_pairing(
     else:
         metrics.update({k: float("nan") for k in ("pair/backward_top1", "pair/mutual", "pair/cycle_top1",
                                                   "pair/cycle_top1_lowpass")})
-    shares.update(predictor_agreement(a, predictor_partners(x, y)))
+    costs = predictor_costs(x, y)
+    shares.update(predictor_agreement(a, {name: optimal_assignment(cost) for name, cost in costs.items()}))
+    metrics.update({f"pair/rank_{name}": chosen_rank(a, cost) for name, cost in costs.items()})
+    pvalues = {}
+    if initial is not None:
+        key = f"pair/agree_{INITIAL}"
+        shares[key] = share(int(matches(a, initial).sum()), n, chance_level(key, n))
+        pvalues[key] = agreement_pvalue(a, initial)
     metrics.update({k: s.value for k, s in shares.items()})
     if x_holdout is not None and len(x_holdout) > 0:
         outputs["G(x_holdout)"] = forward(x_holdout)
@@ -410,4 +505,4 @@ def evaluate_pairing(
     # the rate of the mean training target itself (0 or 1), and the rate above it is what memory explains
     baseline = holdout_copy_rate(y.float().mean(0, keepdim=True), y, copy_factor)
     metrics["mem/holdout_copy_excess"] = metrics["mem/holdout_copy_rate"] - baseline
-    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor, baseline, outputs)
+    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor, baseline, outputs, pvalues)
