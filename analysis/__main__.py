@@ -1,5 +1,6 @@
 """`python -m analysis report`: the study report from the MLflow runs; `python -m analysis pairing DIR`: the
-pairing metrics of one `python -m cyclelike train` output folder."""
+pairing metrics of one `python -m cyclelike train` output folder; `python -m analysis calibrate`: each claim's
+false-positive rate and power on simulated studies."""
 
 from __future__ import annotations
 
@@ -27,9 +28,32 @@ def main(argv: list[str] | None = None) -> int:
                           description="Load DIR/checkpoint.pt and DIR/config.json and print every pairing metric "
                                       "with its chance level.", epilog="example: python -m analysis pairing runs/x")
     pair.add_argument("folder", help="a python -m cyclelike train output folder")
+    cal = sub.add_parser("calibrate", help="each claim of the report on simulated studies: false-positive rate, power",
+                         description="Run the report's claims (analysis/claims.py) on simulated studies under the "
+                                     "null and with planted effects, and print each claim's false-positive rate and "
+                                     "power (analysis/calibration.py).",
+                         epilog="example: python -m analysis calibrate --studies 1000 --sets 3 --seeds 2")
+    cal.add_argument("--studies", type=int, default=1000, help="simulated studies per null scenario (default 1000)")
+    cal.add_argument("--power-studies", type=int, default=300, help="per planted scenario (default 300)")
+    cal.add_argument("--sets", type=int, default=3, help="independent data sets per study (default 3)")
+    cal.add_argument("--seeds", type=int, default=2, help="seeds per data set (default 2)")
+    cal.add_argument("--n", type=int, default=10, help="N, images per domain (default 10)")
     args = parser.parse_args(argv)
     if args.command == "pairing":
         return _pairing(Path(args.folder))
+    if args.command == "calibrate":
+        from .calibration import calibrate
+
+        for name in ("studies", "power_studies", "sets", "seeds", "n"):
+            if getattr(args, name) < (2 if name == "n" else 1):
+                print(f"error: --{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= "
+                      f"{2 if name == 'n' else 1}", file=sys.stderr)
+                return 2
+        table = calibrate(args.studies, args.power_studies, args.sets, args.seeds, args.n)
+        print(f"{args.studies} simulated studies per null, {args.power_studies} per planted effect; {args.sets} data "
+              f"sets x {args.seeds} seeds, N = {args.n}:")
+        print(table.round(3).to_string(index=False))
+        return 0
     from .store import PROJECT, first_line, safe_url, tracking_uri, use_store
 
     use_store(args.store)

@@ -12,7 +12,8 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from . import dynamics, evidence, questions
+from . import claims, dynamics, evidence, questions
+from .conditions import legend
 from .document import Document
 from .figures import plt, sns
 from .runs import (
@@ -28,8 +29,26 @@ REFERENCE_SIZE = 128  # the original's image side for its two timings
 
 
 def section_answers(doc: Document, runs: StudyRuns) -> None:
+    """The first screen: one sentence per question and condition, the evidence behind them in one table each,
+    and how each verdict could have come out the other way."""
     doc.h2("The answers", numbered=False)
-    for sentence in questions.answers(complete(runs.trials)):
+    t = complete(runs.trials)
+    u = evidence.unpaired(t)
+    q1 = questions.unpaired_answers(t)
+    if q1:
+        found = questions.unpaired_claims(u)
+        if len(found) > 1:
+            doc.p(legend([(label, c, g) for label, c, g, _ in found]))
+        for sentence in q1:
+            doc.p(sentence)
+        doc.table(questions.unpaired_table(u), "The evidence behind each sentence, per condition given no pair:")
+        doc.p(claims.HOW)
+    else:
+        doc.p(questions.QUESTION_1_MISSING)
+    q2 = questions.capacity_answers(t)
+    for sentence in q2 or [questions.QUESTION_2_MISSING]:
+        doc.p(sentence)
+    for sentence in questions.collapse_answers(t) + dynamics.formation_answers(t) + dynamics.scaling_answers(t):
         doc.p(sentence)
     if runs.ui and runs.objectives:
         doc.link(f"Every trial in the MLflow UI, sorted by {runs.objectives[0]}",
@@ -78,22 +97,25 @@ def section_predictors(doc: Document, runs: StudyRuns) -> None:
     doc.h2("What decides the pairs when none is given")
     u = evidence.unpaired(complete(runs.trials))
     if u.empty:
-        doc.note("No run of this study was given no pair (pairing=shuffled with lambda_l1 = 0, or cyclegan).")
+        doc.note("No run of this study was given no pair (pairing=shuffled with lambda_l1 = 0, or cyclegan); runs "
+                 "given a new random partner every epoch (shuffled with lambda_l1 > 0) are given a pair, a new one "
+                 "each epoch.")
         return
-    for sentence in questions.unpaired_answers(u):
-        doc.p(sentence)
-    doc.table(questions.unpaired_table(u), "Per condition given no pair (means over runs; seed kappa is Cohen's "
-              "kappa between the seeds of one data set: 0 is what their marginals give by chance, 1 the same "
-              "pairing every seed):")
+    doc.p("The answers above, per condition given no pair; seed kappa is Cohen's kappa between the seeds of one "
+          "data set (0: what their marginals give by chance, 1: the same pairing every seed), with a bootstrap "
+          "interval over data sets.")
     fig = questions.predictor_figure(u)
     if fig is not None:
         doc.figure(fig, "predictors.png", "Share of x_i whose learned partner a(i) is the partner of the optimal "
                    "one-to-one assignment on a distance between the original images (pixel L1, low-pass L1, colour "
                    f"mean and spread, edge maps); mean over {len(u)} runs with a 95% bootstrap interval, dashed: "
                    "chance 1/N.")
-    doc.table(questions.predictor_table(u), "Agreement with each data-only predictor. A data set counts once, "
-              "as a hit when every seed of it beats a random permutation at p < 0.05; 'p (Holm)' tests the hits "
-              "against 5% of the data sets (one-sided binomial), Holm-corrected over the predictors:")
+    doc.table(questions.predictor_table(u), "Agreement with each candidate explanation: the data-only predictors "
+              "(the optimal one-to-one assignment on each one's distance between the original images) and the "
+              "initial map (the untrained G's own assignment at epoch 0), and where the chosen partner ranks on "
+              "each predictor's distance (1: its nearest y). A data set counts once, as a hit when every seed of it "
+              "beats chance at p < 0.05; 'p (Holm)' tests the hits against 5% of the data sets (one-sided "
+              "binomial), Holm-corrected over the candidates; one data set is 'not tested':")
 
 
 def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
@@ -153,14 +175,18 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
     t = t.assign(epoch_min=[s[0] for s in spreads], epoch_max=[s[1] for s in spreads],
                  epochs_timed=[s[2] for s in spreads])
     t["series"] = dynamics.scaling_series(t)
+    t["fitted"] = t.index.isin(dynamics.fitted_runs(t)[0].index)
+    caveat = dynamics.fitted_runs(t)[1]
     fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(12, 4.5))
     rows, fits = [], []
     palette = dict(zip(sorted(t["series"].unique()), sns.color_palette("deep"), strict=False))
     for series, g in t.groupby("series"):
         colour = palette[series]
         for axis in (ax, ax_log):
+            # clipped at 0: a run whose median lies outside its logged epochs' range (epochs lost) draws no bar
             axis.errorbar(g["n_images"], g["time/sec_per_epoch"],
-                          yerr=[g["time/sec_per_epoch"] - g["epoch_min"], g["epoch_max"] - g["time/sec_per_epoch"]],
+                          yerr=[(g["time/sec_per_epoch"] - g["epoch_min"]).clip(lower=0),
+                                (g["epoch_max"] - g["time/sec_per_epoch"]).clip(lower=0)],
                           fmt="o", color=colour, capsize=3, label=f"{series} (runs; bars: epoch min-max)")
         for n, gn in g.groupby("n_images"):
             rows.append({"series": series, "N": int(n),
@@ -169,8 +195,9 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
                          "runs max": round(gn["time/sec_per_epoch"].max(), 4),
                          "epoch min": round(gn["epoch_min"].min(), 4), "epoch max": round(gn["epoch_max"].max(), 4),
                          "runs": len(gn), "epochs timed per run": int(gn["epochs_timed"].median())})
+        fitted = g[g["fitted"]]
         try:
-            fit = fit_scaling(g["n_images"].to_numpy(), g["time/sec_per_epoch"].to_numpy())
+            fit = fit_scaling(fitted["n_images"].to_numpy(), fitted["time/sec_per_epoch"].to_numpy())
         except ValueError as err:
             doc.p(f"{series}: {err}.")
             continue
@@ -181,7 +208,7 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
         fits.append({"series": series, "a (s)": round(fit.a, 4), "b (s per image)": round(fit.b, 5),
                      "R^2": round(fit.r2, 4), "log-log slope": round(fit.loglog_slope, 3),
                      "slope 95% interval": f"{fmt(fit.loglog_low, 3)} to {fmt(fit.loglog_high, 3)}",
-                     "points": fit.n_points, "reliable": fit.verdict()})
+                     "points": fit.n_points, "distinct N": fit.distinct_n, "reliable": fit.verdict()})
     # the original timed 128 px on a 2018 GPU: its points belong beside runs at that resolution only
     original_size = "image_size" in t and (t["image_size"] == REFERENCE_SIZE).any()
     if original_size:
@@ -209,6 +236,8 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
                f"{sizes}, {schedules_text(t).strip().lower() or 'schedule not recorded.'} With the least-squares line "
                f"t = a + bN; {reference}.")
     doc.table(pd.DataFrame(rows), "Seconds per epoch by N:")
+    if caveat:
+        doc.p(caveat[0].upper() + caveat[1:].rstrip("; ") + ".")
     if fits:
         doc.table(pd.DataFrame(fits), "Fits (one point per run):")
         for f in fits:

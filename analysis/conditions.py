@@ -47,12 +47,40 @@ def describe(condition: dict) -> str:
 
 
 def _plain(value) -> str:
+    if isinstance(value, str) and "/" in value:  # a file: its name (and dataset) is what tells conditions apart
+        return value.rsplit("/", 1)[1]
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+def labelled(t: pd.DataFrame, without: tuple[str, ...] = ()) -> list[tuple[str, dict, pd.DataFrame]]:
+    """groups() with a short label each (A, B, ...): a condition is named once, in a legend, and the label
+    stands for it in sentences and tables."""
+    out = []
+    for k, (condition, g) in enumerate(groups(t, without)):
+        label = chr(ord("A") + k) if k < 26 else f"C{k + 1}"
+        out.append((label, condition, g))
+    return out
+
+
+def legend(labelled_groups: list[tuple[str, dict, pd.DataFrame]]) -> str:
+    if len(labelled_groups) < 2:
+        return ""
+    return "Conditions: " + "; ".join(f"{label} = {describe(c)}" for label, c, _ in labelled_groups) + "."
+
+
+def data_set_ids(g: pd.DataFrame) -> pd.Series:
+    """Which data set each run trained on: the hash of its training images (tags.data_hash), so that data
+    seeds that re-split a pool into the same images count once; runs logged before the hash existed fall
+    back to their data_seed."""
+    seeds = g["data_seed"].astype(str) if "data_seed" in g else pd.Series("0", index=g.index)
+    if "tags.data_hash" not in g:
+        return "seed " + seeds
+    return g["tags.data_hash"].where(g["tags.data_hash"].notna(), "seed " + seeds)
+
+
 def data_sets(g: pd.DataFrame) -> int:
-    """Independent data sets behind a group: its distinct data seeds (seeds of one data set share images)."""
-    return int(g["data_seed"].nunique()) if "data_seed" in g else 1
+    """Independent data sets behind a group: its distinct training images (seeds of one data set share them)."""
+    return int(data_set_ids(g).nunique()) if len(g) else 0
 
 
 def _same(a, b) -> bool:

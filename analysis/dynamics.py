@@ -53,23 +53,29 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
 
 
 def formation_answers(t: pd.DataFrame) -> list[str]:
-    """When the given pairs existed: the first evaluated epoch at forward_top1 >= 0.9, per condition, censored
-    at the first evaluation (it may have come earlier) and counted where it never came."""
+    """When the given pairs existed, per condition: forward_top1 is seen only at evaluations, so each run's
+    first epoch at >= 0.9 is an interval (the evaluation before, the one that had it]; runs that never got
+    there are counted."""
     g = given(t)
     if g.empty or "pair/epochs_to_90" not in g:
         return []
     parts = []
     for condition, h in groups(g):
-        reached = h["pair/epochs_to_90"].dropna()
+        name = describe(condition) if condition else "every run"
+        reached = h.dropna(subset=["pair/epochs_to_90"])
         if reached.empty:
-            parts.append(f"{describe(condition)}: none of {len(h)} runs reached forward_top1 >= 0.9")
+            parts.append(f"{name}: none of {len(h)} runs reached forward_top1 >= 0.9")
             continue
-        first = int(reached.min())
-        censored = int((reached == first).sum())
-        parts.append(f"{describe(condition)}: epoch {reached.median():.0f} (median of {len(reached)} of {len(h)} "
-                     f"runs that reached it" + (f"; {censored} at the first evaluation they had, so possibly earlier"
-                                                if censored > 1 else "") + ")")
-    return ["Given the pair, forward_top1 first reached 0.9 at: " + "; ".join(parts) + "."]
+        by = reached["pair/epochs_to_90"]
+        after = reached["pair/epochs_to_90_after"] if "pair/epochs_to_90_after" in reached else \
+            by - pd.to_numeric(reached.get("tags.eval_every", pd.Series(float("nan"), reached.index)), errors="coerce")
+        span = (f"after epoch {after.min():.0f} and by epoch {by.max():.0f}" if after.notna().all() else
+                f"by epoch {by.max():.0f}")
+        parts.append(f"{name}: {len(reached)} of {len(h)} runs, {span} (median interval ({after.median():.0f}, "
+                     f"{by.median():.0f}])" if after.notna().all() else f"{name}: {len(reached)} of {len(h)} runs, "
+                     f"{span}")
+    return ["Given the pair, forward_top1 first reached 0.9 (seen only at evaluations, so within an interval "
+            "between two of them): " + "; ".join(parts) + "."]
 
 
 def formation_table(t: pd.DataFrame) -> pd.DataFrame:
@@ -166,23 +172,48 @@ def timing_series(t: pd.DataFrame) -> pd.Series:
     return series
 
 
+# what changes an epoch's cost besides N: runs that differ here are never fitted as one series
+COST_KEYS = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "d_filters", "norm",
+             "precision", "threads", "tags.resolved.device", "fused_upsample", "fused_adam", "channels_last", "compile")
+
+
 def scaling_series(t: pd.DataFrame) -> pd.Series:
-    """The series seconds per epoch are fitted in: anything that changes the work per image is its own (a cycle
-    or identity term adds a G pass), and so is a fused run, whose epoch time is its whole group's."""
+    """The series seconds per epoch are fitted in: everything that changes the work or the compute of an epoch
+    (a cycle or identity term adds a G pass; threads, device and the execution settings change its speed) is
+    its own, and so is a fused run, whose epoch time is its whole group's."""
     t = t.assign(**{"cycle pass": np.where(column_or(t, "lambda_cyc", 0.0) > 0, "cycle", "no cycle"),
                     "identity pass": np.where(column_or(t, "lambda_id", 0.0) > 0, "identity", "no identity"),
                     "seeds fused": column_or(t, "tags.fused_group", "1").fillna("1")})
-    candidates = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "precision",
-                  "cycle pass", "identity pass", "seeds fused")
-    keys = [k for k in candidates if k in t and t[k].nunique() > 1]
-    return t[keys].astype(str).agg(", ".join, axis=1) if keys else pd.Series("all runs", index=t.index)
+    keys = [k for k in (*COST_KEYS, "cycle pass", "identity pass", "seeds fused") if k in t and t[k].nunique() > 1]
+    named = {k: t[k].astype(str) if k.startswith("tags.") or k in ("cycle pass", "identity pass", "seeds fused")
+             else k + "=" + t[k].astype(str) for k in keys}
+    return pd.DataFrame(named).agg(", ".join, axis=1) if keys else pd.Series("all runs", index=t.index)
+
+
+def timed_alone(t: pd.DataFrame) -> pd.Series:
+    """Runs timed with no other worker of their sweep on the same machine: the only ones a fit takes where
+    there are any. Beside other workers, an epoch's time is the cores' contention as much as its work
+    (one condition ran at 0.99 s/epoch inside a 2-worker sweep and 0.246 s alone)."""
+    workers = pd.to_numeric(column_or(t, "tags.timing.workers", "1"), errors="coerce").fillna(1)
+    return workers <= 1
+
+
+def fitted_runs(t: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The runs a seconds-per-epoch fit takes, and what it says of them."""
+    alone = timed_alone(t)
+    if alone.all():
+        return t, ""
+    if alone.any():
+        return t[alone], (f"{int((~alone).sum())} run(s) timed beside other workers on the same cores are left out "
+                          "of the fits; ")
+    return t, "every run was timed beside other workers on the same cores, so these times include their contention; "
 
 
 def scaling_answers(t: pd.DataFrame) -> list[str]:
     """How seconds per epoch grow with N, per series with two or more N: the original's "about linear"."""
     if "time/sec_per_epoch" not in t or column_or(t, "n_images", 0).nunique() < 2:
         return []
-    t = t.dropna(subset=["time/sec_per_epoch"])
+    t, caveat = fitted_runs(t.dropna(subset=["time/sec_per_epoch"]))
     parts = []
     for series, g in t.groupby(scaling_series(t)):
         try:
@@ -190,9 +221,9 @@ def scaling_answers(t: pd.DataFrame) -> list[str]:
         except ValueError:
             continue
         parts.append(f"{series}: log-log slope {fit.loglog_slope:.2f} (95% interval {fit.loglog_low:.2f} to "
-                     f"{fit.loglog_high:.2f}), t = {fit.a:.3g} + {fit.b:.3g} N s, {fit.n_points} runs, reliable: "
-                     f"{fit.verdict()}")
+                     f"{fit.loglog_high:.2f}), t = {fit.a:.3g} + {fit.b:.3g} N s, {fit.n_points} runs at "
+                     f"{fit.distinct_n} N, reliable: {fit.verdict()}")
     if not parts:
         return []
-    return ["Seconds per epoch against N (1 is linear; the original's two timings give 0.946): " + "; ".join(parts)
-            + "."]
+    return ["Seconds per epoch against N (1 is linear; the original's two timings give 0.946): " + caveat
+            + "; ".join(parts) + "."]

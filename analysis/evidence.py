@@ -10,7 +10,7 @@ import pandas as pd
 
 from cyclelike.config import RunConfig
 
-from .conditions import data_sets, describe
+from .conditions import data_set_ids, data_sets, describe
 from .pairing import chance_level
 
 SIGNIFICANT = 0.05
@@ -34,6 +34,16 @@ def given(t: pd.DataFrame) -> pd.DataFrame:
         return t
     scheme, l1 = column_or(t, "scheme", "cyclelike"), column_or(t, "lambda_l1", 10.0)
     return t[column_or(t, "pairing", "aligned").isin(["aligned", "fixed"]) & (scheme != "cyclegan") & (l1 > 0)]
+
+
+def reference_text(g: pd.DataFrame) -> str:
+    """What forward_top1 is scored against, in the words every section uses: given a pair, given none
+    (`unpaired`), or a new random partner every epoch (shuffled with an L1 target: a pair, but never the same)."""
+    if len(given(g)) == len(g):
+        return "the pair given"
+    if len(unpaired(g)) == len(g):
+        return "the stored order (given no pair)"
+    return "the stored order (given a new random partner every epoch)"
 
 
 ORIGINAL_EPOCHS = {10: 2000, 20: 10000}  # the original's budgets, after a 1500-epoch pre-training run
@@ -88,6 +98,10 @@ def stop_text(g: pd.DataFrame) -> str:
     text = f"{len(locked)} of {len(g)} runs locked"
     if len(locked) and "stop/epoch" in locked:
         text += f" (median epoch {locked['stop/epoch'].median():.0f})"
+    if len(locked) and "pair/bijectivity_p_collapse" in locked:
+        collapsed = count_significant(locked, "pair/bijectivity_p_collapse")
+        if collapsed:  # a map that holds on a collapse has stopped changing, not found pairs
+            text += f", {collapsed} of them on a collapse (fewer distinct targets than a random map, p < 0.05)"
     spent = int((reasons == "budget").sum())
     if spent:
         text += f", {spent} ran out of budget (not converged)"
@@ -105,7 +119,7 @@ def sets_where(g: pd.DataFrame, column: str) -> int:
     """Data sets in which every seed has p < 0.05: the count that treats seeds of one data set as one."""
     if column not in g:
         return 0
-    worst = g.groupby("data_seed")[column].max() if "data_seed" in g else pd.Series([g[column].max()])
+    worst = g[column].groupby(data_set_ids(g)).max()
     return int((worst < SIGNIFICANT).sum())
 
 

@@ -14,18 +14,17 @@ returns sentences, a table or a figure; analysis.report places them.
 from __future__ import annotations
 
 import pandas as pd
-from scipy.stats import binomtest
 
-from .conditions import data_sets, describe, groups, varied
+from . import claims
+from .conditions import data_sets, describe, groups, labelled, varied
 from .dynamics import formation_answers, scaling_answers
 from .evidence import (
-    SIGNIFICANT,
     budget_text,
     chance_text,
     column_or,
     count_significant,
     given,
-    holm,
+    reference_text,
     sets_where,
     significant_text,
     stop_text,
@@ -33,29 +32,27 @@ from .evidence import (
     who,
 )
 from .figures import plt, sns
-from .pairing import PREDICTORS, chance_level
+from .pairing import INITIAL, PREDICTORS, chance_level
 
 
 def predictor_table(u: pd.DataFrame) -> pd.DataFrame:
-    """Per condition and predictor: mean agreement of the learned a with the predictor's partners, its chance
-    level, and how many DATA SETS beat a random permutation. Seeds of one data set share its images and its
-    predictor partners, so a data set counts once, as a hit only when every seed of it has p < 0.05 (its
-    chance under no effect stays <= 5%); the one-sided binomial test of the hits against 5% of the data sets
-    is Holm-corrected across the predictors of a condition."""
+    """Per condition and candidate explanation (the data-only predictors and the initial map): mean agreement of
+    the learned a with the candidate's partners, its chance level, where the chosen partner ranks on the
+    candidate's cost, and the claim of analysis.claims.explained: data sets counted once, Holm over the
+    candidates, "not tested" where one data set cannot reach the level."""
     rows = []
-    for condition, g in groups(u):
-        found = []
-        for name in PREDICTORS:
-            key = f"pair/agree_{name}"
-            if key not in g or g[key].isna().all():
-                continue
-            hits, sets = sets_where(g, f"{key}_pvalue"), data_sets(g)
-            found.append((name, key, hits, sets, binomtest(hits, sets, SIGNIFICANT, alternative="greater").pvalue))
-        for (name, key, hits, sets, _), p_holm in zip(found, holm([f[-1] for f in found]), strict=True):
-            rows.append({**condition, "predictor": name, "agreement": round(g[key].mean(), 3),
-                         "chance": chance_text(key, g), "data sets p<0.05": f"{hits} of {sets}",
-                         "runs": len(g), "p (Holm)": float(f"{p_holm:.2g}"),
-                         "beyond chance": "yes" if p_holm < SIGNIFICANT else "no"})
+    for label, _, g in labelled(u):
+        names = [n for n in CANDIDATES if f"pair/agree_{n}" in g and g[f"pair/agree_{n}"].notna().any()]
+        for name, claim in claims.explained(g, names).items():
+            rank = f"pair/rank_{name}"
+            rows.append({"condition": label, "predictor": name,
+                         "agreement": round(g[f"pair/agree_{name}"].mean(), 3),
+                         "chance": chance_text(f"pair/agree_{name}", g),
+                         "rank of the chosen partner": round(g[rank].mean(), 1) if rank in g and g[rank].notna().any()
+                         else "-", "rank by chance": chance_text(rank if rank in g else "pair/partner_rank", g),
+                         "data sets p<0.05": f"{sets_where(g, f'pair/agree_{name}_pvalue')} of {data_sets(g)}",
+                         "runs": len(g), "p (Holm)": float(f"{claim.p:.2g}") if claim.tested else "-",
+                         "beyond chance": claim.verdict})
     return pd.DataFrame(rows)
 
 
@@ -70,7 +67,7 @@ def findings(t: pd.DataFrame) -> list[str]:
         f = g["pair/forward_top1"].dropna()
         if f.empty:
             continue
-        target = "the stored order (no pair is given)" if g["pairing"].iloc[0] == "shuffled" else "the pair given"
+        target = reference_text(g)
         parts = [f"With {describe(condition)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} runs "
                  f"(range {f.min():.2f} to {f.max():.2f}; chance {chance_text('pair/forward_top1', g)}); "
                  f"{significant_text(g, 'pair/forward_top1_pvalue')} beat a random permutation at p < 0.05"]
@@ -99,108 +96,113 @@ def findings(t: pd.DataFrame) -> list[str]:
 LU_ET_AL = ("Lu et al. (AAAI 2019) found CycleGAN's one-to-one map to be \"just a random one within the large "
             "feasible solution space\"")
 
+CANDIDATES = [*PREDICTORS, INITIAL]
 
-def unpaired_answers(t: pd.DataFrame) -> list[str]:
-    """Question 1 in sentences, one per condition given no pair: does a one-to-one pairing form, within what
-    budget, is it each seed's same one (Cohen's kappa), what explains it, and how this compares to Lu et al."""
-    u = unpaired(t)
-    if u.empty or "pair/bijectivity" not in u:
-        return []
+
+def unpaired_claims(u: pd.DataFrame) -> list[tuple[str, dict, pd.DataFrame, dict[str, claims.Claim]]]:
+    """Each condition given no pair, labelled, with every claim the report makes of it (analysis.claims)."""
     out = []
-    predictors = predictor_table(u)
-    for condition, g in groups(u):
-        sets = data_sets(g)
-        full = int((g["pair/bijectivity"] >= 1.0).sum())
-        text = (f"Given no pair, {who(condition, g)}, {budget_text(g)}: {stop_text(g)}. It reached bijectivity "
-                f"{g['pair/bijectivity'].mean():.2f} over {len(g)} runs on {sets} data set{'s' * (sets != 1)} "
-                f"(a random map: {chance_text('pair/bijectivity', g)}); "
-                f"{significant_text(g, 'pair/bijectivity_p_permutation')} had more distinct targets than a random map "
-                f"at p < 0.05, {significant_text(g, 'pair/bijectivity_p_collapse')} fewer, and {full} were one-to-one")
-        if "pair/mutual" in g and g["pair/mutual"].notna().any():
-            text += f"; mutual = {g['pair/mutual'].mean():.2f} (chance {chance_text('pair/mutual', g)})"
-        kappa = None
-        if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():
-            per_set = g.groupby("tags.config_key")["pair/seed_kappa"].first().dropna()
-            kappa = per_set.mean()
-            text += (f". Seeds of one data set chose the same partners with Cohen's kappa {kappa:.2f} (0: no more "
-                     f"than their marginals give by chance, 1: the same pairing; range {per_set.min():.2f} to "
-                     f"{per_set.max():.2f} over {len(per_set)} data sets)")
-        mine = predictors
-        for k, v in condition.items():
-            mine = mine[mine[k] == v] if len(mine) and k in mine else mine
-        if len(mine):
-            best = mine.sort_values("agreement", ascending=False).iloc[0]
-            explained = mine[mine["beyond chance"] == "yes"]
-            text += (f". The closest data-only predictor is {best['predictor']} (agreement {best['agreement']:.2f}, "
-                     f"chance {best['chance']}, {best['data sets p<0.05']} data sets beat a random permutation "
-                     f"in every seed); "
-                     + (f"beyond chance after Holm's correction over {len(mine)} predictors: "
-                        f"{', '.join(explained['predictor'])}" if len(explained) else
-                        f"none explains the pairs beyond chance (Holm over {len(mine)} predictors)"))
-        if kappa is not None:
-            explained = len(mine) > 0 and (mine["beyond chance"] == "yes").any()
-            random = kappa < 0.2 and not explained
-            text += (f". {LU_ET_AL}; for this scheme this study "
-                     + (f"agrees: which partners the map picks is neither shared by the seeds of one data set "
-                        f"(kappa {kappa:.2f}) nor explained by a data-only predictor" if random else
-                        f"does not agree: the seeds of one data set share their partners (kappa {kappa:.2f})"
-                        + (" and a data-only predictor explains them" if explained else "")))
-        out.append(text + ".")
+    for label, condition, g in labelled(u):
+        names = [n for n in CANDIDATES if f"pair/agree_{n}" in g and g[f"pair/agree_{n}"].notna().any()]
+        out.append((label, condition, g, claims.claims_for(g, names)))
     return out
 
 
+def _phrase(claim: claims.Claim, yes: str, no: str, what: str) -> str:
+    if claim.verdict == "yes":
+        return f"{yes} ({claim.detail})"
+    if claim.verdict == "no":
+        return f"{no} ({claim.detail})"
+    return f"{what}: not tested ({claim.detail})"
+
+
+def unpaired_sentence(label: str, condition: dict, g: pd.DataFrame, said: dict[str, claims.Claim]) -> str:
+    """One sentence of plain words per condition given no pair: does a one-to-one map form, is it the stored
+    order's, do the seeds share it, does a candidate explain it, and Lu et al.'s verdict."""
+    if said["one_to_one"].verdict == "yes":
+        forms = _phrase(said["one_to_one"], "one-to-one maps formed", "", "")
+    elif said["collapse"].verdict == "yes":
+        forms = _phrase(said["collapse"], "the maps collapsed onto few targets", "", "")
+    else:
+        forms = _phrase(said["one_to_one"], "", "no more one-to-one than a random map", "one-to-one")
+    truth = _phrase(said["beats_chance"], "they found the stored order's partners beyond chance",
+                    "they did not find the stored order's partners beyond chance", "the stored order's partners")
+    share = _phrase(said["seeds_share"], "the seeds of one data set chose the same partners",
+                    "the seeds chose different partners", "seed sharing")
+    found = [n for n in CANDIDATES if said.get(f"explained_{n}") and said[f"explained_{n}"].verdict == "yes"]
+    tested = [n for n in CANDIDATES if said.get(f"explained_{n}") and said[f"explained_{n}"].tested]
+    if found:
+        explain = f"{', '.join(found)} explain{'s' * (len(found) == 1)} them beyond chance (Holm over {len(tested)})"
+    elif tested:
+        explain = (f"none of {len(tested)} candidates (data-only predictors, the initial map) explains them beyond "
+                   "chance")
+    else:
+        first = next((said[k] for k in said if k.startswith("explained_")), None)
+        explain = "candidate explanations: not tested" + (f" ({first.detail.split('; ', 1)[-1]})" if first else
+                                                          " (no run logged them)")
+    lu = said["lu"]
+    verdict = {"yes": "agrees: the pairing is a random one", "no": f"does not agree: {lu.detail}",
+               "not tested": f"could not test it ({lu.detail})"}[lu.verdict]
+    return (f"Given no pair, {label + ' (' if label else ''}{who(condition, g)}{')' if label else ''}: {forms}; "
+            f"{truth}; {share}; {explain}. {LU_ET_AL}: this study {verdict}.")
+
+
+def unpaired_answers(t: pd.DataFrame) -> list[str]:
+    """Question 1 in sentences, one per condition given no pair (see unpaired_sentence)."""
+    u = unpaired(t)
+    if u.empty or "pair/bijectivity" not in u:
+        return []
+    found = unpaired_claims(u)
+    single = len(found) == 1
+    return [unpaired_sentence("" if single else label, c, g, said) for label, c, g, said in found]
+
+
 def unpaired_table(u: pd.DataFrame) -> pd.DataFrame:
-    """One row per condition given no pair: the numbers behind the sentences."""
+    """One row per condition given no pair: the evidence behind its sentence, budget and chance included."""
     rows = []
-    for condition, g in groups(u):
-        row = {**condition, "runs": len(g), "data sets": data_sets(g), "ended": stop_text(g),
-               "bijectivity": round(g["pair/bijectivity"].mean(), 2),
-               "random map": chance_text("pair/bijectivity", g),
-               "more distinct (p<0.05)": significant_text(g, "pair/bijectivity_p_permutation"),
-               "collapsed (p<0.05)": significant_text(g, "pair/bijectivity_p_collapse")}
-        for key, label in (("pair/mutual", "mutual"), ("pair/seed_kappa", "seed kappa")):
-            if key in g:
-                row[label] = round(g[key].mean(), 2)
-        agree = {name: g[f"pair/agree_{name}"].mean() for name in PREDICTORS if f"pair/agree_{name}" in g}
+    for label, _, g, said in unpaired_claims(u):
+        share = said["seeds_share"]
+        row = {"condition": label, "budget": budget_text(g), "ended": stop_text(g), "runs": len(g),
+               "data sets": data_sets(g),
+               "forward_top1 (stored order)": f"{g['pair/forward_top1'].mean():.2f} (chance "
+                                              f"{chance_text('pair/forward_top1', g)})",
+               "bijectivity": f"{g['pair/bijectivity'].mean():.2f} (random map {chance_text('pair/bijectivity', g)})",
+               "one-to-one": said["one_to_one"].verdict, "collapse": said["collapse"].verdict,
+               "seed kappa": share.detail.split(", permutation")[0] if share.tested else "-",
+               "seeds share": share.verdict, "Lu et al. agree": said["lu"].verdict}
+        agree = {n: g[f"pair/agree_{n}"].mean() for n in CANDIDATES if f"pair/agree_{n}" in g}
         if agree:
             best = max(agree, key=agree.get)
-            row["closest predictor"] = f"{best} {agree[best]:.2f} (chance {chance_text('pair/agree_', g)})"
+            row["closest candidate"] = f"{best} {agree[best]:.2f} (chance {chance_text('pair/agree_', g)})"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _n90(by_n: pd.Series) -> int | None:
-    reached = by_n[by_n >= 0.9]
-    return int(reached.index.max()) if len(reached) else None
-
-
 def n90_table(g: pd.DataFrame) -> pd.DataFrame:
     """Per whole condition apart from N (architecture, width, pairing, scheme, lambdas, budget: never pooled):
-    N90 = the largest N whose mean forward_top1 over replicates is >= 0.9, with its range over replicates
-    (each seed's own N90), the generator's parameter count and pairs held per million parameters."""
+    N90 = the largest N up to which EVERY N tried has mean forward_top1 over replicates >= 0.9 (claims.n90),
+    each seed's own N90, the N that held (a pass after a failure is shown there, never taken as capacity),
+    the generator's parameter count and pairs held per million parameters."""
     if g.empty or "n_images" not in g or g["n_images"].nunique() < 2 or "pair/forward_top1" not in g:
         return pd.DataFrame()
     rows = []
     for condition, h in groups(g, without=("n_images",)):
         by_n = h.groupby("n_images")["pair/forward_top1"].mean()
-        n90 = _n90(by_n)
+        n90 = claims.n90(by_n)
         largest = int(by_n.index.max())
         replicates = [k for k in ("data_seed", "seed") if k in h]
-        each = [_n90(r.groupby("n_images")["pair/forward_top1"].mean()) for _, r in h.groupby(replicates)] \
+        each = [claims.n90(r.groupby("n_images")["pair/forward_top1"].mean()) for _, r in h.groupby(replicates)] \
             if replicates else [n90]
         shown = [("<" + str(int(by_n.index.min()))) if v is None else str(v) for v in each]
         params = float(h["model/generator_params"].median()) if "model/generator_params" in h else float("nan")
         row = {k: h[k].iloc[0] for k in ("arch", "base_filters", "image_size", "pairing") if k in h} | condition
         row |= {"N90": "-" if n90 is None else (f">= {n90}" if n90 == largest else str(n90)),
-                "N90 per seed (range)": shown[0] if len(set(shown)) == 1 else
+                "N90 per seed": shown[0] if len(set(shown)) == 1 else
                 f"{min(shown, key=_order)} to {max(shown, key=_order)}",
-                "N tried": ", ".join(str(int(n)) for n in by_n.index),
-                "top1 at largest N": round(float(by_n.iloc[-1]), 2),
-                "seeds per N": int(h.groupby("n_images").size().max()),
-                "generator params (M)": round(params / 1e6, 3),
-                "pairs per M params": "-" if n90 is None or not params == params else round(n90 / (params / 1e6), 1),
-                "budget": budget_text(h[h["n_images"] == largest]),
-                "ended at largest N": stop_text(h[h["n_images"] == largest])}
+                "top1 per N": ", ".join(f"{int(n)}: {v:.2f}" for n, v in by_n.items()),
+                "seeds": int(h.groupby("n_images").size().max()),
+                "params (M)": round(params / 1e6, 3),
+                "pairs per M params": "-" if n90 is None or not params == params else round(n90 / (params / 1e6), 1)}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -210,6 +212,8 @@ def _order(text: str) -> float:
 
 
 def capacity_answers(t: pd.DataFrame) -> list[str]:
+    """Question 2 in one sentence: up to which N one G held every given pair, per architecture and width, at
+    the study's budget beside the original's; the per-N numbers are n90_table's."""
     g = given(t)
     table = n90_table(g)
     if table.empty:
@@ -221,21 +225,20 @@ def capacity_answers(t: pd.DataFrame) -> list[str]:
         if others:
             name += f" ({describe({k: r[k] for k in others})})"
         held = "below every N tried" if r["N90"] == "-" else r["N90"]
-        parts.append(f"{name}: N90 {held} (per seed {r['N90 per seed (range)']}; {r['generator params (M)']:.2f} M "
-                     f"parameters; at the largest N {r['ended at largest N']})")
-    seeds = int(table["seeds per N"].max())
+        parts.append(f"{name}: N90 {held}")
+    seeds = int(table["seeds"].max())
     sets = data_sets(g)
     runs = (f"mean over {seeds} seeds" if seeds > 1 else "one run") + \
-        f" on {sets} data set{'s' * (sets != 1)}" + (": seeds of one data set, not independent" if sets == 1 and
+        f" on {sets} data set{'s' * (sets != 1)}" + (" (seeds of one data set, not independent)" if sets == 1 and
                                                       seeds > 1 else "")
     epochs = ", ".join(str(int(e)) for e in sorted(g["epochs"].dropna().unique())) if "epochs" in g else "?"
     per_pair = ""
     if "budget/g_steps_per_pair" in g and g["budget/g_steps_per_pair"].notna().any():
         steps = sorted(int(v) for v in g["budget/g_steps_per_pair"].dropna().unique())
-        per_pair = f" ({', '.join(map(str, steps))} G steps per pair)"
-    return [f"Given the pair ({', '.join(sorted(g['pairing'].unique()))} pairing), within {epochs} epochs{per_pair}; "
-            "the original trained 2000 epochs at N = 10 and 10000 at N = 20 (800 and 4000 G steps per pair), one G "
-            f"held forward_top1 >= 0.9 up to these N (N90; {runs} per N): " + "; ".join(parts) + "."]
+        per_pair = f" ({', '.join(map(str, steps))} G steps per pair; the original: 800 at N = 10, 4000 at N = 20)"
+    return [f"Given the pair ({', '.join(sorted(g['pairing'].unique()))} pairing), within {epochs} epochs{per_pair}, "
+            f"one G held forward_top1 >= 0.9 at every N up to N90 ({runs} per N; {stop_text(g)}): "
+            + "; ".join(parts) + "."]
 
 
 def ledger_text(t: pd.DataFrame, missing: list[dict]) -> str:
@@ -260,15 +263,18 @@ def ledger_text(t: pd.DataFrame, missing: list[dict]) -> str:
     return "Trials on the way: " + "; ".join(parts) + "."
 
 
+QUESTION_1_MISSING = ("Question 1 (what the pairs are based on) needs runs given no pair (pairing=shuffled with "
+                      "lambda_l1 = 0, or scheme=cyclegan); this study has none: make sweep "
+                      "CONFIG=study/configs/unpaired.toml runs them.")
+QUESTION_2_MISSING = ("Question 2 (how far one G reaches) needs runs given a pair at two or more N; this study has "
+                      "none: make sweep CONFIG=study/configs/capacity.toml runs them.")
+
+
 def answers(t: pd.DataFrame) -> list[str]:
-    """The report's first screen: each question the study has data for, in sentences with numbers; a
-    sentence for each it has none for."""
-    out = unpaired_answers(t) or [
-        "Question 1 (what the pairs are based on) needs runs given no pair (pairing=shuffled with lambda_l1 = 0, "
-        "or scheme=cyclegan); this study has none: make sweep CONFIG=study/configs/unpaired.toml runs them."]
-    out += capacity_answers(t) or [
-        "Question 2 (how far one G reaches) needs runs given a pair at two or more N; this study has none: "
-        "make sweep CONFIG=study/configs/capacity.toml runs them."]
+    """The report's first screen in sentences: each question the study has data for, one sentence per
+    condition; a sentence for each it has none for."""
+    out = unpaired_answers(t) or [QUESTION_1_MISSING]
+    out += capacity_answers(t) or [QUESTION_2_MISSING]
     return out + collapse_answers(t) + formation_answers(t) + scaling_answers(t)
 
 

@@ -109,20 +109,27 @@ def complete(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_seed_agreement(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """pair/seed_agreement and pair/seed_kappa per condition (config_key: one data set, so its runs differ
-    in seed alone): means over seed pairs of the share of i with the same a(i) and of Cohen's kappa."""
+    """Each completed run's final assignment a (`assignment`) and its untrained map's (`initial`, where epoch 0
+    was evaluated), and pair/seed_agreement and pair/seed_kappa per condition and data set (config_key: its
+    runs differ in seed alone): means over seed pairs of the share of i with the same a(i) and of Cohen's
+    kappa. analysis.claims tests the kappa against its own permutation null."""
     done = complete(trials)
     if "tags.config_key" not in done or done.empty:
         return trials
-    assignments = {}
+    assignments, initial = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for row in done.itertuples():
             try:
-                path = client.download_artifacts(row.run_id, "pairing/assignment.json", tmp)
-                assignments[row.run_id] = np.asarray(json.loads(Path(path).read_text())["a"])
+                saved = json.loads(Path(client.download_artifacts(row.run_id, "pairing/assignment.json", tmp))
+                                   .read_text())
             except Exception:
                 continue
+            assignments[row.run_id] = np.asarray(saved["a"])
+            if saved.get("a0") is not None:
+                initial[row.run_id] = np.asarray(saved["a0"])
     trials = trials.copy()
+    trials["assignment"] = trials["run_id"].map(assignments)
+    trials["initial"] = trials["run_id"].map(initial)
     for key, group in done.groupby("tags.config_key"):
         ids = [r for r in group.run_id if r in assignments]
         pairs = [seed_agreement(assignments[p], assignments[q]) for p, q in itertools.combinations(ids, 2)]

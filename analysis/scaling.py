@@ -28,14 +28,15 @@ class ScalingFit:
     loglog_r2: float
     a_low: float = float("nan")  # 95% interval of the intercept (NaN with two points: they fit exactly)
     a_high: float = float("nan")
+    distinct_n: int = 0  # a line through two N fits exactly however many runs sit at each
 
     def verdict(self) -> str:
         """The one rule for every fit the report shows: reliable unless R^2 < 0.9, the fixed cost is negative
         beyond its own 95% interval (a time cannot be below zero; -0.0005 s within noise is no defect), or
         there are too few points to tell."""
         problems = []
-        if self.n_points < 3:
-            problems.append(f"{self.n_points} points fit any line")
+        if self.distinct_n < 3:
+            problems.append(f"{self.distinct_n} distinct N fit any line")
         if self.r2 < 0.9:
             problems.append(f"R^2 {self.r2:.2f} < 0.9")
         if self.a_high < 0:
@@ -59,4 +60,4 @@ def fit_scaling(n: np.ndarray, seconds: np.ndarray) -> ScalingFit:
     half, a_half = t * log.stderr, t * lin.intercept_stderr
     return ScalingFit(len(n), float(lin.intercept), float(lin.slope), float(lin.rvalue**2), float(log.slope),
                       float(log.slope - half), float(log.slope + half), float(log.rvalue**2),
-                      float(lin.intercept - a_half), float(lin.intercept + a_half))
+                      float(lin.intercept - a_half), float(lin.intercept + a_half), len(np.unique(n)))

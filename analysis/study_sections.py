@@ -48,7 +48,10 @@ def plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure:
             else:  # one line per N: a mean over N is a chance level no run has
                 for n in sorted(int(n) for n in data["n_images"].unique()):
                     ax.axhline(chance_level(metric, n), color="k", ls="--", lw=1, label=f"chance, N = {n}")
-        ax.set_ylim(-0.05, 1.05)
+        values = t[metric].dropna()
+        # kappa and the copy excess go below 0: the axis shows every value, never a cut-off one
+        ax.set_ylim(min(-0.05, values.min() - 0.05) if len(values) else -0.05,
+                    max(1.05, values.max() + 0.05) if len(values) else 1.05)
         ax.set_title(f"{metric} vs {factor}")
         if ax.get_legend() is not None and ax is not axes[0][-1]:
             ax.get_legend().remove()

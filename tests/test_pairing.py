@@ -218,6 +218,7 @@ def test_formation_on_a_hand_made_history():
     # x_0: 20, x_1: 10; x_2 and x_3 changed at the last evaluation, so they are not locked (right-censored):
     # the median falls between a locked and an unlocked row, and the run has no locked_epoch
     assert np.isnan(f.locked_epoch) and f.locked_rows == 2
-    assert formation(epochs[:3], a[:3], top1[:3], seconds).locked_epoch == 15  # x_0, x_2: 20, x_1, x_3: 10
+    # the whole map stays from epoch 20 (x_1 and x_3 alone from 10)
+    assert formation(epochs[:3], a[:3], top1[:3], seconds).locked_epoch == 20
     never = formation(epochs, a, [0.1] * 4, seconds)
     assert np.isnan(never.epochs_to_90) and np.isnan(never.seconds_to_pairs)

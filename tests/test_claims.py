@@ -1,0 +1,230 @@
+"""Claims that can fail: each sentence of the report is a test with a measured error rate (analysis.claims,
+analysis.calibration), and the defects found on main d18563f stay fixed, one test each."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis import claims, dynamics, evidence, questions
+from analysis.calibration import calibrate
+from analysis.conditions import data_sets
+from analysis.pairing import agreement_pvalue, chosen_rank, formation, is_locked, predictor_partners
+from analysis.scaling import fit_scaling
+from cyclelike.config import ConfigError, RunConfig
+from cyclelike.data import Domains
+from cyclelike.fused import check_fusable
+from cyclelike.train import EpochStats, TrainResult
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return calibrate(studies=1000, power_studies=200).set_index("claim")
+
+
+def test_every_claim_keeps_its_false_positive_rate_at_its_level_over_1000_simulated_studies(calibration):
+    assert calibration.attrs["studies"] >= 1000
+    for claim, row in calibration.iterrows():
+        assert row["false-positive rate"] <= row["level"], claim
+
+
+def test_every_claim_has_power_at_its_planted_effect(calibration):
+    """A test that never says yes has no false positives either: each must find what was planted."""
+    for claim, row in calibration.iterrows():
+        assert row["power"] >= 0.7, claim
+
+
+def _unpaired(sets: int, seeds: int, maps=None, **columns) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for d in range(sets):
+        for s in range(seeds):
+            a = rng.integers(0, 10, 10) if maps is None else maps(d, s)
+            rows.append({"pairing": "shuffled", "scheme": "cyclegan", "lambda_l1": 0.0, "n_images": 10, "epochs": 40,
+                         "data_seed": d, "seed": s, "tags.data_hash": f"h{d}", "pair/bijectivity": 0.7,
+                         "pair/forward_top1": 0.1, "pair/forward_top1_pvalue": 0.6,
+                         "pair/bijectivity_p_permutation": 0.5, "pair/bijectivity_p_collapse": 0.5,
+                         "assignment": a, **columns})
+    return pd.DataFrame(rows)
+
+
+def test_n90_is_where_every_smaller_n_held_not_the_largest_that_passed():
+    """main took the largest N whose mean passed: 0.55 at N = 10 and 1.0 at N = 20 gave N90 = 20."""
+    assert claims.n90(pd.Series({10: 0.55, 20: 1.0})) is None
+    assert claims.n90(pd.Series({10: 1.0, 20: 0.95, 40: 0.6, 80: 0.92})) == 20
+    rows = [{"pairing": "fixed", "arch": "unet", "lambda_l1": 10.0, "epochs": 40, "n_images": n, "seed": 0,
+             "pair/forward_top1": v} for n, v in ((10, 0.55), (20, 1.0))]
+    row = questions.n90_table(pd.DataFrame(rows)).iloc[0]
+    assert row["N90"] == "-" and row["top1 per N"] == "10: 0.55, 20: 1.00"  # the later pass is shown, not taken
+
+
+def test_one_data_set_is_not_tested_whatever_its_seeds_say():
+    """binomtest(1, 1, 0.05) is p = 0.05: one data set could never be beyond chance, and main said "no"."""
+    g = _unpaired(1, 6, **{"pair/agree_pixel": 1.0, "pair/agree_pixel_pvalue": 1e-6})
+    table = questions.predictor_table(g)
+    assert (table["beyond chance"] == "not tested").all()
+    said = claims.claims_for(g, ["pixel"])
+    assert said["explained_pixel"].verdict == "not tested" and said["lu"].verdict == "not tested"
+    text = questions.unpaired_answers(g)[0]
+    assert "not tested" in text and "agrees" not in text.split("Lu et al.")[-1].split(":", 1)[0]
+
+
+def test_without_predictor_columns_no_sentence_says_the_pairs_are_unexplained():
+    """main said "nor explained by a data-only predictor" for a study that had logged none."""
+    text = questions.unpaired_answers(_unpaired(3, 2))[0]
+    assert "nor explained" not in text and "candidate explanations: not tested" in text
+    assert "this study agrees" not in text
+
+
+def test_lu_agrees_only_when_sharing_could_have_been_seen_and_disagrees_when_seeds_share():
+    rng = np.random.default_rng(3)
+    perms = [rng.permutation(10) for _ in range(6)]
+    shared = _unpaired(6, 2, maps=lambda d, s: perms[d], **{"pair/agree_pixel_pvalue": 0.6})
+    assert claims.claims_for(shared, ["pixel"])["lu"].verdict == "no"
+    random = _unpaired(6, 2, maps=lambda d, s: np.random.default_rng(10 * d + s).permutation(10),
+                       **{"pair/agree_pixel_pvalue": 0.6})
+    said = claims.claims_for(random, ["pixel"])
+    assert said["seeds_share"].verdict == "no" and said["seeds_share"].high < 0.2
+    assert said["lu"].verdict == "yes"
+    two = claims.claims_for(random[random["data_seed"] < 2], ["pixel"])["lu"]
+    assert two.verdict == "not tested" and "3 or more" in two.detail
+
+
+def test_two_seeds_collapsed_onto_one_y_do_not_share_partners():
+    g = _unpaired(3, 2, maps=lambda d, s: np.full(10, 3))
+    share = claims.seeds_share(g)
+    assert share.verdict == "no" and share.p > 0.5
+
+
+def test_data_sets_are_counted_by_their_images_not_their_data_seed():
+    """A pool of exactly N + n_holdout images gives every data_seed the same training images."""
+    x, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    one = Domains(x, y, x[:0], y[:0], "shuffled", torch.arange(4))
+    again = Domains(x.clone(), y.clone(), x[:0], y[:0], "shuffled", torch.arange(4))
+    assert one.content_hash() == again.content_hash() != Domains(y, x, x[:0], y[:0], "aligned",
+                                                                  torch.arange(4)).content_hash()
+    t = pd.DataFrame({"data_seed": [0, 0, 1, 1], "seed": [0, 1, 0, 1], "tags.data_hash": [one.content_hash()] * 4})
+    assert data_sets(t) == 1
+    assert data_sets(t.drop(columns="tags.data_hash")) == 2  # runs logged before the hash: their data seeds
+
+
+def test_the_untrained_map_is_a_candidate_scored_against_its_own_marginals():
+    a = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 0])
+    assert agreement_pvalue(a, a) < 0.01
+    collapsed = np.full(10, 2)
+    assert agreement_pvalue(collapsed, collapsed) == 1.0  # both on one y: agreement forced by the marginals
+
+
+def test_locked_holds_over_frequent_evaluations():
+    """main asked the last patience + 1 evaluations to span patience_epochs: with eval_every 2, never."""
+    epochs = list(range(0, 42, 2))
+    fixed, other = np.arange(4), np.array([1, 0, 2, 3])
+    maps = [other if e < 12 else fixed for e in epochs]
+    assert is_locked(epochs, maps, [1.0] * len(epochs), patience=3, patience_epochs=20, need_top1=True)
+    assert not is_locked(epochs[:15], maps[:15], [1.0] * 15, patience=3, patience_epochs=20, need_top1=True)
+
+
+def test_an_unpaired_run_locks_only_when_both_directions_hold():
+    epochs, a = [10, 20, 30, 40], [np.arange(4)] * 4
+    b_moving = [np.arange(4), np.array([1, 0, 2, 3]), np.arange(4), np.array([1, 0, 2, 3])]
+    assert is_locked(epochs, a, [0.0] * 4, 2, 20, need_top1=False)
+    assert not is_locked(epochs, a, [0.0] * 4, 2, 20, need_top1=False, backward=b_moving)
+
+
+def test_a_locked_run_on_a_collapse_says_so():
+    g = pd.DataFrame({"stop": ["locked"] * 2, "tags.stop/reason": ["locked"] * 2, "stop/epoch": [200, 300],
+                      "pair/bijectivity_p_collapse": [0.001, 0.4]})
+    assert "1 of them on a collapse" in evidence.stop_text(g)
+
+
+def test_formation_epochs_are_intervals_between_evaluations():
+    """main printed "at the first evaluation they had" for runs that reached 0.9 at their second."""
+    formed = formation([0, 10, 20], [np.zeros(4, int), np.arange(4), np.arange(4)], [0.0, 0.8, 1.0])
+    assert (formed.epochs_to_90_after, formed.epochs_to_90) == (10.0, 20.0)
+    g = pd.DataFrame([{"pairing": "aligned", "lambda_l1": 10.0, "n_images": 4, "seed": s,
+                       "pair/epochs_to_90": 20.0, "pair/epochs_to_90_after": 10.0} for s in (0, 1)])
+    text = dynamics.formation_answers(g)[0]
+    assert "after epoch 10 and by epoch 20" in text and "first evaluation they had" not in text
+
+
+def test_locked_epoch_is_the_whole_maps_so_it_never_precedes_reaching_0_9():
+    """main's median row could lock at epoch 10 while forward_top1 still changed and reached 0.9 at 20."""
+    maps = [np.array([0, 1, 3, 2]), np.array([0, 1, 2, 2]), np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3])]
+    formed = formation([10, 20, 30, 40], maps, [0.5, 0.75, 1.0, 1.0])
+    assert formed.locked_epoch == 30 and formed.epochs_to_90 <= formed.locked_epoch
+
+
+def test_seconds_to_lock_count_each_seeds_share_and_the_epochs_before_a_resume():
+    from study.trial import seed_seconds
+
+    history = [EpochStats(e, 4.0, {}, seeds=4) for e in range(1, 6)] + [EpochStats(e, 1.5, {}) for e in range(6, 9)]
+    result = TrainResult(RunConfig(), history, {}, None, "cpu", resumed_from_epoch=5)
+    assert seed_seconds(result) == pytest.approx(5 * 1.0 + 3 * 1.5)
+
+
+def test_a_fit_through_two_n_is_not_reliable_however_many_runs_sit_there():
+    fit = fit_scaling(np.array([5, 5, 10, 10]), np.array([0.5, 0.52, 1.0, 1.01]))
+    assert fit.distinct_n == 2 and fit.verdict().startswith("no: 2 distinct N")
+
+
+def test_timing_series_keep_compute_apart_and_leave_contended_runs_out():
+    t = pd.DataFrame([{"n_images": n, "threads": k, "time/sec_per_epoch": 0.1 * n / k,
+                       "tags.timing.workers": w} for n in (5, 10, 20) for k in (1, 2) for w in ("1", "2")])
+    assert dynamics.scaling_series(t).nunique() == 2
+    fitted, caveat = dynamics.fitted_runs(t)
+    assert (fitted["tags.timing.workers"] == "1").all() and "left out of the fits" in caveat
+    text = dynamics.scaling_answers(t)[0]
+    assert "threads=1" in text and "threads=2" in text and "3 N" in text
+
+
+def test_fused_seeds_refuse_dropout():
+    base = RunConfig(image_size=16, n_images=4, dropout=0.5)
+    with pytest.raises(ConfigError, match="dropout"):
+        check_fusable([base, base.replace(seed=1)])
+
+
+def test_one_vocabulary_for_given_a_pair_given_none_and_a_new_partner_every_epoch():
+    """main called shuffled runs with an L1 target "no pair is given" in one section and given one in another."""
+    noisy = pd.DataFrame({"pairing": ["shuffled"], "lambda_l1": [10.0], "scheme": ["cyclelike"]})
+    assert evidence.reference_text(noisy) == "the stored order (given a new random partner every epoch)"
+    assert evidence.unpaired(noisy).empty
+    none = noisy.assign(lambda_l1=0.0)
+    assert evidence.reference_text(none) == "the stored order (given no pair)"
+
+
+def test_figures_show_every_value_of_kappa_and_copy_excess():
+    from analysis.study_sections import plot_metric
+
+    t = pd.DataFrame({"pairing": ["aligned", "fixed"] * 2, "n_images": [10] * 4,
+                      "pair/seed_kappa": [-0.32, 0.1, -0.2, 0.3], "mem/holdout_copy_excess": [-0.95, -0.6, 0.0, 0.1]})
+    for metric, low in (("pair/seed_kappa", -0.32), ("mem/holdout_copy_excess", -0.95)):
+        fig = plot_metric(t, metric, ["pairing"])
+        assert fig.axes[0].get_ylim()[0] < low
+        assert not math.isnan(fig.axes[0].get_ylim()[1])
+
+
+def test_the_new_predictors_recover_what_they_measure():
+    """Silhouette (where the subject is), orientation (which way it points) and brightness (how light), each on
+    images that differ only in that, with Y a recoloured copy of X in another order."""
+    n, size = 6, 32
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    blobs = torch.stack([((xx - 5 - 4 * i) ** 2 + (yy - 16) ** 2 < 16).float() for i in range(n)])
+    angles = torch.linspace(0, 2.5, n)
+    bars = torch.stack([(((xx - 16) * torch.cos(t) + (yy - 16) * torch.sin(t)).abs() < 2).float()
+                        * (((xx - 16) ** 2 + (yy - 16) ** 2) < 100) for t in angles])
+    for name, shapes in (("silhouette", blobs), ("orientation", bars)):
+        x = (shapes * 2 - 1)[:, None].expand(-1, 3, -1, -1)
+        y = (-(shapes * 2 - 1) * 0.8)[:, None].expand(-1, 3, -1, -1)[order]  # another colour, another order
+        assert (predictor_partners(x, y)[name] == torch.argsort(order).numpy()).all(), name
+    levels = torch.linspace(-0.8, 0.8, n)[:, None, None, None].expand(-1, 3, size, size)
+    y = levels[order] + 0.01 * torch.randn(n, 3, size, size)
+    assert (predictor_partners(levels, y)["brightness"] == torch.argsort(order).numpy()).all()
+
+
+def test_the_chosen_partners_rank_on_a_predictors_cost():
+    cost = np.array([[0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0.2, 0.3, 0.1]])
+    assert chosen_rank(np.array([0, 1, 2]), cost) == 1.0
+    assert chosen_rank(np.array([2, 0, 1]), cost) == 3.0
