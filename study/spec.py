@@ -94,7 +94,9 @@ class SweepSpec:
         return values
 
     def base_config(self) -> RunConfig:
-        return RunConfig.from_dict(self._budgeted(dict(self.fixed)))
+        """The fixed values, and for a key every trial takes from the space, its first value (or low end)."""
+        first = {k: v[0] if isinstance(v, list) else v.low for k, v in self.space.items() if k not in self.fixed}
+        return RunConfig.from_dict(self._budgeted({**first, **self.fixed}))
 
     def config_for(self, params: dict[str, Any], seed: int) -> RunConfig:
         return RunConfig.from_dict(self._budgeted({**self.fixed, **params, "seed": seed}))
@@ -213,14 +215,16 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
             _expect("$" not in expanded, f"fixed.{name}={value!r}: the environment variable is not set; "
                     f"export it or give --set {name}=...")
             fixed[name] = expanded
+    space_raw = dict(raw.get("space", {}))
+    known = RunConfig.field_help()
+    # a value every trial takes from the space (x_path for a study over two files) completes [fixed] here
+    swept = {k: v[0] for k, v in space_raw.items() if k in known and k not in fixed and isinstance(v, list) and v}
     try:
-        RunConfig.from_dict(fixed)
+        RunConfig.from_dict({**swept, **fixed})
     except ConfigError as err:
         raise SweepError(f"fixed: {err}") from None
-    space_raw = dict(raw.get("space", {}))
     for name in sets or {}:
         space_raw.pop(name, None)  # --set pins a value the file would have swept
-    known = RunConfig.field_help()
     space = {}
     for name, value in space_raw.items():
         _expect(name != "seed", "space.seed: use the top-level 'seeds' list to repeat configurations")
@@ -228,7 +232,7 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
         space[name] = _parse_dimension(name, value)
         if isinstance(space[name], list):
             for v in space[name]:
-                _check_value(fixed, name, v)
+                _check_value({**swept, **fixed}, name, v)
         else:
             for v in (space[name].low, space[name].high):
                 _check_value(fixed, name, v)
