@@ -101,18 +101,22 @@ def steps_to_lock(g: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
     spent their budget unlocked are counted per N, not drawn."""
     if "tags.stop/reason" not in g or not (g["tags.stop/reason"] == "locked").any():
         return None, pd.DataFrame()
-    data = g.assign(series=timing_series(g), locked=g["tags.stop/reason"] == "locked")
+    # each seed's own seconds, over every epoch it trained (a resumed run's before the kill too, a fused seed's
+    # share of its group's epochs); runs logged before time/seed_train_s: the seconds trained in their last go
+    seconds = g["time/seed_train_s"] if "time/seed_train_s" in g else pd.Series(float("nan"), g.index)
+    data = g.assign(series=timing_series(g), locked=g["tags.stop/reason"] == "locked",
+                    seconds=seconds.fillna(column_or(g, "time/train_s", float("nan"))))
     rows = []
     for (series, n), h in data.groupby(["series", "n_images"]):
         done = h[h["locked"]]
         rows.append({"series": series, "N": int(n), "locked": f"{len(done)} of {len(h)}",
                      "median G steps to lock": done["stop/g_steps"].median() if len(done) else float("nan"),
-                     "median seconds to lock": round(done["time/train_s"].median(), 1) if len(done) else float("nan"),
+                     "median seconds to lock": round(done["seconds"].median(), 1) if len(done) else float("nan"),
                      "budget (G steps)": int(h["budget/g_steps"].max()) if "budget/g_steps" in h else "?"})
     locked = data[data["locked"]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric, label in ((axes[0], "stop/g_steps", "G steps to lock"),
-                              (axes[1], "time/train_s", "training seconds to lock")):
+                              (axes[1], "seconds", "training seconds to lock")):
         sns.lineplot(data=locked, x="n_images", y=metric, hue="series", estimator="median", errorbar=("pi", 100),
                      marker="o", ax=ax, legend=ax is axes[1])
         ax.set_xscale("log", base=2)

@@ -162,6 +162,11 @@ def test_seconds_to_lock_count_each_seeds_share_and_the_epochs_before_a_resume()
     history = [EpochStats(e, 4.0, {}, seeds=4) for e in range(1, 6)] + [EpochStats(e, 1.5, {}) for e in range(6, 9)]
     result = TrainResult(RunConfig(), history, {}, None, "cpu", resumed_from_epoch=5)
     assert seed_seconds(result) == pytest.approx(5 * 1.0 + 3 * 1.5)
+    # the report reads them, not the seconds trained after the resume (time/train_s)
+    g = pd.DataFrame([{"n_images": n, "tags.stop/reason": "locked", "stop/g_steps": 80, "time/train_s": 4.5,
+                       "time/seed_train_s": 9.5, "budget/g_steps": 800} for n in (4, 8)])
+    _, table = dynamics.steps_to_lock(g)
+    assert (table["median seconds to lock"] == 9.5).all()
 
 
 def test_a_fit_through_two_n_is_not_reliable_however_many_runs_sit_there():
