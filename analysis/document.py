@@ -16,8 +16,9 @@ CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222;
        line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; } th { background: #f0f0f0; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; max-width: 100%; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; overflow-wrap: anywhere; }
+th { background: #f0f0f0; font-size: 0.9em; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #555; } pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 img.pixels { width: 100%; max-width: 900px; image-rendering: pixelated; }
@@ -32,6 +33,10 @@ window.addEventListener("load", function () {
   var broken = Array.from(document.images).filter(function (i) { return !i.complete || i.naturalWidth === 0; });
   document.body.setAttribute("data-images", document.images.length);
   document.body.setAttribute("data-broken-images", broken.length);
+  // tables wider than the text column they sit in: each must fit
+  var column = document.body.clientWidth;
+  var wide = Array.from(document.querySelectorAll("table")).filter(function (t) { return t.offsetWidth > column; });
+  document.body.setAttribute("data-wide-tables", wide.length);
 });
 </script>
 """

@@ -55,7 +55,8 @@ def distance_heatmap(D: np.ndarray, a: np.ndarray | None = None, pi: np.ndarray 
     """The distance matrix with the nearest target of each row (a, white square; none on a tied row) and the
     pairing scored against (pi, red dot) marked: where they coincide, the pair given is the pair formed."""
     n_rows, n_cols = D.shape
-    side = min(10.0, 2.0 + 0.35 * max(n_rows, n_cols))
+    # at least 5 inches: at N = 5 the names ("faces[2]") ran into each other on a smaller matrix
+    side = min(10.0, max(5.0, 2.0 + 0.35 * max(n_rows, n_cols)))
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     # the images' own names (faces[2], ...) where they fit, so the axes read as assignment.json does
     xticks = col_names if col_names and n_cols <= 20 else max(1, n_cols // 20)
@@ -64,6 +65,8 @@ def distance_heatmap(D: np.ndarray, a: np.ndarray | None = None, pi: np.ndarray 
                 xticklabels=xticks, yticklabels=yticks)
     if col_names and n_cols <= 20:
         ax.tick_params(axis="x", labelrotation=90)
+    if row_names and n_rows <= 20:
+        ax.tick_params(axis="y", labelrotation=0)  # one name per line, never stacked end to end
     rows = np.arange(n_rows)
     if a is not None:
         a = np.asarray(a)

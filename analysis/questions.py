@@ -56,41 +56,40 @@ def predictor_table(u: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def findings(t: pd.DataFrame) -> list[str]:
-    """Sentences that restate the numbers per whole condition the study varied (seeds and data seeds are its
-    replicates), each with the chance level of its own N: nothing the numbers do not show, nothing pooled."""
+def findings_table(t: pd.DataFrame) -> pd.DataFrame:
+    """The numbers per whole condition the study varied (seeds and data seeds are its replicates), one row each
+    under its legend label, each share beside the chance level of its own N: nothing pooled."""
     done = t[t["state"] == "COMPLETE"] if "state" in t else t
     if done.empty or "pairing" not in done or "pair/forward_top1" not in done:
-        return []
-    out = []
-    for condition, g in groups(done):
+        return pd.DataFrame()
+    rows = []
+    for label, _, g in labelled(done):
         f = g["pair/forward_top1"].dropna()
         if f.empty:
             continue
-        target = reference_text(g)
-        parts = [f"With {describe(condition)}, forward_top1 against {target} = {f.mean():.2f} over {len(f)} runs "
-                 f"(range {f.min():.2f} to {f.max():.2f}; chance {chance_text('pair/forward_top1', g)}); "
-                 f"{significant_text(g, 'pair/forward_top1_pvalue')} beat a random permutation at p < 0.05"]
-        for key, label in (("pair/cycle_top1", "cycle_top1"), ("pair/cycle_top1_lowpass", "cycle_top1_lowpass"),
-                           ("pair/mutual", "mutual")):
+        row = {"condition": label, "forward_top1 against": reference_text(g).removeprefix("the "),
+               "forward_top1": f"{f.mean():.2f} ({f.min():.2f}-{f.max():.2f})",
+               "chance": chance_text("pair/forward_top1", g),
+               "beat a random permutation": significant_text(g, "pair/forward_top1_pvalue")}
+        for key, name in (("pair/cycle_top1", "cycle_top1"), ("pair/mutual", "mutual"),
+                          ("pair/bijectivity", "bijectivity")):
             if key in g and g[key].notna().any():
-                parts.append(f"{label} = {g[key].mean():.2f} (chance {chance_text(key, g)})")
-        if "pair/seed_kappa" in g and g["pair/seed_kappa"].notna().any():
-            parts.append(f"seed kappa = {g['pair/seed_kappa'].mean():.2f} (Cohen's; 0 is chance)")
-        if "pair/bijectivity" in g and g["pair/bijectivity"].notna().any():
-            text = (f"bijectivity = {g['pair/bijectivity'].mean():.2f} (a random map: "
-                    f"{chance_text('pair/bijectivity', g)}")
-            if "pair/bijectivity_p_collapse" in g:
-                text += (f"; {significant_text(g, 'pair/bijectivity_p_collapse')} have fewer distinct targets than a "
-                         f"random map at p < 0.05, {significant_text(g, 'pair/bijectivity_p_permutation')} more")
-            parts.append(text + ")")
-        parts.append(f"budget {budget_text(g)}: {stop_text(g)}")
-        out.append(", ".join(parts) + ".")
-    if done["n_images"].min() <= 10:
-        n = int(done["n_images"].min())
-        out.append(f"With N = {n}, one image is {100 / n:.0f} points of any share metric. Bijectivity is tested "
-                   "against the exact distribution of distinct targets of a random map, not as a binomial share.")
-    return out
+                row[name] = f"{g[key].mean():.2f} (chance {chance_text(key, g)})"
+        if "pair/bijectivity_p_collapse" in g:
+            row["fewer / more distinct than a random map"] = (
+                f"{count_significant(g, 'pair/bijectivity_p_collapse')} / "
+                f"{count_significant(g, 'pair/bijectivity_p_permutation')} of {len(g)}")
+        row |= {"budget": budget_text(g), "ended": stop_text(g)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def small_n_note(t: pd.DataFrame) -> str:
+    if t.empty or "n_images" not in t or t["n_images"].min() > 10:
+        return ""
+    n = int(t["n_images"].min())
+    return (f"With N = {n}, one image is {100 / n:.0f} points of any share metric. Bijectivity is tested against the "
+            "exact distribution of distinct targets of a random map, not as a binomial share.")
 
 
 LU_ET_AL = ("Lu et al. (AAAI 2019) found CycleGAN's one-to-one map to be \"just a random one within the large "
@@ -108,43 +107,43 @@ def unpaired_claims(u: pd.DataFrame) -> list[tuple[str, dict, pd.DataFrame, dict
     return out
 
 
-def _phrase(claim: claims.Claim, yes: str, no: str, what: str) -> str:
-    if claim.verdict == "yes":
-        return f"{yes} ({claim.detail})"
-    if claim.verdict == "no":
-        return f"{no} ({claim.detail})"
-    return f"{what}: not tested ({claim.detail})"
+def _short(claim: claims.Claim) -> str:
+    return claim.detail.split(", p =")[0].split(" with every seed")[0].split(", permutation")[0]
 
 
 def unpaired_sentence(label: str, condition: dict, g: pd.DataFrame, said: dict[str, claims.Claim]) -> str:
     """One sentence of plain words per condition given no pair: does a one-to-one map form, is it the stored
-    order's, do the seeds share it, does a candidate explain it, and Lu et al.'s verdict."""
+    order's, do the seeds share it, does a candidate explain it, and Lu et al.'s verdict. Its numbers are in
+    unpaired_table; a reason a claim could not be tested is said once."""
+    name = f"{label} ({who(condition, g)})" if label else who(condition, g)
+    share = said["seeds_share"]
+    shared = {"yes": f"the seeds of one data set chose the same partners ({_short(share)})",
+              "no": f"the seeds shared no more partners than their marginals give ({_short(share)})",
+              "not tested": "seed sharing not tested (one seed per data set)"}[share.verdict]
+    if data_sets(g) < 2:
+        return (f"Given no pair, {name}: one data set ({len(g)} runs), so whether a one-to-one map forms, finds the "
+                f"stored order's partners or follows a candidate explanation is not tested (one data set cannot "
+                f"reach p < 0.05, however many seeds); {shared}; {LU_ET_AL}: not tested here.")
+    parts = []
     if said["one_to_one"].verdict == "yes":
-        forms = _phrase(said["one_to_one"], "one-to-one maps formed", "", "")
+        parts.append(f"one-to-one maps formed ({_short(said['one_to_one'])})")
     elif said["collapse"].verdict == "yes":
-        forms = _phrase(said["collapse"], "the maps collapsed onto few targets", "", "")
+        parts.append(f"the maps collapsed onto few targets ({_short(said['collapse'])})")
     else:
-        forms = _phrase(said["one_to_one"], "", "no more one-to-one than a random map", "one-to-one")
-    truth = _phrase(said["beats_chance"], "they found the stored order's partners beyond chance",
-                    "they did not find the stored order's partners beyond chance", "the stored order's partners")
-    share = _phrase(said["seeds_share"], "the seeds of one data set chose the same partners",
-                    "the seeds chose different partners", "seed sharing")
-    found = [n for n in CANDIDATES if said.get(f"explained_{n}") and said[f"explained_{n}"].verdict == "yes"]
-    tested = [n for n in CANDIDATES if said.get(f"explained_{n}") and said[f"explained_{n}"].tested]
-    if found:
-        explain = f"{', '.join(found)} explain{'s' * (len(found) == 1)} them beyond chance (Holm over {len(tested)})"
-    elif tested:
-        explain = (f"none of {len(tested)} candidates (data-only predictors, the initial map) explains them beyond "
-                   "chance")
-    else:
-        first = next((said[k] for k in said if k.startswith("explained_")), None)
-        explain = "candidate explanations: not tested" + (f" ({first.detail.split('; ', 1)[-1]})" if first else
-                                                          " (no run logged them)")
+        parts.append(f"no more one-to-one than a random map ({_short(said['one_to_one'])})")
+    truth = said["beats_chance"]
+    parts.append(("they found the stored order's partners beyond chance" if truth.verdict == "yes" else
+                  "they did not find the stored order's partners beyond chance") + f" ({_short(truth)})")
+    parts.append(shared)
+    found = [n for n in CANDIDATES if f"explained_{n}" in said and said[f"explained_{n}"].verdict == "yes"]
+    tested = [n for n in CANDIDATES if f"explained_{n}" in said and said[f"explained_{n}"].tested]
+    parts.append(f"{', '.join(found)} explain{'s' * (len(found) == 1)} them (Holm over {len(tested)} candidates)"
+                 if found else f"none of {len(tested)} candidates explains them" if tested else
+                 "no candidate explanation was logged")
     lu = said["lu"]
-    verdict = {"yes": "agrees: the pairing is a random one", "no": f"does not agree: {lu.detail}",
-               "not tested": f"could not test it ({lu.detail})"}[lu.verdict]
-    return (f"Given no pair, {label + ' (' if label else ''}{who(condition, g)}{')' if label else ''}: {forms}; "
-            f"{truth}; {share}; {explain}. {LU_ET_AL}: this study {verdict}.")
+    verdict = {"yes": "this study agrees", "no": f"this study does not agree ({lu.detail})",
+               "not tested": f"this study could not test it ({lu.detail})"}[lu.verdict]
+    return f"Given no pair, {name}: " + "; ".join(parts) + f". {LU_ET_AL}: {verdict}."
 
 
 def unpaired_answers(t: pd.DataFrame) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import questions
-from .conditions import missing_cells
+from .conditions import describe, labelled, legend, missing_cells
 from .document import Document
 from .figures import PAIRING_COLOURS, distance_heatmap, legend_outside, plt, reference_label, sns
 from .pairing import chance_level
@@ -82,10 +82,14 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
         doc.note("No completed trial reports the objective: no best configuration to show.")
         return
     keys = swept or ["run_id"]
-    best = (done.groupby(keys, dropna=False)[objective].agg(["mean", "min", "max", "count"]).reset_index()
-            .sort_values("mean", ascending=direction == "minimize").head(5))
-    best = best.rename(columns={"mean": f"{objective} mean", "min": "min", "max": "max", "count": "runs"})
-    doc.table(best.round(3), f"Best configurations by {objective} (mean over seeds, {direction}):")
+    ranked = (done.groupby(keys, dropna=False)[objective].agg(["mean", "min", "max", "count"]).reset_index()
+              .sort_values("mean", ascending=direction == "minimize"))
+    tied = int((ranked["mean"] == ranked["mean"].iloc[0]).sum())
+    best = ranked.head(max(5, tied)).rename(columns={"mean": f"{objective} mean", "count": "runs"})
+    shown = (f"all {tied} configurations tied at the best mean" if tied > 1 else "the best 5") + \
+        f" of {len(ranked)}" + (f"; the other {len(ranked) - len(best)} are in section 2" if len(ranked) > len(best)
+                                else "")
+    doc.table(best.round(3), f"Best configurations by {objective} (mean over seeds, {direction}): {shown}:")
 
 
 def schedules_text(t: pd.DataFrame) -> str:
@@ -102,8 +106,14 @@ def section_pairs(doc: Document, runs: StudyRuns) -> None:
     if t.empty:
         doc.note("No completed trials: nothing to show about pair formation.")
         return
-    for sentence in questions.findings(t):
-        doc.p(sentence)
+    table = questions.findings_table(t)
+    if len(table):
+        found = labelled(t)
+        doc.p(legend(found) or f"Every run: {describe(found[0][1])}.")
+        doc.table(table, "Per condition (mean over runs, their range, and the chance level at their N; runs at p < "
+                  "0.05 counted with the data sets in which every seed is):")
+    if questions.small_n_note(t):
+        doc.p(questions.small_n_note(t))
     factors = [f for f in FACTORS if f in t and t[f].nunique() > 1] or [f for f in ("pairing",) if f in t]
     if not factors:
         doc.note("No factor varies across the completed runs.")

@@ -68,13 +68,13 @@ def test_one_data_set_is_not_tested_whatever_its_seeds_say():
     said = claims.claims_for(g, ["pixel"])
     assert said["explained_pixel"].verdict == "not tested" and said["lu"].verdict == "not tested"
     text = questions.unpaired_answers(g)[0]
-    assert "not tested" in text and "agrees" not in text.split("Lu et al.")[-1].split(":", 1)[0]
+    assert "is not tested (one data set cannot reach p < 0.05" in text and "agrees" not in text
 
 
 def test_without_predictor_columns_no_sentence_says_the_pairs_are_unexplained():
     """main said "nor explained by a data-only predictor" for a study that had logged none."""
     text = questions.unpaired_answers(_unpaired(3, 2))[0]
-    assert "nor explained" not in text and "candidate explanations: not tested" in text
+    assert "nor explained" not in text and "no candidate explanation was logged" in text
     assert "this study agrees" not in text
 
 
@@ -233,3 +233,13 @@ def test_the_chosen_partners_rank_on_a_predictors_cost():
     cost = np.array([[0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0.2, 0.3, 0.1]])
     assert chosen_rank(np.array([0, 1, 2]), cost) == 1.0
     assert chosen_rank(np.array([2, 0, 1]), cost) == 3.0
+
+
+def test_the_first_screen_says_each_clause_once_per_question_not_once_per_condition():
+    """main repeated "... all 2 runs trained their whole budget (stop = off)" once per architecture and width."""
+    rows = [{"pairing": "fixed", "scheme": "cyclelike", "lambda_l1": 10.0, "epochs": 40, "arch": a, "base_filters": w,
+             "n_images": n, "seed": s, "pair/forward_top1": 1.0, "model/generator_params": 1e6}
+            for a in ("unet", "encdec") for w in (8, 16, 32, 64) for n in (10, 20) for s in (0, 1)]
+    sentence = questions.capacity_answers(pd.DataFrame(rows))
+    assert len(sentence) == 1
+    assert sentence[0].count("trained their whole budget") == 1 and sentence[0].count("N90") == 9

@@ -59,15 +59,16 @@ def test_report_numbers_match_mlflow(store):
     md = (out / "report.md").read_text()
     runs = mlflow.search_runs(experiment_names=["rep"], filter_string="tags.`optuna.state` = 'COMPLETE'")
     assert len(runs) == 8
-    targets = {"aligned": "the pair given", "shuffled": "the stored order (no pair is given)"}
-    # one sentence per whole condition (pairing and N both varied): nothing pooled across N
+    targets = {"aligned": "pair given", "shuffled": "stored order (given a new random partner every epoch)"}
+    # one row per whole condition (pairing and N both varied), named once in a legend: nothing pooled across N
+    labels = dict(re.findall(r"([A-Z]) = (N=\d+, pairing=\w+)", md.split("## 3. ")[0].split("## 2. ")[1]))
+    assert len(labels) == 4
     for (pairing, n), group in runs.groupby(["params.pairing", "params.n_images"]):
-        mean = group["metrics.pair/forward_top1"].mean()
-        assert (f"With N={n}, pairing={pairing}, forward_top1 against {targets[pairing]} = {mean:.2f} over "
-                f"{len(group)} runs (range" in md)
+        label = next(k for k, v in labels.items() if v == f"N={n}, pairing={pairing}")
+        f = group["metrics.pair/forward_top1"]
         cycle = group["metrics.pair/cycle_top1"].mean()
-        assert re.search(rf"With N={n}, pairing={pairing},.*cycle_top1 = {cycle:.2f}", md)
-        assert f"chance {1 / int(n):.2f})" in md
+        assert re.search(rf"\| {label} \| {re.escape(targets[pairing])} \| {f.mean():.2f} \({f.min():.2f}-"
+                         rf"{f.max():.2f}\) \| {1 / int(n):.2f} \|.*\| {cycle:.2f} \(chance {1 / int(n):.2f}\)", md)
     for n, group in runs.groupby("params.n_images"):
         median = round(group["metrics.time/sec_per_epoch"].median(), 4)
         assert re.search(rf"\| all runs \| {n} \| {median} \|", md), (n, median)
@@ -158,6 +159,7 @@ def test_index_html_renders_in_headless_chromium(store):
     images = int(re.search(r'data-images="(\d+)"', dom).group(1))
     assert images >= 10
     assert 'data-broken-images="0"' in dom
+    assert 'data-wide-tables="0"' in dom  # every table fits the text column
     shot = out / "screenshot.png"
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400", page], capture_output=True,
                    timeout=120)
@@ -194,7 +196,7 @@ def test_one_reliable_rule_on_hand_made_fits():
     assert "negative intercept" in negative.verdict() and negative.a_high < 0
     noisy = fit_scaling(n, 0.5 + 0.001 * n + np.array([0.3, -0.3, 0.2, -0.2, -0.3, 0.3, -0.2, 0.2]))
     assert "R^2" in noisy.verdict() and "< 0.9" in noisy.verdict()
-    assert "2 points fit any line" in fit_scaling(np.array([10.0, 20.0]), np.array([1.5, 2.89])).verdict()
+    assert "2 distinct N fit any line" in fit_scaling(np.array([10.0, 20.0]), np.array([1.5, 2.89])).verdict()
 
 
 def test_one_colour_per_pairing_in_every_panel():
