@@ -18,7 +18,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 def _sweep(args) -> int:
     import pandas as pd
 
-    from .sweep import WORK_COLUMNS, SweepFailed, run_sweep
+    from .sweep import WORK_COLUMNS, SweepFailed, run_sweep, took
 
     spec = load_sweep(args.config, parse_sets(args.sets))
     _check_device(spec.base_config())
@@ -35,7 +35,8 @@ def _sweep(args) -> int:
     counts = table["state"].value_counts().to_dict() if len(table) else {}
     print(f"\n{len(table)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
     if table.attrs.get("trials_this_run", 0):
-        print(f"this invocation: {table.attrs['trials_this_run']} trials in {table.attrs.get('wall_s', 0):.1f} s; "
+        print(f"this invocation: {table.attrs['trials_this_run']} trials in "
+              f"{took(table.attrs.get('wall_s', 0), table.attrs.get('planned_s'))}; "
               f"harness overhead {table.attrs.get('harness_overhead', 0.0):.1%} (the workers' busy seconds outside "
               "loading images, building networks, training and evaluation)")
     else:

@@ -411,7 +411,7 @@ def test_changed_fixed_values_become_new_trials_of_the_study(swept, capsys):
     printed = capsys.readouterr().out
     assert "epochs (4 -> 3)" in printed and "4 queued now" in printed
     assert "planned: 4 trial(s) in this invocation; about" in printed  # the estimate, before any trial
-    assert table.attrs["trials_this_run"] == 4
+    assert table.attrs["trials_this_run"] == 4 and table.attrs["planned_s"] > 0  # for the last line beside the time
     conditions = [t.user_attrs["condition"] for t in _study(folder, "tiny").trials if t.state == TrialState.COMPLETE]
     assert sorted(c["epochs"] for c in conditions) == [3, 3, 3, 3, 4, 4, 4, 4]
 
@@ -640,6 +640,15 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
     assert len(calls) == 2 and client.get_run(logger.run_id).inputs.dataset_inputs[0].dataset.name == "images"
 
 
+def test_a_sweep_ends_with_the_time_it_took_beside_the_time_it_planned():
+    """A sweep once planned 2 min and took 12.6 without saying so: the estimate never learnt how far off it was."""
+    from study.sweep import took
+
+    assert took(756, 120) == "12.6 min, planned about 2.0 min (6.3x the plan)"
+    assert took(40, 50) == "40 s, planned about 50 s (0.8x the plan)"
+    assert took(40, float("nan")) == took(40, None) == "40 s"  # no estimate (bad data): no comparison
+
+
 def test_estimate_probes_the_largest_queued_condition(tmp_path):
     """Queued trials keep their condition in fixed_params until asked for: the estimate must read it there,
     or every sweep is estimated from the base config (a capacity study up to N=160 from N=10)."""
@@ -650,7 +659,8 @@ def test_estimate_probes_the_largest_queued_condition(tmp_path):
                         "fixed": {"image_size": 16, "base_filters": 4, "d_filters": 4, "n_holdout": 0, "epochs": 2}})
     study = load_study(spec, open_storage(str(tmp_path / "optuna.journal")), create=True)
     queue_missing(study, spec)
-    assert "2 epochs of N=40, 16 px" in estimate(study, spec, 2, threads=1, workers=1)
+    seconds, text = estimate(study, spec, 2, threads=1, workers=1)
+    assert "2 epochs of N=40, 16 px" in text and seconds > 0
 
 
 def test_two_workers_drawing_one_random_condition_claim_it_once(tmp_path, monkeypatch):
