@@ -136,7 +136,8 @@ def _run(args) -> int:
     if args.from_:
         tags["reproduces"] = args.from_
     if source is not None:
-        name = f"repro-{source.info.run_name or source.info.run_id}-{time.strftime('%H%M%S')}"
+        # no time in it: a longer name than the trial's widens the image card past its picture
+        name = f"repro-{source.info.run_name or source.info.run_id}"
         shown = (*source.data.params, *shown)  # the original's params: the two compare key by key
     logger = RunLogger.start(client, experiment_id, name, tags=tags, shown=shown)
     logger.set_tags({"reproduce": reproduce_command(logger.run_id),

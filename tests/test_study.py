@@ -394,7 +394,7 @@ def test_a_trial_reproduces_from_its_run_id(swept, tmp_path):
     for key in ("loss/G_total", "loss/D", "pair/forward_top1"):
         assert again.data.metrics[key] == pytest.approx(trial.data.metrics[key], abs=1e-6), key
     assert again.data.params == trial.data.params  # the two compare key by key
-    assert again.info.run_name.startswith(f"repro-{trial.info.run_name}-")
+    assert again.info.run_name == f"repro-{trial.info.run_name}"
     note = again.data.tags["mlflow.note.content"]
     assert f"Reproduces trial {trial.data.tags['trial']} of study tiny" in note and trial.info.run_id in note
     assert f"reproduce it: {again.data.tags['reproduce']}" in done.stdout
