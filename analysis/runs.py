@@ -39,9 +39,39 @@ class StudyRuns:
     sweep: dict = field(default_factory=dict)  # the sweep file as the parent run keeps it (space, seeds, ...)
 
 
+# A run shows few params and few summary tags (study.tracking): all its settings are the JSON tag `config`, all
+# its summaries the JSON tag `summaries`. Runs from before then have them as params and tags of their own.
+JSON_TAGS = {"config": "params.", "summaries": "tags.summary."}
+
+
+def summaries(tags: dict[str, str]) -> dict[str, str]:
+    """Every run-level summary of one run (read through the client), by key: `stop/epoch`, ..."""
+    values = json.loads(tags.get("summaries") or "{}")
+    return {**values, **{k.removeprefix("summary."): v for k, v in tags.items() if k.startswith("summary.")}}
+
+
+def settings(run) -> dict[str, str]:
+    """Every setting of one run (read through the client) as its params would say it: `budget/epochs`, ..."""
+    return {**json.loads(run.data.tags.get("config") or "{}"), **run.data.params}
+
+
+def _expand_json_tags(df: pd.DataFrame) -> pd.DataFrame:
+    """The `config` and `summaries` tags of every run as the columns mlflow.search_runs gives params and tags."""
+    for tag, prefix in JSON_TAGS.items():
+        if f"tags.{tag}" not in df:
+            continue
+        values = pd.DataFrame([json.loads(v) if isinstance(v, str) and v else {} for v in df[f"tags.{tag}"]],
+                              index=df.index, dtype=object).add_prefix(prefix)
+        for c in values.columns.intersection(df.columns):  # a run from before has its own column
+            df[c] = df[c].fillna(values[c])
+        df = pd.concat([df, values[values.columns.difference(df.columns)]], axis=1)
+    return df
+
+
 def _strip(df: pd.DataFrame) -> pd.DataFrame:
     """`params.n_images` -> `n_images`; metrics keep their `pair/...` names, and so do the run-level summaries
     a trial logs as `summary.<key>` tags (intervals, chance levels, p-values), read back as numbers."""
+    df = _expand_json_tags(df)
     summaries = [c for c in df.columns if c.startswith("tags.summary.")]
     for c in summaries:
         df[c] = pd.to_numeric(df[c], errors="coerce")

@@ -18,7 +18,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 def _sweep(args) -> int:
     import pandas as pd
 
-    from .sweep import WORK_COLUMNS, SweepFailed, run_sweep
+    from .sweep import WORK_COLUMNS, SweepFailed, run_sweep, took
 
     spec = load_sweep(args.config, parse_sets(args.sets))
     _check_device(spec.base_config())
@@ -35,7 +35,8 @@ def _sweep(args) -> int:
     counts = table["state"].value_counts().to_dict() if len(table) else {}
     print(f"\n{len(table)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
     if table.attrs.get("trials_this_run", 0):
-        print(f"this invocation: {table.attrs['trials_this_run']} trials in {table.attrs.get('wall_s', 0):.1f} s; "
+        print(f"this invocation: {table.attrs['trials_this_run']} trials in "
+              f"{took(table.attrs.get('wall_s', 0), table.attrs.get('planned_s'))}; "
               f"harness overhead {table.attrs.get('harness_overhead', 0.0):.1%} (the workers' busy seconds outside "
               "loading images, building networks, training and evaluation)")
     else:
@@ -60,15 +61,15 @@ def _check_device(config: RunConfig) -> None:
         resolve_device(config.device)
 
 
-def _reproduced(client, source: str) -> tuple[RunConfig, int | None]:
+def _reproduced(client, source: str):
     """The exact RunConfig (seed and threads included) of a finished run, from its config.json, or of a
-    config.json file; and the run's evaluation interval, where it was logged."""
+    config.json file; the run's evaluation interval, where it was logged; and the run (None for a file)."""
     import json
     import tempfile
 
     path = Path(source)
     if path.is_file():
-        return RunConfig.from_dict(json.loads(path.read_text())), None
+        return RunConfig.from_dict(json.loads(path.read_text())), None, None
     try:
         run = client.get_run(source)
         with tempfile.TemporaryDirectory() as tmp:
@@ -77,20 +78,41 @@ def _reproduced(client, source: str) -> tuple[RunConfig, int | None]:
         raise SweepError(f"--from {source}: neither a config.json file nor a finished run with config.json in "
                          f"this store ({type(err).__name__})") from None
     logged = run.data.tags.get("eval_every")
-    return RunConfig.from_dict(values), int(logged) if logged is not None else None
+    return RunConfig.from_dict(values), int(logged) if logged is not None else None, run
+
+
+def _compare_page(source, run_id: str, experiment_id: str) -> str:
+    """MLflow's page with the two runs side by side (its address inside the UI)."""
+    import json
+    from urllib.parse import quote
+
+    from analysis.store import CLASSIC_VIEW
+
+    experiments = sorted({source.info.experiment_id, experiment_id})
+    return (f"#/compare-runs?runs={quote(json.dumps([source.info.run_id, run_id]))}"
+            f"&experiments={quote(json.dumps(experiments))}&{CLASSIC_VIEW}")
+
+
+def _reproduction_note(source, run_id: str, experiment_id: str) -> dict[str, str]:
+    """The description of a run that retrains `source`: which trial, with links to it and to the two side by side."""
+    trial = source.data.tags.get("trial")
+    what = f"trial {trial} of study {source.data.tags.get('study')}" if trial is not None else "the run"
+    page = f"#/experiments/{source.info.experiment_id}/runs/{source.info.run_id}"
+    return {"mlflow.note.content": f"Reproduces {what}: [{source.info.run_name}]({page}) ({source.info.run_id}). "
+                                   f"[The two side by side]({_compare_page(source, run_id, experiment_id)})."}
 
 
 def _run(args) -> int:
     from cyclelike.train import timed_text
 
-    from .tracking import RunLogger, ensure_experiment, prepare_store, provenance
+    from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, reproduce_command
     from .trial import run_trial
 
     sets = parse_sets(args.sets)
-    client = None
+    client, source = None, None
     if args.from_:
         client = prepare_store()
-        config, logged = _reproduced(client, args.from_)
+        config, logged, source = _reproduced(client, args.from_)
         config = config.replace(**sets)
         eval_every = args.eval_every if args.eval_every is not None else logged if logged is not None else 10
         experiment = args.experiment or "runs"
@@ -110,10 +132,16 @@ def _run(args) -> int:
     experiment_id = ensure_experiment(client, experiment, role="study" if args.config else "runs")
     name = f"run-{config.scheme}-{config.pairing}-seed{config.seed}-{time.strftime('%H%M%S')}"
     tags = {"study": experiment, "role": "single run", "eval_every": eval_every, **provenance()}
+    shown = tuple(sets)
     if args.from_:
         tags["reproduces"] = args.from_
-    logger = RunLogger.start(client, experiment_id, name, tags=tags)
-    logger.set_tags({"reproduce": f"python -m study run --from {logger.run_id}"})
+    if source is not None:
+        # no time in it: a longer name than the trial's widens the image card past its picture
+        name = f"repro-{source.info.run_name or source.info.run_id}"
+        shown = (*source.data.params, *shown)  # the original's params: the two compare key by key
+    logger = RunLogger.start(client, experiment_id, name, tags=tags, shown=shown)
+    logger.set_tags({"reproduce": reproduce_command(logger.run_id),
+                     **(_reproduction_note(source, logger.run_id, experiment_id) if source is not None else {})})
     try:
         outcome = run_trial(config, logger, eval_every, desc=name)
     except KeyboardInterrupt:
@@ -129,7 +157,11 @@ def _run(args) -> int:
           + f"  {timed_text(outcome.sec_per_epoch, config.warmup_epochs)}  ended: {outcome.stop_reason} at epoch "
             f"{outcome.epochs_run}")
     print(f"run {logger.run_id} in experiment {experiment!r}; browse it with: make ui\n"
-          f"reproduce it: python -m study run --from {logger.run_id}")
+          f"reproduce it: {reproduce_command(logger.run_id)}")
+    if source is not None:
+        from analysis.store import DEFAULT_UI
+
+        print(f"beside the run it reproduces: {DEFAULT_UI}/{_compare_page(source, logger.run_id, experiment_id)}")
     return 0
 
 

@@ -116,10 +116,17 @@ def plan(study: optuna.Study, spec: SweepSpec, max_trials: int) -> int:
     return min(waiting, max_trials) if max_trials else waiting
 
 
-def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int, workers: int) -> str:
-    """A rough time for the planned trials. An epoch's time grows with N and the pixel count, so one rate
-    per image-pixel scales to every queued condition (architectures differ): from the study's finished
-    trials when it has some, else from two epochs of the largest queued condition, trained here once."""
+def duration(seconds: float) -> str:
+    return (f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60
+            else f"{seconds:.0f} s")
+
+
+def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int,
+             workers: int) -> tuple[float, str]:
+    """A rough time for the planned trials, in seconds (nan where there is none) and in words. An epoch's time
+    grows with N and the pixel count, so one rate per image-pixel scales to every queued condition (architectures
+    differ): from the study's finished trials when it has some, else from two epochs of the largest queued
+    condition, trained here once."""
     # a queued trial's condition is in its fixed_params until a worker asks for it
     queued = [spec.config_for(t.params or t.system_attrs.get("fixed_params", {}), t.user_attrs.get("seed", 0))
               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))] or [spec.base_config()]
@@ -137,17 +144,23 @@ def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int, w
         try:
             per_unit = train(probe).sec_per_epoch / (probe.n_images * probe.image_size**2)
         except Exception as err:  # bad data or settings: each trial will fail and say why; the plan stands
-            return f"no time estimate ({type(err).__name__}: {first_line(err)})"
+            return float("nan"), f"no time estimate ({type(err).__name__}: {first_line(err)})"
         source = f"2 epochs of N={probe.n_images}, {probe.image_size} px, {probe.arch}"
     mean_epochs_work = sum(c.epochs * w for c, w in zip(queued, work, strict=True)) / len(queued)
     seconds = per_unit * mean_epochs_work * planned / workers * 1.1  # ~10% for evaluation and logging
-    when = (f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60
-            else f"{seconds:.0f} s")
-    text = f"about {when} here (rough: scaled from {source})"
+    text = f"about {duration(seconds)} here (rough: scaled from {source})"
     if seconds >= 3600:
         text += ("\nwarning: this is a long study on this machine; Ctrl-C stops it and the same command resumes it, "
                  "and fewer epochs, a smaller image_size or a GPU (device=cuda) shorten it")
-    return text
+    return seconds, text
+
+
+def took(wall_s: float, planned_s: float | None) -> str:
+    """How long an invocation took beside what it planned, so that a user learns how far the estimate is off
+    here (other work on the machine slows a sweep after the probe that made it)."""
+    if planned_s is None or not planned_s == planned_s or planned_s <= 0:
+        return duration(wall_s)
+    return f"{duration(wall_s)}, planned about {duration(planned_s)} ({wall_s / planned_s:.1f}x the plan)"
 
 
 def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, planned: int):
@@ -221,9 +234,10 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
         print(f"execution: {workers} worker(s) x {threads} torch thread(s)"
               + (f", seeds {spec.seeds} fused into one stacked model per condition" if fused else ""), flush=True)
     planned = plan(study, spec, max_trials)
+    planned_s = None
     if planned and probe:
-        print(f"planned: {planned} trial(s) in this invocation; {estimate(study, spec, planned, ctx.threads, workers)}",
-              flush=True)
+        planned_s, text = estimate(study, spec, planned, ctx.threads, workers)
+        print(f"planned: {planned} trial(s) in this invocation; {text}", flush=True)
     status, problem, survived = "FINISHED", None, False  # survived: some worker outlived a dead one
     counter = mp.get_context("spawn").Value("i", 0)
     busy = mp.get_context("spawn").Value("d", 0.0)  # the workers' seconds, start to last trial's end
@@ -277,7 +291,8 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
         why = "" if problem is not None and problem.code == OUTAGE_EXIT else f": {outage_reason(err)}"
         raise SweepFailed(f"{problem or 'the sweep'}; the store could not be reached to close it{why}; the next "
                           "start closes its runs", OUTAGE_EXIT) from None
-    table.attrs.update(wall_s=wall, harness_overhead=overhead, trials_this_run=len(mine), experiment_id=experiment_id)
+    table.attrs.update(wall_s=wall, planned_s=planned_s, harness_overhead=overhead, trials_this_run=len(mine),
+                       experiment_id=experiment_id)
     ended = _ended_here(study, invocation)
     stopped = [t.number for t in ended if is_killed(t)]
     if problem is not None and survived and not not_rerun(study.trials, stopped):

@@ -11,11 +11,15 @@ import fcntl
 import json
 import logging
 import os
+import shlex
 import sqlite3
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,11 +29,23 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from analysis.store import TRIALS_VIEW, first_line, safe_url, sqlite_path, tracking_uri
+from analysis.store import PROJECT, TRIALS_VIEW, first_line, safe_url, sqlite_path, tracking_uri
 
 from .spec import SweepError
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+# MLflow's image card lists every param of the run above its picture, so a run's params are only the keys its study
+# varies, N and the seed; every RunConfig field (and the budget) is the one JSON tag `config` and config.json, and
+# analysis.runs reads the tag back as params
+SHOWN_PARAMS = ("n_images", "seed")
+CONFIG_TAG = "config"
+# run-level values (intervals, chance levels, p-values, timings) are `summary.<key>`: the run's overview shows the
+# handful a reader looks for first as tags, and every one of them is in the JSON tag `summaries`
+SUMMARY_PREFIX = "summary."
+SUMMARIES_TAG = "summaries"
+HEADLINE_SUMMARIES = ("pair/forward_top1_ci_low", "pair/forward_top1_ci_high", "pair/forward_top1_pvalue",
+                      "pair/epochs_to_90", "pair/locked_epoch", "stop/epoch", "time/trial_s")
+PREVIEW_PX = 1024  # the longest side of an image card's preview: a strip of 80 images is scaled down to it
 # "Creating initial MLflow database tables..." on every new store says nothing a user acts on
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
@@ -38,7 +54,6 @@ def provenance() -> dict[str, str]:
     """What a report needs to say how to reproduce the runs: the command, the commit, the versions."""
     import platform
     import subprocess
-    import sys
     from importlib.metadata import PackageNotFoundError, version
 
     def git(*args: str) -> str:
@@ -60,6 +75,22 @@ def provenance() -> dict[str, str]:
     return tags
 
 
+def reproduce_command(run_id: str) -> str:
+    """The command that retrains a run, as it runs from any folder and whether or not the virtual environment is
+    active: this environment's python by its absolute path (a bare `python` outside it has no torch), and the
+    store where it is not the project's own."""
+    python = str(Path(sys.executable).absolute())  # not resolved: the venv's python is a link to the base one
+    command = [python, "-m", "study", "run", "--from", run_id]
+    uri = tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and db.name == "mlflow.db":
+        if db.parent != PROJECT / "mlruns":
+            command += ["--store", str(db.parent)]
+        return shlex.join(command)
+    # a tracking server or another database (a password in its URL stays out of the tag)
+    return f"MLFLOW_TRACKING_URI={shlex.quote(safe_url(uri))} {shlex.join(command)}"
+
+
 @contextlib.contextmanager
 def file_lock(path: Path):
     """An exclusive lock between the processes of this machine (released if the holder dies)."""
@@ -74,7 +105,7 @@ def file_lock(path: Path):
 
 class Client(MlflowClient):
     """The client trials log through: a tag already set on a run to the same value is not sent again.
-    MLflow's log_image sets mlflow.loggedImages=True with every picture, one store write (~3 ms) for each
+    RunLogger.log_image sets mlflow.loggedImages=True with every picture, one store write (~3 ms) for each
     evaluation's strip."""
 
     def __init__(self, *args, **kwargs):
@@ -198,8 +229,9 @@ def _clean(value: float) -> float:
 class RunLogger:
     """One MLflow run, written through the client (no global active run, so several can coexist)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 10.0):
+    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 10.0, shown: tuple[str, ...] = ()):
         self.client, self.run_id = client, run_id
+        self.shown = tuple(dict.fromkeys([*shown, *SHOWN_PARAMS]))  # the config keys logged as params
         self.flush_seconds = flush_seconds
         self._metrics: list[Metric] = []
         self.pending_tags: dict[str, Any] = {}  # sent with the closing batch
@@ -208,12 +240,13 @@ class RunLogger:
 
     @classmethod
     def start(cls, client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
-              parent_run_id: str | None = None) -> RunLogger:
+              parent_run_id: str | None = None, shown: tuple[str, ...] = ()) -> RunLogger:
+        """`shown`: the config keys that are params besides N and the seed (a study's varied keys)."""
         tags = {k: str(v) for k, v in (tags or {}).items()}  # a tracking server takes strings only
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, shown=shown)
 
     def _timed(self, fn, *args, **kwargs):
         t0 = time.perf_counter()
@@ -234,23 +267,37 @@ class RunLogger:
             self._timed(self.client.log_batch, self.run_id, metrics=batch)
         self._last_flush = time.monotonic()
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self._timed(self.client.log_batch, self.run_id, params=items[i : i + 100])
+    def log_config(self, values: dict[str, Any]) -> None:
+        """The run's settings: the shown keys as params, all of them as the `config` tag (see SHOWN_PARAMS)."""
+        params = [Param(k, str(values[k])) for k in self.shown if k in values]
+        config = RunTag(CONFIG_TAG, json.dumps({k: str(v) for k, v in values.items()}, separators=(",", ":")))
+        self._timed(self.client.log_batch, self.run_id, params=params, tags=[config])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._timed(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_image(self, picture, key: str, step: int) -> None:
-        """A picture (PIL) as a step of an image series: the run page shows them with a slider
-        (cyclelike.samples.labelled has made it at least 512 px wide: full screen shows it at its own size)."""
+        """A picture (PIL) as a step of an image series: the run page's image card shows them with a slider. Written
+        under the names MLflow's log_image gives (which the UI reads), but with a preview the card can show:
+        MLflow's is scaled to 256 px, where a strip of ten 32 px images is a stamp. Ours is the picture itself
+        (cyclelike.samples.labelled made it at least 512 px wide) at the top of a white square: the card fits a
+        square preview to its own square, where a wider one runs out of it, so a small card shows the whole strip
+        and its full-screen view shows it about as large as the picture is. One upload for both files."""
+        from PIL import Image
+
         from cyclelike.samples import PNG_OPTIONS
 
-        # saved as the run's other pictures are, where MLflow would use zlib's default: half the time. Pillow 13
-        # keeps a preset encoderinfo through save(); a Pillow that does not writes the default, the same picture
-        picture.encoderinfo = dict(PNG_OPTIONS)
-        self._timed(self.client.log_image, self.run_id, picture, key=key, step=step)
+        name = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
+        side = max(picture.size)
+        preview = Image.new("RGB", (side, side), "white")
+        preview.paste(picture, (0, 0))
+        if side > PREVIEW_PX:
+            preview = preview.resize((PREVIEW_PX, PREVIEW_PX), Image.Resampling.LANCZOS)
+        with tempfile.TemporaryDirectory() as tmp:
+            picture.save(Path(tmp) / f"{name}.png", **PNG_OPTIONS)
+            preview.save(Path(tmp) / f"{name}+compressed.webp", lossless=True, method=0)  # exact pixels, quickly
+            self._timed(self.client.log_artifacts, self.run_id, tmp, "images")
+        self._timed(self.client.set_tag, self.run_id, "mlflow.loggedImages", True)  # the run page's image card
 
     def log_inputs(self, inputs: list) -> None:
         """Dataset inputs (see dataset_inputs) on this run: the run page lists them, and two runs on the same
@@ -288,13 +335,23 @@ class RunLogger:
     def finish(self, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:
         """Flush and close with FINISHED, FAILED or KILLED; never leaves the run RUNNING."""
         try:
-            tags = {**self.pending_tags, **(tags or {})}
+            tags = _headline_summaries({**self.pending_tags, **(tags or {})})
             batch, self._metrics = self._metrics[:MAX_BATCH], self._metrics[MAX_BATCH:]
             self.flush()
             self._timed(self.client.log_batch, self.run_id, metrics=batch,
                         tags=[RunTag(k, str(v)) for k, v in tags.items()])
         finally:
             self._timed(self.client.set_terminated, self.run_id, status)
+
+
+def _headline_summaries(tags: dict[str, Any]) -> dict[str, Any]:
+    """The `summary.<key>` tags as one JSON tag `summaries`, and as tags of their own only the headline ones."""
+    values = {k.removeprefix(SUMMARY_PREFIX): str(v) for k, v in tags.items() if k.startswith(SUMMARY_PREFIX)}
+    if not values:
+        return tags
+    kept = {k: v for k, v in tags.items()
+            if not k.startswith(SUMMARY_PREFIX) or k.removeprefix(SUMMARY_PREFIX) in HEADLINE_SUMMARIES}
+    return {**kept, SUMMARIES_TAG: json.dumps(values, separators=(",", ":"))}
 
 
 def dataset_inputs(tables: dict, source: str | None) -> list:

@@ -36,7 +36,7 @@ from cyclelike.samples import (
 )
 from cyclelike.train import Checkpoints, EpochStats, TrainResult, Translator, check_resumable, train
 
-from .tracking import RunLogger, dataset_inputs
+from .tracking import SUMMARY_PREFIX, RunLogger, dataset_inputs
 
 Report = Callable[[int, dict[str, float]], bool]
 
@@ -63,7 +63,6 @@ def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
 # the trial is done: a killed trial resumes from it, training again at most this much
 CHECKPOINT_S = float(os.environ.get("CYCLELIKE_CHECKPOINT_S", 300))
 CHECKPOINT_DIR = "checkpoint"
-SUMMARY_PREFIX = "summary."  # analysis.runs reads tags.summary.<key> back as the number <key>
 
 
 def summary(logger: RunLogger, values: dict[str, float]) -> None:
@@ -99,7 +98,7 @@ class TrackedRun:
                                     "data_hash.y": data.content_hash("y")})
         if resumed:  # the run has its params and datasets from before
             return
-        logger.log_params({**config.to_dict(), **config.budget()})
+        logger.log_config({**config.to_dict(), **config.budget()})
         logger.log_inputs(_dataset_inputs(config, data))
 
     def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:

@@ -33,7 +33,7 @@ from .storage import (
     open_storage,
     outage_reason,
 )
-from .tracking import Client, RunLogger
+from .tracking import Client, RunLogger, reproduce_command
 from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, run_trial, run_trials_fused
 
 
@@ -104,10 +104,17 @@ def _start(ctx: Context, client, study, trial, params, config):
                                    "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING",
                                    "eval_every": spec.eval_every, **ctx.provenance,
                                    # the run's description: one line, so the image cards keep their images
-                                   "mlflow.note.content": f"Trial {trial.number} of study {spec.name}, seed {seed}."})
-    logger.set_tags({"reproduce": f"python -m study run --from {logger.run_id}"})
+                                   "mlflow.note.content": f"Trial {trial.number} of study {spec.name}, seed {seed}."},
+                             shown=shown_params(spec))
+    logger.set_tags({"reproduce": reproduce_command(logger.run_id)})
     trial.set_user_attr("mlflow_run_id", logger.run_id)
     return config, logger, _reporter(spec, trial)
+
+
+def shown_params(spec: SweepSpec) -> tuple[str, ...]:
+    """The config keys a trial's run shows as params: what its study varies (a budget per image varies epochs)."""
+    varied = sorted(spec.space, key=lambda k: (NAME_ORDER.index(k) if k in NAME_ORDER else len(NAME_ORDER), k))
+    return (*varied, *(("epochs",) if spec.epochs_per_image else ()))
 
 
 def _reopen(client, study: optuna.Study, trial, spec: SweepSpec) -> RunLogger | None:

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import dynamics, evidence, questions
 from analysis.pairing import formation, is_locked, seed_agreement
+from analysis.runs import settings
 from cyclelike.config import ConfigError, RunConfig
 from study.tracking import RunLogger, ensure_experiment, prepare_store
 from study.trial import run_trial
@@ -127,8 +128,8 @@ def test_stop_locked_ends_a_tiny_paired_run_before_its_budget(tmp_path):
     assert outcome.metrics["pair/forward_top1"] >= 0.9
     assert run.data.tags["stop/reason"] == "locked"
     assert float(run.data.tags["summary.stop/epoch"]) == outcome.epochs_run
-    assert run.data.params["budget/g_steps"] == str(300 * 4)
-    assert json.loads(run.data.params["budget/epochs"]) == 300
+    assert settings(run)["budget/g_steps"] == str(300 * 4)
+    assert json.loads(settings(run)["budget/epochs"]) == 300
 
 
 def test_fused_runs_are_their_own_timing_series():

@@ -44,7 +44,11 @@ def test_the_strip_slider_starts_at_the_untrained_map(tmp_path):
         images = [f.path for f in client.list_artifacts(logger.run_id, "images")]
         first = next(p for p in images if "pairing~strip+step+0+" in p and p.endswith(".png"))
         width = Image.open(client.download_artifacts(logger.run_id, first, str(tmp_path))).width
+        preview = Image.open(client.download_artifacts(logger.run_id, first[:-4] + "+compressed.webp", str(tmp_path)))
     assert width >= 512  # four 16 px images: full screen shows the logged image at its own size
+    # the image card shows the preview, not the picture: MLflow's own is 256 px, where the strip is a stamp; a
+    # square one fits the card's square (a wider one runs out of it)
+    assert preview.width == preview.height >= width
     assert client.get_run(logger.run_id).data.tags["mlflow.loggedImages"] == "True"  # the slider's card
     assert steps == [0, 2, 4]
     strips = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images

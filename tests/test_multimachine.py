@@ -110,7 +110,8 @@ def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
         assert len(finished) == 4
         for run in finished:
             params = {p["key"]: p["value"] for p in run["data"]["params"]}
-            assert params["epochs"] == "40" and params["pairing"] in ("aligned", "fixed")
+            config = json.loads({t["key"]: t["value"] for t in run["data"]["tags"]}["config"])
+            assert config["epochs"] == "40" and params["pairing"] in ("aligned", "fixed")
             run_id = run["info"]["run_id"]
             history = _api(tracking, f"metrics/get-history?run_id={run_id}&metric_key=loss/G_l1")["metrics"]
             assert len(history) == 40

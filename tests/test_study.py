@@ -21,6 +21,7 @@ from conftest import TINY, store_in, write_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from analysis.runs import settings, summaries
 from study.ledger import claim
 from study.spec import SweepError, load_sweep, parse_sweep
 from study.storage import load_study, open_storage
@@ -66,14 +67,18 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["study"] == "tiny" and run.data.tags["optuna.state"] == "COMPLETE"
-        assert run.data.params["pairing"] in ("aligned", "fixed") and run.data.params["epochs"] == "4"
-        assert set(run.data.params) >= {"lambda_l1", "lambda_cyc", "arch", "n_images", "seed", "image_size"}
+        # params: what the study varies, N and the seed, which MLflow's image card lists above the strip; every
+        # setting is in the config tag
+        assert run.data.params == {"pairing": run.data.params["pairing"], "n_images": "4",
+                                   "seed": run.data.tags["seed"]}
+        assert settings(run)["epochs"] == "4" and settings(run)["lambda_l1"] == "10.0"
         history = client.get_metric_history(run.info.run_id, "loss/G_l1")
         assert sorted(m.step for m in history) == [1, 2, 3, 4]
         epoch_s = client.get_metric_history(run.info.run_id, "time/epoch_s")
         assert len(epoch_s) == 4
         # train_s is the epochs' own time: evaluations and logging between them are the harness's
-        assert float(run.data.tags["summary.time/train_s"]) == pytest.approx(sum(m.value for m in epoch_s), rel=1e-3)
+        assert float(summaries(run.data.tags)["time/train_s"]) == pytest.approx(sum(m.value for m in epoch_s),
+                                                                                 rel=1e-3)
         # step 0: the untrained map, where the curves and the strip slider start
         assert [m.step for m in client.get_metric_history(run.info.run_id, "pair/forward_top1")] == [0, 2, 4]
         for key in ("pair/bijectivity", "pair/mutual", "pair/cycle_top1", "mem/holdout_copy_rate",
@@ -82,6 +87,8 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         # run-level summaries are tags, so the run page draws no single-dot charts for them
         assert "pair/forward_top1_ci_low" not in run.data.metrics
         assert float(run.data.tags["summary.pair/forward_top1_ci_low"]) <= run.data.metrics["pair/forward_top1"]
+        # the overview shows a handful of summaries as tags; all of them are the one tag `summaries`
+        assert len([k for k in run.data.tags if k.startswith("summary.")]) <= 8 < len(summaries(run.data.tags))
         single = [k for k in run.data.metrics if len(client.get_metric_history(run.info.run_id, k)) == 1]
         assert single == ["time/sec_per_epoch"]  # the objective-able timing, one per run by definition
         paths = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -366,22 +373,31 @@ def test_a_widened_space_is_one_line_before_anything_is_queued(swept, capsys, mo
     assert len(_study(folder, "tiny").trials) == before
 
 
-def test_a_trial_reproduces_from_its_run_id(swept, capsys, monkeypatch):
-    """Every trial run carries its command, commit and versions, and `study run --from RUN_ID` retrains its
-    exact condition and seed: the same final losses."""
+def test_a_trial_reproduces_from_its_run_id(swept, tmp_path):
+    """Every trial run carries its command, commit and versions, and its `reproduce` tag retrains its exact
+    condition and seed (the same final losses) as printed: from another folder, outside the virtual environment
+    (a bare `python -m study` there has no torch). The new run is named after the trial and links back to it."""
     folder, _, _, _ = swept
     client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("tiny").experiment_id
     trial = client.search_runs([experiment], "tags.`optuna.state` = 'COMPLETE'", max_results=1)[0]
     for tag in ("command", "mlflow.source.git.commit", "git_dirty", "version.torch", "reproduce"):
         assert trial.data.tags.get(tag), tag
-    code, said = _main(capsys, monkeypatch, folder, "run", "--from", trial.info.run_id)
-    assert code == 0, said
+    outside = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "CYCLELIKE_STORE",
+                                                                "VIRTUAL_ENV", "PYTHONPATH")}
+    outside["PATH"] = "/usr/bin:/bin"
+    done = subprocess.run(["bash", "-c", trial.data.tags["reproduce"]], cwd=tmp_path, env=outside,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
     again = client.search_runs([client.get_experiment_by_name("runs").experiment_id],
                                f"tags.reproduces = '{trial.info.run_id}'")[0]
     for key in ("loss/G_total", "loss/D", "pair/forward_top1"):
         assert again.data.metrics[key] == pytest.approx(trial.data.metrics[key], abs=1e-6), key
-    assert again.data.params["seed"] == trial.data.params["seed"]
+    assert again.data.params == trial.data.params  # the two compare key by key
+    assert again.info.run_name == f"repro-{trial.info.run_name}"
+    note = again.data.tags["mlflow.note.content"]
+    assert f"Reproduces trial {trial.data.tags['trial']} of study tiny" in note and trial.info.run_id in note
+    assert f"reproduce it: {again.data.tags['reproduce']}" in done.stdout
     # a single run keeps its weights: the one file a user asked for by retraining it
     assert {a.path for a in client.list_artifacts(again.info.run_id, "model")} == {"model/G.pt"}
 
@@ -395,7 +411,7 @@ def test_changed_fixed_values_become_new_trials_of_the_study(swept, capsys):
     printed = capsys.readouterr().out
     assert "epochs (4 -> 3)" in printed and "4 queued now" in printed
     assert "planned: 4 trial(s) in this invocation; about" in printed  # the estimate, before any trial
-    assert table.attrs["trials_this_run"] == 4
+    assert table.attrs["trials_this_run"] == 4 and table.attrs["planned_s"] > 0  # for the last line beside the time
     conditions = [t.user_attrs["condition"] for t in _study(folder, "tiny").trials if t.state == TrialState.COMPLETE]
     assert sorted(c["epochs"] for c in conditions) == [3, 3, 3, 3, 4, 4, 4, 4]
 
@@ -589,8 +605,8 @@ def test_assignment_history_round_trips_through_mlflow(swept, tmp_path):
     assert history[history["epoch"] == 4].sort_values("i")["a"].tolist() == final["a"]
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "pair/forward_top1"))
     assert steps == [0, 2, 4]  # the history (formation) starts at the first trained evaluation, the curves at 0
-    for key in ("summary.pair/flips", "summary.pair/locked_epoch", "summary.pair/agree_colour_ci_low"):
-        assert key in run.data.tags, key
+    for key in ("pair/flips", "pair/locked_epoch", "pair/agree_colour_ci_low"):
+        assert key in summaries(run.data.tags), key
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert len([p for p in images if p.endswith(".png")]) == 3  # the strip at epoch 0 and each evaluation
 
@@ -624,6 +640,15 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
     assert len(calls) == 2 and client.get_run(logger.run_id).inputs.dataset_inputs[0].dataset.name == "images"
 
 
+def test_a_sweep_ends_with_the_time_it_took_beside_the_time_it_planned():
+    """A sweep once planned 2 min and took 12.6 without saying so: the estimate never learnt how far off it was."""
+    from study.sweep import took
+
+    assert took(756, 120) == "12.6 min, planned about 2.0 min (6.3x the plan)"
+    assert took(40, 50) == "40 s, planned about 50 s (0.8x the plan)"
+    assert took(40, float("nan")) == took(40, None) == "40 s"  # no estimate (bad data): no comparison
+
+
 def test_estimate_probes_the_largest_queued_condition(tmp_path):
     """Queued trials keep their condition in fixed_params until asked for: the estimate must read it there,
     or every sweep is estimated from the base config (a capacity study up to N=160 from N=10)."""
@@ -634,7 +659,8 @@ def test_estimate_probes_the_largest_queued_condition(tmp_path):
                         "fixed": {"image_size": 16, "base_filters": 4, "d_filters": 4, "n_holdout": 0, "epochs": 2}})
     study = load_study(spec, open_storage(str(tmp_path / "optuna.journal")), create=True)
     queue_missing(study, spec)
-    assert "2 epochs of N=40, 16 px" in estimate(study, spec, 2, threads=1, workers=1)
+    seconds, text = estimate(study, spec, 2, threads=1, workers=1)
+    assert "2 epochs of N=40, 16 px" in text and seconds > 0
 
 
 def test_two_workers_drawing_one_random_condition_claim_it_once(tmp_path, monkeypatch):
