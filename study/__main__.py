@@ -68,7 +68,14 @@ def _reproduced(client, source: str) -> tuple[RunConfig, int | None]:
 
     path = Path(source)
     if path.is_file():
-        return RunConfig.from_dict(json.loads(path.read_text())), None
+        try:
+            values = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SweepError(f"--from {source}: not a valid config.json ({err})") from None
+        if not isinstance(values, dict):
+            raise SweepError(f"--from {source}: expected a JSON object of RunConfig keys, got a "
+                             f"{type(values).__name__}")
+        return RunConfig.from_dict(values), None
     try:
         run = client.get_run(source)
         with tempfile.TemporaryDirectory() as tmp:
@@ -95,8 +102,11 @@ def _run(args) -> int:
         eval_every = args.eval_every if args.eval_every is not None else logged if logged is not None else 10
         experiment = args.experiment or "runs"
     elif args.config:
+        seed = sets.pop("seed", None)  # one run takes a seed; a sweep file refuses it for its `seeds` list
         spec = load_sweep(args.config, sets)
         config, experiment, eval_every = spec.base_config(), args.experiment or spec.name, spec.eval_every
+        if seed is not None:
+            config = config.replace(seed=seed)
     else:
         config, experiment = RunConfig.from_dict(sets), args.experiment or "runs"
         eval_every = 10 if args.eval_every is None else args.eval_every
