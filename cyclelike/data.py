@@ -126,12 +126,22 @@ def _hdf5_array(path: Path, key: str, size: int):
         array = array[..., None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3):
         raise DataError(f"{path}:{key} has shape {array.shape}; expected channels-last (N, H, W, 1 or 3)")
+    if array.dtype.kind not in "uif":  # bool, complex, strings: no pixel values
+        raise DataError(f"{path}:{key} has dtype {array.dtype}; expected pixels 0..255 (uint8, or integers or "
+                        "floats in that range)")
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
     if tensor.dtype != torch.uint8:
-        tensor = tensor.float()
+        tensor = tensor.double()  # exact for every integer and float the file can hold
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:  # clamp() would keep a NaN, and the run would train on it
             raise DataError(f"{path}:{key} has {bad} NaN or infinite pixel value(s); fix or drop those images")
+        low, high = (float(tensor.min()), float(tensor.max())) if tensor.numel() else (0.0, 0.0)
+        if low < 0 or high > 255:  # clamping them would train on other pictures than the file holds
+            raise DataError(f"{path}:{key} holds values {low:g}..{high:g}; expected pixels 0..255")
+        if array.dtype.kind == "f" and 0 < high <= 1:  # read as 0..255 these would be near-black images
+            raise DataError(f"{path}:{key} holds float values {low:g}..{high:g}, pixels scaled to [0, 1]; this "
+                            "reader takes 0..255, as the original files stored them: multiply the array by 255")
+        tensor = tensor.float()
     return _to_unit_range(tensor, size)
 
 
@@ -206,6 +216,10 @@ def load_domains(config: RunConfig) -> Domains:
             )
     # one split for both domains when they are the same length, so aligned rows stay aligned
     same = len(x_pool.images) == len(y_pool.images)
+    if not same and config.pairing == "aligned":  # the two splits would draw different rows
+        raise DataError(f"pairing=aligned pairs row i of X with row i of Y, but {x_pool.source} has "
+                        f"{len(x_pool.images)} images and {y_pool.source} has {len(y_pool.images)}; give both the "
+                        "same images in matching order, or use pairing=fixed or shuffled")
     for k, pool in enumerate((x_pool, y_pool)):
         held = 0 if pool.holdout is not None else n_holdout
         train_idx, hold_idx = _split(len(pool.images), n, held, config.data_seed + (0 if same else k))

@@ -77,6 +77,15 @@ def test_load_domains_from_folders_splits_and_checks_counts(tmp_path):
         load_domains(config.replace(n_images=20))
 
 
+def test_aligned_pairing_refuses_folders_of_different_sizes(tmp_path):
+    """Two splits of different pools would pair other rows than the files' order says."""
+    config = two_folders(tmp_path)
+    (tmp_path / "Y" / "z03.png").unlink()
+    with pytest.raises(DataError, match=r"pairing=aligned .*X has 12 images and .*Y has 11"):
+        load_domains(config)
+    assert load_domains(config.replace(pairing="shuffled")).n == 6  # no pair is given: nothing to misalign
+
+
 def test_a_sweeps_shared_images_are_read_again_once_a_file_changes(tmp_path):
     """A worker keeps the images its trials share, but an image edited between two trials is a new data set."""
     config = two_folders(tmp_path)
@@ -123,6 +132,23 @@ def test_hdf5_with_a_nan_pixel_is_refused_naming_the_file(tmp_path):
         f["train_data_gen"] = images
     with pytest.raises(DataError, match=r"nan\.hdf5:train_data_gen has 1 NaN or infinite pixel"):
         load_hdf5(str(path), "train_data_gen", 16)
+
+
+@pytest.mark.parametrize("array, words", [
+    (np.full((4, 16, 16, 3), 0.5, np.float32), ["float values 0.5..0.5", "[0, 1]", "multiply"]),
+    (np.linspace(-2000, 2000, 4 * 16 * 16 * 3).reshape(4, 16, 16, 3), ["values -2000..2000", "0..255"]),
+    (np.full((4, 16, 16, 3), 300, np.int16), ["values 300..300", "0..255"]),
+    (np.ones((4, 16, 16, 3), bool), ["dtype bool", "0..255"]),
+], ids=["unit-floats", "out-of-range", "int-over-255", "bool"])
+def test_hdf5_pixels_outside_0_255_are_refused_naming_file_key_and_range(tmp_path, array, words):
+    import h5py
+
+    path = tmp_path / "odd.hdf5"
+    with h5py.File(path, "w") as f:
+        f["train_data_raw"] = array
+    with pytest.raises(DataError) as err:
+        load_hdf5(str(path), "train_data_raw", 16)
+    assert all(w in str(err.value) for w in [f"{path}:train_data_raw", *words]), str(err.value)
 
 
 def test_shared_sample_files(shared_data):
