@@ -662,6 +662,16 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
     assert len(calls) == 2 and client.get_run(logger.run_id).inputs.dataset_inputs[0].dataset.name == "images"
 
 
+def test_a_fixed_thread_count_is_the_one_the_sweep_says_it_runs(monkeypatch):
+    from study import autotune
+    from study.sweep import execution
+
+    monkeypatch.setattr(autotune, "cores", lambda: 4)
+    spec = parse_sweep(GOOD, "threads.toml", {"threads": 1})
+    assert execution(spec, 1, "off") == (1, 1, False)  # each trial sets its threads=1, whatever the cores
+    assert execution(parse_sweep(GOOD, "cores.toml"), 2, "off") == (2, 2, False)  # else the cores shared out
+
+
 def test_estimate_probes_the_largest_queued_condition(tmp_path):
     """Queued trials keep their condition in fixed_params until asked for: the estimate must read it there,
     or every sweep is estimated from the base config (a capacity study up to N=160 from N=10)."""
