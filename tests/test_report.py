@@ -119,6 +119,45 @@ def test_report_reads_the_project_store_from_any_folder(store, tmp_path, monkeyp
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
+def test_a_report_on_a_store_that_does_not_exist_is_one_line_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    from analysis.__main__ import main
+
+    monkeypatch.setenv("CYCLELIKE_STORE", "")  # --store sets it: restored after
+    assert main(["report", "--store", str(tmp_path / "none"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no MLflow store at {tmp_path / 'none' / 'mlflow.db'}" in err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "rep").exists()
+
+
+def test_a_report_to_a_folder_that_cannot_be_written_is_one_line(store, capsys, monkeypatch):
+    from analysis.__main__ import main
+
+    folder, _, _ = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
+    assert main(["report", "--experiment", "rep", "--out", "/proc/nope/rep"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write the report to /proc/nope/rep" in err
+
+
+def test_a_section_that_fails_makes_the_report_exit_non_zero(store, tmp_path, capsys, monkeypatch):
+    """The page is still written, but the exit code and one line say which section is missing."""
+    import analysis.report
+    from analysis.__main__ import main
+
+    def broken(*_):
+        raise ValueError("'yerr' must not contain negative values")
+
+    folder, _, _ = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
+    for name in dir(analysis.report):  # the others drawn as nothing: their pictures cost seconds
+        if name.startswith("section_"):
+            monkeypatch.setattr(analysis.report, name, broken if name == "section_scaling" else lambda *_: None)
+    assert main(["report", "--experiment", "rep", "--out", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and "section(s) scaling could not be drawn" in err[-1]
+    assert "could not be drawn: ValueError" in (tmp_path / "rep" / "report.md").read_text()
+
+
 def test_the_store_is_anchored_to_the_project_not_the_current_folder(tmp_path, monkeypatch):
     from analysis import store
 
