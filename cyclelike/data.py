@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from .config import DataError, RunConfig
+from .images import center_crop, pil_to_tensor, resize_shorter, uint8_to_unit
 from .synthetic import synthetic_domain
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -71,13 +71,13 @@ class Domains:
 def _to_unit_range(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 or float 0..255 NCHW -> float [-1, 1], resized (shorter side) and centre-cropped."""
     if images.dtype == torch.uint8:
-        images = TF.to_dtype(images, torch.float32, scale=True)
+        images = uint8_to_unit(images)
     else:
         images = images.float() / 255.0
     if images.shape[-3] == 1:
         images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
     if images.shape[-2:] != (size, size):
-        images = TF.center_crop(TF.resize(images, size, antialias=True), [size, size])
+        images = center_crop(resize_shorter(images, size), size)
     return (images.clamp(0, 1) * 2 - 1).contiguous()
 
 
@@ -91,7 +91,7 @@ def _read_image(path: Path) -> torch.Tensor:
             im.load()
             if im.mode.startswith("I"):
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-            return TF.pil_to_tensor(im.convert("RGB"))
+            return pil_to_tensor(im.convert("RGB"))
     except Exception as err:  # Pillow raises several types for a bad or truncated file
         raise DataError(f"cannot read image {path}: {err}") from err
 
