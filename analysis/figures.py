@@ -1,18 +1,32 @@
-"""Figures shared by the tracked runs and the reports. Each returns a matplotlib Figure; callers save it."""
+"""Figures shared by the tracked runs and the reports. Each returns a matplotlib Figure; callers save it.
+
+`plt`, `sns` and `PAIRING_COLOURS` load pyplot and seaborn on first use (`from .figures import plt`): a sweep
+process that never draws (a parent of workers, a bad sweep file) skips their second of imports."""
 
 from __future__ import annotations
 
-import matplotlib
+import functools
 
-matplotlib.use("Agg")  # headless: sweeps and reports run without a display
+import numpy as np
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
 
-# one colour per pairing in every figure of a report, so that a reader learns it once
-PAIRING_COLOURS = dict(zip(("aligned", "fixed", "shuffled"), sns.color_palette("deep"), strict=False))
+@functools.cache
+def _plotting():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: sweeps and reports run without a display
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    # one colour per pairing in every figure of a report, so that a reader learns it once
+    colours = dict(zip(("aligned", "fixed", "shuffled"), sns.color_palette("deep"), strict=False))
+    return {"plt": plt, "sns": sns, "PAIRING_COLOURS": colours}
+
+
+def __getattr__(name: str):
+    if name in ("plt", "sns", "PAIRING_COLOURS"):
+        return _plotting()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def legend_outside(ax) -> None:
@@ -35,7 +49,8 @@ def matrix_image(D: np.ndarray, a: np.ndarray | None = None, ref: np.ndarray | N
     framed in white, the reference partner as a red dot. For a run's artifacts, once per run: a labelled
     figure costs a third of a second, this a millisecond (the report draws the labelled one)."""
     span = np.ptp(D) or 1.0
-    rgb = (sns.color_palette("mako", as_cmap=True)((D - D.min()) / span)[..., :3] * 255).astype(np.uint8)
+    mako = _plotting()["sns"].color_palette("mako", as_cmap=True)
+    rgb = (mako((D - D.min()) / span)[..., :3] * 255).astype(np.uint8)
     image = rgb.repeat(cell, 0).repeat(cell, 1)
     rows = range(len(D))
     for i, j in zip(rows, a if a is not None else [], strict=False):
@@ -51,9 +66,12 @@ def matrix_image(D: np.ndarray, a: np.ndarray | None = None, ref: np.ndarray | N
 def distance_heatmap(D: np.ndarray, a: np.ndarray | None = None, pi: np.ndarray | None = None,
                      title: str = "D_xy[i, j] = d(G(x_i), y_j)", row_label: str = "x_i",
                      col_label: str = "y_j", pairing: str | None = None, row_names: list[str] | None = None,
-                     col_names: list[str] | None = None) -> plt.Figure:
+                     col_names: list[str] | None = None):
     """The distance matrix with the nearest target of each row (a, white square; none on a tied row) and the
     pairing scored against (pi, red dot) marked: where they coincide, the pair given is the pair formed."""
+    from matplotlib.lines import Line2D
+
+    plt, sns = _plotting()["plt"], _plotting()["sns"]
     n_rows, n_cols = D.shape
     side = min(10.0, 2.0 + 0.35 * max(n_rows, n_cols))
     fig, ax = plt.subplots(figsize=(side + 1.2, side))

@@ -16,12 +16,12 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 
 
 def _sweep(args) -> int:
-    import pandas as pd
+    spec = load_sweep(args.config, parse_sets(args.sets))
+    _check_device(spec.base_config())
+    import pandas as pd  # the harness's imports take seconds: a bad sweep file is said before them
 
     from .sweep import WORK_COLUMNS, SweepFailed, run_sweep
 
-    spec = load_sweep(args.config, parse_sets(args.sets))
-    _check_device(spec.base_config())
     print(f"study {spec.name}: {spec.description}".rstrip(": "))
     try:
         table = run_sweep(spec, args.storage, args.workers, args.trials, fuse=args.fuse_seeds)
