@@ -236,6 +236,25 @@ def test_one_reliable_rule_on_hand_made_fits():
     assert "2 points fit any line" in fit_scaling(np.array([10.0, 20.0]), np.array([1.5, 2.89])).verdict()
 
 
+def test_a_runs_matrix_picture_has_the_report_heatmaps_colours():
+    """matrix_image keeps seaborn's mako as a table of its own (seaborn costs a sweep process a second): each
+    cell the colour seaborn's map gives it, constant, NaN and float32 matrices included."""
+    import numpy as np
+    import seaborn as sns
+
+    from analysis.figures import matrix_image
+
+    mako = sns.color_palette("mako", as_cmap=True)
+    rng = np.random.default_rng(0)
+    nan = rng.random((5, 5))
+    nan[1, 2] = np.nan
+    for D in (rng.random((7, 7)), rng.random((6, 6)).astype(np.float32), np.full((3, 3), 0.4), nan,
+              np.linspace(0, 1, 300).reshape(15, 20)):
+        span = np.ptp(D) or 1.0
+        expected = (mako((D - D.min()) / span)[..., :3] * 255).astype(np.uint8)
+        assert np.array_equal(matrix_image(D, cell=1), expected)
+
+
 def test_one_colour_per_pairing_in_every_panel():
     import numpy as np
     import pandas as pd
