@@ -285,6 +285,21 @@ def test_a_seed_set_on_a_sweep_points_to_its_seeds_list(tmp_path, capsys, monkey
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_one_run_from_a_sweep_file_still_takes_a_seed(tmp_path, capsys, monkeypatch):
+    import study.__main__
+
+    seen = []
+
+    def stop_at_once(config):  # the config to run, before any store is opened
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.__main__, "_check_device", stop_at_once)
+    path = write_sweep(tmp_path, "oneseed", epochs=1)
+    code, _ = _main(capsys, monkeypatch, tmp_path, "run", "--config", str(path), "--set", "seed=3")
+    assert code == 130 and [c.seed for c in seen] == [3]
+
+
 def test_a_malformed_config_json_is_one_line(tmp_path, capsys, monkeypatch):
     for text, words in (('{"epochs": 2,', "not a valid config.json"), ("[1, 2]", "got a list")):
         (tmp_path / "config.json").write_text(text)
