@@ -149,7 +149,8 @@ def load_hdf5(spec: str, default_key: str, size: int) -> Pool:
     """A domain from the original HDF5 layout: FILE, or FILE:DATASET to name the array.
 
     Without a dataset name X is `train_data_raw` and Y `train_data_gen`, as the original stored them;
-    a matching `val_data_*` array in the same file becomes the held-out part.
+    a matching `val_data_*` array in the same file becomes the held-out part. Pixels are 0..255 (uint8, or
+    integers or floats in that range), channels last.
     """
     path, key = Path(spec).expanduser(), default_key
     if not path.exists() and ":" in spec:

@@ -5,7 +5,7 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
     sampler = "grid"                  # grid | random | tpe
     trials = 20                       # random/tpe: configurations to sample (each run once per seed)
     timeout_s = 0                     # 0: no time budget; else start no trial after this many seconds
-    seeds = [0, 1]
+    seeds = [0, 1]                    # each configuration once per seed ([fixed] and --set take no seed)
     sampler_seed = 0                  # random/tpe: each worker's sampler seed is derived from it
     max_retries = 2                   # a failed (not pruned, not killed) condition is queued again this often
     epochs_per_image = 0              # > 0: each cell's budget is this many epochs per image (epochs = this x N)
@@ -21,8 +21,8 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
 
     [space]                           # lists are categorical; tables are ranges
     pairing = ["aligned", "fixed", "shuffled"]
-    lambda_l1 = { low = 1.0, high = 100.0, log = true }
-    n_images = { low = 5, high = 20, step = 5 }
+    lambda_l1 = { low = 1.0, high = 100.0, log = true }   # log: a TOML boolean
+    n_images = { low = 5, high = 20, step = 5 }            # step > 0, and none with log = true
 """
 
 from __future__ import annotations
