@@ -70,8 +70,8 @@ def _reproduced(client, source: str) -> tuple[RunConfig, int | None]:
     if path.is_file():
         try:
             values = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise SweepError(f"--from {source}: not a valid config.json ({err})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SweepError(f"--from {source}: not a readable, valid config.json ({err})") from None
         if not isinstance(values, dict):
             raise SweepError(f"--from {source}: expected a JSON object of RunConfig keys, got a "
                              f"{type(values).__name__}")

@@ -301,7 +301,7 @@ def test_one_run_from_a_sweep_file_still_takes_a_seed(tmp_path, capsys, monkeypa
 
 
 def test_a_malformed_config_json_is_one_line(tmp_path, capsys, monkeypatch):
-    for text, words in (('{"epochs": 2,', "not a valid config.json"), ("[1, 2]", "got a list")):
+    for text, words in (('{"epochs": 2,', "not a readable, valid config.json"), ("[1, 2]", "got a list")):
         (tmp_path / "config.json").write_text(text)
         code, said = _main(capsys, monkeypatch, tmp_path, "run", "--from", str(tmp_path / "config.json"))
         assert code == 2 and "Traceback" not in said and words in said.strip().splitlines()[-1], said[-2000:]
