@@ -1,6 +1,7 @@
 """The few image operations the harness needs, in plain torch: the same arithmetic as torchvision's
 functional transforms (tests/test_data.py checks them bit for bit), without importing torchvision, whose
-package init loads torch._dynamo: seconds in every process that reads images, sweep workers included."""
+package init loads its models and ops and torch._dynamo: about a second for a process that reads or draws
+images (a process that trains loads torch._dynamo anyway, with its first optimizer, but not the rest)."""
 
 from __future__ import annotations
 
