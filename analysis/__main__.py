@@ -5,6 +5,7 @@ false-positive rate and power on simulated studies."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,16 +55,21 @@ def main(argv: list[str] | None = None) -> int:
               f"sets x {args.seeds} seeds, N = {args.n}:")
         print(table.round(3).to_string(index=False))
         return 0
-    from .store import PROJECT, first_line, safe_url, tracking_uri, use_store
+    from .store import PROJECT, first_line, safe_url, sqlite_path, tracking_uri, use_store
 
     use_store(args.store)
+    uri = tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # opening it would create an empty database, and its folder
+        print(f"error: no MLflow store at {db}: nothing to report; run a study first (make sweep)"
+              + (", or give --store the folder that holds its mlflow.db" if args.store else ""), file=sys.stderr)
+        return 2 if args.store else 1
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from .report import build_report
+    from .report import SectionsFailed, build_report
     from .runs import most_recent_study, study_names
 
-    uri = tracking_uri()
     mlflow.set_tracking_uri(uri)  # mlflow.search_runs reads the global URI
     client = MlflowClient(uri)
     try:
@@ -79,10 +85,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: there is no study {name!r} in {uri}; studies there: {', '.join(known) or 'none'}",
               file=sys.stderr)
         return 1
-    out = build_report(name, Path(args.out) if args.out else PROJECT / "reports" / name, args.storage, client,
-                       args.ui)
+    out = Path(args.out).expanduser() if args.out else PROJECT / "reports" / name
+    why = _unwritable(out)
+    if why:
+        print(f"error: cannot write the report to {out} ({why}); give --out a folder that can be written",
+              file=sys.stderr)
+        return 2
+    failed = None
+    try:
+        build_report(name, out, args.storage, client, args.ui)
+    except SectionsFailed as err:
+        failed = err
     print(f"report: {out / 'index.html'}\n        {out / 'report.md'}")
+    if failed:
+        print(f"error: {failed}; the reason stands in its place on the page and in the warning above",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the report cannot be written to `out`, or None; said before any section is drawn."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None if os.access(out, os.W_OK) else "permission denied"
 
 
 def _pairing(folder: Path) -> int:

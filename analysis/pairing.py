@@ -26,7 +26,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.special import stirling2
 from scipy.stats import binomtest, rankdata
-from torchvision.transforms.v2 import functional as TF
+
+from cyclelike.images import gaussian_blur
 
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -224,7 +225,7 @@ def lowpass(images: torch.Tensor) -> torch.Tensor:
     """Gaussian blur scaled to the image: removes the high-frequency detail a cycle can hide the source in."""
     sigma = max(1.0, images.shape[-1] / 32)
     kernel = 2 * math.ceil(2 * sigma) + 1
-    return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+    return gaussian_blur(images, kernel, sigma)
 
 
 # ---------------------------------------------------------------- data-only predictors of the pairs
@@ -248,7 +249,7 @@ def coarse(images: torch.Tensor) -> torch.Tensor:
     """A strong blur (sigma = side/16): the layout of the image, not its detail."""
     sigma = max(1.0, images.shape[-1] / 16)
     kernel = 2 * math.ceil(2 * sigma) + 1
-    return TF.gaussian_blur(images.float(), [kernel, kernel], [sigma, sigma])
+    return gaussian_blur(images.float(), kernel, sigma)
 
 
 def _grey(images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ runs allow and says in words what it could not draw; a bad or thin experiment ne
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 
 from .answer_sections import section_answers, section_capacity, section_formation, section_predictors, section_scaling
@@ -20,6 +19,7 @@ from .runs import (
     load_study_runs,
     most_recent_study,
 )
+from .store import first_line
 from .study_sections import (
     section_assignments,
     section_curves,
@@ -30,10 +30,19 @@ from .study_sections import (
 )
 
 
+class SectionsFailed(RuntimeError):
+    """Sections that raised: the page is written without them, each saying why in its place."""
+
+    def __init__(self, out: Path, names: list[str]):
+        super().__init__(f"section(s) {', '.join(names)} could not be drawn")
+        self.out, self.names = out, names
+
+
 def build_report(name: str | None, out: Path | None = None, storage: str | None = None, client=None,
                  ui: str | None = None) -> Path:
-    """Write reports/<study>/index.html and report.md; returns the folder. Raises nothing for thin data.
-    `ui`: the MLflow UI's address (a tracking server's own by default), for links to each run's page."""
+    """Write reports/<study>/index.html and report.md; returns the folder. Raises nothing for thin data; a
+    section that fails (a bug, not thin data) is noted in its place and raises SectionsFailed once the page is
+    written. `ui`: the MLflow UI's address (a tracking server's own by default), for links to each run's page."""
     from mlflow.tracking import MlflowClient
 
     from .store import PROJECT, tracking_uri
@@ -72,12 +81,15 @@ def build_report(name: str | None, out: Path | None = None, storage: str | None 
                 "scaling": lambda: section_scaling(doc, runs, client),
                 "curves": lambda: section_curves(doc, runs, curves),
                 "reproduction": lambda: section_reproduction(doc, runs, client)}
-    for name, draw in sections.items():
+    failed = []
+    for section, draw in sections.items():
         try:
             draw()
         except Exception as err:  # one broken section must not lose the others
             doc.note(f"This section could not be drawn: {type(err).__name__}: {err}")
-            print(f"warning: section {name}: {type(err).__name__}: {err}", file=sys.stderr)
-            traceback.print_exc(limit=2, file=sys.stderr)
+            print(f"warning: section {section}: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
+            failed.append(section)
     doc.write()
+    if failed:
+        raise SectionsFailed(out, failed)
     return out

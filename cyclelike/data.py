@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from .config import DataError, RunConfig
+from .images import center_crop, pil_to_tensor, resize_shorter, uint8_to_unit
 from .synthetic import synthetic_domain
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -82,13 +82,13 @@ class Domains:
 def _to_unit_range(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 or float 0..255 NCHW -> float [-1, 1], resized (shorter side) and centre-cropped."""
     if images.dtype == torch.uint8:
-        images = TF.to_dtype(images, torch.float32, scale=True)
+        images = uint8_to_unit(images)
     else:
         images = images.float() / 255.0
     if images.shape[-3] == 1:
         images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
     if images.shape[-2:] != (size, size):
-        images = TF.center_crop(TF.resize(images, size, antialias=True), [size, size])
+        images = center_crop(resize_shorter(images, size), size)
     return (images.clamp(0, 1) * 2 - 1).contiguous()
 
 
@@ -102,7 +102,7 @@ def _read_image(path: Path) -> torch.Tensor:
             im.load()
             if im.mode.startswith("I"):
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-            return TF.pil_to_tensor(im.convert("RGB"))
+            return pil_to_tensor(im.convert("RGB"))
     except Exception as err:  # Pillow raises several types for a bad or truncated file
         raise DataError(f"cannot read image {path}: {err}") from err
 
@@ -137,12 +137,22 @@ def _hdf5_array(path: Path, key: str, size: int):
         array = array[..., None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3):
         raise DataError(f"{path}:{key} has shape {array.shape}; expected channels-last (N, H, W, 1 or 3)")
+    if array.dtype.kind not in "uif":  # bool, complex, strings: no pixel values
+        raise DataError(f"{path}:{key} has dtype {array.dtype}; expected pixels 0..255 (uint8, or integers or "
+                        "floats in that range)")
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
     if tensor.dtype != torch.uint8:
-        tensor = tensor.float()
+        tensor = tensor.double()  # exact for every integer and float the file can hold
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:  # clamp() would keep a NaN, and the run would train on it
             raise DataError(f"{path}:{key} has {bad} NaN or infinite pixel value(s); fix or drop those images")
+        low, high = (float(tensor.min()), float(tensor.max())) if tensor.numel() else (0.0, 0.0)
+        if low < 0 or high > 255:  # clamping them would train on other pictures than the file holds
+            raise DataError(f"{path}:{key} holds values {low:g}..{high:g}; expected pixels 0..255")
+        if array.dtype.kind == "f" and 0 < high <= 1:  # read as 0..255 these would be near-black images
+            raise DataError(f"{path}:{key} holds float values {low:g}..{high:g}, pixels scaled to [0, 1]; this "
+                            "reader takes 0..255, as the original files stored them: multiply the array by 255")
+        tensor = tensor.float()
     return _to_unit_range(tensor, size)
 
 
@@ -150,7 +160,8 @@ def load_hdf5(spec: str, default_key: str, size: int) -> Pool:
     """A domain from the original HDF5 layout: FILE, or FILE:DATASET to name the array.
 
     Without a dataset name X is `train_data_raw` and Y `train_data_gen`, as the original stored them;
-    a matching `val_data_*` array in the same file becomes the held-out part.
+    a matching `val_data_*` array in the same file becomes the held-out part. Pixels are 0..255 (uint8, or
+    integers or floats in that range), channels last.
     """
     path, key = Path(spec).expanduser(), default_key
     if not path.exists() and ":" in spec:
@@ -217,6 +228,10 @@ def load_domains(config: RunConfig) -> Domains:
             )
     # one split for both domains when they are the same length, so aligned rows stay aligned
     same = len(x_pool.images) == len(y_pool.images)
+    if not same and config.pairing == "aligned":  # the two splits would draw different rows
+        raise DataError(f"pairing=aligned pairs row i of X with row i of Y, but {x_pool.source} has "
+                        f"{len(x_pool.images)} images and {y_pool.source} has {len(y_pool.images)}; give both the "
+                        "same images in matching order, or use pairing=fixed or shuffled")
     for k, pool in enumerate((x_pool, y_pool)):
         held = 0 if pool.holdout is not None else n_holdout
         train_idx, hold_idx = _split(len(pool.images), n, held, config.data_seed + (0 if same else k))

@@ -9,10 +9,9 @@ import zlib
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import make_grid
 
 from .data import Domains
+from .images import make_grid, to_pil_image
 from .train import Translator
 
 SAMPLE_ROWS = ("x", "G(x)", "target y", "y", "G(y)", "target x", "x", "G(x)", "G(G(x)) cycle")
@@ -28,7 +27,7 @@ def labelled(grid: torch.Tensor, rows: tuple[str, ...] | list[str], min_width: i
     images are stamps in the MLflow UI otherwise) and with each row's name in a margin on the left. A picture
     (8-bit RGB), ready to save: drawn in 8 bits, it costs a third of the float version."""
     scale = max(1, math.ceil(min_width / grid.shape[-1]))
-    small = TF.to_pil_image(grid.float().clamp(0, 1))
+    small = to_pil_image(grid.float().clamp(0, 1))
     big = small.resize((small.width * scale, small.height * scale), Image.Resampling.NEAREST)
     font = _font(max(12, min(28, big.height // (3 * len(rows)))))
     margin = int(max(draw_width(font, r) for r in rows)) + 16

@@ -16,12 +16,12 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 
 
 def _sweep(args) -> int:
-    import pandas as pd
+    spec = load_sweep(args.config, parse_sets(args.sets))
+    _check_device(spec.base_config())
+    import pandas as pd  # the harness's imports take seconds: a bad sweep file is said before them
 
     from .sweep import WORK_COLUMNS, SweepFailed, run_sweep, took
 
-    spec = load_sweep(args.config, parse_sets(args.sets))
-    _check_device(spec.base_config())
     print(f"study {spec.name}: {spec.description}".rstrip(": "))
     try:
         table = run_sweep(spec, args.storage, args.workers, args.trials, fuse=args.fuse_seeds)
@@ -69,7 +69,14 @@ def _reproduced(client, source: str):
 
     path = Path(source)
     if path.is_file():
-        return RunConfig.from_dict(json.loads(path.read_text())), None, None
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SweepError(f"--from {source}: not a readable, valid config.json ({err})") from None
+        if not isinstance(values, dict):
+            raise SweepError(f"--from {source}: expected a JSON object of RunConfig keys, got a "
+                             f"{type(values).__name__}")
+        return RunConfig.from_dict(values), None, None
     try:
         run = client.get_run(source)
         with tempfile.TemporaryDirectory() as tmp:
@@ -117,8 +124,11 @@ def _run(args) -> int:
         eval_every = args.eval_every if args.eval_every is not None else logged if logged is not None else 10
         experiment = args.experiment or "runs"
     elif args.config:
+        seed = sets.pop("seed", None)  # one run takes a seed; a sweep file refuses it for its `seeds` list
         spec = load_sweep(args.config, sets)
         config, experiment, eval_every = spec.base_config(), args.experiment or spec.name, spec.eval_every
+        if seed is not None:
+            config = config.replace(seed=seed)
     else:
         config, experiment = RunConfig.from_dict(sets), args.experiment or "runs"
         eval_every = 10 if args.eval_every is None else args.eval_every

@@ -5,7 +5,7 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
     sampler = "grid"                  # grid | random | tpe
     trials = 20                       # random/tpe: configurations to sample (each run once per seed)
     timeout_s = 0                     # 0: no time budget; else start no trial after this many seconds
-    seeds = [0, 1]
+    seeds = [0, 1]                    # each configuration once per seed ([fixed] and --set take no seed)
     sampler_seed = 0                  # random/tpe: each worker's sampler seed is derived from it
     max_retries = 2                   # a failed (not pruned, not killed) condition is queued again this often
     epochs_per_image = 0              # > 0: each cell's budget is this many epochs per image (epochs = this x N)
@@ -21,8 +21,8 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
 
     [space]                           # lists are categorical; tables are ranges
     pairing = ["aligned", "fixed", "shuffled"]
-    lambda_l1 = { low = 1.0, high = 100.0, log = true }
-    n_images = { low = 5, high = 20, step = 5 }
+    lambda_l1 = { low = 1.0, high = 100.0, log = true }   # log: a TOML boolean
+    n_images = { low = 5, high = 20, step = 5 }            # step > 0, and none with log = true
 """
 
 from __future__ import annotations
@@ -176,9 +176,15 @@ def _parse_dimension(name: str, value: Any) -> list | Range:
         number = value.get(key, 0)
         _expect(isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number),
                 f"space.{name}.{key}={value.get(key)!r}: expected a finite number")
-    dim = Range(value["low"], value["high"], bool(value.get("log", False)), value.get("step"))
+    _expect(isinstance(value.get("log", False), bool),
+            f"space.{name}.log={value.get('log')!r}: expected true or false (a TOML boolean, without quotes)")
+    dim = Range(value["low"], value["high"], value.get("log", False), value.get("step"))
     _expect(dim.low < dim.high, f"space.{name}: low={dim.low} must be below high={dim.high} (an empty range)")
     _expect(not dim.log or dim.low > 0, f"space.{name}: log=true needs low > 0, got {dim.low}")
+    # Optuna refuses these only when a worker asks its first trial for the value, leaving that trial RUNNING
+    _expect(dim.step is None or dim.step > 0, f"space.{name}.step={dim.step!r}: expected a number > 0")
+    _expect(not dim.log or dim.step is None or (dim.is_int and dim.step == 1),
+            f"space.{name}: log=true and step={dim.step!r} cannot go together; Optuna steps only linear ranges")
     return dim
 
 
@@ -207,6 +213,13 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
     for key in ("objectives", "directions"):
         _expect(not isinstance(raw.get(key), list) or all(isinstance(v, str) for v in raw[key]),
                 f"{key}={raw.get(key)!r}: expected a list of strings")
+    # a sweep repeats each configuration once per seed of its `seeds` list: a fixed seed would be silently ignored
+    _expect("seed" not in raw.get("fixed", {}),
+            f"fixed.seed={raw.get('fixed', {}).get('seed')!r}: a sweep runs each configuration once per seed of "
+            f"the top-level 'seeds' list; write seeds = [{raw.get('fixed', {}).get('seed')}] instead")
+    _expect("seed" not in (sets or {}),
+            f"--set seed={(sets or {}).get('seed')!r}: a sweep runs each configuration once per seed of the sweep "
+            "file's 'seeds' list; change that list (python -m study run --set seed=... trains one seed)")
     fixed = dict(raw.get("fixed", {}))
     fixed.update(sets or {})
     for name, value in fixed.items():

@@ -213,7 +213,8 @@ def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int,
     elif fuse == "auto":
         tuning = autotune.cached(cell)
     count = tuning.workers if workers == "auto" else workers
-    threads = tuning.threads if workers == "auto" else max(1, n // count)
+    # a fixed `threads` is what every trial sets (cyclelike.train), so it is what the workers run with
+    threads = spec.base_config().threads or (tuning.threads if workers == "auto" else max(1, n // count))
     fused = fusable and (fuse == "on" or (fuse == "auto" and tuning is not None and tuning.fuse))
     return count, threads, fused
 

@@ -120,6 +120,45 @@ def test_report_reads_the_project_store_from_any_folder(store, tmp_path, monkeyp
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
+def test_a_report_on_a_store_that_does_not_exist_is_one_line_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    from analysis.__main__ import main
+
+    monkeypatch.setenv("CYCLELIKE_STORE", "")  # --store sets it: restored after
+    assert main(["report", "--store", str(tmp_path / "none"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no MLflow store at {tmp_path / 'none' / 'mlflow.db'}" in err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "rep").exists()
+
+
+def test_a_report_to_a_folder_that_cannot_be_written_is_one_line(store, capsys, monkeypatch):
+    from analysis.__main__ import main
+
+    folder, _, _ = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
+    assert main(["report", "--experiment", "rep", "--out", "/proc/nope/rep"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write the report to /proc/nope/rep" in err
+
+
+def test_a_section_that_fails_makes_the_report_exit_non_zero(store, tmp_path, capsys, monkeypatch):
+    """The page is still written, but the exit code and one line say which section is missing."""
+    import analysis.report
+    from analysis.__main__ import main
+
+    def broken(*_):
+        raise ValueError("'yerr' must not contain negative values")
+
+    folder, _, _ = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
+    for name in dir(analysis.report):  # the others drawn as nothing: their pictures cost seconds
+        if name.startswith("section_"):
+            monkeypatch.setattr(analysis.report, name, broken if name == "section_scaling" else lambda *_: None)
+    assert main(["report", "--experiment", "rep", "--out", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and "section(s) scaling could not be drawn" in err[-1]
+    assert "could not be drawn: ValueError" in (tmp_path / "rep" / "report.md").read_text()
+
+
 def test_the_store_is_anchored_to_the_project_not_the_current_folder(tmp_path, monkeypatch):
     from analysis import store
 
@@ -197,6 +236,25 @@ def test_one_reliable_rule_on_hand_made_fits():
     noisy = fit_scaling(n, 0.5 + 0.001 * n + np.array([0.3, -0.3, 0.2, -0.2, -0.3, 0.3, -0.2, 0.2]))
     assert "R^2" in noisy.verdict() and "< 0.9" in noisy.verdict()
     assert "2 distinct N fit any line" in fit_scaling(np.array([10.0, 20.0]), np.array([1.5, 2.89])).verdict()
+
+
+def test_a_runs_matrix_picture_has_the_report_heatmaps_colours():
+    """matrix_image keeps seaborn's mako as a table of its own (seaborn costs a sweep process a second): each
+    cell the colour seaborn's map gives it, constant, NaN and float32 matrices included."""
+    import numpy as np
+    import seaborn as sns
+
+    from analysis.figures import matrix_image
+
+    mako = sns.color_palette("mako", as_cmap=True)
+    rng = np.random.default_rng(0)
+    nan = rng.random((5, 5))
+    nan[1, 2] = np.nan
+    for D in (rng.random((7, 7)), rng.random((6, 6)).astype(np.float32), np.full((3, 3), 0.4), nan,
+              np.linspace(0, 1, 300).reshape(15, 20)):
+        span = np.ptp(D) or 1.0
+        expected = (mako((D - D.min()) / span)[..., :3] * 255).astype(np.uint8)
+        assert np.array_equal(matrix_image(D, cell=1), expected)
 
 
 def test_one_colour_per_pairing_in_every_panel():

@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import TINY, store_in, write_sweep
+from conftest import TINY, store_in, tiny_sweep, write_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -244,6 +244,20 @@ GOOD = {"name": "s", "fixed": {"image_size": 16}, "space": {"pairing": ["aligned
          ["space.lambda_l1.low='1'", "finite number"]),
         ({"fixed": {"lr": float("inf")}}, ["fixed", "lr=inf", "finite"]),
         ({"eval_every": 0, "fixed": {"stop": "locked"}}, ["eval_every=0", "stop=locked"]),
+        # refused here, not by Optuna in a worker's first trial (which it left RUNNING)
+        ({"space": {"n_images": {"low": 4, "high": 8, "step": 0}}, "sampler": "random", "trials": 3},
+         ["space.n_images.step=0", "> 0"]),
+        ({"space": {"lr": {"low": 0.1, "high": 0.5, "step": -2}}, "sampler": "random", "trials": 3},
+         ["space.lr.step=-2", "> 0"]),
+        ({"space": {"lr": {"low": 0.1, "high": 0.5, "log": True, "step": 0.1}}, "sampler": "random", "trials": 3},
+         ["space.lr", "log=true", "step=0.1"]),
+        # a quoted 'no' was read as true
+        ({"space": {"lr": {"low": 0.1, "high": 0.5, "log": "no"}}, "sampler": "random", "trials": 3},
+         ["space.lr.log='no'", "true or false"]),
+        ({"space": {"lr": {"low": 0.1, "high": 0.5, "log": "yes"}}, "sampler": "random", "trials": 3},
+         ["space.lr.log='yes'", "true or false"]),
+        # a fixed seed was silently ignored: every trial trained the seeds of `seeds`
+        ({"fixed": {"image_size": 16, "seed": 5}}, ["fixed.seed=5", "'seeds'", "seeds = [5]"]),
     ],
 )
 def test_bad_sweep_files_name_the_key(change, words):
@@ -259,6 +273,45 @@ def test_bad_sweep_file_stops_before_training(tmp_path, capsys, monkeypatch):
     code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(path))
     assert code == 2 and "space.arch" in said and "resnet" in said
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_zero_step_is_refused_before_anything_is_queued(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "step0.toml"
+    path.write_text('sampler = "random"\ntrials = 2\n'
+                    + tiny_sweep("step0", epochs=1, extra="lr = { low = 0.1, high = 0.5, step = 0 }"))
+    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(path))
+    assert code == 2 and "Traceback" not in said and "space.lr.step=0" in said.strip().splitlines()[-1]
+    assert not (tmp_path / "mlruns").exists()  # no study, so no trial left RUNNING
+
+
+def test_a_seed_set_on_a_sweep_points_to_its_seeds_list(tmp_path, capsys, monkeypatch):
+    path = write_sweep(tmp_path, "seeded", epochs=1)
+    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(path), "--set", "seed=5")
+    last = said.strip().splitlines()[-1]
+    assert code == 2 and "--set seed=5" in last and "'seeds' list" in last
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_one_run_from_a_sweep_file_still_takes_a_seed(tmp_path, capsys, monkeypatch):
+    import study.__main__
+
+    seen = []
+
+    def stop_at_once(config):  # the config to run, before any store is opened
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.__main__, "_check_device", stop_at_once)
+    path = write_sweep(tmp_path, "oneseed", epochs=1)
+    code, _ = _main(capsys, monkeypatch, tmp_path, "run", "--config", str(path), "--set", "seed=3")
+    assert code == 130 and [c.seed for c in seen] == [3]
+
+
+def test_a_malformed_config_json_is_one_line(tmp_path, capsys, monkeypatch):
+    for text, words in (('{"epochs": 2,', "not a readable, valid config.json"), ("[1, 2]", "got a list")):
+        (tmp_path / "config.json").write_text(text)
+        code, said = _main(capsys, monkeypatch, tmp_path, "run", "--from", str(tmp_path / "config.json"))
+        assert code == 2 and "Traceback" not in said and words in said.strip().splitlines()[-1], said[-2000:]
 
 
 def test_shipped_sweep_files_parse(monkeypatch):
@@ -585,10 +638,15 @@ def test_help_needs_no_torch():
             "                  (train_main, ['train', '--help'])):\n"
             "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
             "        run(argv)\n"
-            "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules))\n"
+            # a sweep worker's imports: torchvision's init loads torch._dynamo (seconds in every process), and
+            # pyplot and seaborn wait for the first figure
+            "import study.workers, cyclelike.samples\n"
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo', 'matplotlib.pyplot', 'seaborn')\n"
+            "             if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.split() == ["[]", "[]"]
 
 
 def test_assignment_history_round_trips_through_mlflow(swept, tmp_path):
@@ -647,6 +705,16 @@ def test_a_sweep_ends_with_the_time_it_took_beside_the_time_it_planned():
     assert took(756, 120) == "12.6 min, planned about 2.0 min (6.3x the plan)"
     assert took(40, 50) == "40 s, planned about 50 s (0.8x the plan)"
     assert took(40, float("nan")) == took(40, None) == "40 s"  # no estimate (bad data): no comparison
+
+
+def test_a_fixed_thread_count_is_the_one_the_sweep_says_it_runs(monkeypatch):
+    from study import autotune
+    from study.sweep import execution
+
+    monkeypatch.setattr(autotune, "cores", lambda: 4)
+    spec = parse_sweep(GOOD, "threads.toml", {"threads": 1})
+    assert execution(spec, 1, "off") == (1, 1, False)  # each trial sets its threads=1, whatever the cores
+    assert execution(parse_sweep(GOOD, "cores.toml"), 2, "off") == (2, 2, False)  # else the cores shared out
 
 
 def test_estimate_probes_the_largest_queued_condition(tmp_path):
