@@ -27,8 +27,6 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import stirling2
 from scipy.stats import binomtest, rankdata
 
-from cyclelike.images import gaussian_blur
-
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
 COPY_FACTOR = 0.5  # mem/holdout_copy_rate: "nearer to a training target than half the median within-Y distance"
@@ -223,9 +221,11 @@ def holdout_copy_rate(outputs: torch.Tensor, targets: torch.Tensor, factor: floa
 
 def lowpass(images: torch.Tensor) -> torch.Tensor:
     """Gaussian blur scaled to the image: removes the high-frequency detail a cycle can hide the source in."""
+    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision's import loads torch._dynamo
+
     sigma = max(1.0, images.shape[-1] / 32)
     kernel = 2 * math.ceil(2 * sigma) + 1
-    return gaussian_blur(images, kernel, sigma)
+    return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
 
 
 # ---------------------------------------------------------------- data-only predictors of the pairs
@@ -247,9 +247,11 @@ def _edges(images: torch.Tensor) -> torch.Tensor:
 
 def coarse(images: torch.Tensor) -> torch.Tensor:
     """A strong blur (sigma = side/16): the layout of the image, not its detail."""
+    from torchvision.transforms.v2 import functional as TF
+
     sigma = max(1.0, images.shape[-1] / 16)
     kernel = 2 * math.ceil(2 * sigma) + 1
-    return gaussian_blur(images.float(), kernel, sigma)
+    return TF.gaussian_blur(images.float(), [kernel, kernel], [sigma, sigma])
 
 
 def _grey(images: torch.Tensor) -> torch.Tensor:

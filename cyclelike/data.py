@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from .config import DataError, RunConfig
-from .images import center_crop, pil_to_tensor, resize_shorter, uint8_to_unit
 from .synthetic import synthetic_domain
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -81,14 +80,16 @@ class Domains:
 
 def _to_unit_range(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 or float 0..255 NCHW -> float [-1, 1], resized (shorter side) and centre-cropped."""
+    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision's import loads torch._dynamo
+
     if images.dtype == torch.uint8:
-        images = uint8_to_unit(images)
+        images = TF.to_dtype(images, torch.float32, scale=True)
     else:
         images = images.float() / 255.0
     if images.shape[-3] == 1:
         images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
     if images.shape[-2:] != (size, size):
-        images = center_crop(resize_shorter(images, size), size)
+        images = TF.center_crop(TF.resize(images, size, antialias=True), [size, size])
     return (images.clamp(0, 1) * 2 - 1).contiguous()
 
 
@@ -97,12 +98,14 @@ def _read_image(path: Path) -> torch.Tensor:
 
     Pillow decodes: torchvision's decoders are deprecated since 0.29 and do not read BMP. 16-bit
     greys are scaled down here because Pillow's own conversion to RGB clips them to white."""
+    from torchvision.transforms.v2 import functional as TF
+
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode.startswith("I"):
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-            return pil_to_tensor(im.convert("RGB"))
+            return TF.pil_to_tensor(im.convert("RGB"))
     except Exception as err:  # Pillow raises several types for a bad or truncated file
         raise DataError(f"cannot read image {path}: {err}") from err
 

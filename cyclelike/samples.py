@@ -11,7 +11,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .data import Domains
-from .images import make_grid, to_pil_image
 from .train import Translator
 
 SAMPLE_ROWS = ("x", "G(x)", "target y", "y", "G(y)", "target x", "x", "G(x)", "G(G(x)) cycle")
@@ -26,8 +25,10 @@ def labelled(grid: torch.Tensor, rows: tuple[str, ...] | list[str], min_width: i
     """A grid of equal rows in [0, 1], upscaled with nearest neighbour to at least `min_width` pixels (32 px
     images are stamps in the MLflow UI otherwise) and with each row's name in a margin on the left. A picture
     (8-bit RGB), ready to save: drawn in 8 bits, it costs a third of the float version."""
+    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision's import loads torch._dynamo
+
     scale = max(1, math.ceil(min_width / grid.shape[-1]))
-    small = to_pil_image(grid.float().clamp(0, 1))
+    small = TF.to_pil_image(grid.float().clamp(0, 1))
     big = small.resize((small.width * scale, small.height * scale), Image.Resampling.NEAREST)
     font = _font(max(12, min(28, big.height // (3 * len(rows)))))
     margin = int(max(draw_width(font, r) for r in rows)) + 16
@@ -57,6 +58,8 @@ def sample_grid(translator: Translator, data: Domains, k: int = 6, outputs: dict
 
     Columns are the first k training pairs in the pairing in force (aligned order for shuffled). `outputs`
     (G(x), G(y), G(G(x)) on every training image, as an evaluation computed them) saves running G again."""
+    from torchvision.utils import make_grid
+
     k = min(k, data.n)
     pi = data.pi[:k].cpu()
     x, y = data.x[:k].cpu(), data.y.cpu()[pi]
@@ -77,6 +80,8 @@ def assignment_strip(translator: Translator, data: Domains, a, k: int = 8, outpu
     """Rows x_i, G(x_i), the nearest y (y_a(i)), G(G(x_i)) for the first k training images: what the
     pairing metrics measure, as a picture. `a` is the assignment a(i) = argmin_j d(G(x_i), y_j), negative
     on a tied row, which shows a blank. `outputs` as in sample_grid."""
+    from torchvision.utils import make_grid
+
     k = min(k, data.n)
     x = data.x[:k].cpu()
     if outputs is None:
@@ -97,6 +102,8 @@ def holdout_strip(translator: Translator, data: Domains, k: int = 8,
     """Rows: held-out x (never trained on), G(x), and the training y nearest to G(x): where G renders a new
     input as one of its memorised targets (mem/holdout_copy_rate), the last two rows look alike. `outputs`
     as in sample_grid, with G(x) of the held-out images under "G(x_holdout)"."""
+    from torchvision.utils import make_grid
+
     k = min(k, len(data.x_holdout))
     if k == 0:
         return None

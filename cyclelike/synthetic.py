@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .images import pil_to_tensor, uint8_to_unit
-
 DOMAINS = ("faces", "planes")
 _DOMAIN_CODE = {"faces": 1, "planes": 2}
 
@@ -106,6 +104,8 @@ def _background(rng: np.random.Generator, s: int, domain: str) -> Image.Image:
 
 def synthetic_image(domain: str, index: int, size: int, seed: int = 0) -> torch.Tensor:
     """One image (3, size, size) in [-1, 1]."""
+    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision's import loads torch._dynamo
+
     if domain not in _DOMAIN_CODE:
         raise ValueError(f"unknown synthetic domain {domain!r}; allowed: {', '.join(DOMAINS)}")
     rng = np.random.default_rng((seed, _DOMAIN_CODE[domain], index))
@@ -116,7 +116,7 @@ def synthetic_image(domain: str, index: int, size: int, seed: int = 0) -> torch.
     (_draw_face if domain == "faces" else _draw_plane)(draw, rng, canvas)
     if size != canvas:
         image = image.resize((size, size), Image.Resampling.BOX if size < canvas else Image.Resampling.BICUBIC)
-    return uint8_to_unit(pil_to_tensor(image)) * 2 - 1
+    return TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True) * 2 - 1
 
 
 def synthetic_domain(domain: str, n: int, size: int, seed: int = 0, start: int = 0) -> torch.Tensor:
