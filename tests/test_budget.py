@@ -3,6 +3,7 @@ steps, seed agreement against the maps' own marginals, N90 per whole condition, 
 set, and locked_epoch censored at the last evaluation."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -124,6 +125,12 @@ def test_stop_locked_ends_a_tiny_paired_run_before_its_budget(tmp_path):
         logger.finish()
         run = MlflowClient(uri).get_run(logger.run_id)
         mlflow.set_tracking_uri(uri)
+        saved = json.loads(Path(MlflowClient(uri).download_artifacts(logger.run_id, "pairing/assignment.json",
+                                                                     str(tmp_path))).read_text())
+        history = Path(MlflowClient(uri).download_artifacts(logger.run_id, "pairing/history.csv", str(tmp_path)))
+    # the untrained map is kept (main logged it as metrics only): a candidate explanation of the pairs
+    assert len(saved["a0"]) == 4 and history.read_text().splitlines()[1].startswith("0,")
+    assert 0.0 <= outcome.metrics["pair/agree_initial"] <= 1.0
     assert outcome.stop_reason == "locked" and outcome.epochs_run < 300
     assert outcome.metrics["pair/forward_top1"] >= 0.9
     assert run.data.tags["stop/reason"] == "locked"
