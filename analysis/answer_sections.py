@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import claims, dynamics, evidence, questions
-from .conditions import legend
+from .conditions import labelled, legend
 from .document import Document
 from .figures import plt, sns
 from .runs import (
@@ -36,12 +36,12 @@ def section_answers(doc: Document, runs: StudyRuns) -> None:
     u = evidence.unpaired(t)
     q1 = questions.unpaired_answers(t)
     if q1:
-        found = questions.unpaired_claims(u)
-        if len(found) > 1:
-            doc.p(legend([(label, c, g) for label, c, g, _ in found]))
+        found = labelled(u, t)
+        if len(labelled(t)) > 1:
+            doc.p(legend(found))
         for sentence in q1:
             doc.p(sentence)
-        doc.table(questions.unpaired_table(u), "The evidence behind each sentence, per condition given no pair:")
+        doc.table(questions.unpaired_table(u, t), "The evidence behind each sentence, per condition given no pair:")
         doc.p(claims.HOW)
     else:
         doc.p(questions.QUESTION_1_MISSING)
@@ -110,7 +110,8 @@ def section_predictors(doc: Document, runs: StudyRuns) -> None:
                    "one-to-one assignment on a distance between the original images (pixel L1, low-pass L1, colour "
                    f"mean and spread, edge maps); mean over {len(u)} runs with a 95% bootstrap interval, dashed: "
                    "chance 1/N.")
-    doc.table(questions.predictor_table(u), "Agreement with each candidate explanation: the data-only predictors "
+    doc.table(questions.predictor_table(u, complete(runs.trials)), "Agreement with each candidate explanation: the "
+              "data-only predictors "
               "(the optimal one-to-one assignment on each one's distance between the original images) and the "
               "initial map (the untrained G's own assignment at epoch 0), and where the chosen partner ranks on "
               "each predictor's distance (1: its nearest y). A data set counts once, as a hit when every seed of it "

@@ -7,6 +7,7 @@ sets x `seeds` seeds, N images, each run's assignment a and the per-run statisti
 Scenarios (each run's map, row by row):
 - null: every seed's map uniformly random (a(i) any y), independent of everything;
 - shared: each data set has its own random partner per x; every seed takes it with probability q;
+- threshold: the same at q = 0.45, where the two seeds' kappa is 0.2 (the most "agrees" may allow);
 - explained: the same, the partner being the `pixel` predictor's on that data set;
 - true: the same, the partner being the true one (the stored order): forward_top1 beyond chance;
 - one_to_one: every seed's map a uniformly random permutation (bijective, nothing shared);
@@ -25,11 +26,11 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from .claims import ALPHA, claims_for, n90
+from .claims import ALPHA, CANDIDATES, claims_for, n90
 from .pairing import INITIAL, PREDICTORS, agreement_pvalue, bijectivity, fixed_point_pvalue
 
-CANDIDATES = [*PREDICTORS, INITIAL]
-SCENARIOS = ("null", "shared", "explained", "true", "one_to_one", "collapse")
+SCENARIOS = ("null", "shared", "threshold", "explained", "true", "one_to_one", "collapse")
+AT_THRESHOLD = 0.45  # the share of rows that follow the shared partner where the seeds' kappa is 0.2 (N = 10)
 
 
 @lru_cache(maxsize=256)
@@ -57,7 +58,9 @@ def simulate_study(rng: np.random.Generator, scenario: str, sets: int = 3, seeds
     rows = []
     for d in range(sets):
         partners = {name: rng.permutation(n) for name in PREDICTORS}
-        planted = {"shared": rng.permutation(n), "explained": partners["pixel"], "true": np.arange(n)}.get(scenario)
+        planted = {"shared": rng.permutation(n), "threshold": rng.permutation(n), "explained": partners["pixel"],
+                   "true": np.arange(n)}.get(scenario)
+        share = AT_THRESHOLD if scenario == "threshold" else q
         for s in range(seeds):
             if scenario == "one_to_one":
                 a = rng.permutation(n)
@@ -66,7 +69,7 @@ def simulate_study(rng: np.random.Generator, scenario: str, sets: int = 3, seeds
             else:
                 a = rng.integers(0, n, n)
                 if planted is not None:
-                    take = rng.random(n) < q
+                    take = rng.random(n) < share
                     a[take] = planted[take]
             initial = rng.integers(0, n, n)  # each seed's untrained map: its own
             rows.append({"data_seed": d, "seed": s, "tags.data_hash": f"set{d}", "n_images": n,
@@ -91,7 +94,7 @@ TARGETS = {"forward_top1 beyond chance": ("null", "true"),
            "a candidate explains the pairs": ("null", "explained"),
            "seeds share partners": ("null", "shared"),
            "Lu et al.: not random": ("null", "shared"),
-           "Lu et al.: agrees (random)": ("shared", "null")}
+           "Lu et al.: agrees (random)": ("threshold", "null")}
 
 
 def capacity_study(rng: np.random.Generator, sizes=(10, 20, 40, 80), seeds: int = 2, break_at: int | None = 40,
@@ -115,7 +118,7 @@ def calibrate(studies: int = 1000, power_studies: int = 300, sets: int = 3, seed
     (power, over `power_studies`)."""
     rng = np.random.default_rng(seed)
     said = {scenario: [] for scenario in SCENARIOS}
-    nulls = {null for null, _ in TARGETS.values()}
+    nulls = {null for null, _ in TARGETS.values()}  # a false-positive rate over `studies`, power over fewer
     for scenario in SCENARIOS:
         for _ in range(studies if scenario in nulls else power_studies):
             said[scenario].append(_said(claims_for(simulate_study(rng, scenario, sets, seeds, n, q), CANDIDATES)))
@@ -125,12 +128,14 @@ def calibrate(studies: int = 1000, power_studies: int = 300, sets: int = 3, seed
               "power under": planted or "-",
               "power": float(rates[planted][claim]) if planted else float("nan")}
              for claim, (null, planted) in TARGETS.items()]
+    # N90 is an estimate (the mean over seeds against 0.9), not a test at a level: how often it overshoots a G
+    # that holds 85% of the pairs past N* = 40, and how often it finds N* where the break is clear
     capacity = [n90(capacity_study(rng)) for _ in range(power_studies)]
-    nothing = [n90(capacity_study(rng, break_at=None)) for _ in range(studies)]
-    table.append({"claim": "N90 = N* (capacity breaks at N* = 40)", "level": ALPHA,
-                  "false positives under": "null (no capacity: random maps)",
-                  "false-positive rate": float(np.mean([v is not None for v in nothing])),
-                  "power under": "break at 40", "power": float(np.mean([v == 40 for v in capacity]))})
+    overshoot = [n90(capacity_study(rng, after=0.85)) for _ in range(studies)]
+    table.append({"claim": "N90 (an estimate: no level)", "level": float("nan"),
+                  "false positives under": "hold 0.99 up to N* = 40, 0.85 past it: N90 > 40",
+                  "false-positive rate": float(np.mean([v is not None and v > 40 for v in overshoot])),
+                  "power under": "hold 0.5 past 40: N90 = 40", "power": float(np.mean([v == 40 for v in capacity]))})
     out = pd.DataFrame(table)
     out.attrs.update(studies=studies, power_studies=power_studies, sets=sets, seeds=seeds, n=n, q=q)
     return out

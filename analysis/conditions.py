@@ -52,30 +52,47 @@ def _plain(value) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def labelled(t: pd.DataFrame, without: tuple[str, ...] = ()) -> list[tuple[str, dict, pd.DataFrame]]:
+def labelled(t: pd.DataFrame, named_by: pd.DataFrame | None = None) -> list[tuple[str, dict, pd.DataFrame]]:
     """groups() with a short label each (A, B, ...): a condition is named once, in a legend, and the label
-    stands for it in sentences and tables."""
-    out = []
-    for k, (condition, g) in enumerate(groups(t, without)):
-        label = chr(ord("A") + k) if k < 26 else f"C{k + 1}"
-        out.append((label, condition, g))
-    return out
+    stands for it in sentences and tables. With `named_by` (the whole study, of which t is a part), each group
+    keeps the label it has there, so that one letter means one condition in every section."""
+    if named_by is not None and len(named_by) > len(t):
+        letter = {index: label for label, _, g in labelled(named_by) for index in g.index}
+        return [(letter.get(g.index[0], "?"), condition, g) for condition, g in groups(t)]
+    return [(chr(ord("A") + k) if k < 26 else f"C{k + 1}", condition, g)
+            for k, (condition, g) in enumerate(groups(t))]
 
 
 def legend(labelled_groups: list[tuple[str, dict, pd.DataFrame]]) -> str:
-    if len(labelled_groups) < 2:
+    if not labelled_groups:
         return ""
     return "Conditions: " + "; ".join(f"{label} = {describe(c)}" for label, c, _ in labelled_groups) + "."
 
 
 def data_set_ids(g: pd.DataFrame) -> pd.Series:
-    """Which data set each run trained on: the hash of its training images (tags.data_hash), so that data
-    seeds that re-split a pool into the same images count once; runs logged before the hash existed fall
-    back to their data_seed."""
+    """Which data set each run trained on, by the images it trained on (tags.data_hash), not its data_seed: data
+    seeds that re-split a pool into the same images count once. Runs that share either domain's images
+    (data_hash.x or .y: edge maps and grey faces against the same colour faces) are one data set too, since
+    a shared side is no independent evidence. Runs logged before the hashes fall back to their data_seed."""
     seeds = g["data_seed"].astype(str) if "data_seed" in g else pd.Series("0", index=g.index)
     if "tags.data_hash" not in g:
         return "seed " + seeds
-    return g["tags.data_hash"].where(g["tags.data_hash"].notna(), "seed " + seeds)
+    ids = g["tags.data_hash"].where(g["tags.data_hash"].notna(), "seed " + seeds).astype(str)
+    parent = {k: k for k in ids}
+
+    def root(k: str) -> str:
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    for side in ("tags.data_hash.x", "tags.data_hash.y"):
+        if side not in g:
+            continue
+        for _, same in ids[g[side].notna()].groupby(g[side]):  # runs whose images on this side are equal
+            first = root(same.iloc[0])
+            for k in same:
+                parent[root(k)] = first
+    return ids.map(root)
 
 
 def data_sets(g: pd.DataFrame) -> int:

@@ -67,8 +67,12 @@ def formation_answers(t: pd.DataFrame) -> list[str]:
             parts.append(f"{name}: none of {len(h)} runs reached forward_top1 >= 0.9")
             continue
         by = reached["pair/epochs_to_90"]
-        after = reached["pair/epochs_to_90_after"] if "pair/epochs_to_90_after" in reached else \
-            by - pd.to_numeric(reached.get("tags.eval_every", pd.Series(float("nan"), reached.index)), errors="coerce")
+        # runs logged before epochs_to_90_after: the evaluation before was eval_every epochs earlier
+        every = pd.to_numeric(column_or(reached, "tags.eval_every", float("nan")), errors="coerce")
+        after = column_or(reached, "pair/epochs_to_90_after", float("nan")).fillna((by - every).clip(lower=0))
+        if (by == 0).all():
+            parts.append(f"{name}: {len(reached)} of {len(h)} runs, already at the untrained map (epoch 0)")
+            continue
         span = (f"after epoch {after.min():.0f} and by epoch {by.max():.0f}" if after.notna().all() else
                 f"by epoch {by.max():.0f}")
         parts.append(f"{name}: {len(reached)} of {len(h)} runs, {span} (median interval ({after.median():.0f}, "
@@ -97,15 +101,21 @@ def formation_table(t: pd.DataFrame) -> pd.DataFrame:
 
 def steps_to_lock(g: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
     """G steps and training seconds until the pairs locked (stop = locked), against N: the original's
-    "twice the data, twice the time per epoch" carried on to "how long until the pairs exist". Runs that
-    spent their budget unlocked are counted per N, not drawn."""
+    "twice the data, twice the time per epoch" carried on to "how long until the pairs exist". Locked means
+    the epoch from which the map stayed (pair/locked_epoch), not the later one at which the patience window
+    confirmed it and the run stopped. Runs that spent their budget unlocked are counted per N, not drawn."""
     if "tags.stop/reason" not in g or not (g["tags.stop/reason"] == "locked").any():
         return None, pd.DataFrame()
-    # each seed's own seconds, over every epoch it trained (a resumed run's before the kill too, a fused seed's
-    # share of its group's epochs); runs logged before time/seed_train_s: the seconds trained in their last go
-    seconds = g["time/seed_train_s"] if "time/seed_train_s" in g else pd.Series(float("nan"), g.index)
-    data = g.assign(series=timing_series(g), locked=g["tags.stop/reason"] == "locked",
-                    seconds=seconds.fillna(column_or(g, "time/train_s", float("nan"))))
+    # each seed's own seconds (a resumed run's before the kill too, a fused seed's share of its group's epochs);
+    # runs logged before time/seconds_to_lock: every second they trained up to the stop
+    seconds = pd.Series(float("nan"), g.index)
+    for key in ("time/seconds_to_lock", "time/seed_train_s", "time/train_s"):
+        seconds = seconds.fillna(column_or(g, key, float("nan")))
+    per_epoch = column_or(g, "stop/g_steps", float("nan")) / column_or(g, "stop/epoch", float("nan"))
+    steps = (column_or(g, "pair/locked_epoch", float("nan")) * per_epoch).fillna(column_or(g, "stop/g_steps",
+                                                                                          float("nan")))
+    data = g.assign(series=timing_series(g), locked=g["tags.stop/reason"] == "locked", seconds=seconds,
+                    **{"stop/g_steps": steps})
     rows = []
     for (series, n), h in data.groupby(["series", "n_images"]):
         done = h[h["locked"]]
@@ -195,9 +205,10 @@ def scaling_series(t: pd.DataFrame) -> pd.Series:
 
 
 def timed_alone(t: pd.DataFrame) -> pd.Series:
-    """Runs timed with no other worker of their sweep on the same machine: the only ones a fit takes where
-    there are any. Beside other workers, an epoch's time is the cores' contention as much as its work
-    (one condition ran at 0.99 s/epoch inside a 2-worker sweep and 0.246 s alone)."""
+    """Runs timed with no other worker of their sweep on the same machine (what the harness knows: other
+    sweeps or programs on the machine are not seen): the only ones a fit takes where there are any. Beside
+    other workers, an epoch's time is the cores' contention as much as its work (one condition ran at
+    0.99 s/epoch inside a 2-worker sweep and 0.246 s alone)."""
     workers = pd.to_numeric(column_or(t, "tags.timing.workers", "1"), errors="coerce").fillna(1)
     return workers <= 1
 
@@ -208,9 +219,10 @@ def fitted_runs(t: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if alone.all():
         return t, ""
     if alone.any():
-        return t[alone], (f"{int((~alone).sum())} run(s) timed beside other workers on the same cores are left out "
-                          "of the fits; ")
-    return t, "every run was timed beside other workers on the same cores, so these times include their contention; "
+        return t[alone], (f"{int((~alone).sum())} run(s) timed beside other workers of their sweep on the same "
+                          "machine are left out of the fits; ")
+    return t, ("every run was timed beside other workers of its sweep on the same machine, so these times include "
+               "their contention; ")
 
 
 def scaling_answers(t: pd.DataFrame) -> list[str]:

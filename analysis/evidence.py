@@ -90,18 +90,21 @@ def budget_text(g: pd.DataFrame) -> str:
 
 
 def stop_text(g: pd.DataFrame) -> str:
-    """How the runs of a group ended: locked (stop = locked reached its answer) or at the end of the budget."""
+    """How the runs of a group ended: locked (stop = locked reached its answer), stopped on a collapse (the map
+    held, but with fewer distinct targets than a random map: it stopped changing without forming pairs), or at
+    the end of the budget."""
     if "stop" not in g or (g["stop"].fillna("off") == "off").all():
         return f"all {len(g)} runs trained their whole budget (stop = off)"
     reasons = g["tags.stop/reason"].fillna("budget") if "tags.stop/reason" in g else pd.Series("budget", g.index)
-    locked = g[reasons == "locked"]
+    # runs logged before stop/reason = collapsed: told apart by their final bijectivity
+    collapsed = (reasons == "collapsed") | ((reasons == "locked") & (column_or(g, "pair/bijectivity_p_collapse", 1.0)
+                                                                     < SIGNIFICANT))
+    locked = g[(reasons == "locked") & ~collapsed]
     text = f"{len(locked)} of {len(g)} runs locked"
     if len(locked) and "stop/epoch" in locked:
         text += f" (median epoch {locked['stop/epoch'].median():.0f})"
-    if len(locked) and "pair/bijectivity_p_collapse" in locked:
-        collapsed = count_significant(locked, "pair/bijectivity_p_collapse")
-        if collapsed:  # a map that holds on a collapse has stopped changing, not found pairs
-            text += f", {collapsed} of them on a collapse (fewer distinct targets than a random map, p < 0.05)"
+    if collapsed.any():
+        text += f", {int(collapsed.sum())} stopped on a collapse (fewer distinct targets than a random map, p < 0.05)"
     spent = int((reasons == "budget").sum())
     if spent:
         text += f", {spent} ran out of budget (not converged)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import claims
+from .claims import CANDIDATES
 from .conditions import data_sets, describe, groups, labelled, varied
 from .dynamics import formation_answers, scaling_answers
 from .evidence import (
@@ -32,16 +33,16 @@ from .evidence import (
     who,
 )
 from .figures import plt, sns
-from .pairing import INITIAL, PREDICTORS, chance_level
+from .pairing import PREDICTORS, chance_level
 
 
-def predictor_table(u: pd.DataFrame) -> pd.DataFrame:
+def predictor_table(u: pd.DataFrame, named_by: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per condition and candidate explanation (the data-only predictors and the initial map): mean agreement of
     the learned a with the candidate's partners, its chance level, where the chosen partner ranks on the
     candidate's cost, and the claim of analysis.claims.explained: data sets counted once, Holm over the
     candidates, "not tested" where one data set cannot reach the level."""
     rows = []
-    for label, _, g in labelled(u):
+    for label, _, g in labelled(u, named_by):
         names = [n for n in CANDIDATES if f"pair/agree_{n}" in g and g[f"pair/agree_{n}"].notna().any()]
         for name, claim in claims.explained(g, names).items():
             rank = f"pair/rank_{name}"
@@ -95,13 +96,14 @@ def small_n_note(t: pd.DataFrame) -> str:
 LU_ET_AL = ("Lu et al. (AAAI 2019) found CycleGAN's one-to-one map to be \"just a random one within the large "
             "feasible solution space\"")
 
-CANDIDATES = [*PREDICTORS, INITIAL]
 
 
-def unpaired_claims(u: pd.DataFrame) -> list[tuple[str, dict, pd.DataFrame, dict[str, claims.Claim]]]:
-    """Each condition given no pair, labelled, with every claim the report makes of it (analysis.claims)."""
+def unpaired_claims(u: pd.DataFrame, named_by: pd.DataFrame | None = None
+                    ) -> list[tuple[str, dict, pd.DataFrame, dict[str, claims.Claim]]]:
+    """Each condition given no pair, labelled as in the whole study (`named_by`), with every claim the report
+    makes of it (analysis.claims)."""
     out = []
-    for label, condition, g in labelled(u):
+    for label, condition, g in labelled(u, named_by):
         names = [n for n in CANDIDATES if f"pair/agree_{n}" in g and g[f"pair/agree_{n}"].notna().any()]
         out.append((label, condition, g, claims.claims_for(g, names)))
     return out
@@ -119,11 +121,14 @@ def unpaired_sentence(label: str, condition: dict, g: pd.DataFrame, said: dict[s
     share = said["seeds_share"]
     shared = {"yes": f"the seeds of one data set chose the same partners ({_short(share)})",
               "no": f"the seeds shared no more partners than their marginals give ({_short(share)})",
-              "not tested": "seed sharing not tested (one seed per data set)"}[share.verdict]
+              "not tested": f"seed sharing not tested ({share.detail})"}[share.verdict]
+    lu = said["lu"]
+    verdict = {"yes": "this study agrees", "no": f"this study does not agree ({lu.detail})",
+               "not tested": f"this study could not test it ({lu.detail})"}[lu.verdict]
     if data_sets(g) < 2:
         return (f"Given no pair, {name}: one data set ({len(g)} runs), so whether a one-to-one map forms, finds the "
                 f"stored order's partners or follows a candidate explanation is not tested (one data set cannot "
-                f"reach p < 0.05, however many seeds); {shared}; {LU_ET_AL}: not tested here.")
+                f"reach p < 0.05, however many seeds); {shared}. {LU_ET_AL}: {verdict}.")
     parts = []
     if said["one_to_one"].verdict == "yes":
         parts.append(f"one-to-one maps formed ({_short(said['one_to_one'])})")
@@ -140,9 +145,6 @@ def unpaired_sentence(label: str, condition: dict, g: pd.DataFrame, said: dict[s
     parts.append(f"{', '.join(found)} explain{'s' * (len(found) == 1)} them (Holm over {len(tested)} candidates)"
                  if found else f"none of {len(tested)} candidates explains them" if tested else
                  "no candidate explanation was logged")
-    lu = said["lu"]
-    verdict = {"yes": "this study agrees", "no": f"this study does not agree ({lu.detail})",
-               "not tested": f"this study could not test it ({lu.detail})"}[lu.verdict]
     return f"Given no pair, {name}: " + "; ".join(parts) + f". {LU_ET_AL}: {verdict}."
 
 
@@ -151,15 +153,15 @@ def unpaired_answers(t: pd.DataFrame) -> list[str]:
     u = unpaired(t)
     if u.empty or "pair/bijectivity" not in u:
         return []
-    found = unpaired_claims(u)
-    single = len(found) == 1
+    found = unpaired_claims(u, t)
+    single = len(labelled(t)) == 1  # one condition in the whole study: no letter to tell it apart
     return [unpaired_sentence("" if single else label, c, g, said) for label, c, g, said in found]
 
 
-def unpaired_table(u: pd.DataFrame) -> pd.DataFrame:
+def unpaired_table(u: pd.DataFrame, named_by: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per condition given no pair: the evidence behind its sentence, budget and chance included."""
     rows = []
-    for label, _, g, said in unpaired_claims(u):
+    for label, _, g, said in unpaired_claims(u, named_by):
         share = said["seeds_share"]
         row = {"condition": label, "budget": budget_text(g), "ended": stop_text(g), "runs": len(g),
                "data sets": data_sets(g),

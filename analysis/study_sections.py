@@ -109,7 +109,7 @@ def section_pairs(doc: Document, runs: StudyRuns) -> None:
     table = questions.findings_table(t)
     if len(table):
         found = labelled(t)
-        doc.p(legend(found) or f"Every run: {describe(found[0][1])}.")
+        doc.p(legend(found) if len(found) > 1 else f"Every run: {describe(found[0][1])}.")
         doc.table(table, "Per condition (mean over runs, their range, and the chance level at their N; runs at p < "
                   "0.05 counted with the data sets in which every seed is):")
     if questions.small_n_note(t):

@@ -178,7 +178,13 @@ class TrackedRun:
 
     @property
     def stop_reason(self) -> str:
-        return "pruned" if self.pruned else "locked" if self.locked else "budget"
+        """pruned, locked, collapsed (locked on a map with fewer distinct targets than a random map's: it stopped
+        changing without forming pairs) or budget."""
+        if self.pruned:
+            return "pruned"
+        if self.locked:
+            return "collapsed" if self.history[-1][1].distinct.p_collapse < 0.05 else "locked"
+        return "budget"
 
     def finish(self, result: TrainResult, train_s: float, started: float, setup_s: float = 0.0) -> TrialOutcome:
         """Final evaluation, summaries and artifacts of a trained run; `train_s` is its share of training time,
@@ -204,6 +210,9 @@ class TrackedRun:
                          "pair/epochs_to_90_after": formed.epochs_to_90_after,
                          "pair/locked_epoch": formed.locked_epoch, "pair/locked_rows": formed.locked_rows,
                          "time/seed_train_s": seed_seconds(result),
+                         # until the map took the form it kept, not until the patience window had confirmed it
+                         "time/seconds_to_lock": sum(t for e, t in self.epoch_seconds.items()
+                                                     if e <= formed.locked_epoch),
                          "pair/flips": formed.flips, "time/seconds_to_pairs": formed.seconds_to_pairs,
                          "model/generator_params": generator_params(result.nets),
                          "stop/epoch": epoch, "stop/g_steps": epoch * self.config.g_steps_per_epoch()})
