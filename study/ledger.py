@@ -6,6 +6,23 @@
   its grace on another (journal), a heartbeat older than its grace or never sent (PostgreSQL);
 - a killed trial uses up no retry; a failed one is retried up to max_retries times;
 - a retry resumes from its checkpoint, in the killed trial's MLflow run, with its intermediate values.
+
+Finishing a trial is one ordered protocol (`conclude`), so that a kill between any two steps leaves either a
+resumable trial or a whole run:
+1. the run holds everything it will hold: its artifacts, then every metric in the order logged, then its
+   closing tags (summaries, stop/reason) in the last batch: `trial.is_whole` reads them;
+2. only then is the trial told to Optuna (COMPLETE or PRUNED);
+3. then its checkpoint is deleted, only now: a tell lost to an outage leaves the retry the checkpoint to go on
+   from, not epoch 0;
+4. then the run is closed (FINISHED, or KILLED for a pruned one).
+Killed before 2, the trial is RUNNING with a dead owner: failed as killed and resumed (at most one checkpoint
+interval trained again). Killed after 2, the run is whole and RUNNING: the next start closes it and deletes the
+checkpoint left in it (`recover_stale`). A COMPLETE trial whose run is not whole (left by a harness that told
+Optuna first) is repaired at the next start (`repair_hollow`): re-finished from its checkpoint, or retrained
+from epoch 0 without one, in the same run, tagged `repaired`.
+The named instants where the fault-injection tests kill a worker (CYCLELIKE_FAULT, `trial.fault`): claimed,
+checkpoint (after the first is stored), trained (after the last epoch), whole (after 1), told (after 2),
+dropped (after 3).
 """
 
 from __future__ import annotations
@@ -29,6 +46,8 @@ from cyclelike.config import RunConfig
 
 from .spec import SweepSpec
 from .storage import KILLED_STALE, StoreOutage, coordinator_lock, heartbeat_enabled, heartbeat_grace_s
+from .tracking import RunLogger
+from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, drop_checkpoint, fault, is_whole, run_trial
 
 LEASE_EVERY_S = 30.0
 
@@ -168,9 +187,10 @@ def killed(study: optuna.Study, trial) -> None:
     _retry(study, trial)
 
 
-def recover_stale(study: optuna.Study, storage, client) -> list[int]:
+def recover_stale(study: optuna.Study, storage, client, keep_checkpoints: bool = False) -> list[int]:
     """Fail the RUNNING trials whose owner is dead, then close every MLflow trial run left RUNNING whose
-    trial has ended (its process died between telling Optuna and closing the run)."""
+    trial has ended (its process died between telling Optuna and closing the run), without the checkpoint a
+    COMPLETE or PRUNED one no longer needs."""
     if heartbeat_enabled(storage):
         optuna.storages.fail_stale_trials(study)  # calls _killed for each trial it fails
     study_id = storage.get_study_id_from_name(study.study_name)
@@ -189,6 +209,9 @@ def recover_stale(study: optuna.Study, storage, client) -> list[int]:
             t = trials.get(int(run.data.tags["trial"]))
             if t is None or t.state == TrialState.RUNNING:
                 continue  # a live trial, or one Optuna has not heard of yet
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not keep_checkpoints \
+                    and client.list_artifacts(run.info.run_id, CHECKPOINT_DIR):
+                RunLogger(client, run.info.run_id).delete_artifacts(CHECKPOINT_DIR)
             close_run(client, run.info.run_id, t.state.name, t.user_attrs.get("failure"))
     return recovered
 
@@ -278,6 +301,7 @@ def claim(study: optuna.Study, ctx):
             trial.set_user_attr("config_key", mine)
     trial.set_user_attr("owner", owner_record(ctx.invocation))
     trial.set_user_attr("condition", config.condition())
+    fault("claimed")
     return trial, params, config
 
 
@@ -300,3 +324,47 @@ def claim_group(study: optuna.Study, ctx, reserve) -> list:
             break
         group.append(claimed)
     return group
+
+
+def conclude(study: optuna.Study, trial, logger: RunLogger, outcome: TrialOutcome, state: TrialState,
+             values: list[float] | None, status: str, tags: dict[str, Any], keep_checkpoint: bool) -> None:
+    """The finishing protocol (the module's docstring): the run whole, Optuna told, the checkpoint deleted, the
+    run closed. Raises UpdateFinishedTrialError when another worker ended the trial first (it was stale)."""
+    logger.seal()
+    fault("whole")
+    if study.tell(trial, values, state=state, skip_if_finished=True).state != state:
+        raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} ended elsewhere")
+    fault("told")
+    if not keep_checkpoint:
+        drop_checkpoint(logger, outcome)
+    fault("dropped")
+    logger.finish(status, tags={"optuna.state": state.name, **tags})
+
+
+def repair_hollow(study: optuna.Study, spec: SweepSpec, client) -> list[str]:
+    """Make whole the run of each COMPLETE trial that is not (a kill after the tell of a harness that told
+    Optuna first): re-finished from its checkpoint, or retrained from epoch 0 where it has none, in the same run,
+    which is tagged `repaired` with which. The trial's value stays what Optuna was told. Returns a line each."""
+    experiment = client.get_experiment_by_name(spec.name)
+    runs = {t.user_attrs["mlflow_run_id"]: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "mlflow_run_id" in t.user_attrs}
+    if experiment is None or not runs:
+        return []
+    said = []
+    for run in client.search_runs([experiment.experiment_id], "tags.trial != ''", max_results=50_000):
+        trial = runs.get(run.info.run_id)
+        if trial is None or is_whole(run.data.tags):
+            continue
+        logger = RunLogger(client, run.info.run_id)
+        client.update_run(run.info.run_id, status="RUNNING")
+        outcome = run_trial(spec.config_for(trial.params, trial.user_attrs["seed"]), logger, spec.eval_every,
+                            progress=False, weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S, resume=True,
+                            drop=False)
+        how = f"re-finished from its checkpoint at epoch {outcome.resumed_from}" if outcome.resumed_from else \
+            "retrained from epoch 0 (no checkpoint)"
+        logger.finish("FINISHED", tags={"optuna.state": "COMPLETE", "repaired": how})
+        if not spec.keep_checkpoints:
+            drop_checkpoint(logger, outcome)
+        said.append(f"trial {trial.number}'s run {run.info.run_id} was COMPLETE in Optuna but not whole: {how}")
+    return said
+
