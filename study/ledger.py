@@ -5,7 +5,10 @@
 - a dead owner's trial is failed as killed and queued again: a dead process on this host, a lease older than
   its grace on another (journal), a heartbeat older than its grace or never sent (PostgreSQL);
 - a killed trial uses up no retry; a failed one is retried up to max_retries times;
-- a retry resumes from its checkpoint, in the killed trial's MLflow run, with its intermediate values.
+- a retry resumes from its checkpoint, in the killed trial's MLflow run, with its intermediate values;
+- a retry carries its cell: it is queued with its condition's params fixed, so no sampler draws another cell;
+- a sweep that ends with a cell of its grid unrun (no trial ended with a result, none running) says which and
+  fails, whatever happened to its workers.
 
 Finishing a trial is one ordered protocol (`conclude`), so that a kill between any two steps leaves either a
 resumable trial or a whole run:
@@ -155,10 +158,12 @@ def not_rerun(trials: list[FrozenTrial], killed: list[int]) -> list[int]:
 
 
 def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a killed trial's condition and seed again: it did not fail, it was stopped."""
+    """Queue a killed trial's condition and seed again: it did not fail, it was stopped. A trial killed before it
+    asked for its params has none yet: its cell is in the params it was queued with."""
     if "config_key" in trial.user_attrs:
         keep = {k: trial.user_attrs[k] for k in ("seed", "config_key", "fixed_key") if k in trial.user_attrs}
-        study.enqueue_trial(trial.params, user_attrs=keep | _resumes(trial))
+        study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}),
+                            user_attrs=keep | _resumes(trial))
 
 
 def _resumes(trial: FrozenTrial) -> dict[str, Any]:
@@ -368,3 +373,18 @@ def repair_hollow(study: optuna.Study, spec: SweepSpec, client) -> list[str]:
         said.append(f"trial {trial.number}'s run {run.info.run_id} was COMPLETE in Optuna but not whole: {how}")
     return said
 
+
+def unrun_cells(study: optuna.Study, spec: SweepSpec) -> list[str]:
+    """The grid's (cell, seed)s that no trial ran to an end of its own (COMPLETE, PRUNED, or FAIL with its
+    reason) and none is running: killed, queued or never queued. Each as `param=value ... seed=s`."""
+    if spec.sampler != "grid":
+        return []
+    ended: set[tuple[str, int]] = set()
+    for t in study.get_trials(deepcopy=False):
+        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious") and (
+                t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+                or (t.state == TrialState.FAIL and not is_killed(t))):
+            ended.add((t.user_attrs["config_key"], t.user_attrs["seed"]))
+    return [" ".join([*(f"{k}={v}" for k, v in params.items()), f"seed={seed}"])
+            for params in spec.grid_cells() for seed in spec.seeds
+            if (config_key(spec.config_for(params, seed)), seed) not in ended]

@@ -29,7 +29,7 @@ from cyclelike.config import ConfigError, RunConfig
 from cyclelike.fused import check_fusable
 
 from . import autotune
-from .ledger import count_configs, is_killed, not_rerun, queue_missing, recover_stale, repair_hollow
+from .ledger import count_configs, is_killed, not_rerun, queue_missing, recover_stale, repair_hollow, unrun_cells
 from .spec import SweepError, SweepSpec
 from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage, outage_reason
 from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, set_trials_view
@@ -291,6 +291,10 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     if problem is not None:
         raise SweepFailed(f"{problem}{f'; trial(s) {stopped} stopped' if stopped else ''}; the same command "
                           "resumes the study", problem.code)
+    unrun = [] if max_trials or spec.timeout_s else unrun_cells(study, spec)
+    if unrun:  # whatever the workers said: a cell without a result is lost unless someone runs it
+        raise SweepFailed(f"{len(unrun)} cell(s) of the grid did not run: {'; '.join(unrun[:5])}"
+                          f"{' ...' if len(unrun) > 5 else ''}; the same command runs them")
     if not ended and len(table) and not table["state"].isin(["COMPLETE", "PRUNED", "RUNNING"]).any():
         raise SweepFailed(f"study {spec.name} has no completed trial and nothing left to run: its cells used up "
                           f"their {spec.max_retries} retries (see 'not retried' above); remove the cause, then raise "

@@ -19,10 +19,11 @@ from optuna.trial import TrialState
 
 import study.ledger
 import study.storage
+import study.sweep
 import study.workers
 from study.spec import load_sweep
 from study.storage import open_storage
-from study.sweep import SweepFailed, run_sweep
+from study.sweep import SweepFailed, prepare, run_sweep
 from study.tracking import RunLogger
 from study.trial import CHECKPOINT_DIR, FAULT_ENV, is_whole
 
@@ -156,6 +157,38 @@ def test_a_tell_lost_to_an_outage_leaves_the_retry_its_checkpoint(tmp_path):
     assert run.data.tags["resumed_from_epoch"] == str(EPOCHS)  # from the last checkpoint: nothing trained twice
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/G_l1")] == list(range(1, EPOCHS + 1))
+
+
+def test_a_retry_carries_its_cell(tmp_path, capsys):
+    """A trial killed between ask() and its params (Optuna's stale check on PostgreSQL fails it) was queued again
+    with no params: the sampler drew another cell for the retry, which was then dropped as a repeat, and the
+    cell never ran while the sweep exited 0."""
+    from study.ledger import killed
+    from study.storage import KILLED_STALE
+
+    path = _sweep_file(tmp_path, "carried", pairing='["aligned", "fixed", "shuffled"]')
+    with store_in(tmp_path):
+        spec = load_sweep(path)
+        _, study, _, _ = prepare(spec, None, 1)
+        orphan = study.ask()  # a worker that died right after its claim's ask: no params yet
+        storage = study._storage
+        storage.set_trial_user_attr(orphan._trial_id, "failure", KILLED_STALE)
+        storage.set_trial_state_values(orphan._trial_id, TrialState.FAIL)
+        killed(study, study.trials[orphan.number])  # as Optuna's fail_stale_trials calls it
+        run_sweep(spec, probe=False)
+    complete = sorted(t.params["pairing"] for t in _trials(tmp_path, "carried") if t.state == TrialState.COMPLETE)
+    assert complete == ["aligned", "fixed", "shuffled"]
+
+
+def test_a_sweep_that_leaves_a_cell_unrun_names_it(tmp_path, monkeypatch):
+    """Whatever happened to the workers, a cell without a result fails the sweep, by name."""
+    path = _sweep_file(tmp_path, "unrun")
+    assert _killed_at(tmp_path, "claimed") == 137
+    monkeypatch.setattr(study.sweep, "queue_missing", lambda study, spec: {"queued": 0, "retries": 0, "exhausted": [],
+                                                                           "changed": {}})
+    with store_in(tmp_path), pytest.raises(SweepFailed, match=r"1 cell\(s\) of the grid did not run: "
+                                                              r"pairing=aligned seed=0; the same command runs them"):
+        run_sweep(load_sweep(path), probe=False)
 
 
 def test_a_complete_trial_whose_run_is_not_whole_is_repaired(tmp_path, capsys):
