@@ -58,6 +58,12 @@ LEASE_EVERY_S = 30.0
 LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another host's trial is dead past this
 
 
+# a storage silent this long is lost, even where the grace is longer: the sweep ends with exit 3 within a minute
+# of an outage (the same command goes on from the checkpoints), not minutes later
+OUTAGE_S = float(os.environ.get("CYCLELIKE_OUTAGE_S", 30))
+RETRY_S = 5.0  # how soon a missed heartbeat is tried again
+
+
 HOST = socket.gethostname()
 
 
@@ -112,16 +118,17 @@ class Lease:
                 self.taken, self.error = time.monotonic(), None
             except Exception as err:
                 self.error = err
-            if self.stop.wait(self.interval):
+            if self.stop.wait(self.interval if self.error is None else min(self.interval, RETRY_S)):
                 return
 
     def check(self) -> None:
-        """Raise once the storage has taken no heartbeat for the grace period: the trial counts as dead to the
-        other workers, so training it on is lost work (an outage, or a network cut from this machine)."""
-        silent = time.monotonic() - self.taken
-        if self.error is not None and silent > self.grace:
+        """Raise once the storage has taken no heartbeat for its grace period or OUTAGE_S, the shorter: the
+        trial counts as dead to the other workers, or the storage is down, so training it on is lost work (an
+        outage, or a network cut from this machine)."""
+        silent, limit = time.monotonic() - self.taken, min(self.grace, OUTAGE_S)
+        if self.error is not None and silent > limit:
             raise StoreOutage(f"no heartbeat of trial id {self.trial_id} reached the storage for {silent:.0f} s "
-                              f"(grace {self.grace:.0f} s): {first_line(self.error)}") from self.error
+                              f"(limit {limit:.0f} s): {first_line(self.error)}") from self.error
 
 
 @contextlib.contextmanager

@@ -96,8 +96,10 @@ class TrackedRun:
     through `finish`."""
 
     def __init__(self, config: RunConfig, logger: RunLogger, data: Domains, eval_every: int,
-                 report: Report | None, weights: bool = True, resumed: bool = False):
+                 report: Report | None, weights: bool = True, resumed: bool = False,
+                 alive: Callable[[], None] | None = None):
         self.config, self.logger, self.data, self.eval_every, self.report = config, logger, data, eval_every, report
+        self.alive = alive  # raises once the trial's storage is lost: asked every epoch, it costs nothing
         self.weights = weights  # the generator(s) as model/G.pt: megabytes a run, so a sweep keeps them on request
         self.eval_s, self.pruned, self.locked = 0.0, False, False
         self.stored_checkpoints = 0  # in the run's artifacts: deleted when the trial is done
@@ -115,6 +117,8 @@ class TrackedRun:
         logger.log_inputs(_dataset_inputs(config, data))
 
     def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:
+        if self.alive is not None:
+            self.alive()
         if stats.epoch == 0:  # the untrained map: the slider opens on it and the curves start from it
             if self.eval_every:
                 t0 = time.perf_counter()
@@ -240,7 +244,8 @@ def drop_checkpoint(logger: RunLogger, outcome: TrialOutcome) -> None:
 def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
               desc: str = "train", progress: bool = True, data: Domains | None = None,
               weights: bool = True, checkpoint_s: float = 0.0, resume: bool = False,
-              keep_checkpoint: bool = False, drop: bool = True) -> TrialOutcome:
+              keep_checkpoint: bool = False, drop: bool = True,
+              alive: Callable[[], None] | None = None) -> TrialOutcome:
     """Train and track one run. With `checkpoint_s`, its whole state goes to the run every so many seconds of
     training; with `resume`, the run goes on from its last checkpoint in the same MLflow run, where the
     epochs after that checkpoint are logged again (the report reads each epoch once, the later). The
@@ -249,7 +254,7 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
     started = time.perf_counter()
     data = data if data is not None else shared_domains(config)
     data_s = time.perf_counter() - started
-    run = TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume)
+    run = TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume, alive=alive)
     try:
         checkpoints = None
         if checkpoint_s:
@@ -272,7 +277,8 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
 def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_every: int = 10,
                      reports: list[Report | None] | None = None, desc: str = "fused",
                      progress: bool = True, weights: bool = True, checkpoint_s: float = 0.0,
-                     keep_checkpoint: bool = False, drop: bool = True) -> list[TrialOutcome]:
+                     keep_checkpoint: bool = False, drop: bool = True,
+                     alive: list[Callable[[], None]] | None = None) -> list[TrialOutcome]:
     """The seeds of one condition trained as one stacked model (cyclelike.fused), each its own MLflow run
     with its own evaluations, pruning decision and checkpoints (each seed's alone: a killed group's retries
     resume one by one). Each run's train_s is the group's training time over K, and each records
@@ -281,12 +287,13 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
     data = shared_domains(configs[0])
     data_s = (time.perf_counter() - started) / len(configs)
     reports = reports or [None] * len(configs)
+    alive = alive or [None] * len(configs)
     runs = []
     try:
-        for config, logger, report in zip(configs, loggers, reports, strict=True):
+        for config, logger, report, check in zip(configs, loggers, reports, alive, strict=True):
             # now, not at the end: a killed group's runs resume alone, and their early epoch times stay the group's
             logger.set_tags({"fused_group": str(len(configs))})
-            runs.append(TrackedRun(config, logger, data, eval_every, report, weights))
+            runs.append(TrackedRun(config, logger, data, eval_every, report, weights, alive=check))
         plans = [run.checkpoint_plan(checkpoint_s, keep_checkpoint) if checkpoint_s else None for run in runs]
         results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc,
                               checkpoints=plans)

@@ -145,16 +145,6 @@ def _reporter(spec: SweepSpec, trial):
     return report
 
 
-def _guarded(report, held):
-    """The trial's report to the pruner, after its lease's check: a trial the storage has lost for the grace
-    period stops at its next evaluation (an outage), instead of training on to an end it cannot tell."""
-    def check(epoch: int, metrics: dict[str, float]) -> bool:
-        held.check()
-        return report(epoch, metrics)
-
-    return check
-
-
 def run_one(study: optuna.Study, storage, ctx: Context, client, reserve=lambda: False) -> int:
     """Claim and run one trial, or with fused seeds the seeds of one condition as one stacked model; returns
     how many trials ran (0 when the draw was no new condition)."""
@@ -181,24 +171,25 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
         with contextlib.ExitStack() as stack:
             leases = [stack.enter_context(lease(storage, storage.get_trial_id_from_study_id_trial_number(
                 study_id, trial.number))) for trial, *_ in started]
-            # each evaluation first asks whether the storage still takes the trial's heartbeats
-            reports = [_guarded(report, held) for (*_, report), held in zip(started, leases, strict=True)]
+            # each epoch first asks whether the storage still takes the trial's heartbeats: a trial it lost
+            # stops (an outage), instead of training on to an end it cannot tell
+            alive = [held.check for held in leases]
             if fused:
                 outcomes = run_trials_fused([c for _, _, c, _, _ in started], [lg for *_, lg, _ in started],
-                                            spec.eval_every, reports,
+                                            spec.eval_every, [report for *_, report in started],
                                             desc=run_name(spec, group[0][1], "+".join(str(t.user_attrs["seed"])
                                                                                       for t, *_ in started)),
                                             progress=ctx.progress, weights=spec.weights == "all",
                                             checkpoint_s=CHECKPOINT_S, keep_checkpoint=spec.keep_checkpoints,
-                                            drop=False)
+                                            drop=False, alive=alive)
             else:
-                trial, params, config, logger, _ = started[0]
-                outcomes = [run_trial(config, logger, spec.eval_every, reports[0],
+                trial, params, config, logger, report = started[0]
+                outcomes = [run_trial(config, logger, spec.eval_every, report,
                                       desc=run_name(spec, params, trial.user_attrs["seed"]), progress=ctx.progress,
                                       weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S,
                                       resume="resume_run" in trial.user_attrs and logger.run_id ==
                                       trial.user_attrs["resume_run"], keep_checkpoint=spec.keep_checkpoints,
-                                      drop=False)]
+                                      drop=False, alive=alive[0])]
     except KeyboardInterrupt:
         # stopped, not failed: the next invocation runs these conditions again
         for trial, _, _, logger, _ in started:
