@@ -73,6 +73,7 @@ def fault(instant: str) -> None:
     """One of the finishing protocol's named instants (study.ledger): with CYCLELIKE_FAULT=<instant> the process
     ends there as a kill would, without any cleanup (exit 137). The fault-injection tests kill sweeps this way."""
     if os.environ.get(FAULT_ENV) == instant:
+        os.write(2, f"fault injected: {instant} ({FAULT_ENV}), exit 137\n".encode())
         os._exit(137)
 
 

@@ -8,6 +8,8 @@ initdb is found)."""
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -70,6 +72,8 @@ def _killed_at(folder: Path, instant: str, storage: str | None = None, workers: 
     if pid == 0:  # the child: never back into pytest
         code = 0
         try:
+            with open(folder / "killed.err", "w") as err:  # its workers' too
+                os.dup2(err.fileno(), 2)
             os.environ[FAULT_ENV] = instant
             if before is not None:
                 before()
@@ -82,6 +86,14 @@ def _killed_at(folder: Path, instant: str, storage: str | None = None, workers: 
         finally:
             os._exit(code)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _command(folder: Path, storage: str | None, workers: int, env: dict | None = None):
+    """`python -m study sweep` on faults.toml in `folder`, with `env` added."""
+    cmd = [sys.executable, "-m", "study", "sweep", "--config", "faults.toml", "--workers", str(workers),
+           "--fuse-seeds", "off", *(["--storage", storage] if storage else [])]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlruns/mlflow.db", **(env or {})}
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _sweep_file(folder: Path, name: str, top: str = "", pairing: str = '["aligned", "fixed"]') -> Path:
@@ -107,9 +119,16 @@ def test_a_sweep_killed_at_any_instant_loses_nothing(tmp_path, request, instant,
     storage = request.getfixturevalue("postgres_url") if store == "postgresql" else None
     name = f"faults-{instant}-{workers}"
     path = _sweep_file(tmp_path, name)
-    assert _killed_at(tmp_path, instant, storage, workers) == 137, f"the sweep never reached {instant}"
-    with store_in(tmp_path):
-        run_sweep(load_sweep(path), storage, workers, probe=False)  # raises where a cell is left unrun
+    if workers == 1:
+        assert _killed_at(tmp_path, instant, storage) == 137
+        said = (tmp_path / "killed.err").read_text()
+        with store_in(tmp_path):
+            run_sweep(load_sweep(path), storage, probe=False)  # raises where a cell is left unrun
+    else:  # worker processes are spawned: a real command, twice
+        said = _command(tmp_path, storage, workers, {FAULT_ENV: instant}).stderr
+        again = _command(tmp_path, storage, workers)
+        assert again.returncode == 0, again.stderr[-3000:]
+    assert f"fault injected: {instant} " in said, said[-3000:]
     trials = optuna.load_study(study_name=name, storage=storage or open_storage(str(tmp_path / "mlruns" /
                                                                                      "optuna.journal"))).trials
     complete = sorted((t.params["pairing"], t.user_attrs["seed"]) for t in trials if t.state == TrialState.COMPLETE)
