@@ -17,6 +17,15 @@ PROJECT = Path(__file__).resolve().parents[1]
 # the harness runs offline and sends nothing anywhere; MLflow's usage telemetry also cost ~50 ms a call
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file is noise
+# a tracking server that stops answering is one line and exit 3 within seconds, not after MLflow's own retries
+# (7 with a backoff factor of 2, and 120 s per request: 4 to 15 minutes); a user's own values win
+for _key, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+    os.environ.setdefault(_key, _value)
+# and a PostgreSQL that stops answering (libpq's settings): a connection is given up after 10 s, and one whose
+# server went silent is found dead by TCP keepalives and unacknowledged writes within about 15 s
+DB_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                   "keepalives_count": 3, "tcp_user_timeout": 15_000}
 STORE_ENV = "CYCLELIKE_STORE"
 
 

@@ -5,7 +5,27 @@
 - a dead owner's trial is failed as killed and queued again: a dead process on this host, a lease older than
   its grace on another (journal), a heartbeat older than its grace or never sent (PostgreSQL);
 - a killed trial uses up no retry; a failed one is retried up to max_retries times;
-- a retry resumes from its checkpoint, in the killed trial's MLflow run, with its intermediate values.
+- a retry resumes from its checkpoint, in the killed trial's MLflow run, with its intermediate values;
+- a retry carries its cell: it is queued with its condition's params fixed, so no sampler draws another cell;
+- a sweep that ends with a cell of its grid unrun (no trial ended with a result, none running) says which and
+  fails, whatever happened to its workers.
+
+Finishing a trial is one ordered protocol (`conclude`), so that a kill between any two steps leaves either a
+resumable trial or a whole run:
+1. the run holds everything it will hold: its artifacts, then every metric in the order logged, then its
+   closing tags (summaries, stop/reason) in the last batch: `trial.is_whole` reads them;
+2. only then is the trial told to Optuna (COMPLETE or PRUNED);
+3. then its checkpoint is deleted, only now: a tell lost to an outage leaves the retry the checkpoint to go on
+   from, not epoch 0;
+4. then the run is closed (FINISHED, or KILLED for a pruned one).
+Killed before 2, the trial is RUNNING with a dead owner: failed as killed and resumed (at most one checkpoint
+interval trained again). Killed after 2, the run is whole and RUNNING: the next start closes it and deletes the
+checkpoint left in it (`recover_stale`). A COMPLETE trial whose run is not whole (left by a harness that told
+Optuna first) is repaired at the next start (`repair_hollow`): re-finished from its checkpoint, or retrained
+from epoch 0 without one, in the same run, tagged `repaired`.
+The named instants where the fault-injection tests kill a worker (CYCLELIKE_FAULT, `trial.fault`): claimed,
+checkpoint (after the first is stored), trained (after the last epoch), whole (after 1), told (after 2),
+dropped (after 3).
 """
 
 from __future__ import annotations
@@ -29,11 +49,19 @@ from cyclelike.config import RunConfig
 
 from .spec import SweepSpec
 from .storage import KILLED_STALE, StoreOutage, coordinator_lock, heartbeat_enabled, heartbeat_grace_s
+from .tracking import RunLogger
+from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, drop_checkpoint, fault, is_whole, run_trial
 
 LEASE_EVERY_S = 30.0
 
 
 LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another host's trial is dead past this
+
+
+# a storage silent this long is lost, even where the grace is longer: the sweep ends with exit 3 within a minute
+# of an outage (the same command goes on from the checkpoints), not minutes later
+OUTAGE_S = float(os.environ.get("CYCLELIKE_OUTAGE_S", 30))
+RETRY_S = 5.0  # how soon a missed heartbeat is tried again
 
 
 HOST = socket.gethostname()
@@ -90,16 +118,17 @@ class Lease:
                 self.taken, self.error = time.monotonic(), None
             except Exception as err:
                 self.error = err
-            if self.stop.wait(self.interval):
+            if self.stop.wait(self.interval if self.error is None else min(self.interval, RETRY_S)):
                 return
 
     def check(self) -> None:
-        """Raise once the storage has taken no heartbeat for the grace period: the trial counts as dead to the
-        other workers, so training it on is lost work (an outage, or a network cut from this machine)."""
-        silent = time.monotonic() - self.taken
-        if self.error is not None and silent > self.grace:
+        """Raise once the storage has taken no heartbeat for its grace period or OUTAGE_S, the shorter: the
+        trial counts as dead to the other workers, or the storage is down, so training it on is lost work (an
+        outage, or a network cut from this machine)."""
+        silent, limit = time.monotonic() - self.taken, min(self.grace, OUTAGE_S)
+        if self.error is not None and silent > limit:
             raise StoreOutage(f"no heartbeat of trial id {self.trial_id} reached the storage for {silent:.0f} s "
-                              f"(grace {self.grace:.0f} s): {first_line(self.error)}") from self.error
+                              f"(limit {limit:.0f} s): {first_line(self.error)}") from self.error
 
 
 @contextlib.contextmanager
@@ -136,10 +165,12 @@ def not_rerun(trials: list[FrozenTrial], killed: list[int]) -> list[int]:
 
 
 def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a killed trial's condition and seed again: it did not fail, it was stopped."""
+    """Queue a killed trial's condition and seed again: it did not fail, it was stopped. A trial killed before it
+    asked for its params has none yet: its cell is in the params it was queued with."""
     if "config_key" in trial.user_attrs:
         keep = {k: trial.user_attrs[k] for k in ("seed", "config_key", "fixed_key") if k in trial.user_attrs}
-        study.enqueue_trial(trial.params, user_attrs=keep | _resumes(trial))
+        study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}),
+                            user_attrs=keep | _resumes(trial))
 
 
 def _resumes(trial: FrozenTrial) -> dict[str, Any]:
@@ -168,9 +199,10 @@ def killed(study: optuna.Study, trial) -> None:
     _retry(study, trial)
 
 
-def recover_stale(study: optuna.Study, storage, client) -> list[int]:
+def recover_stale(study: optuna.Study, storage, client, keep_checkpoints: bool = False) -> list[int]:
     """Fail the RUNNING trials whose owner is dead, then close every MLflow trial run left RUNNING whose
-    trial has ended (its process died between telling Optuna and closing the run)."""
+    trial has ended (its process died between telling Optuna and closing the run), without the checkpoint a
+    COMPLETE or PRUNED one no longer needs."""
     if heartbeat_enabled(storage):
         optuna.storages.fail_stale_trials(study)  # calls _killed for each trial it fails
     study_id = storage.get_study_id_from_name(study.study_name)
@@ -189,6 +221,9 @@ def recover_stale(study: optuna.Study, storage, client) -> list[int]:
             t = trials.get(int(run.data.tags["trial"]))
             if t is None or t.state == TrialState.RUNNING:
                 continue  # a live trial, or one Optuna has not heard of yet
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not keep_checkpoints \
+                    and client.list_artifacts(run.info.run_id, CHECKPOINT_DIR):
+                RunLogger(client, run.info.run_id).delete_artifacts(CHECKPOINT_DIR)
             close_run(client, run.info.run_id, t.state.name, t.user_attrs.get("failure"))
     return recovered
 
@@ -278,6 +313,7 @@ def claim(study: optuna.Study, ctx):
             trial.set_user_attr("config_key", mine)
     trial.set_user_attr("owner", owner_record(ctx.invocation))
     trial.set_user_attr("condition", config.condition())
+    fault("claimed")
     return trial, params, config
 
 
@@ -300,3 +336,62 @@ def claim_group(study: optuna.Study, ctx, reserve) -> list:
             break
         group.append(claimed)
     return group
+
+
+def conclude(study: optuna.Study, trial, logger: RunLogger, outcome: TrialOutcome, state: TrialState,
+             values: list[float] | None, status: str, tags: dict[str, Any], keep_checkpoint: bool) -> None:
+    """The finishing protocol (the module's docstring): the run whole, Optuna told, the checkpoint deleted, the
+    run closed. Raises UpdateFinishedTrialError when another worker ended the trial first (it was stale)."""
+    logger.seal()
+    fault("whole")
+    if study.tell(trial, values, state=state, skip_if_finished=True).state != state:
+        raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} ended elsewhere")
+    fault("told")
+    if not keep_checkpoint:
+        drop_checkpoint(logger, outcome)
+    fault("dropped")
+    logger.finish(status, tags={"optuna.state": state.name, **tags})
+
+
+def repair_hollow(study: optuna.Study, spec: SweepSpec, client) -> list[str]:
+    """Make whole the run of each COMPLETE trial that is not (a kill after the tell of a harness that told
+    Optuna first): re-finished from its checkpoint, or retrained from epoch 0 where it has none, in the same run,
+    which is tagged `repaired` with which. The trial's value stays what Optuna was told. Returns a line each."""
+    experiment = client.get_experiment_by_name(spec.name)
+    runs = {t.user_attrs["mlflow_run_id"]: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "mlflow_run_id" in t.user_attrs}
+    if experiment is None or not runs:
+        return []
+    said = []
+    for run in client.search_runs([experiment.experiment_id], "tags.trial != ''", max_results=50_000):
+        trial = runs.get(run.info.run_id)
+        if trial is None or is_whole(run.data.tags):
+            continue
+        logger = RunLogger(client, run.info.run_id)
+        client.update_run(run.info.run_id, status="RUNNING")
+        outcome = run_trial(spec.config_for(trial.params, trial.user_attrs["seed"]), logger, spec.eval_every,
+                            progress=False, weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S, resume=True,
+                            drop=False)
+        how = f"re-finished from its checkpoint at epoch {outcome.resumed_from}" if outcome.resumed_from else \
+            "retrained from epoch 0 (no checkpoint)"
+        logger.finish("FINISHED", tags={"optuna.state": "COMPLETE", "repaired": how})
+        if not spec.keep_checkpoints:
+            drop_checkpoint(logger, outcome)
+        said.append(f"trial {trial.number}'s run {run.info.run_id} was COMPLETE in Optuna but not whole: {how}")
+    return said
+
+
+def unrun_cells(study: optuna.Study, spec: SweepSpec) -> list[str]:
+    """The grid's (cell, seed)s that no trial ran to an end of its own (COMPLETE, PRUNED, or FAIL with its
+    reason) and none is running: killed, queued or never queued. Each as `param=value ... seed=s`."""
+    if spec.sampler != "grid":
+        return []
+    ended: set[tuple[str, int]] = set()
+    for t in study.get_trials(deepcopy=False):
+        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious") and (
+                t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+                or (t.state == TrialState.FAIL and not is_killed(t))):
+            ended.add((t.user_attrs["config_key"], t.user_attrs["seed"]))
+    return [" ".join([*(f"{k}={v}" for k, v in params.items()), f"seed={seed}"])
+            for params in spec.grid_cells() for seed in spec.seeds
+            if (config_key(spec.config_for(params, seed)), seed) not in ended]

@@ -19,7 +19,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from analysis.store import first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
+from analysis.store import DB_CONNECT_ARGS, first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
 
 from .spec import SweepError, SweepSpec
 from .tracking import file_lock
@@ -38,8 +38,9 @@ def _killed(study, trial) -> None:
     killed(study, trial)
 
 
-# RDB storages (PostgreSQL, many machines): Optuna's heartbeat, which this harness sends for its ask/tell trials
-HEARTBEAT_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_S", 60))
+# RDB storages (PostgreSQL, many machines): Optuna's heartbeat, which this harness sends for its ask/tell trials;
+# often enough that a database gone is seen well within ledger.OUTAGE_S of its last answer
+HEARTBEAT_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_S", 15))
 
 
 HEARTBEAT_GRACE_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_GRACE_S", 180))
@@ -70,9 +71,19 @@ def open_storage(url: str | None, workers: int = 1):
         # PostgreSQL for several machines: no process can tell another machine's live trial from a dead one,
         # so heartbeats decide, and Optuna hands each dead trial to `_killed` as it fails it
         return HeartbeatStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S,
-                                heartbeat_stale_trial_callback=_killed)
+                                heartbeat_stale_trial_callback=_killed,
+                                engine_kwargs={"pool_pre_ping": True, "connect_args": db_connect_args(url)})
     except Exception as err:  # SQLAlchemy and the drivers raise many types for a bad URL or a server that is down
         raise SweepError(f"--storage {safe_url(url)}: cannot open it: {first_line(err)}") from None
+
+
+def db_connect_args(url: str) -> dict:
+    """The bounded timeouts of analysis.store for a PostgreSQL URL, under the URL's own (its query wins)."""
+    from sqlalchemy.engine import make_url
+
+    if not url.startswith("postgresql"):
+        return {}
+    return {k: v for k, v in DB_CONNECT_ARGS.items() if k not in make_url(url).query}
 
 
 class HeartbeatStorage(RDBStorage):
@@ -122,7 +133,7 @@ def advisory_lock(url: str, key: int = 0x6379636C65):
 
     u = make_url(url)
     with psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                         dbname=u.database, autocommit=True) as con:
+                         dbname=u.database, autocommit=True, **DB_CONNECT_ARGS) as con:
         con.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
             yield

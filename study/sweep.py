@@ -29,7 +29,7 @@ from cyclelike.config import ConfigError, RunConfig
 from cyclelike.fused import check_fusable
 
 from . import autotune
-from .ledger import count_configs, is_killed, not_rerun, queue_missing, recover_stale
+from .ledger import count_configs, is_killed, not_rerun, queue_missing, recover_stale, repair_hollow, unrun_cells
 from .spec import SweepError, SweepSpec
 from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage, outage_reason
 from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, set_trials_view
@@ -86,10 +86,13 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
                         spec.directions[0] == "maximize")
         RunLogger(client, parent_run_id).set_tags(provenance())
         spec.check_study(study)
-        recovered = recover_stale(study, storage, client)
+        recovered = recover_stale(study, storage, client, spec.keep_checkpoints)
+        repaired = repair_hollow(study, spec, client)
         queue = queue_missing(study, spec)
     if recovered:
         print(f"recovered trial(s) {recovered} left RUNNING by a dead process: marked FAILED and queued again")
+    for line in repaired:
+        print(f"repaired: {line}")
     if queue["changed"]:
         changes = ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in queue["changed"].items())
         print(f"study {spec.name}: the settings differ from its earlier trials in {changes}; these conditions "
@@ -305,6 +308,10 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     if problem is not None:
         raise SweepFailed(f"{problem}{f'; trial(s) {stopped} stopped' if stopped else ''}; the same command "
                           "resumes the study", problem.code)
+    unrun = [] if max_trials or spec.timeout_s else unrun_cells(study, spec)
+    if unrun:  # whatever the workers said: a cell without a result is lost unless someone runs it
+        raise SweepFailed(f"{len(unrun)} cell(s) of the grid did not run: {'; '.join(unrun[:5])}"
+                          f"{' ...' if len(unrun) > 5 else ''}; the same command runs them")
     if not ended and len(table) and not table["state"].isin(["COMPLETE", "PRUNED", "RUNNING"]).any():
         raise SweepFailed(f"study {spec.name} has no completed trial and nothing left to run: its cells used up "
                           f"their {spec.max_retries} retries (see 'not retried' above); remove the cause, then raise "
@@ -324,7 +331,7 @@ def _close_invocation(spec, storage_url, client, parent_run_id, invocation, stat
     storage = open_storage(storage_url)
     study = load_study(spec, storage)
     with coordinator_lock(storage_url):
-        recover_stale(study, storage, client)  # a crashed worker's trial, closed now
+        recover_stale(study, storage, client, spec.keep_checkpoints)  # a crashed worker's trial, closed now
     table = trials_table(study, spec)
     parent = RunLogger(client, parent_run_id)
     mine = table[table["invocation"] == invocation] if len(table) else table

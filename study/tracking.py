@@ -332,14 +332,21 @@ class RunLogger:
     def log_dict(self, values: dict, name: str) -> None:
         self.log_text(json.dumps(values, indent=2, default=str), name)
 
+    def seal(self, tags: dict[str, Any] | None = None) -> None:
+        """Every buffered metric in the order it was logged, then the closing tags (the pending ones and `tags`)
+        with the last batch: a run that holds its closing tags holds every metric logged before them."""
+        tags = _headline_summaries({**self.pending_tags, **(tags or {})})
+        cut = max(0, len(self._metrics) - max(0, MAX_BATCH - len(tags)))  # 1000 values of any kind per batch
+        self._metrics, last = self._metrics[:cut], self._metrics[cut:]
+        self.flush()
+        self._timed(self.client.log_batch, self.run_id, metrics=last,
+                    tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.pending_tags = {}
+
     def finish(self, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:
-        """Flush and close with FINISHED, FAILED or KILLED; never leaves the run RUNNING."""
+        """Seal and close with FINISHED, FAILED or KILLED; never leaves the run RUNNING."""
         try:
-            tags = _headline_summaries({**self.pending_tags, **(tags or {})})
-            batch, self._metrics = self._metrics[:MAX_BATCH], self._metrics[MAX_BATCH:]
-            self.flush()
-            self._timed(self.client.log_batch, self.run_id, metrics=batch,
-                        tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.seal(tags)
         finally:
             self._timed(self.client.set_terminated, self.run_id, status)
 

@@ -50,6 +50,8 @@ class TrialOutcome:
     stop_reason: str = "budget"  # budget, locked, pruned, or diverged (a fused seed; a single run raises)
     timing: dict[str, float] = field(default_factory=dict)  # train_s, eval_s, log_s, total_s
     failure: Exception | None = None  # why a fused seed left its group without a result
+    checkpointed: bool = False  # its run holds a checkpoint (drop_checkpoint removes it once the trial is told)
+    resumed_from: int = 0  # the epoch of the checkpoint it went on from (0: trained from the start)
 
 
 def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
@@ -63,6 +65,21 @@ def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
 # the trial is done: a killed trial resumes from it, training again at most this much
 CHECKPOINT_S = float(os.environ.get("CYCLELIKE_CHECKPOINT_S", 300))
 CHECKPOINT_DIR = "checkpoint"
+FAULT_ENV = "CYCLELIKE_FAULT"
+
+
+def fault(instant: str) -> None:
+    """One of the finishing protocol's named instants (study.ledger): with CYCLELIKE_FAULT=<instant> the process
+    ends there as a kill would, without any cleanup (exit 137). The fault-injection tests kill sweeps this way."""
+    if os.environ.get(FAULT_ENV) == instant:
+        os.write(2, f"fault injected: {instant} ({FAULT_ENV}), exit 137\n".encode())
+        os._exit(137)
+
+
+def is_whole(tags: dict[str, str]) -> bool:
+    """Whether a run holds everything it will hold: its closing batch (RunLogger.seal), the last write of a
+    finished run, after its artifacts and every metric, carries these tags."""
+    return "stop/reason" in tags and f"{SUMMARY_PREFIX}stop/epoch" in tags
 
 
 def summary(logger: RunLogger, values: dict[str, float]) -> None:
@@ -80,8 +97,10 @@ class TrackedRun:
     through `finish`."""
 
     def __init__(self, config: RunConfig, logger: RunLogger, data: Domains, eval_every: int,
-                 report: Report | None, weights: bool = True, resumed: bool = False):
+                 report: Report | None, weights: bool = True, resumed: bool = False,
+                 alive: Callable[[], None] | None = None):
         self.config, self.logger, self.data, self.eval_every, self.report = config, logger, data, eval_every, report
+        self.alive = alive  # raises once the trial's storage is lost: asked every epoch, it costs nothing
         self.weights = weights  # the generator(s) as model/G.pt: megabytes a run, so a sweep keeps them on request
         self.eval_s, self.pruned, self.locked = 0.0, False, False
         self.stored_checkpoints = 0  # in the run's artifacts: deleted when the trial is done
@@ -102,6 +121,8 @@ class TrackedRun:
         logger.log_inputs(_dataset_inputs(config, data))
 
     def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:
+        if self.alive is not None:
+            self.alive()
         if stats.epoch == 0:  # the untrained map: the slider opens on it and the curves start from it
             if self.eval_every:
                 t0 = time.perf_counter()
@@ -153,15 +174,12 @@ class TrackedRun:
         return Checkpoints(path or Path(self.checkpoints.name) / "checkpoint.pt", seconds=seconds, extra=self.state,
                            saved=self.checkpointed, final_after=0.0 if keep else seconds / 10)
 
-    def drop_checkpoint(self, keep: bool) -> None:
-        if self.stored_checkpoints and not keep:
-            self.logger.delete_artifacts(CHECKPOINT_DIR)  # done: megabytes a run that nothing will read again
-
     def checkpointed(self, path: Path) -> None:
         """Every epoch up to the checkpoint's goes to the store before the checkpoint does: no gap on resume."""
         self.logger.flush()
         self.logger.log_file(path, CHECKPOINT_DIR)
         self.stored_checkpoints += 1
+        fault("checkpoint")
 
     def resume(self) -> Path | None:
         """The run's last checkpoint, fetched from the store, with the evaluations it holds; None if none."""
@@ -212,7 +230,8 @@ class TrackedRun:
                          "time/seed_train_s": seed_seconds(result),
                          # until the map took the form it kept, not until the patience window had confirmed it
                          "time/seconds_to_lock": sum(t for e, t in self.epoch_seconds.items()
-                                                     if e <= formed.locked_epoch),
+                                                     if e <= formed.locked_epoch)
+                         if formed.locked_epoch == formed.locked_epoch else float("nan"),
                          "pair/flips": formed.flips, "time/seconds_to_pairs": formed.seconds_to_pairs,
                          "model/generator_params": generator_params(result.nets),
                          "stop/epoch": epoch, "stop/g_steps": epoch * self.config.g_steps_per_epoch()})
@@ -224,7 +243,8 @@ class TrackedRun:
                   "total_s": time.perf_counter() - started}
         summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
         logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision})
-        return TrialOutcome(metrics, result.sec_per_epoch, epoch, self.pruned, self.stop_reason, timing)
+        return TrialOutcome(metrics, result.sec_per_epoch, epoch, self.pruned, self.stop_reason, timing,
+                            checkpointed=self.stored_checkpoints > 0, resumed_from=result.resumed_from_epoch)
 
     def close(self) -> None:
         """Send whatever exists, also when training failed half-way."""
@@ -250,29 +270,40 @@ def trained_seconds(result: TrainResult) -> float:
     return sum(s.epoch_s for s in result.history if s.epoch > result.resumed_from_epoch)
 
 
+def drop_checkpoint(logger: RunLogger, outcome: TrialOutcome) -> None:
+    """A done trial's checkpoint: megabytes a run that nothing will read again."""
+    if outcome.checkpointed:
+        logger.delete_artifacts(CHECKPOINT_DIR)
+
+
 def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
               desc: str = "train", progress: bool = True, data: Domains | None = None,
               weights: bool = True, checkpoint_s: float = 0.0, resume: bool = False,
-              keep_checkpoint: bool = False) -> TrialOutcome:
+              keep_checkpoint: bool = False, drop: bool = True,
+              alive: Callable[[], None] | None = None) -> TrialOutcome:
     """Train and track one run. With `checkpoint_s`, its whole state goes to the run every so many seconds of
     training; with `resume`, the run goes on from its last checkpoint in the same MLflow run, where the
-    epochs after that checkpoint are logged again (the report reads each epoch once, the later)."""
+    epochs after that checkpoint are logged again (the report reads each epoch once, the later). The
+    checkpoint is deleted at the end unless kept, or unless `drop` is false: a sweep deletes it itself, once
+    Optuna holds the trial's result (study.ledger)."""
     started = time.perf_counter()
     data = data if data is not None else shared_domains(config)
     data_s = time.perf_counter() - started
-    run = TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume)
+    run = TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume, alive=alive)
     try:
         checkpoints = None
         if checkpoint_s:
             checkpoints = run.checkpoint_plan(checkpoint_s, keep_checkpoint, run.resume() if resume else None)
         result = train(config, data, callback=run.on_epoch, checkpoint=checkpoints, progress=progress, desc=desc)
+        fault("trained")
         if result.resumed_from_epoch:
             logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
             if any(s.seeds > 1 for s in result.history):  # resumed alone from its fused group's checkpoint
                 # the series its time is read in (analysis.dynamics) follows the epochs time/sec_per_epoch is of
                 logger.pending_tags["fused_group"] = result.timing_seeds
         outcome = run.finish(result, trained_seconds(result), started, data_s + result.build_s)
-        run.drop_checkpoint(keep_checkpoint)
+        if drop and not keep_checkpoint:
+            drop_checkpoint(logger, outcome)
         return outcome
     finally:
         run.close()
@@ -281,7 +312,8 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
 def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_every: int = 10,
                      reports: list[Report | None] | None = None, desc: str = "fused",
                      progress: bool = True, weights: bool = True, checkpoint_s: float = 0.0,
-                     keep_checkpoint: bool = False) -> list[TrialOutcome]:
+                     keep_checkpoint: bool = False, drop: bool = True,
+                     alive: list[Callable[[], None]] | None = None) -> list[TrialOutcome]:
     """The seeds of one condition trained as one stacked model (cyclelike.fused), each its own MLflow run
     with its own evaluations, pruning decision and checkpoints (each seed's alone: a killed group's retries
     resume one by one). Each run's train_s is the group's training time over K, and each records
@@ -290,15 +322,17 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
     data = shared_domains(configs[0])
     data_s = (time.perf_counter() - started) / len(configs)
     reports = reports or [None] * len(configs)
+    alive = alive or [None] * len(configs)
     runs = []
     try:
-        for config, logger, report in zip(configs, loggers, reports, strict=True):
+        for config, logger, report, check in zip(configs, loggers, reports, alive, strict=True):
             # now, not at the end: a killed group's runs resume alone, and their early epoch times stay the group's
             logger.set_tags({"fused_group": str(len(configs))})
-            runs.append(TrackedRun(config, logger, data, eval_every, report, weights))
+            runs.append(TrackedRun(config, logger, data, eval_every, report, weights, alive=check))
         plans = [run.checkpoint_plan(checkpoint_s, keep_checkpoint) if checkpoint_s else None for run in runs]
         results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc,
                               checkpoints=plans)
+        fault("trained")
         # the group's epochs (as long as its longest-lived seed), shared by its K seeds
         train_s = max(trained_seconds(r) for r in results) / len(configs)
         outcomes = [run.finish(result, train_s, started, data_s + result.build_s) if result.diverged is None
@@ -308,7 +342,8 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
         for run, outcome in zip(runs, outcomes, strict=True):
             outcome.timing["total_s"] = share
             summary(run.logger, {"time/trial_s": share})
-            run.drop_checkpoint(keep_checkpoint)
+            if drop and not keep_checkpoint:
+                drop_checkpoint(run.logger, outcome)
         return outcomes
     finally:
         for run in runs:
@@ -319,7 +354,8 @@ def _diverged(run: TrackedRun, result: TrainResult) -> TrialOutcome:
     """A fused seed whose losses went non-finite: tagged as a diverged single run is, and failed alone."""
     error = result.diverged
     run.logger.pending_tags.update({"stop/reason": "diverged", f"{SUMMARY_PREFIX}stop/epoch": error.epoch})
-    return TrialOutcome({}, float("nan"), error.epoch, stop_reason="diverged", failure=error)
+    return TrialOutcome({}, float("nan"), error.epoch, stop_reason="diverged", failure=error,
+                        checkpointed=run.stored_checkpoints > 0)
 
 
 def given_pair(config: RunConfig) -> bool:

@@ -21,7 +21,7 @@ from cyclelike.config import ConfigError, DataError, NonFiniteLossError
 from cyclelike.fused import check_fusable
 from cyclelike.train import timed_text
 
-from .ledger import claim_group, count_configs, lease
+from .ledger import claim_group, conclude, count_configs, lease
 from .spec import SweepSpec
 from .storage import (
     KILLED_STALE,
@@ -34,7 +34,7 @@ from .storage import (
     outage_reason,
 )
 from .tracking import Client, RunLogger, reproduce_command
-from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, run_trial, run_trials_fused
+from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, drop_checkpoint, run_trial, run_trials_fused
 
 
 def objective(outcome: TrialOutcome, spec: SweepSpec) -> list[float]:
@@ -152,16 +152,6 @@ def _reporter(spec: SweepSpec, trial):
     return report
 
 
-def _guarded(report, held):
-    """The trial's report to the pruner, after its lease's check: a trial the storage has lost for the grace
-    period stops at its next evaluation (an outage), instead of training on to an end it cannot tell."""
-    def check(epoch: int, metrics: dict[str, float]) -> bool:
-        held.check()
-        return report(epoch, metrics)
-
-    return check
-
-
 def run_one(study: optuna.Study, storage, ctx: Context, client, reserve=lambda: False) -> int:
     """Claim and run one trial, or with fused seeds the seeds of one condition as one stacked model; returns
     how many trials ran (0 when the draw was no new condition)."""
@@ -188,22 +178,25 @@ def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
         with contextlib.ExitStack() as stack:
             leases = [stack.enter_context(lease(storage, storage.get_trial_id_from_study_id_trial_number(
                 study_id, trial.number))) for trial, *_ in started]
-            # each evaluation first asks whether the storage still takes the trial's heartbeats
-            reports = [_guarded(report, held) for (*_, report), held in zip(started, leases, strict=True)]
+            # each epoch first asks whether the storage still takes the trial's heartbeats: a trial it lost
+            # stops (an outage), instead of training on to an end it cannot tell
+            alive = [held.check for held in leases]
             if fused:
                 outcomes = run_trials_fused([c for _, _, c, _, _ in started], [lg for *_, lg, _ in started],
-                                            spec.eval_every, reports,
+                                            spec.eval_every, [report for *_, report in started],
                                             desc=run_name(spec, group[0][1], "+".join(str(t.user_attrs["seed"])
                                                                                       for t, *_ in started)),
                                             progress=ctx.progress, weights=spec.weights == "all",
-                                            checkpoint_s=CHECKPOINT_S, keep_checkpoint=spec.keep_checkpoints)
+                                            checkpoint_s=CHECKPOINT_S, keep_checkpoint=spec.keep_checkpoints,
+                                            drop=False, alive=alive)
             else:
-                trial, params, config, logger, _ = started[0]
-                outcomes = [run_trial(config, logger, spec.eval_every, reports[0],
+                trial, params, config, logger, report = started[0]
+                outcomes = [run_trial(config, logger, spec.eval_every, report,
                                       desc=run_name(spec, params, trial.user_attrs["seed"]), progress=ctx.progress,
                                       weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S,
                                       resume="resume_run" in trial.user_attrs and logger.run_id ==
-                                      trial.user_attrs["resume_run"], keep_checkpoint=spec.keep_checkpoints)]
+                                      trial.user_attrs["resume_run"], keep_checkpoint=spec.keep_checkpoints,
+                                      drop=False, alive=alive[0])]
     except KeyboardInterrupt:
         # stopped, not failed: the next invocation runs these conditions again
         for trial, _, _, logger, _ in started:
@@ -252,16 +245,19 @@ def _superseded(trial, logger) -> None:
 
 
 def _conclude(study, ctx: Context, trial, params, config, logger, outcome) -> None:
+    """Tell Optuna the trial's outcome by the finishing protocol (study.ledger.conclude)."""
     try:
         _tell_outcome(study, ctx, trial, params, config, logger, outcome)
     except optuna.exceptions.UpdateFinishedTrialError:
-        _superseded(trial, logger)
+        _superseded(trial, logger)  # its checkpoint stays: the retry queued for it may go on from there
 
 
 def _tell_outcome(study, ctx: Context, trial, params, config, logger, outcome) -> None:
     spec, seed = ctx.spec, trial.user_attrs["seed"]
     if outcome.failure is not None:  # a fused seed that diverged: it fails alone, the group's others go on
         _fail(study, trial, logger, f"{type(outcome.failure).__name__}: {outcome.failure}")
+        if not spec.keep_checkpoints:
+            drop_checkpoint(logger, outcome)  # a failed trial's retry starts afresh
         return
     # one attribute, one storage write: several per trial added up to a visible share of a short sweep
     trial.set_user_attr("timing", {**outcome.timing, "sec_per_epoch": outcome.sec_per_epoch,
@@ -269,18 +265,18 @@ def _tell_outcome(study, ctx: Context, trial, params, config, logger, outcome) -
     summary = " ".join(f"{k}={v}" for k, v in params.items())
     if outcome.pruned:
         trial.set_user_attr("pruned_at_epoch", outcome.epochs_run)
-        study.tell(trial, state=TrialState.PRUNED)
-        logger.finish("KILLED", tags={"optuna.state": "PRUNED", "pruned_at_epoch": outcome.epochs_run})
+        conclude(study, trial, logger, outcome, TrialState.PRUNED, None, "KILLED",
+                 {"pruned_at_epoch": outcome.epochs_run}, spec.keep_checkpoints)
         tqdm.write(f"trial {trial.number:4d} PRUNED at epoch {outcome.epochs_run}  {summary} seed={seed}")
         return
     values = objective(outcome, spec)
     if any(v != v for v in values):
         _fail(study, trial, logger, f"objective {spec.objectives} is NaN for scheme={config.scheme} "
                                     "(a metric this scheme does not define)")
+        if not spec.keep_checkpoints:
+            drop_checkpoint(logger, outcome)
         return
-    if study.tell(trial, values, skip_if_finished=True).state != TrialState.COMPLETE:
-        raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} ended elsewhere")
-    logger.finish("FINISHED", tags={"optuna.state": "COMPLETE"})
+    conclude(study, trial, logger, outcome, TrialState.COMPLETE, values, "FINISHED", {}, spec.keep_checkpoints)
     scores = " ".join(f"{m}={v:.3f}" for m, v in zip(spec.objectives, values, strict=True))
     ended = f"locked at epoch {outcome.epochs_run}" if outcome.stop_reason == "locked" else \
         f"budget of {outcome.epochs_run} epochs"

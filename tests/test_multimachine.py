@@ -207,7 +207,9 @@ def test_a_database_outage_ends_the_sweep_with_one_line_and_the_next_start_goes_
                                                                                   storage=storage).trials):
                     break
         postgres.stop(cluster.data)
+        lost = time.monotonic()
         _, err = sweep.communicate(timeout=240)
+        print(f"database lost: exit {sweep.returncode} after {time.monotonic() - lost:.1f} s")
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
