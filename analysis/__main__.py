@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         known = study_names(client)
     except Exception as err:  # a missing or unreadable database, a server that is down
         print(f"error: cannot read the MLflow store {safe_url(uri)}: {first_line(err)}", file=sys.stderr)
-        return 1
+        # a store over the network that does not answer is an outage: exit 3, as a sweep's is
+        return 3 if str(uri).startswith(("http://", "https://", "postgresql")) else 1
     name = args.experiment or most_recent_study(client)
     if name is None:
         print(f"error: no study in {uri}; run one first (make sweep)", file=sys.stderr)

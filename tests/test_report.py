@@ -299,3 +299,13 @@ def test_a_table_of_contents_and_links_to_each_named_run(store, tmp_path):
     assert re.search(rf"\]\(http://127\.0\.0\.1:5000/#/experiments/{experiment}/runs/[0-9a-f]{{32}}"
                      r"\?workflowType=machine_learning\)",
                      (linked / "report.md").read_text())
+
+
+def test_a_report_against_a_tracking_server_that_does_not_answer_is_one_line_and_exit_3(monkeypatch, capsys):
+    """As a sweep's outage is: exit 3 and one line, in seconds (MLflow's own retries took minutes)."""
+    from analysis.__main__ import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the discard port: nothing listens
+    assert main(["report", "--experiment", "rep"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot read the MLflow store http://127.0.0.1:9")
