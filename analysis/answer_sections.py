@@ -108,7 +108,8 @@ def section_predictors(doc: Document, runs: StudyRuns) -> None:
     if fig is not None:
         doc.figure(fig, "predictors.png", "Share of x_i whose learned partner a(i) is the partner of the optimal "
                    "one-to-one assignment on a distance between the original images (pixel L1, low-pass L1, colour "
-                   f"mean and spread, edge maps); mean over {len(u)} runs with a 95% bootstrap interval, dashed: "
+                   "mean and spread, edge maps, silhouette masks, orientation and centroid from image moments, "
+                   f"brightness histograms); mean over {len(u)} runs with a 95% bootstrap interval, dashed: "
                    "chance 1/N.")
     doc.table(questions.predictor_table(u, complete(runs.trials)), "Agreement with each candidate explanation: the "
               "data-only predictors "

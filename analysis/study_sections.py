@@ -86,9 +86,9 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
               .sort_values("mean", ascending=direction == "minimize"))
     tied = int((ranked["mean"] == ranked["mean"].iloc[0]).sum())
     best = ranked.head(max(5, tied)).rename(columns={"mean": f"{objective} mean", "count": "runs"})
-    shown = (f"all {tied} configurations tied at the best mean" if tied > 1 else "the best 5") + \
-        f" of {len(ranked)}" + (f"; the other {len(ranked) - len(best)} are in section 2" if len(ranked) > len(best)
-                                else "")
+    shown = (f"all {len(ranked)}" if len(ranked) <= len(best) else
+             (f"the {tied} tied at the best mean" if tied > 1 else f"the best {len(best)}")
+             + f" of {len(ranked)}; the other {len(ranked) - len(best)} are in section 2")
     doc.table(best.round(3), f"Best configurations by {objective} (mean over seeds, {direction}): {shown}:")
 
 
