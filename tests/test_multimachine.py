@@ -125,7 +125,7 @@ def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
                                 "MLFLOW_TRACKING_URI": tracking}, capture_output=True, text=True, timeout=300)
         assert report.returncode == 0, report.stderr[-3000:]
         md = (head / "report" / "report.md").read_text()
-        assert "With pairing=aligned, forward_top1 against the pair given" in md and "could not be drawn" not in md
+        assert "A = pairing=aligned" in md and "| pair given |" in md and "could not be drawn" not in md
         assert ". Parameter importance" in md and "study was not at hand" not in md  # it read the PostgreSQL study
     finally:
         subprocess.run([sys.executable, "-m", "study.server", "stop"], env=head_env, capture_output=True, timeout=60)

@@ -657,7 +657,7 @@ def test_assignment_history_round_trips_through_mlflow(swept, tmp_path):
     client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.trial = '0'")[0]
     history = pd.read_csv(client.download_artifacts(run.info.run_id, "pairing/history.csv", str(tmp_path)))
-    assert sorted(history["epoch"].unique()) == [2, 4] and len(history) == 2 * 4
+    assert sorted(history["epoch"].unique()) == [0, 2, 4] and len(history) == 3 * 4  # epoch 0: the untrained map
     final = json.loads(Path(client.download_artifacts(run.info.run_id, "pairing/assignment.json",
                                                       str(tmp_path))).read_text())
     assert history[history["epoch"] == 4].sort_values("i")["a"].tolist() == final["a"]

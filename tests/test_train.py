@@ -19,7 +19,10 @@ def test_cyclelike_learns_the_given_pairing_and_collapses_without_one():
     """The learning test: with a fixed pairing, G maps each x to its given partner and back; with a new
     pairing every epoch and an L1 term, no pair is learned and G collapses onto fewer targets than a
     random map would hit."""
-    config = RunConfig(n_images=6, n_holdout=2, image_size=32, pairing="fixed", batch_size=3, epochs=30)
+    # fp32: bf16 arithmetic differs between CPUs (AMX, AVX512-BF16), and at N = 6 one image decides the collapse test
+    # (an Intel Xeon's bf16 left 3 distinct targets, p = 0.25; fp32 leaves 2, p = 0.02)
+    config = RunConfig(n_images=6, n_holdout=2, image_size=32, pairing="fixed", batch_size=3, epochs=30,
+                       precision="fp32")
     scores = {}
     for pairing in ("fixed", "shuffled"):
         run = config.replace(pairing=pairing)
