@@ -34,11 +34,10 @@ def section_answers(doc: Document, runs: StudyRuns) -> None:
     doc.h2("The answers", numbered=False)
     t = complete(runs.trials)
     u = evidence.unpaired(t)
+    if len(labelled(t)) > 1:  # every condition named once; the letters stand for them below and in every section
+        doc.p(legend(labelled(t)))
     q1 = questions.unpaired_answers(t)
     if q1:
-        found = labelled(u, t)
-        if len(labelled(t)) > 1:
-            doc.p(legend(found))
         for sentence in q1:
             doc.p(sentence)
         doc.table(questions.unpaired_table(u, t), "The evidence behind each sentence, per condition given no pair:")
@@ -48,7 +47,14 @@ def section_answers(doc: Document, runs: StudyRuns) -> None:
     q2 = questions.capacity_answers(t)
     for sentence in q2 or [questions.QUESTION_2_MISSING]:
         doc.p(sentence)
-    for sentence in questions.collapse_answers(t) + dynamics.formation_answers(t) + dynamics.scaling_answers(t):
+    for sentence in questions.collapse_answers(t):
+        doc.p(sentence)
+        doc.table(questions.collapse_table(t), "Per condition given a new random partner every epoch:")
+    for sentence in dynamics.formation_answers(t):
+        doc.p(sentence)
+        doc.table(dynamics.formation_intervals(t), "Per condition given a pair: the interval (evaluation before, "
+                  "evaluation at] in which forward_top1 first reached 0.9, for the earliest and the latest run:")
+    for sentence in dynamics.scaling_answers(t):
         doc.p(sentence)
     if runs.ui and runs.objectives:
         doc.link(f"Every trial in the MLflow UI, sorted by {runs.objectives[0]}",

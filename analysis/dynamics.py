@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .conditions import describe, groups
+from .conditions import describe, groups, labelled
 from .evidence import column_or, given, hue_of
 from .figures import PAIRING_COLOURS, legend_outside, plt, sns
 from .pairing import chance_band, chance_level
@@ -52,34 +52,38 @@ def formation_figure(t: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure | None
     return fig
 
 
-def formation_answers(t: pd.DataFrame) -> list[str]:
-    """When the given pairs existed, per condition: forward_top1 is seen only at evaluations, so each run's
-    first epoch at >= 0.9 is an interval (the evaluation before, the one that had it]; runs that never got
-    there are counted."""
+def formation_intervals(t: pd.DataFrame) -> pd.DataFrame:
+    """Per condition given a pair: how many runs reached forward_top1 >= 0.9, and between which evaluations.
+    forward_top1 is seen only at evaluations, so each run's first epoch at >= 0.9 is an interval (the
+    evaluation before, the one that had it]."""
     g = given(t)
     if g.empty or "pair/epochs_to_90" not in g:
-        return []
-    parts = []
-    for condition, h in groups(g):
-        name = describe(condition) if condition else "every run"
+        return pd.DataFrame()
+    rows = []
+    for label, _, h in labelled(g, t):
         reached = h.dropna(subset=["pair/epochs_to_90"])
-        if reached.empty:
-            parts.append(f"{name}: none of {len(h)} runs reached forward_top1 >= 0.9")
-            continue
         by = reached["pair/epochs_to_90"]
         # runs logged before epochs_to_90_after: the evaluation before was eval_every epochs earlier
         every = pd.to_numeric(column_or(reached, "tags.eval_every", float("nan")), errors="coerce")
         after = column_or(reached, "pair/epochs_to_90_after", float("nan")).fillna((by - every).clip(lower=0))
-        if (by == 0).all():
-            parts.append(f"{name}: {len(reached)} of {len(h)} runs, already at the untrained map (epoch 0)")
-            continue
-        span = (f"after epoch {after.min():.0f} and by epoch {by.max():.0f}" if after.notna().all() else
-                f"by epoch {by.max():.0f}")
-        parts.append(f"{name}: {len(reached)} of {len(h)} runs, {span} (median interval ({after.median():.0f}, "
-                     f"{by.median():.0f}])" if after.notna().all() else f"{name}: {len(reached)} of {len(h)} runs, "
-                     f"{span}")
-    return ["Given the pair, forward_top1 first reached 0.9 (seen only at evaluations, so within an interval "
-            "between two of them): " + "; ".join(parts) + "."]
+        rows.append({"condition": label, "reached 0.9": f"{len(reached)} of {len(h)}",
+                     "first reached (earliest run)": f"({after.min():.0f}, {by.min():.0f}]" if len(by) else "-",
+                     "first reached (latest run)": f"({after.max():.0f}, {by.max():.0f}]" if len(by) else "-"})
+    return pd.DataFrame(rows)
+
+
+def formation_answers(t: pd.DataFrame) -> list[str]:
+    """When the given pairs existed, in one sentence: how many runs reached forward_top1 >= 0.9 and by when,
+    each run's epoch an interval between two evaluations; per condition: formation_intervals."""
+    g = given(t)
+    if g.empty or "pair/epochs_to_90" not in g:
+        return []
+    reached = g["pair/epochs_to_90"].dropna()
+    if reached.empty:
+        return [f"Given the pair, none of {len(g)} runs reached forward_top1 >= 0.9 within its budget."]
+    return [f"Given the pair, {len(reached)} of {len(g)} runs reached forward_top1 >= 0.9, the last by epoch "
+            f"{reached.max():.0f} (each between two evaluations: the epoch is an interval, per condition in the "
+            f"table below)."]
 
 
 def formation_table(t: pd.DataFrame) -> pd.DataFrame:

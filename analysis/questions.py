@@ -228,7 +228,7 @@ def capacity_answers(t: pd.DataFrame) -> list[str]:
         held = "below every N tried" if r["N90"] == "-" else r["N90"]
         parts.append(f"{name}: N90 {held}")
     seeds = int(table["seeds"].max())
-    sets = data_sets(g)
+    sets = max(data_sets(h) for _, h in g.groupby("n_images"))  # another N is other images, not another data set
     runs = (f"mean over {seeds} seeds" if seeds > 1 else "one run") + \
         f" on {sets} data set{'s' * (sets != 1)}" + (" (seeds of one data set, not independent)" if sets == 1 and
                                                       seeds > 1 else "")
@@ -279,23 +279,43 @@ def answers(t: pd.DataFrame) -> list[str]:
     return out + collapse_answers(t) + formation_answers(t) + scaling_answers(t)
 
 
-def collapse_answers(t: pd.DataFrame) -> list[str]:
+def noisy(t: pd.DataFrame) -> pd.DataFrame:
     """Runs given a NEW random partner every epoch with an L1 target (shuffled, lambda_l1 > 0): the target is
     noise, and G averages it; bijectivity against the random map says whether it collapsed."""
     if t.empty or "pair/bijectivity" not in t:
+        return t.iloc[:0]
+    return t[(column_or(t, "pairing", "aligned") == "shuffled") & (column_or(t, "lambda_l1", 10.0) > 0)
+             & (column_or(t, "scheme", "cyclelike") != "cyclegan")]
+
+
+def collapse_table(t: pd.DataFrame) -> pd.DataFrame:
+    """Per condition given a new random partner every epoch: its budget, bijectivity against a random map's,
+    and the runs with fewer distinct targets than a random map (p < 0.05)."""
+    rows = []
+    for label, _, g in labelled(noisy(t), t):
+        rows.append({"condition": label, "budget": budget_text(g),
+                     "bijectivity": f"{g['pair/bijectivity'].mean():.2f} (random map "
+                                    f"{chance_text('pair/bijectivity', g)})",
+                     "fewer distinct targets (p < 0.05)": significant_text(g, "pair/bijectivity_p_collapse")})
+    return pd.DataFrame(rows)
+
+
+def collapse_answers(t: pd.DataFrame) -> list[str]:
+    """One sentence for every condition given a new random partner every epoch: in how many did G collapse (most
+    runs below a random map's distinct targets at p < 0.05)."""
+    found = labelled(noisy(t), t)
+    if not found:
         return []
-    noisy = t[(column_or(t, "pairing", "aligned") == "shuffled") & (column_or(t, "lambda_l1", 10.0) > 0)
-              & (column_or(t, "scheme", "cyclelike") != "cyclegan")]
-    out = []
-    for condition, g in groups(noisy):
-        column = "pair/bijectivity_p_collapse"
-        out.append(f"With a new random partner every epoch as its L1 target ({describe(condition) or 'shuffled'}), "
-                   f"{budget_text(g)}, G reached bijectivity {g['pair/bijectivity'].mean():.2f} (a random map: "
-                   f"{chance_text('pair/bijectivity', g)}); {significant_text(g, column)} had fewer distinct "
-                   f"targets than a random map at p < 0.05"
-                   + (": G collapses onto a few targets when the pair is noise."
-                      if count_significant(g, column) > len(g) / 2 else "."))
-    return out
+    column = "pair/bijectivity_p_collapse"
+    collapsed = [label for label, _, g in found if count_significant(g, column) > len(g) / 2]
+    rest = [label for label, _, g in found if label not in collapsed]
+    epochs = sorted({int(e) for _, _, g in found for e in g["epochs"].dropna()}) if "epochs" in t else []
+    return [f"With a new random partner every epoch as its L1 target ({len(found)} condition"
+            f"{'s' * (len(found) != 1)}, {', '.join(map(str, epochs)) or '?'} epochs), G collapsed onto fewer "
+            f"targets than a random map in {len(collapsed)} of {len(found)}"
+            + (f" ({', '.join(collapsed)})" if collapsed and len(found) > 1 else "")
+            + (" (the pair is noise, and G averages it)" if collapsed else "")
+            + (f"; in {', '.join(rest)} most runs stayed within a random map's range" if rest else "") + "."]
 
 
 def predictor_figure(u: pd.DataFrame) -> plt.Figure | None:

@@ -154,7 +154,9 @@ def test_formation_epochs_are_intervals_between_evaluations():
     g = pd.DataFrame([{"pairing": "aligned", "lambda_l1": 10.0, "n_images": 4, "seed": s,
                        "pair/epochs_to_90": 20.0, "pair/epochs_to_90_after": 10.0} for s in (0, 1)])
     text = dynamics.formation_answers(g)[0]
-    assert "after epoch 10 and by epoch 20" in text and "first evaluation they had" not in text
+    assert "2 of 2 runs reached forward_top1 >= 0.9, the last by epoch 20" in text
+    assert "first evaluation they had" not in text
+    assert dynamics.formation_intervals(g).iloc[0]["first reached (earliest run)"] == "(10, 20]"
 
 
 def test_locked_epoch_is_the_whole_maps_so_it_never_precedes_reaching_0_9():
@@ -270,3 +272,14 @@ def test_one_letter_names_one_condition_in_every_section():
                                                                                "pair/agree_pixel_pvalue": 0.5}),
                                                 t)["condition"].iloc[0]
     assert letters[unpaired_letter] == "stored order (given no pair)"
+
+
+def test_conditions_given_a_noisy_pair_are_one_sentence_and_one_table():
+    """main wrote one near-identical bijectivity paragraph per condition (eight in the default study)."""
+    rows = [{"pairing": "shuffled", "scheme": "cyclelike", "lambda_l1": 10.0, "epochs": 60, "arch": a, "n_images": n,
+             "seed": s, "pair/bijectivity": 0.1, "pair/bijectivity_p_collapse": 0.001 if a == "encdec" else 0.5}
+            for a in ("encdec", "unet") for n in (5, 10) for s in (0, 1)]
+    t = pd.DataFrame(rows)
+    sentences = questions.collapse_answers(t)
+    assert len(sentences) == 1 and "collapsed onto fewer targets than a random map in 2 of 4 (A, C)" in sentences[0]
+    assert len(questions.collapse_table(t)) == 4
