@@ -278,8 +278,9 @@ def _tell_outcome(study, ctx: Context, trial, params, config, logger, outcome) -
         return
     conclude(study, trial, logger, outcome, TrialState.COMPLETE, values, "FINISHED", {}, spec.keep_checkpoints)
     scores = " ".join(f"{m}={v:.3f}" for m, v in zip(spec.objectives, values, strict=True))
-    ended = f"locked at epoch {outcome.epochs_run}" if outcome.stop_reason == "locked" else \
-        f"budget of {outcome.epochs_run} epochs"
+    ended = {"locked": f"locked at epoch {outcome.epochs_run}",
+             "collapsed": f"stopped on a collapse at epoch {outcome.epochs_run}"}.get(
+        outcome.stop_reason, f"budget of {outcome.epochs_run} epochs")
     tqdm.write(f"trial {trial.number:4d} COMPLETE {scores}  {ended}  "
                f"{timed_text(outcome.sec_per_epoch, config.warmup_epochs)}  {summary} seed={seed}")
 
