@@ -27,8 +27,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
+# the same maths computed another way, each auto, on or off (cyclelike.execution resolves auto per device)
+SWITCHES = ("fused_upsample", "fused_adam", "channels_last", "replay")
+CHOICES.update({k: ("auto", "on", "off") for k in SWITCHES})
 # how a run is executed, not what it computes: two runs that differ only here are the same condition
-EXECUTION_KEYS = ("threads", "device", "compile")
+EXECUTION_KEYS = ("threads", "device", "compile", *SWITCHES)
+# a switch's on/off may be written as a bool (TOML, older configs and checkpoints) or true/false on a command line
+SWITCH_WORDS = {True: "on", False: "off", "true": "on", "false": "off", "yes": "on", "no": "off", "1": "on",
+                "0": "off"}
 # what only changes how a run's time is read (the epochs left out of sec_per_epoch): not the condition either
 TIMING_KEYS = ("warmup_epochs",)
 
@@ -108,14 +114,23 @@ class RunConfig:
     precision: str = _help("auto (bf16 autocast where the CPU or GPU computes bf16 natively, else fp32), fp32 or bf16",
                            "auto")
     threads: int = _help("torch intra-op threads; 0 keeps torch's default", 0)
-    channels_last: bool = _help("channels-last memory format for convolutions", False)
-    fused_upsample: bool = _help("decoder upsample+3x3 conv as four 2x2 convs on the small input: same maths, "
-                                 "2.25x fewer multiply-adds", True)
-    fused_adam: bool = _help("the fused Adam kernel (same update, one pass over the parameters)", True)
+    channels_last: str = _help("channels-last memory format for convolutions: auto (what make bench measured faster "
+                               "on this kind of device; the run records what it resolved to), on or off", "auto")
+    fused_upsample: str = _help("decoder upsample+3x3 conv as four 2x2 convs on the small input, the same maths with "
+                                "2.25x fewer multiply-adds: auto, on or off", "auto")
+    fused_adam: str = _help("the fused Adam kernel (the same update, one pass over the parameters): auto, on or off",
+                            "auto")
+    replay: str = _help("capture each training step (D and G updates, both directions, the optimizers) once as a CUDA "
+                        "graph and replay it, the same maths without the kernel launches: auto (on with CUDA), on "
+                        "(CUDA only) or off", "auto")
     compile: bool = _help("torch.compile the networks (pays off only on long runs: minutes of compile time)", False)
     warmup_epochs: int = _help("epochs left out of time/sec_per_epoch (allocator and cache warm-up)", 1)
 
     def validate(self) -> RunConfig:
+        for name in SWITCHES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or isinstance(value, str) and value.lower() in SWITCH_WORDS:
+                setattr(self, name, SWITCH_WORDS[value if isinstance(value, bool) else value.lower()])
         for f in fields(self):
             value = getattr(self, f.name)
             expected = type(f.default) if f.default is not dataclasses.MISSING else None
@@ -195,7 +210,7 @@ class RunConfig:
         study spread over machines of both kinds never pools two arithmetics as seeds of one condition."""
         values = {k: v for k, v in self.to_dict().items() if k != "seed" and k not in EXECUTION_KEYS + TIMING_KEYS}
         if self.precision == "auto":
-            from .train import resolve_device, resolve_precision
+            from .execution import resolve_device, resolve_precision
 
             values["precision"] = resolve_precision("auto", resolve_device(self.device))
         return values

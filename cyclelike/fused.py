@@ -109,7 +109,7 @@ def _adam(stacks: list[Stack], config: RunConfig, state: dict | None = None,
     """One Adam over the stacked tensors (elementwise, so K independent Adams); with `state`, the moments
     of the seeds in `index` carried over from the previous stack."""
     params = [p for s in stacks for p in s.params.values()]
-    opt = adam(params, config)
+    opt = adam(params, config, params[0].device)
     if state is not None:
         for p, old in zip(params, state["params"], strict=True):
             if old is not None:
@@ -129,7 +129,7 @@ def _save_seed(checkpoint: Checkpoints, pos: int, epoch: int, config: RunConfig,
     alone = {}
     for name, stack in (("G", G), ("D", D)):
         stack.copy_into(pos, nets[name])
-        opt = adam(nets[name].parameters(), config)
+        opt = adam(nets[name].parameters(), config, next(nets[name].parameters()).device)
         for p, stacked in zip(nets[name].parameters(), stack.params.values(), strict=True):
             if stacked in optims[name].state:
                 opt.state[p] = {k: v.clone() if v.dim() == 0 else v[pos].clone()

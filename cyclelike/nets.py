@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RunConfig
+from .execution import switch
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
@@ -153,14 +154,15 @@ class PatchDiscriminator(nn.Module):
         return self.model(candidate)
 
 
-GENERATORS: dict[str, Callable[[RunConfig], nn.Module]] = {
-    "encdec": lambda c: Generator(c.image_size, c.base_filters, c.norm, c.dropout, False, 3, c.fused_upsample),
-    "unet": lambda c: Generator(c.image_size, c.base_filters, c.norm, c.dropout, True, 3, c.fused_upsample),
+GENERATORS: dict[str, Callable[[RunConfig, bool], nn.Module]] = {
+    "encdec": lambda c, fused: Generator(c.image_size, c.base_filters, c.norm, c.dropout, False, 3, fused),
+    "unet": lambda c, fused: Generator(c.image_size, c.base_filters, c.norm, c.dropout, True, 3, fused),
 }
 
 
-def define_G(config: RunConfig) -> nn.Module:
-    net = GENERATORS[config.arch](config)
+def define_G(config: RunConfig, device: torch.device | None = None) -> nn.Module:
+    """G as it runs on `device` (default: the config's): fused_upsample=auto is resolved for that device."""
+    net = GENERATORS[config.arch](config, switch(config, "fused_upsample", device))
     init_weights(net)
     return net
 

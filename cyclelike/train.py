@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ConfigError, NonFiniteLossError, RunConfig
+from .config import EXECUTION_KEYS, ConfigError, NonFiniteLossError, RunConfig
 from .data import Domains, load_domains
+from .execution import resolve_device, resolve_execution, resolve_precision, switch
 from .nets import define_D, define_G
 
 LOSS_WEIGHTS = {"adv": "lambda_adv", "l1": "lambda_l1", "cyc": "lambda_cyc", "id": "lambda_id"}
@@ -85,25 +86,6 @@ def timed_text(sec_per_epoch: float, warmup_epochs: int) -> str:
     return f"{sec_per_epoch:.3f} s/epoch (median after {warmup_epochs} warm-up)"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda': torch sees no CUDA device on this machine; use device=auto or cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """bf16 halves the time per epoch where the hardware computes it natively (AVX512-BF16/AMX CPUs,
-    Ampere and later GPUs) and the pairing metrics stay as good as fp32; elsewhere it is emulated and slow."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if supported else "fp32"
-
-
 def gan_criterion(kind: str, per_seed: bool = False) -> Callable[[torch.Tensor, bool], torch.Tensor]:
     """The GAN loss on D's logits: their mean, or with `per_seed` (fused seeds, logits (K, ...)) each
     seed's own mean, as it computes alone."""
@@ -131,22 +113,26 @@ def set_requires_grad(nets: list, flag: bool) -> None:
 
 def build(config: RunConfig, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
     if config.scheme == "cyclegan":
-        nets = {"G": define_G(config), "F": define_G(config),
+        nets = {"G": define_G(config, device), "F": define_G(config, device),
                 "D_X": define_D(config, conditional=False), "D_Y": define_D(config, conditional=False)}
         groups = {"G": ["G", "F"], "D": ["D_X", "D_Y"]}
     else:
-        nets = {"G": define_G(config), "D": define_D(config, conditional=True)}
+        nets = {"G": define_G(config, device), "D": define_D(config, conditional=True)}
         groups = {"G": ["G"], "D": ["D"]}
-    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    memory = torch.channels_last if switch(config, "channels_last", device) else torch.contiguous_format
     for net in nets.values():
         net.to(device=device, memory_format=memory)
-    optims = {name: adam(chain(*(nets[k].parameters() for k in members)), config) for name, members in groups.items()}
+    optims = {name: adam(chain(*(nets[k].parameters() for k in members)), config, device)
+              for name, members in groups.items()}
     return nets, optims
 
 
-def adam(params, config: RunConfig) -> torch.optim.Adam:
-    # the fused Adam kernel updates all parameters in one pass: a tenth of the optimizer's time here
-    return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), fused=config.fused_adam)
+def adam(params, config: RunConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam as the run executes it: the fused kernel updates all parameters in one pass (a tenth of the
+    optimizer's time on CPU); a replayed step keeps its step counts on the device (capturable)."""
+    execution = resolve_execution(config, device)
+    return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), fused=execution["fused_adam"],
+                            capturable=execution["replay"])
 
 
 def paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=True, l1=F.l1_loss) -> dict[str, torch.Tensor]:
@@ -326,7 +312,7 @@ def save_checkpoint(path: Path, epoch: int, config: RunConfig, nets, optims, gen
 
 
 # epochs and execution settings may change on resume; anything that changes the maths may not
-RESUMABLE_CHANGES = {"epochs", "device", "threads", "warmup_epochs", "compile"}
+RESUMABLE_CHANGES = {"epochs", "warmup_epochs", *EXECUTION_KEYS}
 
 
 def check_resumable(path: Path, config: RunConfig) -> dict:

@@ -34,7 +34,8 @@ from .spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 # what a straightforward port of the original does: fp32, NCHW, unfused; the schedule is the config's own
-REFERENCE = dict(precision="fp32", channels_last=False, fused_upsample=False, fused_adam=False, compile=False)
+REFERENCE = dict(precision="fp32", channels_last="off", fused_upsample="off", fused_adam="off", replay="off",
+                 compile=False)
 # shared/DESIGN.md's seed workload: 128 px, N = 10 pairs, batch 5, unet 64*min(8, 2^i), lambda_l1 = 10,
 # with the original's BatchNormalization (the study's default is instance norm)
 SEED = RunConfig(image_size=128, n_images=10, n_holdout=0, batch_size=5, arch="unet", base_filters=64,
