@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cyclelike.config import SWITCHES
+
 from .conditions import describe, groups, labelled
 from .evidence import column_or, given, hue_of
 from .figures import PAIRING_COLOURS, legend_outside, plt, sns
@@ -192,7 +194,8 @@ def timing_series(t: pd.DataFrame) -> pd.Series:
 
 # what changes an epoch's cost besides N: runs that differ here are never fitted as one series
 COST_KEYS = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "d_filters", "norm",
-             "precision", "threads", "tags.resolved.device", "fused_upsample", "fused_adam", "channels_last", "compile")
+             "precision", "threads", "tags.resolved.device", "compile", *(f"tags.resolved.{k}" for k in SWITCHES),
+             *SWITCHES)  # older runs logged the switches as params only
 
 
 def scaling_series(t: pd.DataFrame) -> pd.Series:

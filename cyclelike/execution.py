@@ -70,7 +70,7 @@ def resolve_execution(config: RunConfig, device: torch.device | None = None) -> 
     resolved = {k: switch(config, k, device) for k in SWITCHES}
     if config.compile and config.replay == "auto":
         resolved["replay"] = False  # compile=true on CUDA replays graphs itself (mode reduce-overhead)
-    if resolved["replay"] and device.type != "cuda":
+    if config.replay == "on" and device.type != "cuda":
         raise ConfigError(f"replay=on: step replay captures CUDA graphs, and this run is on {device.type}; "
                           "use replay=auto or off")
     if resolved["replay"] and config.compile:

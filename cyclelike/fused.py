@@ -24,27 +24,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
-from tqdm.auto import tqdm
 
-from .config import ConfigError, NonFiniteLossError, RunConfig
+from .config import ConfigError, RunConfig
 from .data import Domains, load_domains
-from .train import (
-    Checkpoints,
-    EpochStats,
-    TrainResult,
-    Translator,
-    _sync,
-    adam,
-    build,
-    epoch_losses,
-    gan_criterion,
-    l1_loss,
-    make_translator,
-    paired_step,
-    resolve_device,
-    resolve_precision,
-    scheduled,
-)
+from .execution import resolve_device, resolve_execution
+from .train import Alone, Checkpoints, EpochStats, TrainResult, Translator, adam, build, run_seeds
 
 Callback = Callable[[EpochStats, Translator], bool | None]
 
@@ -121,47 +105,63 @@ def _snapshot(opt: torch.optim.Adam) -> dict:
     return {"params": [opt.state.get(p) for g in opt.param_groups for p in g["params"]]}
 
 
-def _save_seed(checkpoint: Checkpoints, pos: int, epoch: int, config: RunConfig, G: Stack, D: Stack,
-               optims: dict[str, torch.optim.Adam], nets: dict[str, nn.Module], gen: torch.Generator,
-               history: list[EpochStats]) -> None:
-    """The seed at stack position `pos` saved as its run alone would save itself: its networks, its slice
-    of the stacked Adam moments as an Adam of its own, its generator and history."""
-    alone = {}
-    for name, stack in (("G", G), ("D", D)):
-        stack.copy_into(pos, nets[name])
-        opt = adam(nets[name].parameters(), config, next(nets[name].parameters()).device)
-        for p, stacked in zip(nets[name].parameters(), stack.params.values(), strict=True):
-            if stacked in optims[name].state:
-                opt.state[p] = {k: v.clone() if v.dim() == 0 else v[pos].clone()
-                                for k, v in optims[name].state[stacked].items()}
-        alone[name] = opt
-    checkpoint.save(epoch, config, nets, alone, gen, history)
+class Stacked:
+    """K seeds of one condition as one stacked G and one stacked D (the engine's group for K > 1): each step
+    runs once for all of them, each seed's losses are its own (K,) and their sum's gradient is each seed's."""
 
+    per_seed = True
+    batch_dim = 1  # axis 0 is the seed
 
-def run_epoch_fused(G, D, optims, data: Domains, config: RunConfig, gens: list[torch.Generator], gan, autocast):
-    """cyclelike.train.run_epoch for K seeds: each seed draws its own pairing and batch order from its own
-    generator, in the same order as alone; returns (K,) loss sums and the step count."""
-    n, bs = data.n, config.batch_size
-    device = data.x.device
-    pis = [data.pairing_for_epoch(g).to(device) for g in gens]
-    orders = [torch.randperm(n, generator=g).to(device) for g in gens]
-    sums: dict[str, torch.Tensor] = {}
-    steps = 0
+    def __init__(self, seeds_nets: list[dict[str, nn.Module]], config: RunConfig):
+        self.seeds_nets, self.config = seeds_nets, config
+        self.G = Stack([nets["G"] for nets in seeds_nets])
+        self.D = Stack([nets["D"] for nets in seeds_nets])
+        self.step_nets = {"G": self.G, "D": self.D}
+        self.optims = {"G": _adam([self.G], config), "D": _adam([self.D], config)}
 
-    def add(losses):
-        nonlocal steps
-        steps += 1
-        for k, v in losses.items():
-            sums[k] = sums[k] + v if k in sums else v.float()
+    def batch(self, images: torch.Tensor, index: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([images[idx] for idx in index])
 
-    batches = list(zip(*(o.split(bs) for o in orders), strict=True))
-    pairs = [(torch.stack([data.x[idx] for idx in b]),
-              torch.stack([data.y[pi[idx]] for idx, pi in zip(b, pis, strict=True)])) for b in batches]
-    # the same order as alone; a joint batch stacks both directions on the batch axis, axis 1 here
-    for src, tgt in scheduled(pairs, config, batch_dim=1):
-        add(paired_step({"G": G, "D": D}, optims, src, tgt, config, gan, autocast, two_way=config.scheme != "pix2pix",
-                        l1=l1_loss(per_seed=True)))
-    return sums, steps
+    def modules(self, k: int) -> dict[str, nn.Module]:
+        return self.seeds_nets[k]
+
+    def optims_of(self, k: int) -> dict:
+        return {}  # the stacked Adam is no seed's own; a checkpoint saves each seed's slice (save)
+
+    def train_mode(self) -> None:
+        pass  # the stacks run the template, always in training mode; evaluation uses the seed's own modules
+
+    def sync(self, pos: int, k: int) -> None:
+        self.G.copy_into(pos, self.seeds_nets[k]["G"])  # what the seed's translator evaluates
+
+    def save(self, pos: int, k: int, checkpoint: Checkpoints, epoch: int, config: RunConfig, gen: torch.Generator,
+             history: list[EpochStats]) -> None:
+        """The seed at stack position `pos` saved as its run alone would save itself: its networks, its slice
+        of the stacked Adam moments as an Adam of its own, its generator and history."""
+        nets, alone = self.seeds_nets[k], {}
+        for name, stack in (("G", self.G), ("D", self.D)):
+            stack.copy_into(pos, nets[name])
+            params = list(nets[name].parameters())
+            opt = adam(params, config, params[0].device)
+            for p, stacked in zip(params, stack.params.values(), strict=True):
+                if stacked in self.optims[name].state:
+                    opt.state[p] = {key: v.clone() if v.dim() == 0 else v[pos].clone()
+                                    for key, v in self.optims[name].state[stacked].items()}
+            alone[name] = opt
+        checkpoint.save(epoch, config, nets, alone, gen, history)
+
+    def keep(self, positions: list[int]) -> None:
+        index = torch.tensor(positions, dtype=torch.long, device=next(iter(self.G.params.values())).device)
+        states = {name: _snapshot(opt) for name, opt in self.optims.items()}
+        for stack in (self.G, self.D):
+            stack.keep(index)
+        self.optims = {"G": _adam([self.G], self.config, states["G"], index),
+                       "D": _adam([self.D], self.config, states["D"], index)}
+
+    def finish(self, live: list[int]) -> None:
+        for pos, k in enumerate(live):
+            self.G.copy_into(pos, self.seeds_nets[k]["G"])
+            self.D.copy_into(pos, self.seeds_nets[k]["D"])
 
 
 def train_fused(configs: list[RunConfig], data: Domains | None = None,
@@ -173,89 +173,24 @@ def train_fused(configs: list[RunConfig], data: Domains | None = None,
     that returns True stops (prunes) that seed only. Each seed's `checkpoints` (when due, after its callback)
     are files that cyclelike.train.train resumes that seed from alone; the group itself never resumes.
     `epoch_s` is the whole group's epoch time: K seeds share it, and a run records `fuse_seeds` so that no
-    one reads it as one seed's time."""
+    one reads it as one seed's time. K = 1 trains the seed's plain modules, with no vmap."""
     check_fusable(configs)
     config = configs[0]
     K = len(configs)
-    callbacks = list(callbacks) if callbacks is not None else [None] * K
-    checkpoints = list(checkpoints) if checkpoints is not None else [None] * K
     device = resolve_device(config.device)
+    resolve_execution(config, device)  # refuses replay=on without CUDA before any work
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     data = (data if data is not None else load_domains(config)).to(device)
-    gens, seeds_nets = [], []
+    gens, seeds_nets, seeds_optims = [], [], []
     t0 = time.perf_counter()
     for c in configs:  # the order of train(): global seed (initialisation), generator, build
         torch.manual_seed(c.seed)
         gens.append(torch.Generator().manual_seed(c.seed))
-        seeds_nets.append(build(c, device)[0])
-    G = Stack([nets["G"] for nets in seeds_nets])
-    D = Stack([nets["D"] for nets in seeds_nets])
-    optims = {"G": _adam([G], config), "D": _adam([D], config)}
+        nets, optims = build(c, device)
+        seeds_nets.append(nets)
+        seeds_optims.append(optims)
+    group = Alone(seeds_nets[0], seeds_optims[0], config, device) if K == 1 else Stacked(seeds_nets, config)
     build_s = (time.perf_counter() - t0) / K
-    gan = gan_criterion(config.gan_loss, per_seed=True)
-    precision = resolve_precision(config.precision, device)
-
-    def autocast():
-        if precision != "bf16":
-            return torch.autocast(device_type=device.type, enabled=False)
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-    live = list(range(K))  # seed positions still in the stack, in stack order
-    histories: list[list[EpochStats]] = [[] for _ in range(K)]
-    stopped = [False] * K
-    diverged: list[NonFiniteLossError | None] = [None] * K
-    translators = [make_translator(nets, config.scheme) for nets in seeds_nets]
-    for k, callback in enumerate(callbacks):
-        if callback is not None:
-            callback(EpochStats(0, 0.0, {}), translators[k])  # each seed's untrained map, as train() does
-    bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False,
-               dynamic_ncols=True)
-    last_save = time.monotonic()
-    for epoch in bar:
-        _sync(device)
-        t0 = time.perf_counter()
-        sums, steps = run_epoch_fused(G, D, optims, data, config, [gens[k] for k in live], gan, autocast)
-        _sync(device)
-        epoch_s = time.perf_counter() - t0
-        drop = []
-        for pos, k in enumerate(live):
-            losses = epoch_losses({name: v[pos] for name, v in sums.items()}, steps, config)
-            stats = EpochStats(epoch, epoch_s, losses, seeds=K)
-            histories[k].append(stats)
-            bad = {name: v for name, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}
-            if bad:  # this seed alone fails; the others, independent in the stack, go on as without it
-                diverged[k] = NonFiniteLossError(f"epoch {epoch}: non-finite loss {bad}", epoch)
-                drop.append(pos)
-                continue
-            if callbacks[k] is not None:
-                G.copy_into(pos, seeds_nets[k]["G"])
-                if callbacks[k](stats, translators[k]):
-                    stopped[k] = True
-                    drop.append(pos)
-        saved = False
-        for pos, k in enumerate(live):  # stack positions as they were this epoch, before any drop
-            due = checkpoints[k] is not None and diverged[k] is None and \
-                checkpoints[k].due(epoch, last_save, last=stopped[k] or epoch == config.epochs)
-            if due:
-                _save_seed(checkpoints[k], pos, epoch, configs[k], G, D, optims, seeds_nets[k], gens[k], histories[k])
-                saved = True
-        if saved:
-            last_save = time.monotonic()
-        if drop:
-            keep = torch.tensor([p for p in range(len(live)) if p not in drop], dtype=torch.long)
-            live = [live[p] for p in keep.tolist()]
-            if not live:
-                break
-            states = {name: _snapshot(opt) for name, opt in optims.items()}
-            for stack in (G, D):
-                stack.keep(keep.to(device))
-            optims = {"G": _adam([G], config, states["G"], keep.to(device)),
-                      "D": _adam([D], config, states["D"], keep.to(device))}
-        bar.set_postfix({"s/epoch": f"{epoch_s:.2f}", "seeds": len(live)}, refresh=False)
-    bar.close()
-    for pos, k in enumerate(live):
-        G.copy_into(pos, seeds_nets[k]["G"])
-        D.copy_into(pos, seeds_nets[k]["D"])
-    return [TrainResult(c, histories[k], seeds_nets[k], translators[k], str(device), precision, stopped[k],
-                        diverged=diverged[k], build_s=build_s) for k, c in enumerate(configs)]
+    return run_seeds(configs, group, data, gens, device, list(callbacks or [None] * K),
+                     list(checkpoints or [None] * K), build_s, progress, desc)

@@ -27,6 +27,7 @@ from .config import EXECUTION_KEYS, ConfigError, NonFiniteLossError, RunConfig
 from .data import Domains, load_domains
 from .execution import resolve_device, resolve_execution, resolve_precision, switch
 from .nets import define_D, define_G
+from .replay import Eager, Replay, stepper
 
 LOSS_WEIGHTS = {"adv": "lambda_adv", "l1": "lambda_l1", "cyc": "lambda_cyc", "id": "lambda_id"}
 
@@ -60,6 +61,7 @@ class TrainResult:
     optims: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     diverged: NonFiniteLossError | None = None  # a fused seed whose losses went non-finite: left the stack
     build_s: float = 0.0  # building the networks and optimizers (a fused seed: its share of the stack's)
+    execution: dict[str, bool] = field(default_factory=dict)  # the switches as resolved (cyclelike.execution)
 
     @property
     def timing_seeds(self) -> int:
@@ -132,7 +134,7 @@ def adam(params, config: RunConfig, device: torch.device) -> torch.optim.Adam:
     optimizer's time on CPU); a replayed step keeps its step counts on the device (capturable)."""
     execution = resolve_execution(config, device)
     return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), fused=execution["fused_adam"],
-                            capturable=execution["replay"])
+                            capturable=execution["replay"] and device.type == "cuda")
 
 
 def paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=True, l1=F.l1_loss) -> dict[str, torch.Tensor]:
@@ -188,31 +190,84 @@ def cyclegan_step(nets, optims, x, y, config, gan, autocast) -> dict[str, torch.
     return {"D": loss_d.detach(), **{k: v.detach() for k, v in raw.items()}}
 
 
-def run_epoch(nets, optims, data: Domains, config: RunConfig, gen: torch.Generator, gan, autocast):
-    """One pass over all N pairs in both directions; returns the summed losses and the step count."""
-    n, bs = data.n, config.batch_size
-    pi = data.pairing_for_epoch(gen).to(data.x.device)
-    order = torch.randperm(n, generator=gen).to(data.x.device)
+class Alone:
+    """One seed on its own modules and optimizers: the engine's stack at K = 1, with no vmap, so a seed alone
+    runs exactly the modules it is evaluated and checkpointed with (cyclelike.fused.Stacked is K > 1)."""
+
+    per_seed = False  # the step's losses are scalars
+    batch_dim = 0  # a joint batch stacks both directions here
+
+    def __init__(self, nets: dict[str, nn.Module], optims: dict[str, torch.optim.Optimizer], config: RunConfig,
+                 device: torch.device):
+        self.nets, self.optims = nets, optims
+        # compiled wrappers share the parameters; checkpoints and evaluation keep using the plain modules. On CUDA
+        # reduce-overhead replays CUDA graphs of the compiled networks (replay=on captures whole steps instead)
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        self.step_nets = {k: torch.compile(v, mode=mode) for k, v in nets.items()} if config.compile else nets
+
+    def batch(self, images: torch.Tensor, index: list[torch.Tensor]) -> torch.Tensor:
+        return images[index[0]]
+
+    def modules(self, k: int) -> dict[str, nn.Module]:
+        return self.nets
+
+    def optims_of(self, k: int) -> dict[str, torch.optim.Optimizer]:
+        return self.optims
+
+    def train_mode(self) -> None:
+        for net in self.nets.values():
+            if not net.training:  # a callback's evaluation restores the mode itself; the walk costs ~1 ms
+                net.train()
+
+    def sync(self, pos: int, k: int) -> None:
+        pass  # the modules are the ones trained
+
+    def save(self, pos: int, k: int, checkpoint: Checkpoints, epoch: int, config: RunConfig, gen: torch.Generator,
+             history: list[EpochStats]) -> None:
+        checkpoint.save(epoch, config, self.nets, self.optims, gen, history)
+
+    def keep(self, positions: list[int]) -> None:
+        raise AssertionError("a seed alone leaves by ending the run")
+
+    def finish(self, live: list[int]) -> None:
+        pass
+
+
+def run_epoch(group, data: Domains, config: RunConfig, gens: list[torch.Generator], gan, autocast,
+              steps: Eager | Replay) -> tuple[dict[str, torch.Tensor], int]:
+    """One pass over all N pairs in both directions for each seed of the group: each seed draws its pairing and
+    batch order from its own generator, in the same order as alone. Returns per-seed (K,) loss sums on the
+    device and the step count."""
+    n, bs, device = data.n, config.batch_size, data.x.device
+    pis = [data.pairing_for_epoch(g).to(device) for g in gens]
+    orders = [torch.randperm(n, generator=g).to(device) for g in gens]
+    nets, optims = group.step_nets, group.optims
     sums: dict[str, torch.Tensor] = {}
-    steps = 0
+    count = 0
 
     def add(losses: dict[str, torch.Tensor]) -> None:
-        nonlocal steps
-        steps += 1
+        nonlocal count
+        count += 1
         for k, v in losses.items():
-            sums[k] = sums[k] + v if k in sums else v.float()  # stays on the device: no per-step sync
+            v = v.float().reshape(-1)  # (K,); a seed alone's scalar as K = 1
+            # stays on the device (no per-step sync); a copy, since a replay overwrites its outputs next step
+            sums[k] = sums[k] + v if k in sums else v.clone()
 
-    batches = order.split(bs)
-    if config.scheme == "cyclegan":
-        for idx in batches:
+    batches = list(zip(*(o.split(bs) for o in orders), strict=True))
+    if config.scheme == "cyclegan":  # never fused (check_fusable): one seed
+        for (idx,) in batches:
             # unpaired: Y batches come from an independent order
-            y_idx = torch.randperm(n, generator=gen)[: len(idx)].to(data.x.device)
-            add(cyclegan_step(nets, optims, data.x[idx], data.y[y_idx], config, gan, autocast))
-        return sums, steps
-    pairs = [(data.x[idx], data.y[pi[idx]]) for idx in batches]
-    for src, tgt in scheduled(pairs, config):
-        add(paired_step(nets, optims, src, tgt, config, gan, autocast, two_way=config.scheme != "pix2pix"))
-    return sums, steps
+            y_idx = torch.randperm(n, generator=gens[0])[: len(idx)].to(device)
+            add(steps("cyclegan", lambda x, y: cyclegan_step(nets, optims, x, y, config, gan, autocast),
+                      data.x[idx], data.y[y_idx]))
+        return sums, count
+    pairs = [(group.batch(data.x, list(b)), group.batch(data.y, [pi[idx] for idx, pi in zip(b, pis, strict=True)]))
+             for b in batches]
+    two_way, l1 = config.scheme != "pix2pix", l1_loss(per_seed=group.per_seed)
+    for src, tgt in scheduled(pairs, config, batch_dim=group.batch_dim):
+        add(steps("paired", lambda s, t: paired_step(nets, optims, s, t, config, gan, autocast, two_way, l1),
+                  src, tgt))
+    return sums, count
 
 
 def scheduled(pairs: list[tuple[torch.Tensor, torch.Tensor]], config: RunConfig,
@@ -229,12 +284,20 @@ def scheduled(pairs: list[tuple[torch.Tensor, torch.Tensor]], config: RunConfig,
     return [(torch.cat([x, y], batch_dim), torch.cat([y, x], batch_dim)) for x, y in pairs]
 
 
-def epoch_losses(sums: dict[str, torch.Tensor], steps: int, config: RunConfig) -> dict[str, float]:
-    if not sums:
-        return {}
+def host_means(sums: dict[str, torch.Tensor], steps: int) -> list[dict[str, float]]:
+    """Each seed's mean losses over the epoch's steps, read in the epoch's one host sync."""
     keys = list(sums)
-    means = (torch.stack([sums[k] for k in keys]) / steps).tolist()  # the epoch's one host sync
-    raw = dict(zip(keys, means, strict=True))
+    if not keys:
+        return []
+    rows = (torch.stack([sums[k] for k in keys], 1) / steps).tolist()  # (K, losses)
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def epoch_losses(raw: dict[str, float], config: RunConfig) -> dict[str, float]:
+    """One seed's epoch means as logged: raw `loss/G_l1` and weighted `loss/G_l1_w`, and their total."""
+    if not raw:
+        return {}
+    raw = dict(raw)
     out = {"loss/D": raw.pop("D")}
     total = 0.0
     for k, v in raw.items():
@@ -244,6 +307,17 @@ def epoch_losses(sums: dict[str, torch.Tensor], steps: int, config: RunConfig) -
         total += weighted
     out["loss/G_total"] = total
     return out
+
+
+def autocaster(precision: str, device: torch.device, cache: bool = True) -> Callable:
+    """The context each forward pass runs in: bf16 autocast, or nothing. A replayed step casts the weights
+    inside the graph on every replay (cache=False): a cast cached at capture would be stale after an update."""
+    def autocast():
+        if precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+    return autocast
 
 
 def make_translator(nets: dict[str, nn.Module], scheme: str, batch: int = 64) -> Translator:
@@ -344,6 +418,75 @@ def _resume(path: Path, config: RunConfig, nets, optims, gen) -> tuple[int, list
     return state["epoch"], [EpochStats(**s) for s in state["history"]]
 
 
+def run_seeds(configs: list[RunConfig], group, data: Domains, gens: list[torch.Generator], device: torch.device,
+              callbacks: list, checkpoints: list, build_s: float, progress: bool = False, desc: str = "train",
+              start: int = 0, histories: list[list[EpochStats]] | None = None) -> list[TrainResult]:
+    """The one epoch loop: the K seeds of `group` (Alone: K = 1; cyclelike.fused.Stacked: K > 1) trained side by
+    side. Each seed's callback sees its own epochs and translator (epoch 0 once, before training, when starting
+    from scratch) and stops (prunes) that seed by returning True; a seed whose losses go non-finite leaves with
+    `diverged`; the others continue exactly as without them. Each seed's checkpoint, when due, is saved after its
+    callback has seen the epoch."""
+    config, K = configs[0], len(configs)
+    precision = resolve_precision(config.precision, device)
+    execution = resolve_execution(config, device)
+    gan = gan_criterion(config.gan_loss, per_seed=group.per_seed)
+    autocast = autocaster(precision, device, cache=not execution["replay"])
+    steps = stepper(execution["replay"], device)
+    live = list(range(K))  # seed positions still in the group, in stack order
+    histories = histories if histories is not None else [[] for _ in range(K)]
+    stopped, diverged = [False] * K, [None] * K
+    translators = [make_translator(group.modules(k), config.scheme) for k in range(K)]
+    for k, callback in enumerate(callbacks):
+        if callback is not None and start == 0:
+            callback(EpochStats(0, 0.0, {}), translators[k])  # the untrained map: where formation starts from
+    bar = tqdm(range(start + 1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress,
+               initial=start, total=config.epochs, leave=False, dynamic_ncols=True)
+    last_save = time.monotonic()
+    for epoch in bar:
+        group.train_mode()
+        _sync(device)
+        t0 = time.perf_counter()
+        sums, count = run_epoch(group, data, config, [gens[k] for k in live], gan, autocast, steps)
+        _sync(device)
+        epoch_s = time.perf_counter() - t0
+        drop = []
+        for pos, (k, raw) in enumerate(zip(live, host_means(sums, count) or [{}] * len(live), strict=True)):
+            stats = EpochStats(epoch, epoch_s, epoch_losses(raw, config), seeds=K)
+            histories[k].append(stats)
+            bad = {name: v for name, v in stats.losses.items() if v != v or v in (float("inf"), float("-inf"))}
+            if bad:  # this seed alone fails; the others, independent in the stack, go on as without it
+                diverged[k] = NonFiniteLossError(f"epoch {epoch}: non-finite loss {bad}", epoch)
+                drop.append(pos)
+                continue
+            if callbacks[k] is not None:
+                group.sync(pos, k)
+                if callbacks[k](stats, translators[k]):
+                    stopped[k] = True
+                    drop.append(pos)
+        saved = False
+        for pos, k in enumerate(live):  # stack positions as they were this epoch, before any drop
+            if checkpoints[k] is not None and diverged[k] is None and \
+                    checkpoints[k].due(epoch, last_save, last=stopped[k] or epoch == config.epochs):
+                group.save(pos, k, checkpoints[k], epoch, configs[k], gens[k], histories[k])
+                saved = True
+        if saved:
+            last_save = time.monotonic()
+        losses = histories[live[0]][-1].losses
+        bar.set_postfix({"s/epoch": f"{epoch_s:.2f}", **({"seeds": len(live) - len(drop)} if K > 1 else
+                         {"D": f"{losses.get('loss/D', 0):.3f}", "G": f"{losses.get('loss/G_total', 0):.3f}"})},
+                        refresh=False)
+        if drop:
+            live = [k for pos, k in enumerate(live) if pos not in drop]
+            if not live:
+                break
+            group.keep([pos for pos in range(len(live) + len(drop)) if pos not in drop])
+            steps.reset()  # the graphs captured the networks and optimizers the group just replaced
+    bar.close()
+    group.finish(live)
+    return [TrainResult(c, histories[k], group.modules(k), translators[k], str(device), precision, stopped[k],
+                        start, group.optims_of(k), diverged[k], build_s, execution) for k, c in enumerate(configs)]
+
+
 def train(
     config: RunConfig,
     data: Domains | None = None,
@@ -356,9 +499,11 @@ def train(
     """Train one run. With `checkpoint` (a file, saved every `checkpoint_every` epochs, or Checkpoints),
     resume from that file when it exists and save to it as asked and at the end, optimizer state and random
     state included; an epoch's state is saved after the callback has seen it. The callback sees epoch 0 (no
-    step taken, no losses) once before training, then every epoch; its answer at epoch 0 is ignored."""
+    step taken, no losses) once before training, then every epoch; its answer at epoch 0 is ignored. Raises
+    NonFiniteLossError at the first epoch whose losses are not finite."""
     config.validate()
     device = resolve_device(config.device)
+    resolve_execution(config, device)  # refuses replay=on without CUDA before any work
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     data = (data if data is not None else load_domains(config)).to(device)
@@ -367,51 +512,13 @@ def train(
     t0 = time.perf_counter()
     nets, optims = build(config, device)
     build_s = time.perf_counter() - t0
-    gan = gan_criterion(config.gan_loss)
-    precision = resolve_precision(config.precision, device)
-    use_bf16 = precision == "bf16"
-
-    def autocast():
-        if not use_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
     start, history = 0, []
     if checkpoint is not None and not isinstance(checkpoint, Checkpoints):
         checkpoint = Checkpoints(Path(checkpoint), every=checkpoint_every)
     if checkpoint is not None and checkpoint.path.exists():
         start, history = _resume(checkpoint.path, config, nets, optims, gen)
-    last_save = time.monotonic()
-    translator = make_translator(nets, config.scheme)
-    # compiled wrappers share the parameters; checkpoints and evaluation keep using the plain modules
-    step_nets = {k: torch.compile(v) for k, v in nets.items()} if config.compile else nets
-    stopped = False
-    if callback is not None and start == 0:
-        callback(EpochStats(0, 0.0, {}), translator)  # the untrained map: where formation starts from
-    bar = tqdm(range(start + 1, config.epochs + 1), desc=desc, unit="epoch", disable=not progress,
-               initial=start, total=config.epochs, leave=False, dynamic_ncols=True)
-    for epoch in bar:
-        for net in nets.values():
-            if not net.training:  # a callback's evaluation restores the mode itself; the walk costs ~1 ms
-                net.train()
-        _sync(device)
-        t0 = time.perf_counter()
-        sums, steps = run_epoch(step_nets, optims, data, config, gen, gan, autocast)
-        losses = epoch_losses(sums, steps, config)
-        _sync(device)
-        stats = EpochStats(epoch, time.perf_counter() - t0, losses)
-        history.append(stats)
-        bad = {k: v for k, v in losses.items() if v != v or v in (float("inf"), float("-inf"))}
-        if bad:
-            raise NonFiniteLossError(f"epoch {epoch}: non-finite loss {bad}", epoch)
-        bar.set_postfix({"s/epoch": f"{stats.epoch_s:.2f}", "D": f"{losses['loss/D']:.3f}",
-                         "G": f"{losses['loss/G_total']:.3f}"}, refresh=False)
-        stopped = callback is not None and bool(callback(stats, translator))
-        if checkpoint is not None and checkpoint.due(epoch, last_save, last=stopped or epoch == config.epochs):
-            checkpoint.save(epoch, config, nets, optims, gen, history)
-            last_save = time.monotonic()
-        if stopped:
-            break
-    bar.close()
-    return TrainResult(config, history, nets, translator, str(device), precision, stopped, start, optims,
-                       build_s=build_s)
+    (result,) = run_seeds([config], Alone(nets, optims, config, device), data, [gen], device, [callback], [checkpoint],
+                          build_s, progress, desc, start, [history])
+    if result.diverged is not None:
+        raise result.diverged
+    return result

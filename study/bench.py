@@ -159,26 +159,21 @@ def profile_epoch(config: RunConfig) -> dict:
     time goes, for whoever speeds the fast path up next."""
     from torch.profiler import ProfilerActivity, profile
 
-    from cyclelike.train import build, gan_criterion, run_epoch
+    from cyclelike.replay import Eager
+    from cyclelike.train import Alone, autocaster, build, gan_criterion, run_epoch
 
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     data = load_domains(config).to(device)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    nets, optims = build(config, device)
-    gan = gan_criterion(config.gan_loss)
-
-    def autocast():
-        if precision != "bf16":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-    run_epoch(nets, optims, data, config, gen, gan, autocast)  # allocator, caches and oneDNN primitives
+    group = Alone(*build(config, device), config, device)
+    gan, autocast = gan_criterion(config.gan_loss), autocaster(precision, device)
+    run_epoch(group, data, config, [gen], gan, autocast, Eager())  # allocator, caches and oneDNN primitives
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:  # the epoch alone: no network building, no evaluation
         t0 = time.perf_counter()
-        run_epoch(nets, optims, data, config, gen, gan, autocast)
+        run_epoch(group, data, config, [gen], gan, autocast, Eager())
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0

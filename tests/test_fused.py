@@ -108,17 +108,17 @@ def test_pruning_one_seed_leaves_the_others_unchanged(fp64):
 
 def test_a_diverging_seed_leaves_the_group_and_the_others_are_unchanged(fp64, monkeypatch):
     """One NaN seed raised for the whole group: every seed of it failed, and their retries fused again."""
-    import cyclelike.fused as fused_module
+    import cyclelike.train as engine
 
     configs, data, alone, _ = fp64
-    real, calls = fused_module.epoch_losses, []
+    real, calls = engine.epoch_losses, []
 
     def nan_for_seed_1_at_epoch_1(*args, **kwargs):
         calls.append(1)
         losses = real(*args, **kwargs)
         return {k: float("nan") for k in losses} if len(calls) == 2 else losses  # epoch 1, stack position 1
 
-    monkeypatch.setattr(fused_module, "epoch_losses", nan_for_seed_1_at_epoch_1)
+    monkeypatch.setattr(engine, "epoch_losses", nan_for_seed_1_at_epoch_1)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:

@@ -1,0 +1,163 @@
+"""Step replay and per-device execution switches.
+
+A replayed step reads its inputs from buffers captured once and writes its outputs into the graph's own
+tensors, overwritten by the next replay. Off CUDA, `Recorded` below plays the graph's part with the eager step
+(a replay runs the captured function on the captured buffers and copies its results into fixed outputs), so the
+engine's bookkeeping around a replay (inputs copied in, outputs read before the next replay, one graph per
+shape, graphs dropped when a seed leaves) is tested on CPU against training without replay. The CUDA tests
+(`-k cuda`) need a GPU and skip without one.
+"""
+
+import pytest
+import torch
+
+import cyclelike.train as engine
+from cyclelike.config import ConfigError, RunConfig
+from cyclelike.execution import AUTO, resolve_execution
+from cyclelike.fused import train_fused
+from cyclelike.replay import WARMUP, Eager, Replay
+from cyclelike.train import train
+
+BASE = RunConfig(image_size=16, n_images=7, n_holdout=0, batch_size=3, base_filters=4, d_filters=4, epochs=3,
+                 pairing="shuffled", lambda_cyc=1.0, precision="fp32", threads=1)
+
+
+class Recorded:
+    """A capture backend without CUDA: the step is recorded, not run, at capture; each replay runs it on the
+    captured buffers and writes the results into the same output tensors."""
+
+    def __init__(self):
+        self.captures, self.replays = [], 0
+
+    def eager(self, fn):
+        return fn()
+
+    def capture(self, fn):
+        graph = {"fn": fn, "out": {}}
+        self.captures.append(graph)
+        return graph, graph["out"]
+
+    def replay(self, graph):
+        self.replays += 1
+        for k, v in graph["fn"]().items():
+            if k in graph["out"]:
+                graph["out"][k].copy_(v)
+            else:
+                graph["out"][k] = v.clone()
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """replay=auto replays on this CPU, with the Recorded backend; replay=off runs eagerly."""
+    backends = []
+
+    def stepper(replay, device):
+        if not replay:
+            return Eager()
+        backends.append(Recorded())
+        return Replay(backends[-1])
+
+    for kind in ("cpu", "cpu-bf16"):
+        monkeypatch.setitem(AUTO[kind], "replay", True)
+
+    monkeypatch.setattr(engine, "stepper", stepper)
+    return backends
+
+
+def _losses(result):
+    return [s.losses for s in result.history]
+
+
+@pytest.mark.parametrize("change", [{}, {"scheme": "cyclegan", "pairing": "aligned", "lambda_id": 0.5},
+                                    {"scheme": "pix2pix", "norm": "batch"}])
+def test_a_replayed_run_is_the_eager_run(recorded, change):
+    """N = 7 in batches of 3: two shapes (3 and the last batch's 1), so two graphs, each replayed with every
+    batch of its shape after its warm-up. Same losses every epoch and the same weights at the end: a graph that
+    kept reading the batch it was captured with, or an epoch's sum that kept a replay's output tensor (the next
+    replay overwrites it), would change them."""
+    config = BASE.replace(**change)
+    eager = train(config.replace(replay="off"))
+    replayed = train(config)
+    assert _losses(replayed) == _losses(eager)
+    for name, net in eager.nets.items():
+        for p, q in zip(net.parameters(), replayed.nets[name].parameters(), strict=True):
+            assert torch.equal(p, q), name
+    (backend,) = recorded
+    sizes = (3, 3, 1) * (2 if config.scheme == "cyclelike" else 1)  # cyclelike steps each batch both ways
+    steps = {size: sizes.count(size) * config.epochs for size in set(sizes)}
+    assert len(backend.captures) == sum(n > WARMUP for n in steps.values()) >= 1
+    assert backend.replays == sum(max(0, n - WARMUP) for n in steps.values())
+
+
+def test_fused_seeds_replayed_keep_each_seed_and_recapture_when_one_leaves(recorded):
+    """A pruned seed leaves the stack: the graphs captured the old stacked tensors and Adam, so they are
+    dropped and captured again; the seeds that stay train as without replay."""
+    configs = [BASE.replace(seed=s, n_images=6, batch_size=3, epochs=3) for s in (0, 1, 2)]
+
+    def prune_at(epoch):
+        return lambda stats, translator: stats.epoch == epoch
+
+    callbacks = [None, prune_at(1), None]
+    eager = train_fused([c.replace(replay="off") for c in configs], callbacks=callbacks)
+    replayed = train_fused(configs, callbacks=callbacks)
+    for e, r in zip(eager, replayed, strict=True):
+        assert _losses(r) == _losses(e) and r.stopped_early == e.stopped_early
+    (backend,) = recorded
+    assert len(backend.captures) == 2  # one shape, captured again after seed 1 left
+
+
+def test_replay_on_without_cuda_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"replay=on: .*CUDA graphs.*cpu"):
+        train(BASE.replace(device="cpu", replay="on"))
+
+
+def test_auto_switches_follow_the_device_kind_and_an_explicit_value_wins():
+    """auto reads the AUTO row of the device's kind; on/off override it; a run records what it resolved to."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_execution(BASE, cuda) == AUTO["cuda"]
+    assert resolve_execution(BASE, cpu)["replay"] is False
+    assert resolve_execution(BASE.replace(fused_upsample="on", replay="off"), cuda) == \
+        {**AUTO["cuda"], "fused_upsample": True, "replay": False}
+    assert resolve_execution(BASE.replace(compile=True), cuda)["replay"] is False  # compile replays by itself
+    result = train(BASE.replace(epochs=1, fused_adam="off"))
+    assert result.execution["fused_adam"] is False and result.execution["replay"] is False
+
+
+def test_switches_are_execution_not_condition():
+    """The same maths computed another way is the same condition: its runs are seeds of one another's."""
+    a = BASE.replace(fused_upsample="on", fused_adam="off", channels_last="on", replay="off")
+    b = BASE.replace(fused_upsample="off", fused_adam="on", channels_last="off", replay="auto")
+    assert a.condition() == b.condition()
+    assert RunConfig.from_dict({"fused_adam": False}).fused_adam == "off"  # older configs and checkpoints
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_cuda_replayed_fp32_step_equals_the_eager_step():
+    """Whole steps captured as CUDA graphs: the first epochs' losses to 1e-5 against eager on the same device."""
+    config = BASE.replace(device="cuda", threads=0, image_size=32, n_images=10, batch_size=5, epochs=3,
+                          fused_upsample="off")
+    eager = train(config.replace(replay="off"))
+    replayed = train(config.replace(replay="on"))
+    assert replayed.execution["replay"]
+    for e, r in zip(_losses(eager), _losses(replayed), strict=True):
+        assert r == pytest.approx(e, rel=1e-5, abs=1e-6)
+
+
+@cuda
+def test_cuda_replayed_run_pairs_as_the_eager_run():
+    """A short run's pairing metrics, replayed and eager, on the same seeds."""
+    from analysis.pairing import evaluate_pairing
+    from cyclelike.data import load_domains
+
+    config = BASE.replace(device="cuda", threads=0, image_size=32, n_images=10, batch_size=5, epochs=20,
+                          pairing="aligned")
+    data = load_domains(config)
+    metrics = []
+    for replay in ("off", "on"):
+        result = train(config.replace(replay=replay), data)
+        m = evaluate_pairing(result.translator.forward, result.translator.backward, data.x, data.y, data.pi).metrics
+        metrics.append({k: m[k] for k in ("pair/forward_top1", "pair/bijectivity", "pair/mutual")})
+    assert metrics[0] == pytest.approx(metrics[1], abs=0.11)  # one of N = 10 partners may differ by rounding
