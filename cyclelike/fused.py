@@ -12,7 +12,8 @@ dropping one seed would change the others' masks. A seed whose callback says sto
 from the stack; the others continue exactly as before.
 
 Checkpoints are per seed and in the format of a run alone: a killed group's trials are retried one by
-one (never fused again), each resuming from its own seed's state.
+one (never fused again), each resuming from its own seed's state. The epoch loop is cyclelike.train's
+`run_seeds`, the one a seed alone runs; `Stacked` is the group it drives here.
 """
 
 from __future__ import annotations

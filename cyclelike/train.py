@@ -4,6 +4,10 @@
 discriminator and generator steps included. Each scheme's step is one function that reads top to
 bottom. The callback sees every epoch's stats and the current translator (to evaluate pairing for
 pruning) and stops the run by returning True. Nothing here knows about Optuna or MLflow.
+
+One engine: `run_seeds` is the only epoch loop, for one seed (`Alone`, its plain modules) or the K seeds of one
+condition stacked (cyclelike.fused). How a step executes (fused kernels, channels-last, steps replayed as CUDA
+graphs) is resolved per device by cyclelike.execution and never changes the maths.
 """
 
 from __future__ import annotations
