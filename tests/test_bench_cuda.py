@@ -93,3 +93,12 @@ def test_study_throughput_reads_the_scratch_sweep(monkeypatch):
     out = bench_cuda.study_throughput(1, {"pairing": "aligned"})
     assert out["trials"] == 3 and out["trials_per_hour"] == 1800.0 and out["workers"] == 1 and out["threads"] == 2
     assert out["planned"] == 16 and out["pairing"]["pair/forward_top1"] == 0.5
+
+
+def test_make_bench_runs_the_device_section_when_asked(tmp_path, monkeypatch):
+    from study import bench
+
+    monkeypatch.setattr(bench_cuda, "run", lambda device, settings: {"device": str(device), "ks": settings["ks"]})
+    assert bench.main(["--only", "device", "--out", str(tmp_path / "bench.json")]) == 0
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["device"]["ks"][-1] == 64 and "machine" in written
