@@ -102,3 +102,10 @@ def test_make_bench_runs_the_device_section_when_asked(tmp_path, monkeypatch):
     assert bench.main(["--only", "device", "--out", str(tmp_path / "bench.json")]) == 0
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["device"]["ks"][-1] == 64 and "machine" in written
+
+
+def test_quick_is_what_the_gpu_check_runs(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(bench_cuda, "run", lambda device, settings, out, only: seen.update(settings=settings, out=out))
+    assert bench_cuda.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 0
+    assert seen["settings"]["ks"][-1] == 32 and seen["settings"]["study"] == "sample" and seen["out"].name == "b.json"
