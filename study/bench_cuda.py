@@ -2,12 +2,13 @@
 as study/bench.py on THIS device, every way of executing them side by side in one run.
 
 - ways: the seed workload and the default cell alone, plain (the reference code's stand-in: fp32, every switch
-  off), eager (switches auto, replay off), replayed (whole steps as CUDA graphs), in fp32 and bf16; compile=true.
+  off), eager (switches auto, replay off), replayed (whole steps as CUDA graphs), in fp32 and bf16.
 - switches: each execution switch on against off from the auto setting, and the AUTO row that suggests.
 - fused: train_fused with K = 1..64 seeds, seed-epochs per second, until memory runs out.
 - utilisation: FLOP/s of the seed workload alone and fused at its best K against a bf16 peak measured now.
 - pairing: the default cell replayed against eager, the same seeds: the same maths gives the same pairs.
 - study: the default study with `--workers auto`, wall seconds and trials per hour.
+- compiled: compile=true, its own row; last, since compiling takes minutes.
 
 Every function takes the device and runs on CPU too (replay is off there: graphs are a CUDA feature). This runs
 once on a borrowed GPU with a deadline, so each section writes bench.json as soon as it ends, and a row that fails
@@ -49,7 +50,7 @@ SETTINGS = {
              "study": "whole"},
     "quick": {"epochs": 8, "fused_epochs": 4, "ks": (1, 2, 4, 8, 16, 32), "compile": ("seed",), "study": "sample"},
 }
-SECTIONS = ("ways", "switches", "fused", "utilisation", "pairing", "study")
+SECTIONS = ("ways", "switches", "fused", "utilisation", "pairing", "study", "compiled")
 
 
 def default_cell() -> RunConfig:
@@ -124,19 +125,20 @@ def ways(device: torch.device) -> dict[str, dict]:
             "eager fp32": eager | {"precision": "fp32"},
             "replayed fp32": eager | {"precision": "fp32", "replay": replay},
             "eager bf16": eager | {"precision": "bf16"},
-            "replayed bf16": eager | {"precision": "bf16", "replay": replay},
-            # compile=true replays graphs itself on CUDA (mode reduce-overhead): its own row, never with replay
-            "compiled": eager | {"precision": "auto", "compile": True}}
+            "replayed bf16": eager | {"precision": "bf16", "replay": replay}}
 
 
-def workload_ways(name: str, config: RunConfig, device: torch.device, epochs: int, compiled: bool = True) -> dict:
+# compile=true replays graphs itself on CUDA (mode reduce-overhead): its own row, never with replay, measured last
+# since compiling takes minutes
+COMPILED = {**{k: "auto" for k in SWITCHES}, "replay": "off", "compile": True, "precision": "auto"}
+
+
+def workload_ways(name: str, config: RunConfig, device: torch.device, epochs: int) -> dict:
     """Seconds per epoch of one workload executed each way (ways()), side by side, and each against plain."""
     base = prepare(config, device, epochs)
     data = load_domains(base)
     rows = {}
     for way, values in ways(device).items():
-        if way == "compiled" and not compiled:
-            continue
         rows[way] = guarded(f"{name} {way}", device, lambda v=values: timed(base.replace(**v), data, device))
         r = rows[way]
         if "error" not in r:
@@ -151,6 +153,17 @@ def workload_ways(name: str, config: RunConfig, device: torch.device, epochs: in
               f"plain", flush=True)
     return {"rows": rows, "speedup_vs_plain": {w: plain / s for w, s in timed_rows.items()}, "fastest": fastest,
             "config": base.to_dict()}
+
+
+def compiled_row(name: str, config: RunConfig, device: torch.device, epochs: int, plain_s: float) -> dict:
+    """compile=true's seconds per epoch, against the plain way's (`plain_s`, from section ways)."""
+    base = prepare(config, device, epochs)
+    row = guarded(f"{name} compiled", device, lambda: timed(base.replace(**COMPILED), load_domains(base), device))
+    if "error" not in row:
+        row["speedup_vs_plain"] = plain_s / row["sec_per_epoch"]
+        print(f"{name:7s} compiled       {row['sec_per_epoch']:.4f} s/epoch ({row['precision']}), "
+              f"{row['speedup_vs_plain']:.2f}x plain", flush=True)
+    return row
 
 
 # a switch is "faster" one way when that way's time is below the other's by more than this: the noise of one run
@@ -325,8 +338,7 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
             print(f"[{section} written to {out}]", flush=True)
 
     if "ways" in only:
-        save("ways", {n: workload_ways(n, c, device, s["epochs"], compiled=n in s["compile"])
-                      for n, c in workloads.items()})
+        save("ways", {n: workload_ways(n, c, device, s["epochs"]) for n, c in workloads.items()})
     if "switches" in only:
         evidence = {n: switch_evidence(n, c, device, s["epochs"]) for n, c in workloads.items()}
         has = AUTO[device_kind(device)]
@@ -344,11 +356,15 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
         save("utilisation", figures | {"alone_way": way})
     if "pairing" in only:
         save("pairing", guarded("pairing", device, lambda: replay_pairing(workloads["default"], device)))
-    if "study" in only:  # last: the longest, and worker processes of its own
+    if "study" in only:  # late: the longest, and worker processes of its own
         free_memory(device)
         sets = autotune.sample_pins(load_sweep(REPO / "study" / "configs" / "default.toml").space) \
             if s["study"] == "sample" else None
         save("study", guarded("study", device, lambda: study_throughput("auto", sets)))
+    if "compiled" in only:
+        plain = {n: results.get("ways", {}).get(n, {}).get("rows", {}).get("plain", {}).get("sec_per_epoch", math.nan)
+                 for n in workloads}
+        save("compiled", {n: compiled_row(n, workloads[n], device, s["epochs"], plain[n]) for n in s["compile"]})
     return results
 
 

@@ -15,12 +15,13 @@ from study import bench_cuda
 TINY = RunConfig(image_size=16, n_images=2, n_holdout=0, base_filters=4, d_filters=4, batch_size=2, threads=1,
                  arch="unet")
 WORKLOADS = {"seed": TINY.replace(norm="batch"), "default": TINY.replace(pairing="fixed", lambda_cyc=1.0, epochs=2)}
-SETTINGS = {"epochs": 3, "fused_epochs": 3, "ks": (1, 2), "compile": (), "study": "sample"}
+SETTINGS = {"epochs": 2, "fused_epochs": 2, "ks": (1, 2), "compile": (), "study": "sample"}
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_section_gives_the_figures_bench_json_needs(device, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_cuda, "WARMUP", 1)  # epoch 2 timed: a smoke test, not a measurement
     monkeypatch.setattr(bench_cuda, "gemm_peak", lambda precision, device: 1e12)  # the real one takes seconds
     monkeypatch.setattr(bench_cuda, "study_throughput", lambda workers, sets: {"trials": 16, "sample": sets})
     out = tmp_path / "bench.json"
@@ -46,6 +47,19 @@ def test_every_section_gives_the_figures_bench_json_needs(device, tmp_path, monk
     if not replayed:  # the same eager training twice: the same pairs
         assert pairing["same_seeds"] == 3
     assert results["study"]["trials"] == 16 and "pairing" in results["study"]["sample"]
+    assert results["compiled"] == {}  # compiling takes minutes: the tiny settings compile nothing
+
+
+def test_the_compiled_row_asks_for_compile_and_compares_with_plain(monkeypatch):
+    real, asked = bench_cuda.train, []
+
+    def train(config, data):  # torch.compile itself takes too long for a test
+        asked.append((config.compile, config.replay))
+        return real(config.replace(compile=False), data)
+
+    monkeypatch.setattr(bench_cuda, "train", train)
+    row = bench_cuda.compiled_row("t", TINY, torch.device("cpu"), 3, plain_s=1.0)
+    assert asked == [(True, "off")] and row["speedup_vs_plain"] == 1.0 / row["sec_per_epoch"]
 
 
 def test_fused_climb_stops_at_the_first_k_out_of_memory(monkeypatch):
@@ -69,7 +83,7 @@ def test_a_failing_row_is_recorded_and_the_others_run(monkeypatch):
         return real(config, data)
 
     monkeypatch.setattr(bench_cuda, "train", train)
-    out = bench_cuda.workload_ways("t", TINY, torch.device("cpu"), 3, compiled=False)
+    out = bench_cuda.workload_ways("t", TINY, torch.device("cpu"), 3)
     assert "operation not permitted" in out["rows"]["eager bf16"]["error"]
     assert math.isfinite(out["rows"]["replayed fp32"]["sec_per_epoch"]) and "eager bf16" not in out["speedup_vs_plain"]
 
