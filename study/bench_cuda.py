@@ -321,6 +321,24 @@ def study_throughput(workers: int | str = "auto", sets: dict | None = None, tria
     return out
 
 
+def targets(results: dict) -> dict[str, bool]:
+    """Issue 27's targets, each where the sections it needs have figures: the seed workload alone at <= 0.015
+    s/epoch, the default cell at <= 0.010, the seed workload fused at >= 10% of the peak, the default study's 48
+    trials in <= 60 s (at the rate measured, when a sample ran), the pairs replayed the same as eager."""
+    checks: dict[str, bool] = {}
+    for name, limit in (("seed", 0.015), ("default", 0.010)):
+        ways = results.get("ways", {}).get(name, {})
+        if ways.get("fastest"):
+            checks[f"{name}_alone_le_{limit}_s_per_epoch"] = ways["rows"][ways["fastest"]]["sec_per_epoch"] <= limit
+    if "fused_utilisation" in results.get("utilisation", {}):
+        checks["seed_fused_ge_10pct_of_peak"] = results["utilisation"]["fused_utilisation"] >= 0.10
+    if results.get("study", {}).get("trials_per_hour"):
+        checks["study_48_trials_le_60_s"] = 48 * 3600.0 / results["study"]["trials_per_hour"] <= 60.0
+    if "same_seeds" in results.get("pairing", {}):
+        checks["pairing_replayed_same_as_eager"] = results["pairing"]["same_seeds"] == results["pairing"]["seeds"]
+    return checks
+
+
 def run(device: torch.device, settings: dict, out: Path | None = None, only: tuple[str, ...] = SECTIONS,
         workloads: dict[str, RunConfig] | None = None) -> dict:
     """Every section in order, the cheap and certain first; bench.json (`out`) is rewritten after each. `workloads`:
@@ -333,6 +351,7 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
 
     def save(section: str, value) -> None:
         results[section] = value
+        results["targets"] = targets(results)
         if out is not None:
             out.write_text(json.dumps(results, indent=2, default=str))
             print(f"[{section} written to {out}]", flush=True)
@@ -365,6 +384,7 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
         plain = {n: results.get("ways", {}).get(n, {}).get("rows", {}).get("plain", {}).get("sec_per_epoch", math.nan)
                  for n in workloads}
         save("compiled", {n: compiled_row(n, workloads[n], device, s["epochs"], plain[n]) for n in s["compile"]})
+    print(f"targets: {results.get('targets')}", flush=True)
     return results
 
 

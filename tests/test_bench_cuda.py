@@ -48,6 +48,8 @@ def test_every_section_gives_the_figures_bench_json_needs(device, tmp_path, monk
         assert pairing["same_seeds"] == 3
     assert results["study"]["trials"] == 16 and "pairing" in results["study"]["sample"]
     assert results["compiled"] == {}  # compiling takes minutes: the tiny settings compile nothing
+    assert set(results["targets"]) == {"seed_alone_le_0.015_s_per_epoch", "default_alone_le_0.01_s_per_epoch",
+                                       "seed_fused_ge_10pct_of_peak", "pairing_replayed_same_as_eager"}
 
 
 def test_the_compiled_row_asks_for_compile_and_compares_with_plain(monkeypatch):
