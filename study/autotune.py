@@ -8,6 +8,11 @@ x threads, never more than the cores), and the seeds fused against the same seed
 result is cached per machine (CPU model, cores, torch version, GPU) and cell, in
 ~/.cache/cyclelike/autotune.json (CYCLELIKE_AUTOTUNE_CACHE moves it); `--workers N` or `--fuse-seeds on|off`
 override it.
+
+On CUDA the workers share one GPU, and a small trial leaves most of it idle (kernel launches, not FLOPs). Plans are
+workers x (seeds alone or fused): one worker alone and fused first, which gives the free memory and each worker's
+peak; then more workers, doubling while it pays, never more than fit in MEMORY_SHARE of the free memory nor more
+than the cores (each worker needs a core to launch its kernels). choose_gpu picks among the measured plans.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cyclelike.config import RunConfig
@@ -97,10 +104,12 @@ class Tuning:
     machine: str
     cell: str
     rates: dict[str, float]  # "workers x threads" -> trainings per hour (epochs of the cell, scaled)
-    fused_speedup: float  # K seeds fused against the same K one after another, at the chosen threads
+    fused_speedup: float  # K seeds fused against the same K one after another, at the chosen threads (on CUDA: the
+    # best fused plan's rate over the best plan's without fusing)
     workers: int
     threads: int
     fuse: bool
+    memory: dict[str, int] = field(default_factory=dict)  # CUDA: the free bytes and each worker's peak, alone and fused
 
     @classmethod
     def from_rates(cls, machine: str, cell: str, rates: dict[tuple[int, int], float], fused_speedup: float,
@@ -176,14 +185,152 @@ def tune(config: RunConfig, seeds: list[int], fusable: bool, refresh: bool = Fal
         return known
     cache = json.loads(path.read_text()) if path.exists() else {}
     n = cores()
-    print(f"auto: measuring workers x threads for this machine ({machine}) and cell; cached in {path}", flush=True)
-    rates = {(w, t): measure_plan(config, w, t) for w, t in plans(n)}
-    best = max(rates, key=rates.get)
-    speedup = measure_fused(config, seeds, best[1]) if fusable and len(seeds) > 1 else 0.0
-    tuning = Tuning.from_rates(machine, cell, rates, speedup, n)
+    if on_cuda(config):
+        print(f"auto: measuring workers sharing the GPU, seeds alone and fused, for this machine ({machine}) and "
+              f"cell; cached in {path}", flush=True)
+        tuning = tune_gpu(config, seeds, fusable, machine, cell)
+    else:
+        print(f"auto: measuring workers x threads for this machine ({machine}) and cell; cached in {path}",
+              flush=True)
+        rates = {(w, t): measure_plan(config, w, t) for w, t in plans(n)}
+        best = max(rates, key=rates.get)
+        speedup = measure_fused(config, seeds, best[1]) if fusable and len(seeds) > 1 else 0.0
+        tuning = Tuning.from_rates(machine, cell, rates, speedup, n)
     cache.setdefault(machine, {})[cell] = asdict(tuning)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(cache, indent=1))
     os.replace(tmp, path)
     return tuning
+
+
+# what a worker process holds on the GPU that its allocator does not count (the CUDA context, cuBLAS and cuDNN
+# workspaces: about 0.5-1 GiB with CUDA 12-13), counted for each worker so that the workers fit
+CONTEXT_BYTES = 1 << 30
+MEMORY_SHARE = 0.8  # of the free memory: the rest for fragmentation and whatever else starts on the GPU
+PLAN_TIMEOUT_S = 300  # one plan's workers answer within this, or the plan counts as failed
+GAIN = 1.05  # more workers are measured while the last doubling gave at least this much more
+
+
+def on_cuda(config: RunConfig) -> bool:
+    from cyclelike.execution import resolve_device
+
+    return resolve_device(config.device).type == "cuda"
+
+
+def gpu_workers_fit(free_bytes: float, peak_bytes: float, n_cores: int) -> int:
+    """Workers whose peaks (each with a context) fit in MEMORY_SHARE of the free memory, and no more than the cores:
+    each worker needs a core of its own to launch its kernels. 0 where not even one fits."""
+    return max(0, min(n_cores, int(MEMORY_SHARE * free_bytes // (peak_bytes + CONTEXT_BYTES))))
+
+
+def choose_gpu(free_bytes: float, peak_alone: float, peak_fused: float, rates: dict[tuple[int, bool], float],
+               n_cores: int) -> tuple[int, bool]:
+    """The plan (workers, seeds fused) with the most trials per hour among `rates` (measured: 0 where it failed) that
+    fit in memory and cores; ties go to fewer workers, then to seeds alone. One worker alone where nothing fits: a
+    sweep must run, and one worker is what `--workers 1` would do."""
+    fits = {False: gpu_workers_fit(free_bytes, peak_alone, n_cores),
+            True: gpu_workers_fit(free_bytes, peak_fused, n_cores)}
+    allowed = {p: r for p, r in rates.items() if p[0] <= fits[p[1]] and r > 0}
+    if not allowed:
+        return 1, False
+    return max(allowed, key=lambda p: (allowed[p], -p[0], not p[1]))
+
+
+def worker_counts(limit: int) -> list[int]:
+    """The worker counts measured up to `limit`: doubling from 1, and the limit itself."""
+    counts = [w for w in (1 << i for i in range(limit.bit_length())) if w <= limit]
+    return counts + ([limit] if limit > 0 and counts[-1] != limit else [])
+
+
+def _train_gpu(configs: list[RunConfig], barrier, out) -> None:
+    """One worker of a GPU plan: warm up, wait for the plan's other workers, train `configs` (one: alone; several:
+    the seeds fused) and answer (seconds, the peak memory this process held, the free memory it saw), or the error."""
+    import torch
+
+    from cyclelike.data import load_domains
+    from cyclelike.fused import train_fused
+    from cyclelike.train import train
+
+    def run(epochs: int) -> None:
+        jobs = [c.replace(epochs=epochs) for c in configs]
+        _ = train(jobs[0], data) if len(jobs) == 1 else train_fused(jobs, data)
+
+    try:
+        free = torch.cuda.mem_get_info()[0]
+        torch.set_num_threads(configs[0].threads)
+        data = load_domains(configs[0])
+        run(1)  # warm-up: allocator, cuDNN's choices, the graphs' memory pools
+    except Exception as error:  # noqa: BLE001 - out of memory, typically: the other workers must not wait for ever
+        barrier.abort()
+        out.put(f"{type(error).__name__}: {str(error)[:200]}")
+        return
+    try:
+        barrier.wait(timeout=PLAN_TIMEOUT_S)  # a worker that died without a word must not hold the others
+        t0 = time.perf_counter()
+        run(configs[0].epochs)
+        torch.cuda.synchronize()
+        # reserved, not allocated: what the caching allocator keeps is memory no other worker can have
+        out.put((time.perf_counter() - t0, torch.cuda.max_memory_reserved(), free))
+    except threading.BrokenBarrierError:
+        out.put("another worker of this plan failed")
+    except Exception as error:  # noqa: BLE001
+        out.put(f"{type(error).__name__}: {str(error)[:200]}")
+
+
+def measure_gpu_plan(config: RunConfig, seeds: list[int], workers: int) -> tuple[float, int, int]:
+    """Trainings of `config` per hour with `workers` processes sharing the GPU, each training `seeds` (one: alone;
+    several: fused), the largest peak memory a worker held and the least free memory a worker saw at its start.
+    (0, 0, 0) where a worker failed (out of memory) or did not answer."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(workers), ctx.Queue()
+    jobs = [config.replace(seed=s, threads=max(1, cores() // workers), epochs=MEASURE_EPOCHS) for s in seeds]
+    procs = [ctx.Process(target=_train_gpu, args=(jobs, barrier, out)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    answers: list = []
+    try:
+        answers += [out.get(timeout=PLAN_TIMEOUT_S) for _ in procs]
+    except queue.Empty:
+        answers.append(f"no answer within {PLAN_TIMEOUT_S} s")
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+    for p in procs:
+        p.join()
+    failed = [a for a in answers if isinstance(a, str)]
+    if failed:
+        print(f"auto: {workers} worker(s) x {len(seeds)} seed(s) failed: {failed[0]}", flush=True)
+        return 0.0, 0, 0
+    rate = workers * len(seeds) * 3600.0 / max(a[0] for a in answers) * MEASURE_EPOCHS / config.epochs
+    return rate, max(a[1] for a in answers), min(a[2] for a in answers)
+
+
+def tune_gpu(config: RunConfig, seeds: list[int], fusable: bool, machine: str, cell: str) -> Tuning:
+    """Measure the GPU plans (module docstring) and choose among them."""
+    n = cores()
+    groups = [[seeds[0]]] + ([list(seeds)] if fusable and len(seeds) > 1 else [])
+    rates: dict[tuple[int, bool], float] = {}
+    memory: dict[str, int] = {}
+    for group in groups:
+        fused = len(group) > 1
+        rate, peak, free = measure_gpu_plan(config, group, 1)
+        rates[(1, fused)] = rate
+        memory.setdefault("free_bytes", free)  # seen by the first worker, alone on the GPU
+        memory["peak_fused_bytes" if fused else "peak_alone_bytes"] = peak
+        fit = gpu_workers_fit(memory["free_bytes"], peak, n)
+        print(f"auto: 1 worker, seeds {'fused' if fused else 'alone'}: {rate:.0f} trainings/h, peak "
+              f"{peak / 2**30:.2f} GiB of {memory['free_bytes'] / 2**30:.1f} GiB free: up to {fit} worker(s) fit",
+              flush=True)
+        for w in worker_counts(fit)[1:] if rate > 0 else []:
+            rates[(w, fused)] = measure_gpu_plan(config, group, w)[0]
+            print(f"auto: {w} workers, seeds {'fused' if fused else 'alone'}: {rates[(w, fused)]:.0f} trainings/h",
+                  flush=True)
+            if rates[(w, fused)] < GAIN * rate:  # the GPU (or the cores) are full: more workers only queue
+                break
+            rate = rates[(w, fused)]
+    workers, fuse = choose_gpu(memory["free_bytes"], memory["peak_alone_bytes"],
+                               memory.get("peak_fused_bytes", float("inf")), rates, n)
+    best = {f: max((r for (_, g), r in rates.items() if g == f), default=0.0) for f in (False, True)}
+    return Tuning(machine, cell, {f"{w}x{max(1, n // w)}" + (" fused" if f else ""): r for (w, f), r in rates.items()},
+                  best[True] / best[False] if best[False] > 0 else 0.0, workers, max(1, n // workers), fuse, memory)

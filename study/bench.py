@@ -333,43 +333,49 @@ def machine() -> dict:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-SECTIONS = ("paths", "schedules", "overhead", "throughput", "stopping", "profile")
+SECTIONS = ("paths", "schedules", "overhead", "throughput", "stopping", "profile", "device")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per timing (the first is warm-up)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
                         help="sections to run (default: all): paths (plain vs fast), schedules, overhead, throughput, "
                              "stopping (the default study with stop = off and stop = locked), profile (time per op "
-                             "kind of one seed-workload and one default-cell epoch)")
+                             "kind of one seed-workload and one default-cell epoch), device (study/bench_cuda.py: "
+                             "plain, eager and replayed, each switch, fused K, trials/hour; by default with CUDA only)")
     parser.add_argument("--out", default=str(REPO / "bench.json"), help="where to write the numbers")
     args = parser.parse_args(argv)
+    only = args.only or [s for s in SECTIONS if s != "device" or torch.cuda.is_available()]
     default = load_sweep(REPO / "study" / "configs" / "default.toml").config_for(DEFAULT_CELL, 0)
     results = {"machine": machine()}
     print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
           f"native bf16: {results['machine']['native_bf16']}, precision: {results['machine']['precision']}, "
           f"flags: {' '.join(results['machine']['cpu_flags'])}", flush=True)
-    if "paths" in args.only:
+    if "paths" in only:
         results["seed"] = workload("seed", SEED, args.epochs, with_flops=True)
         results["default"] = workload("default", default, max(args.epochs, 12), with_flops=True)
         # the joint schedule is another algorithm (half the optimizer steps): reported apart, never as a speed-up
         results["seed_joint"] = workload("seed", SEED.replace(direction_schedule="joint"), args.epochs,
                                          with_flops=False)
-    if "schedules" in args.only:
+    if "schedules" in only:
         results["schedules"] = {s: schedule_pairing(default.replace(direction_schedule=s))
                                 for s in ("alternate", "joint")}
-    if "overhead" in args.only:
+    if "overhead" in only:
         results["sweep"] = harness_overhead()
-    if "throughput" in args.only:
+    if "throughput" in only:
         results["throughput"] = throughput()
-    if "stopping" in args.only:
+    if "stopping" in only:
         results["stopping"] = stopping()
-    if "profile" in args.only:
+    if "profile" in only:
         results["profile"] = {"seed": profile_epoch(SEED), "default": profile_epoch(default)}
+    if "device" in only:
+        from .bench_cuda import SETTINGS, run
+
+        results["device"] = run(resolve_device("auto"), SETTINGS["full"])
     out = Path(args.out)
-    if set(args.only) != set(SECTIONS) and out.exists():
+    if args.only is not None and out.exists():
         # one section re-run: the others stay as their last full run measured them (ratios are per section)
         results = {**json.loads(out.read_text()), **results}
     results["targets"] = {k: v for k, v in {

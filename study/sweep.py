@@ -195,8 +195,8 @@ def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, plann
 
 def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int, bool]:
     """Worker processes, torch threads per worker and whether seeds fuse. `auto` reads this machine's cached
-    measurement of the study's typical cell (measuring it once where there is none); never more threads in
-    all than cores."""
+    measurement of the study's typical cell (measuring it once where there is none; on CUDA, workers sharing the GPU
+    within its free memory, study.autotune); never more threads in all than cores."""
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
     if fuse not in ("auto", "on", "off"):

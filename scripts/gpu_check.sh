@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one check to run on a machine with an NVIDIA GPU (issue 27): the CUDA tests, then the quick CUDA bench.
+# Nothing here needs the internet: the venv travels with the checkout. Each step has its own timeout, so the whole
+# ends within about 9 minutes and a hang in one step still leaves the other's output; the bench writes bench.json
+# after each of its sections, so a timeout keeps the figures measured before it.
+# Usage: scripts/gpu_check.sh   (OUT=folder for bench.json and gpu_check.log, default: the checkout; PY=python)
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+OUT=${OUT:-.}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+{
+    echo "== $(date -u '+%F %T') gpu_check at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader || echo "no nvidia-smi"
+    timeout 30 "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "device",
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE: the CUDA tests will skip")'
+    echo "== the CUDA tests (pytest -k cuda, less the CPU variants the CPU suite runs), at most 120 s"
+    timeout -k 10 120 "$PY" -m pytest tests -k "cuda and not cpu" -q -rs --timeout 100 -p no:cacheprovider
+    tests=$?
+    echo "== pytest exit $tests"
+    echo "== the quick CUDA bench, at most 380 s, into $OUT/bench.json"
+    timeout -k 10 380 "$PY" -m study.bench_cuda --quick --out "$OUT/bench.json"
+    bench=$?
+    echo "== bench exit $bench (124: timed out; bench.json keeps the sections that ended)"
+    exit $(( tests > bench ? tests : bench ))
+} 2>&1 | tee "$OUT/gpu_check.log"

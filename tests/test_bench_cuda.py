@@ -1,0 +1,127 @@
+"""study/bench_cuda.py runs once, on a GPU lent for minutes: every section is run here on tiny workloads (on CPU, and
+on CUDA where there is one) and must give the fields bench.json needs, and a failure must cost one row, not the run."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from cyclelike.config import SWITCHES, RunConfig
+from study import bench_cuda
+
+# 2 steps an epoch (one batch each way): a step is captured after 3 eager ones, so epoch 3 is replayed on CUDA
+TINY = RunConfig(image_size=16, n_images=2, n_holdout=0, base_filters=4, d_filters=4, batch_size=2, threads=1,
+                 arch="unet")
+WORKLOADS = {"seed": TINY.replace(norm="batch"), "default": TINY.replace(pairing="fixed", lambda_cyc=1.0, epochs=2)}
+SETTINGS = {"epochs": 2, "fused_epochs": 2, "ks": (1, 2), "compile": (), "study": "sample"}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_section_gives_the_figures_bench_json_needs(device, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_cuda, "WARMUP", 1)  # epoch 2 timed: a smoke test, not a measurement
+    monkeypatch.setattr(bench_cuda, "gemm_peak", lambda precision, device: 1e12)  # the real one takes seconds
+    monkeypatch.setattr(bench_cuda, "study_throughput", lambda workers, sets: {"trials": 16, "sample": sets})
+    out = tmp_path / "bench.json"
+    results = bench_cuda.run(torch.device(device), SETTINGS, out, workloads=WORKLOADS)
+    assert json.loads(out.read_text()).keys() == results.keys()
+    assert results["machine"]["device"] and results["machine"]["git_commit"]
+    replayed = device == "cuda"
+    for name in WORKLOADS:
+        rows = results["ways"][name]["rows"]
+        assert set(rows) == {"plain", "eager fp32", "replayed fp32", "eager bf16", "replayed bf16"}
+        assert all("error" not in r and math.isfinite(r["sec_per_epoch"]) for r in rows.values()), rows
+        assert not any(rows["plain"]["execution"][k] for k in SWITCHES)
+        assert rows["replayed bf16"]["execution"]["replay"] == replayed and rows["eager bf16"]["precision"] == "bf16"
+        evidence = results["switches"]["workloads"][name]
+        assert all(evidence[s]["faster"] in ("on", "off", "same") for s in ("fused_upsample", "fused_adam"))
+        assert ("skipped" in evidence["replay"]) is not replayed
+        fused = results["fused"][name]
+        assert set(fused["k"]) == {1, 2} and fused["best_k"] in (1, 2) and fused["alone_seed_epochs_per_s"] > 0
+    assert set(results["switches"]["suggests"]) == set(SWITCHES)
+    assert 0 < results["utilisation"]["fused_utilisation"] and 0 < results["utilisation"]["alone_utilisation"]
+    pairing = results["pairing"]
+    assert pairing["seeds"] == 3 and set(pairing["runs"][0]["eager"]) >= {"pair/forward_top1", "pair/mutual"}
+    if not replayed:  # the same eager training twice: the same pairs
+        assert pairing["same_seeds"] == 3
+    assert results["study"]["trials"] == 16 and "pairing" in results["study"]["sample"]
+    assert results["compiled"] == {}  # compiling takes minutes: the tiny settings compile nothing
+    assert set(results["targets"]) == {"seed_alone_le_0.015_s_per_epoch", "default_alone_le_0.01_s_per_epoch",
+                                       "seed_fused_ge_10pct_of_peak", "pairing_replayed_same_as_eager"}
+
+
+def test_the_compiled_row_asks_for_compile_and_compares_with_plain(monkeypatch):
+    real, asked = bench_cuda.train, []
+
+    def train(config, data):  # torch.compile itself takes too long for a test
+        asked.append((config.compile, config.replay))
+        return real(config.replace(compile=False), data)
+
+    monkeypatch.setattr(bench_cuda, "train", train)
+    row = bench_cuda.compiled_row("t", TINY, torch.device("cpu"), 3, plain_s=1.0)
+    assert asked == [(True, "off")] and row["speedup_vs_plain"] == 1.0 / row["sec_per_epoch"]
+
+
+def test_fused_climb_stops_at_the_first_k_out_of_memory(monkeypatch):
+    calls = []
+
+    def fused(configs, data):
+        calls.append(len(configs))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(bench_cuda, "train_fused", fused)
+    out = bench_cuda.fused_seeds("t", TINY, torch.device("cpu"), 3, (1, 2, 4))
+    assert calls == [1] and out["k"][1]["out_of_memory"] and out["best_k"] is None
+
+
+def test_a_failing_row_is_recorded_and_the_others_run(monkeypatch):
+    real = bench_cuda.train
+
+    def train(config, data):
+        if config.precision == "bf16":
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return real(config, data)
+
+    monkeypatch.setattr(bench_cuda, "train", train)
+    out = bench_cuda.workload_ways("t", TINY, torch.device("cpu"), 3)
+    assert "operation not permitted" in out["rows"]["eager bf16"]["error"]
+    assert math.isfinite(out["rows"]["replayed fp32"]["sec_per_epoch"]) and "eager bf16" not in out["speedup_vs_plain"]
+
+
+def test_the_suggested_auto_row_follows_the_evidence_of_every_workload():
+    has = {"fused_upsample": True, "fused_adam": True, "channels_last": False, "replay": True}
+    evidence = [{"fused_upsample": {"on_over_off": 1.3}, "fused_adam": {"on_over_off": 0.99},
+                 "channels_last": {"on_over_off": 0.8}, "replay": {"on_over_off": 0.2}},
+                {"fused_upsample": {"on_over_off": 1.2}, "fused_adam": {"on_over_off": math.nan},
+                 "channels_last": {"on_over_off": 1.1}, "replay": {"skipped": "cpu"}}]
+    assert bench_cuda.suggested_row(evidence, has) == {"fused_upsample": False, "fused_adam": True,
+                                                       "channels_last": True, "replay": True}
+
+
+def test_study_throughput_reads_the_scratch_sweep(monkeypatch):
+    table = pd.DataFrame({"state": ["COMPLETE"] * 3 + ["FAIL"]})
+    table.attrs["wall_s"] = 6.0
+    runs = pd.DataFrame({"pair/forward_top1": [0.5, 1.0, 0.0], "pair/mutual": [1.0, 1.0, 1.0]})
+    monkeypatch.setattr(bench_cuda, "_scratch_sweep", lambda *args: (table, runs))
+    monkeypatch.setattr("study.sweep.execution", lambda spec, workers, fuse: (1, 2, False))  # it ranks 8 cells
+    out = bench_cuda.study_throughput(1, {"pairing": "aligned"})
+    assert out["trials"] == 3 and out["trials_per_hour"] == 1800.0 and out["workers"] == 1 and out["threads"] == 2
+    assert out["planned"] == 16 and out["pairing"]["pair/forward_top1"] == 0.5
+
+
+def test_make_bench_runs_the_device_section_when_asked(tmp_path, monkeypatch):
+    from study import bench
+
+    monkeypatch.setattr(bench_cuda, "run", lambda device, settings: {"device": str(device), "ks": settings["ks"]})
+    assert bench.main(["--only", "device", "--out", str(tmp_path / "bench.json")]) == 0
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["device"]["ks"][-1] == 64 and "machine" in written
+
+
+def test_quick_is_what_the_gpu_check_runs(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(bench_cuda, "run", lambda device, settings, out, only: seen.update(settings=settings, out=out))
+    assert bench_cuda.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 0
+    assert seen["settings"]["ks"][-1] == 32 and seen["settings"]["study"] == "sample" and seen["out"].name == "b.json"
