@@ -123,6 +123,9 @@ class Stacked:
     def batch(self, images: torch.Tensor, index: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([images[idx] for idx in index])
 
+    def step_begin(self) -> None:
+        pass
+
     def modules(self, k: int) -> dict[str, nn.Module]:
         return self.seeds_nets[k]
 

@@ -206,8 +206,13 @@ class Alone:
         self.nets, self.optims = nets, optims
         # compiled wrappers share the parameters; checkpoints and evaluation keep using the plain modules. On CUDA
         # reduce-overhead replays CUDA graphs of the compiled networks (replay=on captures whole steps instead)
-        mode = "reduce-overhead" if device.type == "cuda" else None
+        self.graphed = config.compile and device.type == "cuda"
+        mode = "reduce-overhead" if self.graphed else None
         self.step_nets = {k: torch.compile(v, mode=mode) for k, v in nets.items()} if config.compile else nets
+
+    def step_begin(self) -> None:
+        if self.graphed:  # compiled graphs may reuse the previous step's outputs from here on
+            torch.compiler.cudagraph_mark_step_begin()
 
     def batch(self, images: torch.Tensor, index: list[torch.Tensor]) -> torch.Tensor:
         return images[index[0]]
@@ -262,6 +267,7 @@ def run_epoch(group, data: Domains, config: RunConfig, gens: list[torch.Generato
         for (idx,) in batches:
             # unpaired: Y batches come from an independent order
             y_idx = torch.randperm(n, generator=gens[0])[: len(idx)].to(device)
+            group.step_begin()
             add(steps("cyclegan", lambda x, y: cyclegan_step(nets, optims, x, y, config, gan, autocast),
                       data.x[idx], data.y[y_idx]))
         return sums, count
@@ -269,6 +275,7 @@ def run_epoch(group, data: Domains, config: RunConfig, gens: list[torch.Generato
              for b in batches]
     two_way, l1 = config.scheme != "pix2pix", l1_loss(per_seed=group.per_seed)
     for src, tgt in scheduled(pairs, config, batch_dim=group.batch_dim):
+        group.step_begin()
         add(steps("paired", lambda s, t: paired_step(nets, optims, s, t, config, gan, autocast, two_way, l1),
                   src, tgt))
     return sums, count
