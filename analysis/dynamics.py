@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cyclelike.config import SWITCHES
+from cyclelike.config import SWITCH_WORDS, SWITCHES
 
 from .conditions import describe, groups, labelled
 from .evidence import column_or, given, hue_of
@@ -194,14 +194,21 @@ def timing_series(t: pd.DataFrame) -> pd.Series:
 
 # what changes an epoch's cost besides N: runs that differ here are never fitted as one series
 COST_KEYS = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "d_filters", "norm",
-             "precision", "threads", "tags.resolved.device", "compile", *(f"tags.resolved.{k}" for k in SWITCHES),
-             *SWITCHES)  # older runs logged the switches as params only
+             "precision", "threads", "tags.resolved.device", "compile", *SWITCHES)
+
+
+def executed(t: pd.DataFrame, switch: str) -> pd.Series:
+    """A switch as each run executed it, on or off: its `resolved.` tag; for older runs, which logged it as a param
+    (a bool then), that param. `auto` and `on` that resolved alike are one way of computing, so one series."""
+    logged = column_or(t, switch, np.nan).map(lambda v: SWITCH_WORDS.get(str(v).lower(), v), na_action="ignore")
+    return column_or(t, f"tags.resolved.{switch}", np.nan).fillna(logged)
 
 
 def scaling_series(t: pd.DataFrame) -> pd.Series:
     """The series seconds per epoch are fitted in: everything that changes the work or the compute of an epoch
     (a cycle or identity term adds a G pass; threads, device and the execution settings change its speed) is
     its own, and so is a fused run, whose epoch time is its whole group's."""
+    t = t.assign(**{s: executed(t, s) for s in SWITCHES})
     t = t.assign(**{"cycle pass": np.where(column_or(t, "lambda_cyc", 0.0) > 0, "cycle", "no cycle"),
                     "identity pass": np.where(column_or(t, "lambda_id", 0.0) > 0, "identity", "no identity"),
                     "seeds fused": column_or(t, "tags.fused_group", "1").fillna("1")})

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from .config import ConfigError, RunConfig
+from .config import SWITCHES, ConfigError, RunConfig
 from .data import Domains, load_domains
 from .execution import resolve_device, resolve_execution
 from .train import Alone, Checkpoints, EpochStats, TrainResult, Translator, adam, build, run_seeds
@@ -42,6 +42,7 @@ def check_fusable(configs: list[RunConfig]) -> None:
     for c in configs[1:]:
         c.validate()
         changed = sorted(k for k, v in first.condition().items() if c.condition()[k] != v)
+        changed += sorted(k for k in SWITCHES if getattr(c, k) != getattr(first, k))  # one stack runs one way
         if changed:
             raise ConfigError(f"fuse_seeds: the runs differ in {', '.join(changed)}; only seeds of one condition fuse")
     if first.scheme == "cyclegan":

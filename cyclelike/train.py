@@ -416,12 +416,26 @@ def check_resumable(path: Path, config: RunConfig) -> dict:
     return state
 
 
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """The saved moments and step counts into `opt`, which keeps its own execution (fused, capturable): a state
+    dict carries the flags it was saved with, and a checkpoint from a CPU run resumed with CUDA graphs would
+    otherwise refuse capture (capturable=False), and one from a replayed run refuse the CPU."""
+    flags = [{k: g[k] for k in ("fused", "capturable", "foreach")} for g in opt.param_groups]
+    opt.load_state_dict(saved)
+    for group, own in zip(opt.param_groups, flags, strict=True):
+        group.update(own)
+        on_device = own["fused"] or own["capturable"]  # where Adam keeps the step count for this execution
+        for p in group["params"]:
+            if "step" in opt.state.get(p, {}):
+                opt.state[p]["step"] = opt.state[p]["step"].to(torch.float32).to(p.device if on_device else "cpu")
+
+
 def _resume(path: Path, config: RunConfig, nets, optims, gen) -> tuple[int, list[EpochStats]]:
     state = check_resumable(path, config)
     for k, net in nets.items():
         net.load_state_dict(state["nets"][k])
     for k, opt in optims.items():
-        opt.load_state_dict(state["optims"][k])
+        load_optimizer(opt, state["optims"][k])
     gen.set_state(state["rng"]["data"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():

@@ -23,10 +23,10 @@ export PYTHONUNBUFFERED=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
     nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader || echo "no nvidia-smi"
     timeout 30 "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "device",
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE: the CUDA tests will skip")'
-    echo "== the CUDA tests (pytest -k cuda, less the CPU variants the CPU suite runs), at most 120 s"
-    # these three files only: the others import mlflow or optuna at collection
+    echo "== the CUDA tests (pytest -m cuda), at most 120 s"
+    # the tests marked cuda, in these three files only: the others import mlflow or optuna at collection
     timeout -k 10 120 "$PY" -m pytest tests/test_replay.py tests/test_bench_cuda.py tests/test_autotune_gpu.py \
-        -k "cuda and not cpu" -q -rs --timeout 100 -p no:cacheprovider
+        -m cuda -q -rs --timeout 100 -p no:cacheprovider
     tests=$?
     echo "== pytest exit $tests"
     echo "== the quick CUDA bench, at most 380 s, into $OUT/bench.json"

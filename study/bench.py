@@ -167,6 +167,7 @@ def profile_epoch(config: RunConfig) -> dict:
     data = load_domains(config).to(device)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    config = config.replace(replay="off")  # an eager epoch, profiled op by op
     group = Alone(*build(config, device), config, device)
     gan, autocast = gan_criterion(config.gan_loss), autocaster(precision, device)
     run_epoch(group, data, config, [gen], gan, autocast, Eager())  # allocator, caches and oneDNN primitives
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     if "device" in only:
         from .bench_cuda import SETTINGS, run
 
-        results["device"] = run(resolve_device("auto"), SETTINGS["full"])
+        results["device"] = run(resolve_device("auto"), SETTINGS["full"], Path(args.out).with_name("bench_device.json"))
     out = Path(args.out)
     if args.only is not None and out.exists():
         # one section re-run: the others stay as their last full run measured them (ratios are per section)

@@ -244,13 +244,32 @@ def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int,
     return out
 
 
+def device_peak(precision: str, device: torch.device) -> float:
+    """FLOP/s of the device's fastest kernel in `precision`. On CUDA an 8192^3 GEMM timed by CUDA events over 10
+    back-to-back runs after 3 warm-ups (one 2048^3 GEMM takes ~20 us there: launch and sync would be most of it,
+    and a low "peak" would inflate every utilisation read against it); elsewhere study/bench.py's gemm_peak."""
+    if device.type != "cuda":
+        return gemm_peak(precision, device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(8192, 8192, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    return 10 * 2 * 8192**3 / (start.elapsed_time(end) / 1e3)
+
+
 def utilisation(config: RunConfig, device: torch.device, alone_s: float, fused: dict,
                 peak: float | None = None) -> dict:
     """Achieved FLOP/s of the workload alone (at `alone_s` s/epoch) and fused at its best K, against the GEMM peak of
     the device's auto precision (bf16 on a GPU that has it) measured now. FLOPs are counted on an eager epoch (a
     counter cannot see inside a replayed graph; the maths is the same) and a fused epoch is K seeds' epochs."""
     precision = resolve_precision("auto", device)
-    peak = peak if peak is not None else gemm_peak(precision, device)
+    peak = peak if peak is not None else device_peak(precision, device)
     flop = epoch_flops(config.replace(device=device.type, replay="off", compile=False, epochs=1, warmup_epochs=0))
     out = {"precision": precision, "peak_flops": peak, "epoch_flop": flop, "alone_sec_per_epoch": alone_s,
            "alone_utilisation": flop / alone_s / peak}
@@ -281,18 +300,23 @@ def replay_pairing(config: RunConfig, device: torch.device, seeds: tuple[int, ..
         run = config.replace(seed=seed, device=device.type)
         data = load_domains(run)
         row: dict = {"seed": seed}
-        for way, value in (("replayed", replay), ("eager", "off")):
+        # eager twice: on a GPU cuDNN's backward kernels are not bit-reproducible, so eager against eager is what
+        # replayed against eager is read beside
+        for way, value in (("replayed", replay), ("eager", "off"), ("eager again", "off")):
             result = train(run.replace(replay=value), data)
             row[way] = pairing_metrics(result, data) | {"sec_per_epoch": result.sec_per_epoch}
             del result
             free_memory(device)
         row["same"] = all(row["replayed"][k] == row["eager"][k] for k in PAIRING_METRICS)
+        row["eager_same"] = all(row["eager again"][k] == row["eager"][k] for k in PAIRING_METRICS)
         runs.append(row)
         print(f"pairing seed {seed}: " + "  ".join(f"{k.removeprefix('pair/')} {row['replayed'][k]:.2f}/"
                                                   f"{row['eager'][k]:.2f}" for k in PAIRING_METRICS)
-              + f"  (replayed/eager; {'same' if row['same'] else 'DIFFERENT'})", flush=True)
+              + f"  (replayed/eager; {'same' if row['same'] else 'DIFFERENT'}; eager twice: "
+              f"{'same' if row['eager_same'] else 'different'})", flush=True)
     diff = {k: max(abs(r["replayed"][k] - r["eager"][k]) for r in runs) for k in PAIRING_METRICS}
-    return {"replay": replay, "runs": runs, "same_seeds": sum(r["same"] for r in runs), "seeds": len(runs),
+    return {"replay": replay, "runs": runs, "same_seeds": sum(r["same"] for r in runs),
+            "eager_same_seeds": sum(r["eager_same"] for r in runs), "seeds": len(runs),
             "max_abs_diff": diff, "config": config.to_dict()}
 
 

@@ -45,7 +45,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from analysis.store import first_line, tracking_uri
-from cyclelike.config import RunConfig
+from cyclelike.config import EXECUTION_KEYS, RunConfig
 
 from .spec import SweepSpec
 from .storage import KILLED_STALE, StoreOutage, coordinator_lock, heartbeat_enabled, heartbeat_grace_s
@@ -71,7 +71,7 @@ TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.
 
 
 def config_key(config: RunConfig) -> str:
-    return hashlib.sha1(json.dumps(config.condition(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return hashlib.sha1(json.dumps(config.identity(), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _process_start(pid: int) -> str | None:
@@ -268,7 +268,9 @@ def changed_fixed(study: optuna.Study, spec: SweepSpec) -> dict[str, tuple[Any, 
         return {}
     last = earlier[-1]
     now = spec.config_for(last.params, last.user_attrs["seed"]).condition()
-    return {k: (v, now.get(k)) for k, v in last.user_attrs["condition"].items() if now.get(k) != v}
+    # an execution setting recorded by an older trial (the switches were in the condition then) is no change
+    return {k: (v, now.get(k)) for k, v in last.user_attrs["condition"].items()
+            if k not in EXECUTION_KEYS and now.get(k) != v}
 
 
 def count_configs(study: optuna.Study, spec: SweepSpec) -> int:

@@ -104,7 +104,7 @@ class SweepSpec:
     @property
     def fixed_key(self) -> str:
         """The identity of what this sweep file holds fixed (the space and the seed aside)."""
-        fixed = {k: v for k, v in self.base_config().condition().items() if k not in self.space}
+        fixed = {k: v for k, v in self.base_config().identity().items() if k not in self.space}
         return hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def grid_cells(self) -> list[dict[str, Any]]:

@@ -77,6 +77,7 @@ def test_one_seed_is_never_fused_on_cuda(gpu):
     assert not tuning.fuse and all(not fused for _, fused in gpu) and tuning.fused_speedup == 0.0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the probe's workers share a GPU")
 def test_gpu_plan_probe_measures_on_cuda_and_a_failing_worker_fails_the_plan():
     cell = RunConfig(image_size=16, n_images=2, n_holdout=0, base_filters=4, d_filters=4, batch_size=2, epochs=60)

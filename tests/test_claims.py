@@ -194,10 +194,27 @@ def test_timing_series_keep_compute_apart_and_leave_contended_runs_out():
     assert "threads=1" in text and "threads=2" in text and "3 N" in text
 
 
+def test_timing_series_split_by_how_a_switch_was_executed_not_how_it_was_asked():
+    """auto that resolved to on times the same computation as on; an older run logged the switch as a bool param."""
+    t = pd.DataFrame([{"fused_upsample": "auto", "tags.resolved.fused_upsample": "on"},
+                      {"fused_upsample": "on", "tags.resolved.fused_upsample": "on"},
+                      {"fused_upsample": "True"},
+                      {"fused_upsample": "auto", "tags.resolved.fused_upsample": "off"}])
+    series = dynamics.scaling_series(t)
+    assert series.iloc[0] == series.iloc[1] == series.iloc[2] == "fused_upsample=on"
+    assert series.iloc[3] == "fused_upsample=off"
+
+
 def test_fused_seeds_refuse_dropout():
     base = RunConfig(image_size=16, n_images=4, dropout=0.5)
     with pytest.raises(ConfigError, match="dropout"):
         check_fusable([base, base.replace(seed=1)])
+
+
+def test_fused_seeds_execute_one_way():
+    base = RunConfig(image_size=16, n_images=4)
+    with pytest.raises(ConfigError, match="differ in fused_adam"):
+        check_fusable([base, base.replace(seed=1, fused_adam="off")])
 
 
 def test_one_vocabulary_for_given_a_pair_given_none_and_a_new_partner_every_epoch():

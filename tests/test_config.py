@@ -92,3 +92,27 @@ def test_precision_auto_is_the_condition_the_machine_computes(monkeypatch):
 def test_warmup_epochs_only_reads_time_and_is_no_condition():
     """Changing warmup_epochs queued a whole grid again."""
     assert RunConfig(warmup_epochs=1).condition() == RunConfig(warmup_epochs=4).condition()
+
+
+def test_a_study_begun_before_the_switches_were_execution_settings_keeps_its_keys(tmp_path):
+    """Stores made before fused_upsample, fused_adam and channels_last left the condition hold these keys for
+    these conditions, and their trials recorded the switches in `condition`: a sweep resumed there must find its
+    trials (not run the grid again) and see no changed fixed value."""
+    import optuna
+    from conftest import write_sweep
+
+    from study.ledger import changed_fixed, config_key
+    from study.spec import load_sweep
+
+    assert config_key(RunConfig()) == "e4132625e2"
+    assert config_key(RunConfig(scheme="cyclegan", pairing="shuffled", precision="fp32")) == "64d359d3b1"
+    assert config_key(RunConfig(fused_adam="off", replay="on")) == config_key(RunConfig())
+    spec = load_sweep(write_sweep(tmp_path, "older"))
+    config = spec.config_for({"pairing": "fixed"}, 0)
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(
+        params={"pairing": "fixed"}, value=0.0,
+        distributions={"pairing": optuna.distributions.CategoricalDistribution(["aligned", "fixed"])},
+        user_attrs={"seed": 0, "condition": {**config.condition(), "fused_upsample": True, "fused_adam": True,
+                                             "channels_last": False}}))
+    assert changed_fixed(study, spec) == {}
