@@ -19,6 +19,7 @@ one (never fused again), each resuming from its own seed's state. The epoch loop
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable
 
@@ -28,7 +29,7 @@ from torch.func import functional_call, stack_module_state
 
 from .config import SWITCHES, ConfigError, RunConfig
 from .data import Domains, load_domains
-from .execution import resolve_device, resolve_execution
+from .execution import resolve_device, resolve_execution, resolve_precision
 from .train import Alone, Checkpoints, EpochStats, TrainResult, Translator, adam, build, run_seeds
 
 Callback = Callable[[EpochStats, Translator], bool | None]
@@ -56,6 +57,20 @@ def check_fusable(configs: list[RunConfig]) -> None:
     if first.dropout > 0:
         raise ConfigError(f"fuse_seeds: dropout={first.dropout:g} draws every seed's masks from one generator, so a "
                           "fused seed would not be the seed alone; use dropout=0 or fuse_seeds=false")
+    device = resolve_device(first.device)
+    if resolve_precision(first.precision, device) == "bf16" and not vmap_autocasts(device.type):
+        raise ConfigError(f"fuse_seeds: precision=bf16 on {device.type}: this torch's autocast leaves convolutions "
+                          "under vmap in fp32, so a fused seed would not compute what it computes alone (in bf16); use "
+                          "precision=fp32 or fuse_seeds=false")
+
+
+@functools.cache
+def vmap_autocasts(device_type: str) -> bool:
+    """Whether autocast casts a convolution under vmap on this kind of device, as it does one alone. On CPU (torch
+    2.14) it does not: the batching rule calls the convolution past autocast, in fp32."""
+    w, x = torch.zeros(2, 1, 1, 1, 1, device=device_type), torch.zeros(2, 1, 1, 2, 2, device=device_type)
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        return torch.vmap(torch.nn.functional.conv2d)(x, w).dtype == torch.bfloat16
 
 
 class Stack:

@@ -32,7 +32,7 @@ import torch
 from cyclelike.config import SWITCHES, RunConfig
 from cyclelike.data import Domains, load_domains
 from cyclelike.execution import AUTO, device_kind, resolve_device, resolve_execution, resolve_precision
-from cyclelike.fused import train_fused
+from cyclelike.fused import train_fused, vmap_autocasts
 from cyclelike.train import TrainResult, train
 
 from . import autotune
@@ -214,10 +214,13 @@ def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int,
     """Seed-epochs per second of train_fused with K seeds (instance norm: fused refuses batch norm), beside the seed
     alone; stops at the first K that runs out of memory (or fails), and records it."""
     base = prepare(config, device, epochs).replace(norm="instance")
+    if resolve_precision(base.precision, device) == "bf16" and not vmap_autocasts(device.type):
+        base = base.replace(precision="fp32")  # fused seeds refuse bf16 here; alone is timed in fp32 as well
     data = load_domains(base)
     cuda = device.type == "cuda"
     alone = guarded(f"{name} alone", device, lambda: timed(base, data, device))
-    out: dict = {"alone_sec_per_epoch": alone.get("sec_per_epoch", math.nan),
+    out: dict = {"precision": resolve_precision(base.precision, device),
+                 "alone_sec_per_epoch": alone.get("sec_per_epoch", math.nan),
                  "alone_seed_epochs_per_s": 1.0 / alone.get("sec_per_epoch", math.nan), "k": {}}
     for k in ks:
         if cuda:
@@ -276,7 +279,7 @@ def utilisation(config: RunConfig, device: torch.device, alone_s: float, fused: 
     best = fused.get("best_k")
     if best is not None:
         group_s = fused["k"][best]["group_sec_per_epoch"]
-        out |= {"fused_k": best, "fused_group_sec_per_epoch": group_s,
+        out |= {"fused_k": best, "fused_group_sec_per_epoch": group_s, "fused_precision": fused.get("precision"),
                 "fused_utilisation": best * flop / group_s / peak}
     print(f"utilisation: one epoch is {flop / 1e9:.1f} GFLOP; {precision} peak measured now {peak / 1e12:.1f} TFLOP/s; "
           f"alone {out['alone_utilisation']:.2%}"

@@ -207,8 +207,10 @@ def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int,
     try:
         check_fusable([cell, cell.replace(seed=cell.seed + 1)])
         fusable = len(spec.seeds) > 1
-    except ConfigError:
+    except ConfigError as why:
         fusable = False
+        if fuse == "on":
+            print(f"--fuse-seeds on: seeds run one by one, since {why}", flush=True)
     n = autotune.cores()
     tuning = None
     if workers == "auto":

@@ -211,6 +211,26 @@ def test_fused_seeds_refuse_dropout():
         check_fusable([base, base.replace(seed=1)])
 
 
+def test_a_fused_bf16_seed_computes_in_bf16_or_is_refused():
+    """A fused seed must compute what it computes alone. Alone, bf16 autocast runs G's convolutions (its last
+    layer included) in bf16; under vmap on a CPU, torch leaves them in fp32, so fusing is refused there."""
+    import torch
+
+    from cyclelike.fused import Stack
+    from cyclelike.nets import define_G
+
+    configs = [RunConfig(image_size=16, n_images=4, base_filters=4, precision="bf16", device="cpu", seed=s)
+               for s in (0, 1)]
+    try:
+        check_fusable(configs)
+    except ConfigError as refused:
+        assert "vmap" in str(refused) and "precision=fp32" in str(refused)
+        return
+    G = Stack([define_G(c) for c in configs])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert G(torch.zeros(2, 1, 3, 16, 16)).dtype == torch.bfloat16
+
+
 def test_fused_seeds_execute_one_way():
     base = RunConfig(image_size=16, n_images=4)
     with pytest.raises(ConfigError, match="differ in fused_adam"):

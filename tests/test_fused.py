@@ -184,7 +184,9 @@ def test_sweep_auto_reads_the_cached_measurement(tmp_path, monkeypatch):
     from study.spec import parse_sweep
     from study.sweep import execution
 
-    spec = parse_sweep({"name": "t", "seeds": [0, 1], "fixed": {"image_size": 16}, "space": {"n_images": [4]}})
+    # fp32: on a CPU with native bf16, precision=auto would not fuse (cyclelike.fused.vmap_autocasts)
+    spec = parse_sweep({"name": "t", "seeds": [0, 1], "fixed": {"image_size": 16, "precision": "fp32"},
+                        "space": {"n_images": [4]}})
     cell = spec.config_for(spec.grid_cells()[0], 0)
     cache = tmp_path / "autotune.json"
     monkeypatch.setenv("CYCLELIKE_AUTOTUNE_CACHE", str(cache))

@@ -208,7 +208,8 @@ def test_a_diverging_seed_fails_alone_in_its_fused_group(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine, "epoch_losses", nan_once)
     # probe=False: the time estimate's own training would take the patched call
-    table = run_sweep(load_sweep(write_sweep(tmp_path, "fusednan", epochs=2)), fuse="on", probe=False)
+    table = run_sweep(load_sweep(write_sweep(tmp_path, "fusednan", epochs=2, precision='"fp32"')), fuse="on",
+                      probe=False)
     assert sorted(table["state"]) == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("fusednan").experiment_id], "tags.trial != ''")
