@@ -13,8 +13,10 @@ import torch
 from .config import SWITCH_WORDS, SWITCHES, ConfigError, RunConfig
 
 # what `make bench` measured faster on each kind of device, the same maths either way:
-# - CPU (either kind): the fused upsample (2.25x fewer multiply-adds) and fused Adam (a tenth of the optimizer's
-#   time) win; channels_last was slower on oneDNN's 32 px convolutions (study/bench.py, section `execution`).
+# - CPU with native bf16 (Sapphire Rapids, 2 cores, `python -m study.bench_cuda --device cpu --quick --only
+#   switches`, s/epoch on / off): fused_upsample 1.03 / 1.36 (seed workload) and 0.146 / 0.151 (default cell);
+#   fused_adam 1.01 / 1.19 and 0.148 / 0.162; channels_last 1.05 / 1.04 and 0.153 / 0.153, no gain, so off.
+#   The plain CPU row (AVX2, bf16 emulated) keeps the same values; measure it there with the same command.
 # - CUDA (one H200, issue 27): the plain path beat the CPU's fast path by 20-30% (0.069 against 0.083 s/epoch on
 #   the seed workload): the fused upsample's pad/stack/permute kernels cost more launches than its FLOPs save.
 #   Whole steps replayed as CUDA graphs remove the launch cost that dominates small images
