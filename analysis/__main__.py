@@ -30,31 +30,19 @@ def main(argv: list[str] | None = None) -> int:
                                       "with its chance level.", epilog="example: python -m analysis pairing runs/x")
     pair.add_argument("folder", help="a python -m cyclelike train output folder")
     cal = sub.add_parser("calibrate", help="each claim of the report on simulated studies: false-positive rate, power",
-                         description="Run the report's claims (analysis/claims.py) on simulated studies under the "
-                                     "null and with planted effects, and print each claim's false-positive rate and "
-                                     "power (analysis/calibration.py).",
-                         epilog="example: python -m analysis calibrate --studies 1000 --sets 3 --seeds 2")
+                         description="Run the report's tests (analysis/inference.py) on simulated studies at every "
+                                     "design a shipped study runs, under two nulls and with planted effects, and "
+                                     "print each claim's false-positive rate and power (analysis/calibration.py).",
+                         epilog="example: python -m analysis calibrate --design 3x3x10 --studies 2000")
     cal.add_argument("--studies", type=int, default=1000, help="simulated studies per null scenario (default 1000)")
-    cal.add_argument("--power-studies", type=int, default=300, help="per planted scenario (default 300)")
-    cal.add_argument("--sets", type=int, default=3, help="independent data sets per study (default 3)")
-    cal.add_argument("--seeds", type=int, default=2, help="seeds per data set (default 2)")
-    cal.add_argument("--n", type=int, default=10, help="N, images per domain (default 10)")
+    cal.add_argument("--power-studies", type=int, default=300, help="per planted strength (default 300)")
+    cal.add_argument("--design", action="append", default=None, metavar="SETSxSEEDSxN[xCONDITIONS]",
+                     help="a design to calibrate (repeatable); default: every shipped study's")
     args = parser.parse_args(argv)
     if args.command == "pairing":
         return _pairing(Path(args.folder))
     if args.command == "calibrate":
-        from .calibration import calibrate
-
-        for name in ("studies", "power_studies", "sets", "seeds", "n"):
-            if getattr(args, name) < (2 if name == "n" else 1):
-                print(f"error: --{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= "
-                      f"{2 if name == 'n' else 1}", file=sys.stderr)
-                return 2
-        table = calibrate(args.studies, args.power_studies, args.sets, args.seeds, args.n)
-        print(f"{args.studies} simulated studies per null, {args.power_studies} per planted effect; {args.sets} data "
-              f"sets x {args.seeds} seeds, N = {args.n}:")
-        print(table.round(3).to_string(index=False))
-        return 0
+        return _calibrate(args)
     from .store import PROJECT, first_line, safe_url, sqlite_path, tracking_uri, use_store
 
     use_store(args.store)
@@ -102,6 +90,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {failed}; the reason stands in its place on the page and in the warning above",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _calibrate(args) -> int:
+    import pandas as pd
+
+    from .calibration import DESIGNS, calibrate, calibrate_n90, display
+    from .simulate import Design
+
+    for name in ("studies", "power_studies"):
+        if getattr(args, name) < 100:
+            print(f"error: --{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 100",
+                  file=sys.stderr)
+            return 2
+    designs = DESIGNS
+    if args.design:
+        try:
+            designs = [Design(*(int(v) for v in text.lower().split("x"))) for text in args.design]
+            if any(d.sets < 1 or d.seeds < 1 or d.n < 2 or d.conditions < 1 for d in designs):
+                raise ValueError
+        except (TypeError, ValueError):
+            print(f"error: --design {' '.join(args.design)}: expected SETSxSEEDSxN or SETSxSEEDSxNxCONDITIONS, "
+                  "e.g. 3x2x10", file=sys.stderr)
+            return 2
+    pd.set_option("display.width", 200)
+    for design in designs:
+        table = calibrate([design], args.studies, args.power_studies)
+        print(f"\n{design}: false-positive rates over {args.studies} simulated studies per null (2 SE "
+              f"{table['2 SE 1'].iloc[0]:.3f}), power over {args.power_studies} per strength, at level 0.05"
+              + (f" (power at 0.05 / {design.conditions}: Holm's first step)" if design.conditions > 1 else ""))
+        print(display(table).to_string(index=False))
+    n90 = calibrate_n90()
+    print(f"\nN90 over {n90.pop('seeds')} seeds (an estimate, no level): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in n90.items()))
     return 0
 
 

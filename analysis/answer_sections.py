@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from . import claims, dynamics, evidence, questions
+from . import capacity, claims, dynamics, evidence, questions
 from .conditions import labelled, legend
 from .document import Document
 from .figures import plt, sns
@@ -36,15 +36,17 @@ def section_answers(doc: Document, runs: StudyRuns) -> None:
     u = evidence.unpaired(t)
     if len(labelled(t)) > 1:  # every condition named once; the letters stand for them below and in every section
         doc.p(legend(labelled(t)))
-    q1 = questions.unpaired_answers(t)
+    found = questions.conditions_with_claims(u, t) if len(u) else []
+    q1 = questions.unpaired_answers(t, found)
     if q1:
         for sentence in q1:
             doc.p(sentence)
-        doc.table(questions.unpaired_table(u, t), "The evidence behind each sentence, per condition given no pair:")
+        doc.table(questions.unpaired_table(u, t, found), "The evidence behind each sentence, per condition given no "
+                  "pair:")
         doc.p(claims.HOW)
     else:
         doc.p(questions.QUESTION_1_MISSING)
-    q2 = questions.capacity_answers(t)
+    q2 = capacity.capacity_answers(t)
     for sentence in q2 or [questions.QUESTION_2_MISSING]:
         doc.p(sentence)
     for sentence in questions.collapse_answers(t):
@@ -108,8 +110,8 @@ def section_predictors(doc: Document, runs: StudyRuns) -> None:
                  "each epoch.")
         return
     doc.p("The answers above, per condition given no pair; seed kappa is Cohen's kappa between the seeds of one "
-          "data set (0: what their marginals give by chance, 1: the same pairing every seed), with a bootstrap "
-          "interval over data sets.")
+          "data set (0: what their marginals give by chance, 1: the same pairing every seed); across data sets its "
+          "mean over data sets with the one-sided 95% lower bound that decides.")
     fig = questions.predictor_figure(u)
     if fig is not None:
         doc.figure(fig, "predictors.png", "Share of x_i whose learned partner a(i) is the partner of the optimal "
@@ -118,22 +120,22 @@ def section_predictors(doc: Document, runs: StudyRuns) -> None:
                    f"brightness histograms); mean over {len(u)} runs with a 95% bootstrap interval, dashed: "
                    "chance 1/N.")
     doc.table(questions.predictor_table(u, complete(runs.trials)), "Agreement with each candidate explanation: the "
-              "data-only predictors "
-              "(the optimal one-to-one assignment on each one's distance between the original images) and the "
-              "initial map (the untrained G's own assignment at epoch 0), and where the chosen partner ranks on "
-              "each predictor's distance (1: its nearest y). A data set counts once, as a hit when every seed of it "
-              "beats chance at p < 0.05; 'p (Holm)' tests the hits against 5% of the data sets (one-sided "
-              "binomial), Holm-corrected over the candidates; one data set is 'not tested':")
+              "data-only predictors (the optimal one-to-one assignment on each one's distance between the original "
+              "images) and the initial map (the untrained G's own assignment at epoch 0), and where the chosen "
+              "partner ranks on each predictor's distance (1: its nearest y). On these images: the hits of every "
+              "seed against the candidate's partners, permuted once per data set for all its seeds; across data "
+              "sets: the effect per data set (agreement minus that of permuted partners), a one-sided t over three "
+              "or more. Holm over the conditions and candidates; 'not detected' gives this design's power:")
 
 
 def section_capacity(doc: Document, runs: StudyRuns, client) -> None:
     doc.h2("How far one G reaches")
     g = evidence.given(complete(runs.trials))
-    table = questions.n90_table(g)
+    table = capacity.n90_table(g)
     if table.empty:
         doc.note("This needs runs given a pair (aligned or fixed, lambda_l1 > 0) at two or more N.")
         return
-    fig = questions.capacity_figure(g)
+    fig = capacity.capacity_figure(g)
     factor = g["mem/copy_factor"].dropna() if "mem/copy_factor" in g else pd.Series(dtype=float)
     copy = (f"mem/holdout_copy_excess: the share of held-out inputs whose output is nearer to a training target "
             f"than {factor.iloc[0]:g} x the median distance between training targets, minus that of the mean "

@@ -1,232 +1,245 @@
-"""Every claim the report can make, as a test with a known error rate.
+"""Every claim the report makes of question 1, from the runs of the conditions given no pair.
 
-A claim is asked of one whole condition's runs (one DataFrame, as analysis.runs loads it) and answers
-"yes", "no" or "not tested", with its p-value and the numbers behind it. The unit of evidence is an
-independent data set: runs on the same training images (one `data_hash`) are seeds of one data set and
-count once. Where the data at hand cannot reach the level (one data set, too few seeds), the answer is
-"not tested", with the reason, never "no" or "agrees".
-
-analysis.calibration runs these same functions on simulated studies, under the null and with planted
-effects: the false-positive rate and power of each claim are measured there, not assumed.
-
-- `across_sets`: a per-run p-value column (against a random permutation or map) beyond chance across data
-  sets: a data set is a hit when every seed of it has p < 0.05, and the hits are tested against 5% of the
-  data sets (one-sided binomial). One data set can never reach p < 0.05 (P(1 of 1) = 0.05): not tested.
-- `explained`: `across_sets` for each candidate explanation (data-only predictors, the initial map),
-  Holm-corrected over the candidates.
-- `seeds_share`: do the seeds of one data set pick the same partners beyond what their marginals give? A
-  permutation test of the mean Cohen's kappa (rows of each seed's map shuffled: the marginals stay), with a
-  bootstrap interval over data sets.
-- `lu_verdict`: Lu et al.'s "a random one among many": disagrees when seeds share partners or a data-only
-  predictor explains them (Bonferroni over the two); agrees only when neither holds AND, over three or more
-  data sets, kappa's one-sided 95% upper bound lies below 0.2, i.e. the study could have seen sharing. The
-  initial map deciding the pairs is consistent with Lu et al., so it is no evidence against them.
-- `n90`: the largest N up to which EVERY N tried holds forward_top1 >= 0.9.
+A condition's runs become arrays (data sets x seeds x N, each seed's final map and what it is tested against) and
+analysis.inference tests them; this module turns the p-values into verdicts and words. Each claim has two
+scopes: "on these images" (every seed of every data set, one data set suffices) and "across data sets" (the
+data set as the unit, three or more). The primary claims (stored order, one-to-one, collapse, seed sharing) are
+Holm-corrected across the study's conditions, the candidate explanations across conditions and candidates.
+A claim says "yes" at p < 0.05 after the correction; where its test ran without reaching that, "not
+detected", with the effect this design detects with power 0.8 (analysis.simulate, at the design actually run);
+"not tested" where the data cannot carry the test at all. Lu et al.'s verdict is "yes", "no", "inconclusive"
+or "not tested" (inference.lu_codes).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
-from scipy.stats import t as student_t
 
+from . import inference, simulate
 from .conditions import data_set_ids
-from .evidence import holm
+from .inference import ALPHA, MIN_SETS
 from .pairing import INITIAL, PREDICTORS
 
 CANDIDATES = [*PREDICTORS, INITIAL]  # what may explain the pairs: the data-only predictors and the initial map
+PRIMARY = ("order", "one_to_one", "collapse", "share")
+UNITS = {"order": "forward_top1", "one_to_one": "bijectivity", "collapse": "bijectivity", "share": "kappa",
+         "explained": "agreement"}
 
-ALPHA = 0.05
-KAPPA_SHARED = 0.2  # "agrees with Lu et al." needs the kappa interval below this: no more than slight sharing
-MIN_SETS_TO_AGREE = 3
-DRAWS = 499  # permutations of the seed-sharing test: p resolves to 0.002, exact for any number
+HOW = ("How each verdict is decided, and could have come out the other way. On these images: the maps of every seed "
+       "of every data set against a reference (the stored order, a predictor's partners, the untrained map), the "
+       "reference's rows permuted once per data set for all its seeds, so seeds that share one wrong map never "
+       "pass for an effect; one-to-one and collapse against one uniformly random map per data set (exact); seed "
+       "sharing by Cohen's kappa against each seed's rows shuffled. One data set gets an answer, about its own "
+       "images. Across data sets: the effect per data set, a one-sided Student t over three or more. The four "
+       "primary claims are Holm-corrected over the study's conditions, the candidate explanations over conditions "
+       "and candidates, at 0.05. 'Not detected' gives the effect this design finds with power 0.8 (simulated at "
+       "the design run), never 'none'. Agreeing with Lu et al. needs a one-to-one map, no sharing or explanation "
+       "at 0.05, three or more data sets, and mean kappa below a critical value calibrated so that seeds sharing at "
+       f"kappa {simulate.KAPPA_MARGIN} pass in 5% of studies. python -m analysis calibrate prints every claim's "
+       "false-positive rate and power at every shipped design.")
 
 
-HOW = ("How each verdict is decided, and could have come out the other way: a data set (one set of training "
-       "images) counts once, as a hit when every seed of it beats its null at p < 0.05; 'yes' needs enough hits that a "
-       "one-sided binomial test against 5% of the data sets gives p < 0.05 (2 of 2, 2 of 3, 3 of 10), so one data set "
-       "is 'not tested'. Seed sharing is a permutation test of Cohen's kappa (each seed's rows shuffled). Agreeing "
-       "with Lu et al. needs 3 or more data sets and kappa's one-sided 95% upper bound below 0.2; disagreeing needs "
-       "seed sharing or a data-only predictor at p < 0.025. Each claim's false-positive rate and power are measured on "
-       "simulated studies (python -m analysis calibrate) and held at or below 5% by the test suite.")
+@dataclass
+class Verdict:
+    said: str  # yes, not detected, not tested (Lu: yes, no, inconclusive, not tested)
+    p: float = math.nan  # after the correction the verdict used
+    detail: str = ""  # the numbers behind it, one clause
+
+    @property
+    def tested(self) -> bool:
+        return self.said != "not tested"
+
+    def __str__(self) -> str:
+        return f"{self.said} ({self.detail})" if self.detail else self.said
 
 
 @dataclass
 class Claim:
-    verdict: str  # yes, no, not tested
-    p: float = math.nan
-    detail: str = ""
-    low: float = math.nan  # an interval where the claim has one (kappa over data sets)
-    high: float = math.nan
-    sets: int = 0  # independent data sets behind it
-    bound: float = math.nan  # seed sharing: the one-sided 95% upper bound of the mean kappa over data sets
-
-    @property
-    def tested(self) -> bool:
-        return self.verdict != "not tested"
+    images: Verdict  # on these images
+    sets: Verdict  # across data sets
 
 
-def across_sets(g: pd.DataFrame, column: str, ids: np.ndarray | None = None) -> Claim:
-    if column not in g or g[column].isna().all():
-        return Claim("not tested", detail=f"no run reports {column}")
-    ids = pd.factorize(data_set_ids(g))[0] if ids is None else ids
-    return _across(g[column].to_numpy(dtype=float), ids)
+@dataclass
+class Evidence:
+    """One condition's runs as the tests take them (Q = 1), and its design."""
+
+    a: np.ndarray  # (1, D, S, N)
+    valid: np.ndarray  # (1, D, S)
+    refs: dict[str, np.ndarray]
+    design: simulate.Design
 
 
-def _across(values: np.ndarray, ids: np.ndarray) -> Claim:
-    known = ~np.isnan(values)
-    # a data set is a hit only when every seed of it is
-    worst = [values[known & (ids == k)].max() for k in np.unique(ids[known])]
-    sets, hits = len(worst), int((np.asarray(worst) < ALPHA).sum())
-    counted = f"{hits} of {sets} data set{'s' * (sets != 1)}"
-    if sets < 2:
-        return Claim("not tested", detail=f"{counted} (every seed p < 0.05); one data set cannot reach p < 0.05 "
-                                         "however many seeds it has: it needs two or more independent data sets",
-                     sets=sets)
-    p = _binomial_p(hits, sets)
-    return Claim("yes" if p < ALPHA else "no", p, f"{counted} with every seed at p < 0.05, p = {p:.2g}", sets=sets)
-
-
-@lru_cache(maxsize=1024)
-def _binomial_p(hits: int, sets: int) -> float:
-    return float(binomtest(hits, sets, ALPHA, alternative="greater").pvalue)
-
-
-def explained(g: pd.DataFrame, names: list[str], ids: np.ndarray | None = None) -> dict[str, Claim]:
-    """Each candidate's agreement with the learned map beyond chance, Holm over the candidates tested."""
-    ids = pd.factorize(data_set_ids(g))[0] if ids is None else ids
-    columns = [f"pair/agree_{name}_pvalue" for name in names]
-    values = g.reindex(columns=columns).to_numpy(dtype=float)  # one read: a study has many candidates
-    claims = {name: _across(values[:, k], ids) if not np.isnan(values[:, k]).all() else
-              Claim("not tested", detail=f"no run reports {columns[k]}") for k, name in enumerate(names)}
-    tested = [name for name, c in claims.items() if c.tested]
-    for name, p in zip(tested, holm([claims[n].p for n in tested]), strict=True):
-        c = claims[name]
-        claims[name] = Claim("yes" if p < ALPHA else "no", p, c.detail.split(", p =")[0] +
-                             f", p (Holm over {len(tested)}) = {p:.2g}", sets=c.sets)
-    return claims
-
-
-def _maps(g: pd.DataFrame, ids: np.ndarray | None = None) -> list[np.ndarray]:
-    """Per data set with two or more seeds, their assignments as one (seeds, N) array."""
+def evidence(g: pd.DataFrame, conditions: int = 1) -> Evidence | None:
+    """The maps of a condition's runs per data set (seeds of one data set together), with the stored order and
+    every candidate whose partners each run logged; None where no run kept its final map."""
     if "assignment" not in g:
-        return []
-    ids = pd.factorize(data_set_ids(g))[0] if ids is None else ids
-    maps = [(k, np.asarray(a)) for k, a in zip(ids, g["assignment"], strict=True) if isinstance(a, list | np.ndarray)]
-    sets = [np.stack([a for k, a in maps if k == key]) for key in dict.fromkeys(k for k, _ in maps)]
-    return [m for m in sets if len(m) >= 2]
+        return None
+    runs = g[g["assignment"].map(lambda v: isinstance(v, list | np.ndarray))]
+    if runs.empty:
+        return None
+    n = len(runs["assignment"].iloc[0])
+    runs = runs[runs["assignment"].map(len) == n]
+    ids = data_set_ids(runs)
+    order = list(dict.fromkeys(ids))
+    seeds = max(int((ids == k).sum()) for k in order)
+    a = np.full((1, len(order), seeds, n), -1)
+    valid = np.zeros((1, len(order), seeds), bool)
+    refs = {"order": np.broadcast_to(np.arange(n), a.shape)}
+    columns = {INITIAL: runs["initial"] if "initial" in runs else None}
+    partners = runs["partners"] if "partners" in runs else pd.Series(None, index=runs.index)
+    for name in CANDIDATES:
+        refs[name] = np.full(a.shape, -1)
+    complete = {name: True for name in CANDIDATES}
+    for d, key in enumerate(order):
+        for s, (index, row) in enumerate(runs[ids == key].iterrows()):
+            a[0, d, s], valid[0, d, s] = np.asarray(row["assignment"]), True
+            for name in CANDIDATES:
+                ref = columns[INITIAL][index] if name == INITIAL and columns[INITIAL] is not None else \
+                    (partners[index] or {}).get(name) if isinstance(partners[index], dict) else None
+                if isinstance(ref, list | np.ndarray) and len(ref) == n:
+                    refs[name][0, d, s] = np.asarray(ref)
+                else:
+                    complete[name] = False
+    refs = {k: v for k, v in refs.items() if k == "order" or complete[k]}
+    return Evidence(a, valid, refs, simulate.Design(len(order), seeds, n, conditions))
 
 
-def _kappas(maps: np.ndarray, shuffled: np.ndarray | None = None) -> np.ndarray:
-    """Mean Cohen's kappa over the seed pairs of one data set (analysis.pairing.seed_agreement's); with
-    `shuffled` (draws, seeds, N), one per draw. Shuffling a map's rows keeps its marginals, so the expected
-    agreement is the same in every draw."""
-    rows = maps[None] if shuffled is None else shuffled
-    n = maps.shape[1]
-    out = np.zeros(len(rows))
-    pairs = list(itertools.combinations(range(len(maps)), 2))
-    for p, q in pairs:
-        # a tied row (-1) is its own label in each map, never one of the other's: bins 1 and 0 below
-        first = np.bincount(np.where(maps[p] < 0, 1, maps[p] + 2), minlength=n + 2)
-        second = np.bincount(np.where(maps[q] < 0, 0, maps[q] + 2), minlength=n + 2)
-        expected = float((first * second).sum()) / n**2
-        if expected >= 1.0:
-            continue  # both collapsed onto one y: the marginals force every agreement, kappa 0
-        raw = ((rows[:, p] == rows[:, q]) & (rows[:, p] >= 0)).mean(1)
-        out += (raw - expected) / (1.0 - expected)
-    return out / len(pairs)
+def _not_detected(claim: str, design: simulate.Design, scope: str, level: float) -> str:
+    power, effect = simulate.detectable(claim, design, scope, level)
+    unit = UNITS[claim]
+    if math.isnan(effect):
+        return f"power < {simulate.POWER:.1f} at any {unit} this design was simulated at"
+    return f"power {power:.2f} at {unit} {effect:.2f}"
 
 
-def _shuffle_rows(maps: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """`draws` copies of (seeds, N) maps, each seed's rows in its own random order."""
-    order = rng.random((draws, *maps.shape)).argsort(axis=2)
-    return np.take_along_axis(np.broadcast_to(maps, order.shape), order, axis=2)
-
-
-def seeds_share(g: pd.DataFrame, draws: int = DRAWS, seed: int = 0, ids: np.ndarray | None = None) -> Claim:
-    maps = _maps(g, ids)
-    if not maps:
-        return Claim("not tested", detail="no data set with two or more seeds' assignments")
-    rng = np.random.default_rng(seed)
-    per_set = np.array([_kappas(m)[0] for m in maps])
-    null = np.mean([_kappas(m, _shuffle_rows(m, draws, rng)) for m in maps], axis=0)
-    observed = per_set.mean()
-    p = float((1 + (null >= observed - 1e-12).sum()) / (1 + draws))
-    low = high = math.nan
-    sets = len(per_set)
-    if sets >= MIN_SETS_TO_AGREE:  # an interval over data sets, never over the seeds of one
-        boot = rng.choice(per_set, size=(2000, sets)).mean(1)
-        low, high = (float(v) for v in np.quantile(boot, [0.025, 0.975]))
-    detail = (f"kappa {observed:.2f} over {sets} data set{'s' * (sets != 1)}"
-              + (f" (95% bootstrap interval {low:.2f} to {high:.2f})" if sets >= MIN_SETS_TO_AGREE else "")
-              + f", permutation p = {p:.2g}")
-    claim = Claim("yes" if p < ALPHA else "no", p, detail, low, high, sets)
-    claim.bound = kappa_upper_bound(per_set)
-    return claim
-
-
-def kappa_upper_bound(per_set: np.ndarray) -> float:
-    """A one-sided 95% upper bound of the mean kappa over data sets (Student's t): what "no more than slight
-    sharing" is decided on. A percentile bootstrap over three to five data sets is too narrow for that: it
-    said "agrees" 7% of the time at a true kappa of 0.2."""
-    if len(per_set) < 2:
-        return math.nan
-    spread = float(np.std(per_set, ddof=1)) / math.sqrt(len(per_set))
-    return float(np.mean(per_set)) + float(student_t.ppf(0.95, len(per_set) - 1)) * spread
-
-
-def lu_verdict(share: Claim, candidates: dict[str, Claim]) -> Claim:
-    """Lu et al.: the map is "just a random one". Does not agree when the seeds share partners or a candidate
-    explains them (Bonferroni over those two tests); agrees only where sharing could have been seen."""
-    tested = [c.p for c in candidates.values() if c.tested]
-    tests = [p for p in (share.p if share.tested else None, min(tested) if tested else None) if p is not None]
-    if not tests:
-        return Claim("not tested", detail="neither seed sharing nor a candidate explanation could be tested")
-    p = min(1.0, len(tests) * min(tests))
+def _verdict(claim: str, p: float, design: simulate.Design, scope: str, family: str, detail: str) -> Verdict:
+    """Its power is simulated at the level of its first Holm step over the conditions (the candidates of
+    `explained` are corrected inside the simulation)."""
+    corrected = f"p = {p:.2g}" + ("" if family.startswith("1 ") else f" after Holm over {family}")
     if p < ALPHA:
-        why = (["the seeds of a data set share their partners"] if share.verdict == "yes" else []) + \
-            [f"{name} explains them" for name, c in candidates.items() if c.verdict == "yes"]
-        return Claim("no", p, "; ".join(why), sets=share.sets)
-    if share.sets < MIN_SETS_TO_AGREE:
-        return Claim("not tested", p, f"{share.sets} data set{'s' * (share.sets != 1)} with two or more seeds: "
-                     f"agreeing needs {MIN_SETS_TO_AGREE} or more, to see sharing if there were any", sets=share.sets)
-    if not share.bound < KAPPA_SHARED:
-        return Claim("not tested", p, f"kappa's 95% upper bound is {share.bound:.2f}: sharing up to that could not be "
-                     "excluded", sets=share.sets)
-    if not tested or len(tested) < len(candidates):
-        return Claim("not tested", p, "no candidate explanation was logged" if not candidates else
-                     "not every candidate explanation could be tested", sets=share.sets)
-    return Claim("yes", p, f"kappa's 95% upper bound {share.bound:.2f} < {KAPPA_SHARED} and no data-only predictor "
-                 "beyond chance", sets=share.sets)
+        return Verdict("yes", p, f"{detail}, {corrected}")
+    level = ALPHA / design.conditions
+    return Verdict("not detected", p, f"{detail}, {corrected}; {_not_detected(claim, design, scope, level)}")
+
+
+def _sets_text(across: inference.Across, unit: str) -> str:
+    return (f"mean {unit} effect {float(across.mean[0]):+.2f} over {int(across.sets[0])} data sets, one-sided 95% "
+            f"lower bound {float(across.low[0]):+.2f}")
+
+
+def _untested(reason: str) -> dict[str, Claim]:
+    keys = [*PRIMARY, *(f"explained_{c}" for c in CANDIDATES)]
+    out = {k: Claim(Verdict("not tested", detail=reason), Verdict("not tested", detail=reason)) for k in keys}
+    return out | {"lu": Verdict("not tested", detail=reason)}
+
+
+def condition_claims(groups: list[pd.DataFrame], seed: int = 0) -> list[dict[str, Claim]]:
+    """Every claim of each condition given no pair, corrected across the conditions (and candidates)."""
+    m = len(groups)
+    if m == 0:
+        return []
+    found = [evidence(g, m) for g in groups]
+    # each condition its own draws, the same whatever else the study holds
+    tests = [inference.question_one(e.a, e.valid, e.refs, np.random.default_rng([seed, c])) if e else None
+             for c, e in enumerate(found)]
+    out: list[dict[str, Claim]] = [{} if t else _untested("no run kept its final map") for t in tests]
+    keys = [*PRIMARY, *(f"explained_{c}" for c in CANDIDATES)]
+    for scope in ("images", "sets"):
+        p = np.array([[_p(t, k, scope) if t else np.nan for k in keys] for t in tests]).reshape(m, len(keys))
+        primary = inference.holm(p[:, : len(PRIMARY)].T).T  # each claim over the conditions
+        candidates = inference.holm(p[:, len(PRIMARY):].ravel()).reshape(m, -1)  # over conditions x candidates
+        adjusted = np.concatenate([primary, candidates], 1)
+        tested = ~np.isnan(p)
+        family = {key: f"{int(tested[:, k].sum())} conditions" if key in PRIMARY else
+                  f"{int(tested[:, len(PRIMARY):].sum())} candidate tests" for k, key in enumerate(keys)}
+        for c, (e, t) in enumerate(zip(found, tests, strict=True)):
+            if t is None:
+                continue
+            for k, key in enumerate(keys):
+                verdict = _scoped(key, t, e, scope, adjusted[c, k], family[key])
+                claim = out[c].setdefault(key, Claim(Verdict("not tested"), Verdict("not tested")))
+                setattr(claim, scope, verdict)
+    for claims, e, t in zip(out, found, tests, strict=True):
+        if t is None:
+            continue
+        claims["lu"] = lu(t, e, claims)
+    return out
+
+
+def _p(t: dict, key: str, scope: str) -> float:
+    if key not in t:
+        return np.nan
+    return float(t[key].p[0] if scope == "images" else t[key].across().p[0])
+
+
+def _scoped(key: str, t: dict, e: Evidence, scope: str, p: float, family: str) -> Verdict:
+    claim = "explained" if key.startswith("explained_") else key
+    if key not in t:
+        return Verdict("not tested", detail="no run logged its partners" if claim == "explained" else "")
+    test = t[key]
+    if scope == "sets":
+        if int(test.sets[0]) < MIN_SETS:
+            return Verdict("not tested", detail=f"{int(test.sets[0])} data set{'s' * (int(test.sets[0]) != 1)}; "
+                                                f"this scope needs {MIN_SETS} or more")
+        return _verdict(claim, p, e.design, scope, family, _sets_text(test.across(), UNITS[claim]))
+    if np.isnan(p):
+        return Verdict("not tested", detail="no data set has two seeds" if key == "share" else "")
+    return _verdict(claim, p, e.design, scope, family, _images_text(key, test, e))
+
+
+def _images_text(key: str, test: inference.Test, e: Evidence) -> str:
+    if key == "share":
+        sets = int(test.sets[0])
+        return f"kappa {float(test.statistic[0]):.2f}" + (f" over {sets} data sets" if sets > 1 else "")
+    if key in ("one_to_one", "collapse"):
+        return f"bijectivity {float(test.statistic[0]) / e.design.n / max(1, e.design.sets):.2f}"
+    return f"{int(test.statistic[0])} of {int(e.valid.sum()) * e.design.n} rows"
+
+
+def lu(t: dict, e: Evidence, claims: dict[str, Claim]) -> Verdict:
+    """Lu et al.'s "a random one among many", judged on the data-only predictors (the untrained map deciding the
+    pairs would be consistent with a random one, so it is no evidence against them)."""
+    names = [f"explained_{c}" for c in PREDICTORS]
+    explained = np.array([[t[k].p[0] if k in t else np.nan for k in names]])
+    critical = simulate.critical_kappa(simulate.Design(e.design.sets, e.design.seeds, e.design.n))
+    code = str(inference.lu_codes(t, inference.holm(explained), critical)[0])
+    share, kappa = t["share"], float(t["share"].statistic[0])
+    margin = simulate.KAPPA_MARGIN * (1 - 1 / e.design.n) * e.design.n  # kappa's margin as rows out of N
+    if code == "no":
+        why = (["the seeds of a data set share their partners"] if claims["share"].images.said == "yes" or
+               share.p[0] < ALPHA / 2 else []) + [f"{k.removeprefix('explained_')} explains them"
+                                                 for k in names if claims.get(k) and claims[k].images.said == "yes"]
+        return Verdict("no", detail="; ".join(why) or "seed sharing or a predictor at p < 0.025")
+    if code == "yes":
+        return Verdict("yes", detail=f"mean kappa {kappa:.2f} < {critical:.2f}, the critical value at which seeds "
+                                     f"sharing at kappa {simulate.KAPPA_MARGIN} ({margin:.1f} of {e.design.n} rows "
+                                     "beyond chance) pass in 5% of studies; one-to-one, no predictor")
+    if code == "not tested":
+        return Verdict("not tested", detail="no one-to-one map to speak of: every seed pair collapsed onto one y"
+                       if claims["one_to_one"].images.said != "yes" else "no data set with two seeds' maps")
+    reasons = []
+    if claims["one_to_one"].images.said != "yes":
+        reasons.append("no one-to-one map to speak of")
+    if int(share.sets[0]) < MIN_SETS:
+        reasons.append(f"{int(share.sets[0])} data set(s) with a seed pair; agreeing needs {MIN_SETS}")
+    elif not kappa < critical:
+        reasons.append(f"mean kappa {kappa:.2f} is not below {critical:.2f}, the critical value for sharing at kappa "
+                       f"{simulate.KAPPA_MARGIN} ({margin:.1f} of {e.design.n} rows beyond chance)")
+    if any(k not in t for k in names):
+        reasons.append("not every data-only predictor was logged")
+    return Verdict("inconclusive", detail="; ".join(reasons) or "sharing neither shown nor excluded")
 
 
 def n90(by_n: pd.Series) -> int | None:
     """The largest N up to which every N tried holds (mean forward_top1 >= 0.9); None when the smallest fails.
-    A pass after a failure is no capacity: n90_table shows it per N."""
+    A pass after a failure is no capacity: questions.n90_table shows it per N."""
     held = None
     for n, value in by_n.sort_index().items():
         if not value >= 0.9:
             break
         held = int(n)
     return held
-
-
-def claims_for(g: pd.DataFrame, candidates: list[str]) -> dict[str, Claim]:
-    """Every claim of one condition's runs given no pair: what the report says of question 1."""
-    ids = pd.factorize(data_set_ids(g))[0]
-    out = {"beats_chance": across_sets(g, "pair/forward_top1_pvalue", ids),
-           "one_to_one": across_sets(g, "pair/bijectivity_p_permutation", ids),
-           "collapse": across_sets(g, "pair/bijectivity_p_collapse", ids),
-           "seeds_share": seeds_share(g, ids=ids)}
-    each = explained(g, candidates, ids)
-    out |= {f"explained_{name}": c for name, c in each.items()}
-    # the untrained map deciding the pairs is no data-driven pairing: it supports "a random one", so Lu et al.
-    # are judged on the data-only predictors alone
-    out["lu"] = lu_verdict(out["seeds_share"], {k: v for k, v in each.items() if k != INITIAL})
-    return out

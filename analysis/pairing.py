@@ -237,12 +237,11 @@ def _colour_stats(images: torch.Tensor) -> torch.Tensor:
 
 
 def _edges(images: torch.Tensor) -> torch.Tensor:
-    """Sobel gradient magnitude of the grey image: where the outlines are, whatever their colours."""
-    grey = images.float().mean(1, keepdim=True)
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=grey.dtype).view(1, 1, 3, 3)
-    gx = torch.nn.functional.conv2d(grey, kx, padding=1)
-    gy = torch.nn.functional.conv2d(grey, kx.transpose(2, 3), padding=1)
-    return (gx**2 + gy**2).sqrt()
+    """Sobel gradient magnitude of the grey image (scikit-image's): where the outlines are, whatever their colours."""
+    from skimage.filters import sobel
+
+    grey = _grey(images).cpu().numpy()
+    return torch.from_numpy(np.stack([sobel(g) for g in grey]))[:, None].float()
 
 
 def coarse(images: torch.Tensor) -> torch.Tensor:
@@ -426,6 +425,9 @@ class PairingResult:
     # map. Pictures of the evaluation draw them rather than running G again; a run's history drops them.
     outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     pvalues: dict[str, float] = field(default_factory=dict)  # p-values not against a random permutation
+    # each data-only predictor's optimal one-to-one assignment between the original images: what the claims test
+    # the maps of every seed against (analysis.claims)
+    partners: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def statistics(self) -> dict[str, float]:
@@ -491,7 +493,8 @@ def evaluate_pairing(
         metrics.update({k: float("nan") for k in ("pair/backward_top1", "pair/mutual", "pair/cycle_top1",
                                                   "pair/cycle_top1_lowpass")})
     costs = predictor_costs(x, y)
-    shares.update(predictor_agreement(a, {name: optimal_assignment(cost) for name, cost in costs.items()}))
+    partners = {name: optimal_assignment(cost) for name, cost in costs.items()}
+    shares.update(predictor_agreement(a, partners))
     metrics.update({f"pair/rank_{name}": chosen_rank(a, cost) for name, cost in costs.items()})
     pvalues = {}
     if initial is not None:
@@ -508,4 +511,5 @@ def evaluate_pairing(
     # the rate of the mean training target itself (0 or 1), and the rate above it is what memory explains
     baseline = holdout_copy_rate(y.float().mean(0, keepdim=True), y, copy_factor)
     metrics["mem/holdout_copy_excess"] = metrics["mem/holdout_copy_rate"] - baseline
-    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor, baseline, outputs, pvalues)
+    return PairingResult(metrics, shares, distinct, D_xy, D_yx, a, b, pi_np, copy_factor, baseline, outputs, pvalues,
+                         partners)

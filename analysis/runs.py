@@ -139,14 +139,14 @@ def complete(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_seed_agreement(client, trials: pd.DataFrame) -> pd.DataFrame:
-    """Each completed run's final assignment a (`assignment`) and its untrained map's (`initial`, where epoch 0
-    was evaluated), and pair/seed_agreement and pair/seed_kappa per condition and data set (config_key: its
-    runs differ in seed alone): means over seed pairs of the share of i with the same a(i) and of Cohen's
-    kappa. analysis.claims tests the kappa against its own permutation null."""
+    """Each completed run's final assignment a (`assignment`), its untrained map's (`initial`, where epoch 0 was
+    evaluated) and each data-only predictor's partners (`partners`, a dict: what analysis.claims tests the maps
+    against), and pair/seed_agreement and pair/seed_kappa per condition and data set (config_key: its runs differ
+    in seed alone): means over seed pairs of the share of i with the same a(i) and of Cohen's kappa."""
     done = complete(trials)
     if "tags.config_key" not in done or done.empty:
         return trials
-    assignments, initial = {}, {}
+    assignments, initial, partners = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for row in done.itertuples():
             try:
@@ -157,9 +157,12 @@ def add_seed_agreement(client, trials: pd.DataFrame) -> pd.DataFrame:
             assignments[row.run_id] = np.asarray(saved["a"])
             if saved.get("a0") is not None:
                 initial[row.run_id] = np.asarray(saved["a0"])
+            if saved.get("partners"):
+                partners[row.run_id] = {k: np.asarray(v) for k, v in saved["partners"].items()}
     trials = trials.copy()
     trials["assignment"] = trials["run_id"].map(assignments)
     trials["initial"] = trials["run_id"].map(initial)
+    trials["partners"] = trials["run_id"].map(partners)
     for key, group in done.groupby("tags.config_key"):
         ids = [r for r in group.run_id if r in assignments]
         pairs = [seed_agreement(assignments[p], assignments[q]) for p, q in itertools.combinations(ids, 2)]

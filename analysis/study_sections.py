@@ -26,7 +26,6 @@ from .runs import (
     StudyRuns,
     busy_seconds,
     complete,
-    fmt,
     swept_params,
 )
 from .store import run_page
@@ -60,6 +59,15 @@ def plot_metric(t: pd.DataFrame, metric: str, factors: list[str]) -> plt.Figure:
     return fig
 
 
+def duration_text(seconds: float) -> str:
+    """20 s, 4.3 min or 2.1 h: a 20-second study is never "0.0 min"."""
+    if not seconds == seconds:
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
 def section_glance(doc: Document, runs: StudyRuns, client) -> None:
     doc.h2("The study at a glance")
     t = runs.trials
@@ -72,7 +80,7 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
     doc.p(f"Study '{runs.name}': {len(t)} trial runs; swept {sweeps or 'nothing (every run has the same settings)'}; "
           f"seeds {seeds}. Trials complete: {counts.get('COMPLETE', 0)}, pruned: {counts.get('PRUNED', 0)}, "
           f"failed: {counts.get('FAIL', 0)}, other: {other}. "
-          f"Wall time {fmt(wall / 60, 1)} min (the time during which at least one trial ran, over every "
+          f"Wall time {duration_text(wall)} (the time during which at least one trial ran, over every "
           f"invocation, killed ones included). {schedules_text(t)}Objective: "
           + ", ".join(f"{o} ({d})" for o, d in zip(runs.objectives, runs.directions, strict=True)) + ".")
     doc.p(questions.ledger_text(t, missing_cells(t, runs.sweep.get("space", {}), runs.sweep.get("seeds", []))))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data": ("synthetic", "folders", "hdf5"),
+    "data": ("synthetic", "folders", "hdf5", "lfw"),
     "pairing": ("aligned", "fixed", "shuffled"),
     "scheme": ("cyclelike", "cyclegan", "pix2pix"),
     "arch": ("encdec", "unet"),
@@ -22,7 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "fp32", "bf16"),
     "direction_schedule": ("alternate", "interleave", "joint"),
     "stop": ("off", "locked"),
-    "x_domain": ("faces", "planes"),
+    "x_domain": ("faces", "planes", "edges"),
     "y_domain": ("faces", "planes"),
 }
 
@@ -66,11 +66,13 @@ def _help(text: str, default: Any, **kw: Any) -> Any:
 @dataclass
 class RunConfig:
     # data
-    data: str = _help("data source: synthetic (embedded), folders (two image folders) or hdf5", "synthetic")
+    data: str = _help("data source: synthetic (embedded), folders (two image folders), hdf5, or lfw (scikit-image's "
+                      "bundled Labeled Faces in the Wild: 100 photographs, 25 px grey)", "synthetic")
     x_path: str = _help("domain X: an image folder, or for hdf5 a file (optionally FILE:DATASET)", "")
     y_path: str = _help("domain Y: an image folder, or for hdf5 a file (defaults to x_path)", "")
-    x_domain: str = _help("synthetic domain used as X", "faces")
-    y_domain: str = _help("synthetic domain used as Y", "planes")
+    x_domain: str = _help("synthetic: the domain used as X (faces or planes); lfw: edges (each Y face's edge map, "
+                          "row i the partner of row i: a known truth) or faces (other people's faces: none)", "faces")
+    y_domain: str = _help("synthetic: the domain used as Y (faces or planes); lfw: faces", "planes")
     n_images: int = _help("N: images per domain used for training", 10)
     n_holdout: int = _help("held-out images per domain (for mem/holdout_copy_rate)", 4)
     image_size: int = _help("square image side in pixels, a power of two in 16..256", 32)
@@ -189,6 +191,12 @@ class RunConfig:
             raise ConfigError(f"y_path={self.y_path!r}: data=folders needs a folder for domain Y")
         if self.data == "synthetic" and self.x_domain == self.y_domain:
             raise ConfigError(f"y_domain={self.y_domain!r}: must differ from x_domain={self.x_domain!r}")
+        if self.data == "synthetic" and self.x_domain == "edges":
+            raise ConfigError("x_domain='edges': edge maps are of data=lfw's photographs; synthetic domains are faces "
+                              "or planes")
+        if self.data == "lfw" and (self.y_domain != "faces" or self.x_domain == "planes"):
+            raise ConfigError(f"x_domain={self.x_domain!r}, y_domain={self.y_domain!r}: data=lfw has y_domain=faces "
+                              "and x_domain=edges (their edge maps) or faces (other faces)")
         return self
 
     def _at_least(self, name: str, low: int) -> None:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .config import DataError, RunConfig
+from .lfw import lfw_domains
 from .synthetic import synthetic_domain
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -217,6 +218,10 @@ def load_domains(config: RunConfig) -> Domains:
         y_pool.names = [f"{config.y_domain}{drawn}[{i}]" for i in range(n + n_holdout)]
     elif config.data == "folders":
         x_pool, y_pool = load_folder(config.x_path, size), load_folder(config.y_path, size)
+    elif config.data == "lfw":
+        x, y, x_names, y_names = lfw_domains(config)
+        x_pool = Pool(_to_unit_range(x, size), x_names, f"lfw:{config.x_domain}")
+        y_pool = Pool(_to_unit_range(y, size), y_names, "lfw:faces")
     else:
         x_pool = load_hdf5(config.x_path, HDF5_TRAIN_KEYS[0], size)
         y_pool = load_hdf5(config.y_path or config.x_path, HDF5_TRAIN_KEYS[1], size)

@@ -458,6 +458,7 @@ def _write_final_artifacts(root: Path, result, final: PairingResult, strip: Imag
          # the untrained map (epoch 0): where the pairs started from
          "a0": None if initial is None else initial.a.tolist(),
          "b0": None if initial is None or initial.b is None else initial.b.tolist(),
+         "partners": {name: p.tolist() for name, p in final.partners.items()},
          "x_names": data.x_names, "y_names": data.y_names}, indent=1))
     (root / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2))
     for name, net in result.nets.items():

@@ -12,7 +12,7 @@ import pytest
 from conftest import store_in
 from mlflow.tracking import MlflowClient
 
-from analysis import dynamics, evidence, questions
+from analysis import capacity, dynamics, evidence, questions
 from analysis.pairing import formation, is_locked, seed_agreement
 from analysis.runs import settings
 from cyclelike.config import ConfigError, RunConfig
@@ -43,7 +43,7 @@ def test_n90_keeps_conditions_apart():
     rows = [{"pairing": p, "scheme": "cyclelike", "lambda_l1": 10.0, "epochs": 40, "arch": "unet", "base_filters": 32,
              "n_images": n, "seed": s, "pair/forward_top1": v, "model/generator_params": 1e6}
             for p, v in (("aligned", 1.0), ("fixed", 0.8)) for n in (10, 20) for s in (0, 1)]
-    table = questions.n90_table(evidence.given(pd.DataFrame(rows))).set_index("pairing")
+    table = capacity.n90_table(evidence.given(pd.DataFrame(rows))).set_index("pairing")
     assert table.loc["aligned", "N90"] == ">= 20"
     assert table.loc["fixed", "N90"] == "-"
     assert len(table) == 2
@@ -53,30 +53,34 @@ def test_n90_interval_comes_from_each_seeds_own_n90():
     rows = [{"pairing": "fixed", "arch": "unet", "lambda_l1": 10.0, "epochs": 40, "n_images": n, "seed": s,
              "pair/forward_top1": v} for s, values in ((0, (1.0, 1.0, 0.5)), (1, (1.0, 0.6, 0.4)))
             for n, v in zip((10, 20, 40), values, strict=True)]
-    row = questions.n90_table(pd.DataFrame(rows)).iloc[0]
+    row = capacity.n90_table(pd.DataFrame(rows)).iloc[0]
     assert row["N90"] == "10"  # mean at N = 20 is 0.8
     assert row["N90 per seed"] == "10 to 20"
 
 
-def _predictor_runs(data_seeds: list[int], seeds: list[int], p: float) -> pd.DataFrame:
-    return pd.DataFrame([{"pairing": "shuffled", "scheme": "cyclelike", "lambda_l1": 0.0, "n_images": 10,
-                          "data_seed": d, "seed": s, **{f"pair/agree_{name}": 0.5 for name in questions.PREDICTORS},
-                          **{f"pair/agree_{name}_pvalue": p for name in questions.PREDICTORS}}
-                         for d in data_seeds for s in seeds])
+def _predictor_runs(data_seeds: list[int], seeds: list[int]) -> pd.DataFrame:
+    """Every seed's map is the pixel predictor's partners of its data set; the others' partners are random."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for d in data_seeds:
+        partners = {name: rng.permutation(10) for name in questions.PREDICTORS}
+        rows += [{"pairing": "shuffled", "scheme": "cyclelike", "lambda_l1": 0.0, "n_images": 10, "data_seed": d,
+                  "seed": s, "tags.data_hash": f"h{d}", "assignment": partners["pixel"], "partners": partners,
+                  **{f"pair/agree_{name}": 0.5 for name in questions.PREDICTORS}} for s in seeds]
+    return pd.DataFrame(rows)
 
 
-def test_predictor_test_over_six_runs_of_one_data_set_counts_one_data_set():
-    table = questions.predictor_table(_predictor_runs([0], [0, 1, 2, 3, 4, 5], 0.001))
-    assert (table["data sets p<0.05"] == "1 of 1").all()
-    assert (table["beyond chance"] == "not tested").all()  # one data set cannot show it, however many seeds
+def test_six_seeds_of_one_data_set_answer_on_its_images_never_across_data_sets():
+    table = questions.predictor_table(_predictor_runs([0], [0, 1, 2, 3, 4, 5])).set_index("candidate")
+    assert table.loc["pixel", "on these images"].startswith("yes (60 of 60 rows")
+    assert (table["across data sets"].str.startswith("not tested (1 data set")).all()
 
 
 def test_predictor_hits_over_independent_data_sets_are_holm_corrected():
-    table = questions.predictor_table(_predictor_runs([0, 1, 2, 3], [0, 1], 0.001))
-    assert (table["data sets p<0.05"] == "4 of 4").all()
-    # one-sided binomial P(4 of 4 | 5%) = 6.25e-6, times the 7 data-only predictors by Holm
-    assert table["p (Holm)"].max() == pytest.approx(7 * 6.25e-6, rel=0.01)
-    assert (table["beyond chance"] == "yes").all()
+    table = questions.predictor_table(_predictor_runs([0, 1, 2, 3], [0, 1])).set_index("candidate")
+    for scope in ("on these images", "across data sets"):
+        assert table.loc["pixel", scope].startswith("yes") and "after Holm over 7 candidate tests" in \
+            table.loc["pixel", scope]
 
 
 def test_a_row_that_changed_at_the_last_evaluation_is_not_locked():
@@ -178,18 +182,22 @@ def test_p_values_and_intervals_have_no_chance_level():
 
 
 def test_the_answer_sets_the_finding_beside_lu_et_al_counting_data_sets_once():
+    """Three data sets whose seeds share one one-to-one map each: on these images one-to-one and shared; across
+    data sets the data set is the unit, with its own interval."""
+    rng = np.random.default_rng(1)
+    maps = [rng.permutation(10) for _ in range(3)]
     rows = [{"pairing": "shuffled", "scheme": "cyclegan", "lambda_l1": 0.0, "n_images": 10, "data_seed": d,
-             "seed": s, "tags.config_key": f"k{d}", "pair/bijectivity": 0.9, "pair/forward_top1": 0.1,
-             "pair/bijectivity_p_permutation": 0.01 if d < 2 else 0.01 * (s + 1) * 4}
-            for d in range(3) for s in range(2)]
+             "seed": s, "tags.data_hash": f"h{d}", "pair/bijectivity": 1.0, "pair/forward_top1": 0.1,
+             "assignment": maps[d]} for d in range(3) for s in range(2)]
     text = questions.unpaired_answers(pd.DataFrame(rows))[0]
-    assert "Lu et al. (AAAI 2019)" in text
-    # seeds of one data set are one piece of evidence: data set 2 has one seed at p = 0.04 and one at 0.08
-    assert "one-to-one maps formed (2 of 3 data sets)" in text
+    assert "Lu et al. (AAAI 2019)" in text and "of cyclegan's maps here, this study does not agree" in text
+    assert "one-to-one maps formed" in text and "across data sets: one-to-one yes" in text
+    table = questions.unpaired_table(pd.DataFrame(rows)).iloc[0]
+    assert "over 3 data sets, one-sided 95% lower bound" in table["one-to-one, across data sets"]
 
 
 def test_n90_reads_a_budget_that_grows_with_n_as_part_of_n():
     rows = [{"pairing": "fixed", "arch": "unet", "lambda_l1": 10.0, "n_images": n, "epochs": 25 * n, "seed": s,
              "pair/forward_top1": v} for s in (0, 1) for n, v in ((10, 1.0), (20, 0.95), (40, 0.5))]
-    table = questions.n90_table(pd.DataFrame(rows))
+    table = capacity.n90_table(pd.DataFrame(rows))
     assert len(table) == 1 and table.iloc[0]["N90"] == "20"

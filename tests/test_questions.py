@@ -14,7 +14,7 @@ import torch
 from conftest import store_in
 from mlflow.tracking import MlflowClient
 
-from analysis import dynamics, evidence, questions
+from analysis import capacity, dynamics, evidence, questions
 from analysis.pairing import bijectivity, chance_band, predictor_partners
 from analysis.report import build_report
 from study.spec import parse_sweep
@@ -75,13 +75,13 @@ def test_n90_is_the_largest_n_up_to_which_every_n_held():
                 ("unet", 16, 80, 0.92, 2e5), ("unet", 16, 160, 0.3, 2e5),
                 ("unet", 64, 10, 1.0, 3e6), ("unet", 64, 20, 1.0, 3e6),
                 ("encdec", 16, 10, 0.5, 1e5), ("encdec", 16, 20, 0.2, 1e5)])
-    table = questions.n90_table(evidence.given(t)).set_index(["arch", "base_filters"])
+    table = capacity.n90_table(evidence.given(t)).set_index(["arch", "base_filters"])
     assert table.loc[("unet", 16), "N90"] == "20" and table.loc[("unet", 16), "pairs per M params"] == 100.0
     assert "80: 0.92" in table.loc[("unet", 16), "top1 per N"]  # shown per N, not taken
     assert table.loc[("unet", 64), "N90"] == ">= 20"  # reached at the largest N tried: a lower bound
     assert table.loc[("encdec", 16), "N90"] == "-"
-    sentence = questions.capacity_answers(t)[0]
-    assert "within 40 epochs" in sentence and "encdec 16: N90 below every N tried" in sentence
+    sentence = capacity.capacity_answers(t)[0]
+    assert "within 40 epochs" in sentence and "encdec 16 at no N tried (the smallest, N = 10, reached 0.50)" in sentence
 
 
 def test_answers_name_the_part_a_study_has_no_data_for():
@@ -127,7 +127,8 @@ def test_tiny_unpaired_study_answers_question_1_first(studies):
     assert "Conditions: A = scheme=cyclegan; B = scheme=cyclelike." in first  # each named once, in a legend
     assert "Given no pair, A (the cyclegan baseline)" in first and "B (the one G (lambda_l1 = 0" in first
     assert "Question 2 (how far one G reaches)" in first  # the part it has no data for, in a sentence
-    assert "one data set (2 runs), so whether a one-to-one map forms" in first  # one data set: not tested
+    # one data set: an answer on its images, none across data sets
+    assert "2 runs on 1 data set: on these images, " in first and "across data sets not tested (1 data set" in first
     assert "kappa" in first and "How each verdict is decided" in first
     assert "What decides the pairs when none is given" in md and "predictors.png" in md
     assert "formation.png" in md and "could not be drawn" not in md
