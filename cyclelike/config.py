@@ -115,8 +115,8 @@ class RunConfig:
     patience_epochs: int = _help("stop=locked: the least number of epochs those evaluations must span", 20)
     # execution
     device: str = _help("auto (cuda when available), cpu or cuda", "auto")
-    precision: str = _help("auto (bf16 autocast where the CPU or GPU computes bf16 natively, else fp32), fp32 or bf16",
-                           "auto")
+    precision: str = _help("auto (what was measured faster on this kind of device, cyclelike/defaults/<kind>.json; "
+                           "bf16 autocast only where the CPU or GPU computes it natively), fp32 or bf16", "auto")
     threads: int = _help("torch intra-op threads; 0 keeps torch's default", 0)
     channels_last: str = _help("channels-last memory format for convolutions: auto (what make bench measured faster "
                                "on this kind of device; the run records what it resolved to), on or off", "auto")
@@ -125,8 +125,9 @@ class RunConfig:
     fused_adam: str = _help("the fused Adam kernel (the same update, one pass over the parameters): auto, on or off",
                             "auto")
     replay: str = _help("capture each training step (D and G updates, both directions, the optimizers) once as a CUDA "
-                        "graph and replay it, the same maths without the kernel launches: auto (on with CUDA), on "
-                        "(CUDA only) or off", "auto")
+                        "graph and replay it, the same maths without the kernel launches: auto (as measured on this "
+                        "kind of device: off until a GPU run showed equal pairs and a gain), on (CUDA only) or off",
+                        "auto")
     compile: bool = _help("torch.compile the networks (pays off only on long runs: minutes of compile time)", False)
     warmup_epochs: int = _help("epochs left out of time/sec_per_epoch (allocator and cache warm-up)", 1)
 

@@ -1,31 +1,51 @@
 """How a run is executed on this machine: device, precision and the switches that compute the same maths faster.
 
 `fused_upsample`, `fused_adam`, `channels_last` and `replay` compute the same function either way, so they are
-execution choices, not part of the condition. Each defaults to `auto`: the value `make bench` measured faster on
-this kind of device (AUTO below). A run records what they resolved to. Precision changes the maths, so it stays
-in the condition; its `auto` is resolved here too, by the hardware.
+execution choices, not part of the condition. Each defaults to `auto`: the value measured faster on this kind of
+device, read from `defaults/<kind>.json` beside this file, which also names the measurement each value rests on (or
+none). Precision changes the maths, so it stays in the condition; its `auto` is resolved from the same file. A run
+records what they resolved to and whether that rests on a measurement of its kind of device (`resolved_tags`).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
 from .config import SWITCH_WORDS, SWITCHES, ConfigError, RunConfig
 
-# what `make bench` measured faster on each kind of device, the same maths either way:
-# - CPU with native bf16 (Sapphire Rapids, 2 cores, `python -m study.bench_cuda --device cpu --quick --only
-#   switches`, s/epoch on / off): fused_upsample 1.03 / 1.36 (seed workload) and 0.146 / 0.151 (default cell);
-#   fused_adam 1.01 / 1.19 and 0.148 / 0.162; channels_last 1.05 / 1.04 and 0.153 / 0.153, no gain, so off.
-#   The plain CPU row (AVX2, bf16 emulated) keeps the same values; measure it there with the same command.
-# - CUDA (one H200, issue 27): the plain path beat the CPU's fast path by 20-30% (0.069 against 0.083 s/epoch on
-#   the seed workload): the fused upsample's pad/stack/permute kernels cost more launches than its FLOPs save.
-#   Whole steps replayed as CUDA graphs remove the launch cost that dominates small images
-#   (study/bench_cuda.py measures each switch on and off).
-AUTO: dict[str, dict[str, bool]] = {
-    "cpu": {"fused_upsample": True, "fused_adam": True, "channels_last": False, "replay": False},
-    "cpu-bf16": {"fused_upsample": True, "fused_adam": True, "channels_last": False, "replay": False},
-    "cuda": {"fused_upsample": False, "fused_adam": True, "channels_last": False, "replay": True},
-}
+DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
+KINDS = ("cpu", "cpu-bf16", "cuda")
+AUTO_KEYS = ("precision", *SWITCHES)
+
+
+def load_defaults(kind: str, folder: Path = DEFAULTS_DIR) -> dict:
+    """One kind's defaults file, checked: every auto key with a value and a basis that is null or one of its
+    measurements. A file that says less would leave a run's execution to chance, so it is refused by name."""
+    path = folder / f"{kind}.json"
+    try:
+        data = json.loads(path.read_text())
+        auto, basis, measured = data["auto"], data["basis"], data["measurements"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not a defaults file ({type(err).__name__}: {err})") from None
+
+    def valid(k: str) -> bool:
+        value = auto.get(k)
+        return value in ("fp32", "bf16") if k == "precision" else type(value) is bool
+
+    problems = [f"auto.{k}" for k in AUTO_KEYS if not valid(k)]
+    problems += [f"basis.{k}" for k in AUTO_KEYS if k not in basis or basis[k] is not None and basis[k] not in measured]
+    if problems:
+        raise ConfigError(f"{path}: missing or invalid {', '.join(problems)}: precision is fp32 or bf16, a switch true "
+                          "or false, a basis null or a key of measurements")
+    return data
+
+
+DEFAULTS: dict[str, dict] = {kind: load_defaults(kind) for kind in KINDS}
+# each kind's switches as auto resolves them (cyclelike/defaults/<kind>.json says what each rests on)
+AUTO: dict[str, dict[str, bool]] = {kind: {k: d["auto"][k] for k in SWITCHES} for kind, d in DEFAULTS.items()}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,17 +61,18 @@ def native_bf16_cpu() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """bf16 halves the time per epoch where the hardware computes it natively (AVX512-BF16/AMX CPUs,
-    Ampere and later GPUs) and the pairing metrics stay as good as fp32; elsewhere it is emulated and slow."""
+    """auto: the precision measured faster on this kind of device (its defaults file), where the device computes it:
+    bf16 only natively (AVX512-BF16/AMX CPUs, the cpu-bf16 kind; Ampere and later GPUs)."""
     if name != "auto":
         return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if native_bf16_cpu() else "fp32"
+    precision = DEFAULTS[device_kind(device)]["auto"]["precision"]
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp32"
+    return precision
 
 
 def device_kind(device: torch.device) -> str:
-    """The row of AUTO a device reads: cuda, cpu-bf16 (native bf16) or cpu."""
+    """The defaults file a device reads: cuda, cpu-bf16 (native bf16) or cpu."""
     if device.type == "cuda":
         return "cuda"
     return "cpu-bf16" if native_bf16_cpu() else "cpu"
@@ -79,3 +100,19 @@ def resolve_execution(config: RunConfig, device: torch.device | None = None) -> 
         raise ConfigError("replay=on with compile=true: pick one (compile=true on CUDA already replays graphs in its "
                           "reduce-overhead mode); use replay=off or compile=false")
     return resolved
+
+
+def basis(config: RunConfig, device: torch.device) -> str:
+    """Whether what this run left at auto rests on measurements of its kind of device: `measured`, `partly measured`,
+    `none`, or `set` when it left nothing at auto. Replay off a GPU is no choice (graphs are a CUDA feature)."""
+    keys = [k for k in AUTO_KEYS if getattr(config, k) == "auto" and (k != "replay" or device.type == "cuda")]
+    measured = [k for k in keys if DEFAULTS[device_kind(device)]["basis"][k] is not None]
+    return "set" if not keys else "measured" if measured == keys else "partly measured" if measured else "none"
+
+
+def resolved_tags(config: RunConfig, device: str, precision: str, execution: dict[str, bool | str]) -> dict[str, str]:
+    """What a run executed with, as its `resolved.*` tags: device, precision, each switch on/off (replay `fallback`
+    where a shape fell back to eager, cyclelike.replay) and the basis of its auto values."""
+    return {"resolved.device": device, "resolved.precision": precision,
+            **{f"resolved.{k}": v if isinstance(v, str) else "on" if v else "off" for k, v in execution.items()},
+            "resolved.basis": basis(config, torch.device(device))}

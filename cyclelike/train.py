@@ -65,7 +65,7 @@ class TrainResult:
     optims: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     diverged: NonFiniteLossError | None = None  # a fused seed whose losses went non-finite: left the stack
     build_s: float = 0.0  # building the networks and optimizers (a fused seed: its share of the stack's)
-    execution: dict[str, bool] = field(default_factory=dict)  # the switches as resolved (cyclelike.execution)
+    execution: dict[str, bool | str] = field(default_factory=dict)  # the switches as resolved; replay may be "fallback"
 
     @property
     def timing_seeds(self) -> int:
@@ -456,7 +456,7 @@ def run_seeds(configs: list[RunConfig], group, data: Domains, gens: list[torch.G
     execution = resolve_execution(config, device)
     gan = gan_criterion(config.gan_loss, per_seed=group.per_seed)
     autocast = autocaster(precision, device, cache=not execution["replay"])
-    steps = stepper(execution["replay"], device)
+    steps = stepper(execution, device, lambda: (group.step_nets, group.optims))  # notes a fallback in execution
     live = list(range(K))  # seed positions still in the group, in stack order
     histories = histories if histories is not None else [[] for _ in range(K)]
     stopped, diverged = [False] * K, [None] * K

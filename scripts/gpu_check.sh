@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The one check to run on a machine with an NVIDIA GPU (issue 27): the CUDA tests, then the quick CUDA bench.
-# Nothing here needs the internet: the venv travels with the checkout. Each step has its own timeout, so the whole
-# ends within about 9 minutes and a hang in one step still leaves the other's output; the bench writes bench.json
-# after each of its sections, so a timeout keeps the figures measured before it.
-# Usage: scripts/gpu_check.sh   (OUT=folder for bench.json and gpu_check.log, default: the checkout; PY=python)
+# The one check to run on a machine with an NVIDIA GPU (issues 27, 35): the CUDA tests, then the quick CUDA bench,
+# then the defaults file its figures set for CUDA (cuda.json: precision, each switch, replay only where its pairs
+# equal eager's and it gains). Nothing here needs the internet: it runs on the device image's own python3 and
+# packages, plus wheels in .whl/ where they were packed beforehand (README, "Defaults measured per device").
+# Each step has its own timeout, so the whole ends within about 9 minutes and a hang in one step still leaves the
+# others' output; the bench writes bench.json after each of its sections (those the defaults need first), so a
+# timeout keeps the figures measured before it.
+# Usage: scripts/gpu_check.sh   (OUT=folder for bench.json, cuda.json and gpu_check.log, default: the checkout;
+# PY=python). Then, on the machine with the checkout: python -m study.device_defaults OUT/bench.json
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -33,5 +37,9 @@ export PYTHONUNBUFFERED=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
     timeout -k 10 380 "$PY" -m study.bench_cuda --quick --out "$OUT/bench.json"
     bench=$?
     echo "== bench exit $bench (124: timed out; bench.json keeps the sections that ended)"
-    exit $(( tests > bench ? tests : bench ))
+    echo "== the defaults these figures set, into $OUT/<kind>.json (what cyclelike/defaults/ would hold)"
+    timeout -k 5 60 "$PY" -m study.device_defaults "$OUT/bench.json" --out "$OUT"
+    defaults=$?
+    worst=$(( tests > bench ? tests : bench ))
+    exit $(( worst > defaults ? worst : defaults ))
 } 2>&1 | tee "$OUT/gpu_check.log"

@@ -3,10 +3,12 @@ as study/bench.py on THIS device, every way of executing them side by side in on
 
 - ways: the seed workload and the default cell alone, plain (the reference code's stand-in: fp32, every switch
   off), eager (switches auto, replay off), replayed (whole steps as CUDA graphs), in fp32 and bf16.
-- switches: each execution switch on against off from the auto setting, and the AUTO row that suggests.
+- switches: each execution switch on against off from the auto setting, at the precision `ways` found faster.
+- pairing: the default cell replayed against eager, the same seeds, cuDNN deterministic: the same maths gives the
+  same pairs. These three sections are what the defaults file of this kind of device rests on (bench.json's
+  `defaults`; `python -m study.device_defaults bench.json` writes it), so they run first.
 - fused: train_fused with K = 1..64 seeds, seed-epochs per second, until memory runs out.
 - utilisation: FLOP/s of the seed workload alone and fused at its best K against a bf16 peak measured now.
-- pairing: the default cell replayed against eager, the same seeds: the same maths gives the same pairs.
 - study: the default study with `--workers auto`, wall seconds and trials per hour.
 - compiled: compile=true, its own row; last, since compiling takes minutes.
 
@@ -22,7 +24,9 @@ import contextlib
 import gc
 import json
 import math
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +35,13 @@ import torch
 
 from cyclelike.config import SWITCHES, RunConfig
 from cyclelike.data import Domains, load_domains
-from cyclelike.execution import AUTO, device_kind, resolve_device, resolve_execution, resolve_precision
+from cyclelike.execution import AUTO, DEFAULTS, device_kind, resolve_device, resolve_execution, resolve_precision
 from cyclelike.fused import train_fused, vmap_autocasts
 from cyclelike.train import TrainResult, train
 
 from . import autotune
 from .bench import DEFAULT_CELL, REFERENCE, REPO, SEED, THROUGHPUT_METRICS, _scratch_sweep, epoch_flops, gemm_peak
+from .device_defaults import SAME, derive, measured_precision, suggested_row
 from .spec import load_sweep
 
 # the capture of a step comes after 3 eager steps; these workloads take 4 steps an epoch (2 batches, 2 directions):
@@ -50,7 +55,7 @@ SETTINGS = {
              "study": "whole"},
     "quick": {"epochs": 8, "fused_epochs": 4, "ks": (1, 2, 4, 8, 16, 32), "compile": ("seed",), "study": "sample"},
 }
-SECTIONS = ("ways", "switches", "fused", "utilisation", "pairing", "study", "compiled")
+SECTIONS = ("ways", "switches", "pairing", "fused", "utilisation", "study", "compiled")
 
 
 def default_cell() -> RunConfig:
@@ -142,7 +147,7 @@ def workload_ways(name: str, config: RunConfig, device: torch.device, epochs: in
         rows[way] = guarded(f"{name} {way}", device, lambda v=values: timed(base.replace(**v), data, device))
         r = rows[way]
         if "error" not in r:
-            on = ",".join(k for k, v in r["execution"].items() if v) or "none"
+            on = ",".join(k if v is True else f"{k}={v}" for k, v in r["execution"].items() if v) or "none"
             print(f"{name:7s} {way:14s} {r['sec_per_epoch']:.4f} s/epoch ({r['precision']}; switches on: {on})",
                   flush=True)
     plain = rows["plain"].get("sec_per_epoch", math.nan)
@@ -166,13 +171,10 @@ def compiled_row(name: str, config: RunConfig, device: torch.device, epochs: int
     return row
 
 
-# a switch is "faster" one way when that way's time is below the other's by more than this: the noise of one run
-SAME = 0.03
-
-
 def switch_evidence(name: str, config: RunConfig, device: torch.device, epochs: int) -> dict:
-    """Each switch on against off, the others at auto (precision as the config says): which is faster, and the value
-    that suggests for AUTO's row of this device's kind beside the value the row has."""
+    """Each switch on against off, the others at auto (precision as the config says): which is faster, the value that
+    suggests for this kind of device (on only where faster) beside the value its defaults have, and whether the run
+    switched on executed that way (a replayed run may fall back to eager)."""
     base = prepare(config, device, epochs)
     data = load_domains(base)
     row = AUTO[device_kind(device)]
@@ -181,33 +183,18 @@ def switch_evidence(name: str, config: RunConfig, device: torch.device, epochs: 
         if switch == "replay" and device.type != "cuda":
             out[switch] = {"skipped": "replay captures CUDA graphs: off on this device"}
             continue
-        times = {}
-        for value in ("on", "off"):
-            values = {switch: value}
-            r = guarded(f"{name} {switch}={value}", device, lambda v=values: timed(base.replace(**v), data, device))
-            times[value] = r.get("sec_per_epoch", math.nan)
+        rows = {value: guarded(f"{name} {switch}={value}", device, lambda v={switch: value}: timed(
+            base.replace(**v), data, device)) for value in ("on", "off")}
+        times = {value: r.get("sec_per_epoch", math.nan) for value, r in rows.items()}
         ratio = times["on"] / times["off"]
         faster = "unknown" if not math.isfinite(ratio) else "on" if ratio < 1 - SAME else "off" if ratio > 1 + SAME \
             else "same"
         out[switch] = {"on_sec_per_epoch": times["on"], "off_sec_per_epoch": times["off"], "on_over_off": ratio,
-                       "faster": faster, "has": row[switch], "suggests": row[switch] if faster in ("same", "unknown")
-                       else faster == "on"}
+                       "faster": faster, "has": row[switch], "suggests": row[switch] if faster == "unknown"
+                       else faster == "on", "on_executed": rows["on"].get("execution", {}).get(switch)}
         print(f"{name:7s} {switch:15s} on {times['on']:.4f}  off {times['off']:.4f} s/epoch: {faster} "
               f"(AUTO has {'on' if row[switch] else 'off'})", flush=True)
     return out
-
-
-def suggested_row(evidence: list[dict], has: dict[str, bool]) -> dict[str, bool]:
-    """AUTO's row as the switches' evidence over several workloads suggests: on where on/off's geometric mean over
-    the workloads is below 1 - SAME, off where above 1 + SAME, else as the row has it."""
-    row = dict(has)
-    for switch in has:
-        ratios = [e[switch]["on_over_off"] for e in evidence
-                  if math.isfinite(e.get(switch, {}).get("on_over_off", math.nan))]
-        if ratios:
-            mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-            row[switch] = has[switch] if 1 - SAME <= mean <= 1 + SAME else mean < 1
-    return row
 
 
 def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int, ks: tuple[int, ...]) -> dict:
@@ -296,18 +283,20 @@ def pairing_metrics(result: TrainResult, data: Domains) -> dict[str, float]:
 
 def replay_pairing(config: RunConfig, device: torch.device, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     """Pairing metrics of one cell replayed and eager, seed by seed (on a CPU both are eager): replay is the same
-    maths, so each seed should find the same pairs both ways."""
+    maths, so each seed should find the same pairs both ways. cuDNN's default backward kernels are not reproducible
+    (atomics) and TF32 rounds fp32 convolutions: both would blur a difference, so they are off here, and eager twice
+    is the control that they were."""
     replay = "on" if device.type == "cuda" else "off"
     runs = []
     for seed in seeds:
         run = config.replace(seed=seed, device=device.type)
         data = load_domains(run)
         row: dict = {"seed": seed}
-        # eager twice: on a GPU cuDNN's backward kernels are not bit-reproducible, so eager against eager is what
-        # replayed against eager is read beside
         for way, value in (("replayed", replay), ("eager", "off"), ("eager again", "off")):
-            result = train(run.replace(replay=value), data)
-            row[way] = pairing_metrics(result, data) | {"sec_per_epoch": result.sec_per_epoch}
+            with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+                result = train(run.replace(replay=value), data)
+            row[way] = pairing_metrics(result, data) | {"sec_per_epoch": result.sec_per_epoch,
+                                                        "replay": result.execution["replay"]}
             del result
             free_memory(device)
         row["same"] = all(row["replayed"][k] == row["eager"][k] for k in PAIRING_METRICS)
@@ -320,7 +309,7 @@ def replay_pairing(config: RunConfig, device: torch.device, seeds: tuple[int, ..
     diff = {k: max(abs(r["replayed"][k] - r["eager"][k]) for r in runs) for k in PAIRING_METRICS}
     return {"replay": replay, "runs": runs, "same_seeds": sum(r["same"] for r in runs),
             "eager_same_seeds": sum(r["eager_same"] for r in runs), "seeds": len(runs),
-            "max_abs_diff": diff, "config": config.to_dict()}
+            "max_abs_diff": diff, "deterministic": True, "config": config.to_dict()}
 
 
 def study_throughput(workers: int | str = "auto", sets: dict | None = None, trials: int = 0) -> dict:
@@ -379,18 +368,24 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
     def save(section: str, value) -> None:
         results[section] = value
         results["targets"] = targets(results)
+        results["defaults"] = derive(results, DEFAULTS[device_kind(device)])  # what this kind's file would become
         if out is not None:
             out.write_text(json.dumps(results, indent=2, default=str))
             print(f"[{section} written to {out}]", flush=True)
 
     if "ways" in only:
         save("ways", {n: workload_ways(n, c, device, s["epochs"]) for n, c in workloads.items()})
-    if "switches" in only:
-        evidence = {n: switch_evidence(n, c, device, s["epochs"]) for n, c in workloads.items()}
+    if "switches" in only:  # at the precision the ways section found faster, which auto will then resolve to
+        precision = (measured_precision(results) or ("auto",))[0]
+        evidence = {n: switch_evidence(n, c.replace(precision=precision), device, s["epochs"])
+                    for n, c in workloads.items()}
         has = AUTO[device_kind(device)]
         suggests = suggested_row(list(evidence.values()), has)
         print(f"AUTO[{device_kind(device)!r}] has      {has}\nthe evidence suggests {suggests}", flush=True)
-        save("switches", {"workloads": evidence, "row": device_kind(device), "has": has, "suggests": suggests})
+        save("switches", {"workloads": evidence, "row": device_kind(device), "has": has, "suggests": suggests,
+                          "precision": precision})
+    if "pairing" in only:
+        save("pairing", guarded("pairing", device, lambda: replay_pairing(workloads["default"], device)))
     if "fused" in only:
         save("fused", {n: fused_seeds(n, c, device, s["fused_epochs"], s["ks"]) for n, c in workloads.items()})
     if "utilisation" in only:
@@ -400,8 +395,6 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
         fused = results.get("fused", {}).get("seed", {})
         figures = guarded("utilisation", device, lambda: utilisation(workloads["seed"], device, alone_s, fused))
         save("utilisation", figures | {"alone_way": way})
-    if "pairing" in only:
-        save("pairing", guarded("pairing", device, lambda: replay_pairing(workloads["default"], device)))
     if "study" in only:  # late: the longest, and worker processes of its own
         free_memory(device)
         sets = autotune.sample_pins(load_sweep(REPO / "study" / "configs" / "default.toml").space) \
@@ -411,7 +404,8 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
         plain = {n: results.get("ways", {}).get(n, {}).get("rows", {}).get("plain", {}).get("sec_per_epoch", math.nan)
                  for n in workloads}
         save("compiled", {n: compiled_row(n, workloads[n], device, s["epochs"], plain[n]) for n in s["compile"]})
-    print(f"targets: {results.get('targets')}", flush=True)
+    print(f"targets: {results.get('targets')}\nthe defaults this sets for {device_kind(device)}: "
+          f"{results['defaults']['auto']} (python -m study.device_defaults BENCH_JSON writes them)", flush=True)
     return results
 
 
@@ -425,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the device to measure")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     args = parser.parse_args(argv)
-    run(resolve_device(args.device), SETTINGS["quick" if args.quick else "full"], Path(args.out), tuple(args.only))
+    command = shlex.join(["python", "-m", "study.bench_cuda", *(sys.argv[1:] if argv is None else argv)])
+    settings = SETTINGS["quick" if args.quick else "full"] | {"command": command}
+    run(resolve_device(args.device), settings, Path(args.out), tuple(args.only))
     print(f"written to {args.out}", flush=True)
     return 0
 

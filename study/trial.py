@@ -23,6 +23,7 @@ from analysis.figures import matrix_image
 from analysis.pairing import PairingResult, evaluate_pairing, formation, is_locked
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, data_key, shared_domains
+from cyclelike.execution import resolved_tags
 from cyclelike.fused import train_fused
 from cyclelike.samples import (
     HOLDOUT_ROWS,
@@ -242,8 +243,7 @@ class TrackedRun:
         timing = {"train_s": train_s, "eval_s": self.eval_s, "setup_s": setup_s, "log_s": logger.log_seconds,
                   "total_s": time.perf_counter() - started}
         summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
-        logger.pending_tags.update({"resolved.device": result.device, "resolved.precision": result.precision,
-                                    **{f"resolved.{k}": "on" if v else "off" for k, v in result.execution.items()}})
+        logger.pending_tags.update(resolved_tags(result.config, result.device, result.precision, result.execution))
         return TrialOutcome(metrics, result.sec_per_epoch, epoch, self.pruned, self.stop_reason, timing,
                             checkpointed=self.stored_checkpoints > 0, resumed_from=result.resumed_from_epoch)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cyclelike.config import SWITCHES, RunConfig
+from cyclelike.execution import DEFAULTS, load_defaults
 from study import bench_cuda
 
 # 2 steps an epoch (one batch each way): a step is captured after 3 eager ones, so epoch 3 is replayed on CUDA
@@ -42,6 +43,17 @@ def test_every_section_gives_the_figures_bench_json_needs(device, tmp_path, monk
         fused = results["fused"][name]
         assert set(fused["k"]) == {1, 2} and fused["best_k"] in (1, 2) and fused["alone_seed_epochs_per_s"] > 0
     assert set(results["switches"]["suggests"]) == set(SWITCHES)
+    assert results["switches"]["precision"] == bench_cuda.measured_precision(results)[0]  # timed as auto will run
+    # the defaults file these figures set for this kind of device: whole, and replay only on a replayed measurement
+    kind = results["machine"]["kind"]
+    (tmp_path / "defaults").mkdir()
+    (tmp_path / "defaults" / f"{kind}.json").write_text(json.dumps(results["defaults"]))
+    defaults = load_defaults(kind, tmp_path / "defaults")
+    assert defaults["basis"]["fused_adam"] == defaults["basis"]["precision"] != DEFAULTS[kind]["basis"]["fused_adam"]
+    if not replayed:
+        assert defaults["auto"]["replay"] is False and defaults["basis"]["replay"] == DEFAULTS[kind]["basis"]["replay"]
+    else:
+        assert all(r["replayed"]["replay"] is True for r in results["pairing"]["runs"])  # none fell back
     assert 0 < results["utilisation"]["fused_utilisation"] and 0 < results["utilisation"]["alone_utilisation"]
     pairing = results["pairing"]
     assert pairing["seeds"] == 3 and set(pairing["runs"][0]["eager"]) >= {"pair/forward_top1", "pair/mutual"}
@@ -92,12 +104,14 @@ def test_a_failing_row_is_recorded_and_the_others_run(monkeypatch):
 
 
 def test_the_suggested_auto_row_follows_the_evidence_of_every_workload():
+    """On where on beat off over the workloads, off where it did not (fused_adam, 0.99: no gain beyond noise), as the
+    row has it where nothing was timed."""
     has = {"fused_upsample": True, "fused_adam": True, "channels_last": False, "replay": True}
     evidence = [{"fused_upsample": {"on_over_off": 1.3}, "fused_adam": {"on_over_off": 0.99},
                  "channels_last": {"on_over_off": 0.8}, "replay": {"on_over_off": 0.2}},
                 {"fused_upsample": {"on_over_off": 1.2}, "fused_adam": {"on_over_off": math.nan},
                  "channels_last": {"on_over_off": 1.1}, "replay": {"skipped": "cpu"}}]
-    assert bench_cuda.suggested_row(evidence, has) == {"fused_upsample": False, "fused_adam": True,
+    assert bench_cuda.suggested_row(evidence, has) == {"fused_upsample": False, "fused_adam": False,
                                                        "channels_last": True, "replay": True}
 
 

@@ -8,14 +8,16 @@ shape, graphs dropped when a seed leaves) is tested on CPU against training with
 (`-k cuda`) need a GPU and skip without one.
 """
 
+import logging
+
 import pytest
 import torch
 
-import cyclelike.train as engine
+import cyclelike.replay as replay_module
 from cyclelike.config import ConfigError, RunConfig
 from cyclelike.execution import AUTO, resolve_execution
 from cyclelike.fused import train_fused
-from cyclelike.replay import WARMUP, Eager, Replay
+from cyclelike.replay import WARMUP
 from cyclelike.train import train
 
 BASE = RunConfig(image_size=16, n_images=7, n_holdout=0, batch_size=3, base_filters=4, d_filters=4, epochs=3,
@@ -46,42 +48,45 @@ class Recorded:
                 graph["out"][k] = v.clone()
 
 
-@pytest.fixture
-def recorded(monkeypatch):
-    """replay=auto replays on this CPU, with the Recorded backend; replay=off runs eagerly."""
+def replaying_on_cpu(monkeypatch, backend: type) -> list:
+    """replay=auto replays on this CPU with `backend` in place of CUDA graphs; replay=off runs eagerly. The backends
+    made, one per run."""
     backends = []
-
-    def stepper(replay, device):
-        if not replay:
-            return Eager()
-        backends.append(Recorded())
-        return Replay(backends[-1])
-
     for kind in ("cpu", "cpu-bf16"):
         monkeypatch.setitem(AUTO[kind], "replay", True)
-
-    monkeypatch.setattr(engine, "stepper", stepper)
+    monkeypatch.setattr(replay_module, "CudaGraphs", lambda device: backends.append(backend()) or backends[-1])
     return backends
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    return replaying_on_cpu(monkeypatch, Recorded)
 
 
 def _losses(result):
     return [s.losses for s in result.history]
 
 
+def _same_run(a, b) -> None:
+    assert _losses(a) == _losses(b)
+    for name, net in a.nets.items():
+        for p, q in zip(net.parameters(), b.nets[name].parameters(), strict=True):
+            assert torch.equal(p, q), name
+
+
 @pytest.mark.parametrize("change", [{}, {"scheme": "cyclegan", "pairing": "aligned", "lambda_id": 0.5},
-                                    {"scheme": "pix2pix", "norm": "batch"}])
+                                    {"scheme": "pix2pix", "norm": "batch"}, {"dropout": 0.3}])
 def test_a_replayed_run_is_the_eager_run(recorded, change):
     """N = 7 in batches of 3: two shapes (3 and the last batch's 1), so two graphs, each replayed with every
     batch of its shape after its warm-up. Same losses every epoch and the same weights at the end: a graph that
     kept reading the batch it was captured with, or an epoch's sum that kept a replay's output tensor (the next
-    replay overwrites it), would change them."""
+    replay overwrites it), would change them; so would a check of the first replay that left a second step taken, or
+    the random state (dropout) moved on."""
     config = BASE.replace(**change)
     eager = train(config.replace(replay="off"))
     replayed = train(config)
-    assert _losses(replayed) == _losses(eager)
-    for name, net in eager.nets.items():
-        for p, q in zip(net.parameters(), replayed.nets[name].parameters(), strict=True):
-            assert torch.equal(p, q), name
+    _same_run(replayed, eager)
+    assert replayed.execution["replay"] is True  # the checks passed: no shape fell back
     (backend,) = recorded
     sizes = (3, 3, 1) * (2 if config.scheme == "cyclelike" else 1)  # cyclelike steps each batch both ways
     steps = {size: sizes.count(size) * config.epochs for size in set(sizes)}
@@ -104,6 +109,53 @@ def test_fused_seeds_replayed_keep_each_seed_and_recapture_when_one_leaves(recor
         assert _losses(r) == _losses(e) and r.stopped_early == e.stopped_early
     (backend,) = recorded
     assert len(backend.captures) == 2  # one shape, captured again after seed 1 left
+
+
+class CaptureRaises(Recorded):
+    def capture(self, fn):
+        fn(), fn()  # it moved the state (two steps' worth, not what the eager step leaves) before it raised
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+
+class FirstReplayRaises(Recorded):
+    def replay(self, graph):
+        super().replay(graph)
+        graph["fn"]()  # it moved the state (two steps' worth) before the error surfaced
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+class LossesDiffer(Recorded):
+    def replay(self, graph):
+        super().replay(graph)
+        for v in graph["out"].values():
+            v.mul_(1.5)
+
+
+class UpdateTwice(Recorded):
+    """The losses are right, but the graph steps the weights and optimizers twice."""
+
+    def replay(self, graph):
+        super().replay(graph)
+        graph["fn"]()
+
+
+@pytest.mark.parametrize("backend", [CaptureRaises, FirstReplayRaises, LossesDiffer, UpdateTwice])
+def test_a_shape_whose_replay_fails_or_differs_goes_on_eagerly_said_once(monkeypatch, caplog, backend):
+    """N = 6 in batches of 3: one shape, captured at step 4. Whether its capture or first replay raises or computes
+    other numbers than the eager step, the run neither crashes nor changes: every epoch's losses and the final
+    weights are the eager run's (one step taken at the check, not two), the shape is never replayed again, one
+    warning line says why, and the run records replay = fallback."""
+    backends = replaying_on_cpu(monkeypatch, backend)
+    config = BASE.replace(n_images=6)
+    eager = train(config.replace(replay="off"))
+    with caplog.at_level(logging.WARNING, logger="cyclelike.replay"):
+        replayed = train(config)
+    _same_run(replayed, eager)
+    assert replayed.execution["replay"] == "fallback"
+    (warning,) = [r for r in caplog.records if r.name == "cyclelike.replay"]
+    assert "eagerly for the rest of the run" in warning.getMessage() and "\n" not in warning.getMessage()
+    (used,) = backends
+    assert len(used.captures) <= 1 and used.replays <= 1
 
 
 def test_replay_on_without_cuda_is_refused_in_one_line():
@@ -167,7 +219,7 @@ def test_cuda_replayed_fp32_step_equals_the_eager_step(reproducible):
                           fused_upsample="off")
     eager = train(config.replace(replay="off"))
     replayed = train(config.replace(replay="on"))
-    assert replayed.execution["replay"] and not eager.execution["replay"]
+    assert replayed.execution["replay"] is True and not eager.execution["replay"]  # True: no shape fell back
     assert _losses(replayed)[0] == pytest.approx(_losses(eager)[0], rel=1e-5, abs=1e-6)
     for name, net in eager.nets.items():
         for p, q in zip(net.parameters(), replayed.nets[name].parameters(), strict=True):

@@ -67,6 +67,7 @@ def test_sweep_logs_every_trial_to_mlflow(swept):
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["study"] == "tiny" and run.data.tags["optuna.state"] == "COMPLETE"
+        assert run.data.tags["resolved.replay"] == "off" and run.data.tags["resolved.basis"] in ("measured", "none")
         # params: what the study varies, N and the seed, which MLflow's image card lists above the strip; every
         # setting is in the config tag
         assert run.data.params == {"pairing": run.data.params["pairing"], "n_images": "4",
