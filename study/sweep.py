@@ -196,13 +196,14 @@ def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, plann
 def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int, bool]:
     """Worker processes, torch threads per worker and whether seeds fuse. `auto` reads this machine's cached
     measurement of the study's typical cell (measuring it once where there is none; on CUDA, workers sharing the GPU
-    within its free memory, study.autotune); never more threads in all than cores."""
+    within its free memory, study.autotune), except for a timing study: one worker with every thread, seeds one after
+    another; never more threads in all than cores."""
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
     if fuse not in ("auto", "on", "off"):
         raise SweepError(f"--fuse-seeds {fuse}: expected auto, on or off")
     cell = spec.config_for(spec.grid_cells()[0] if spec.sampler == "grid" else {}, spec.seeds[0])
-    if workers == "auto" or fuse == "auto":  # only auto measures: ranking the sample's cells builds networks
+    if not spec.is_timing and (workers == "auto" or fuse == "auto"):  # only auto measures: ranking builds networks
         cell = autotune.typical_cell(autotune.timing_sample(spec))
     try:
         check_fusable([cell, cell.replace(seed=cell.seed + 1)])
@@ -212,6 +213,13 @@ def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int,
         if fuse == "on":
             print(f"--fuse-seeds on: seeds run one by one, since {why}", flush=True)
     n = autotune.cores()
+    if spec.is_timing:  # its times are what it measures: beside another trial they would time the contention too
+        count = 1 if workers == "auto" else workers
+        if count > 1:
+            print(f"study {spec.name} is a timing study: with {count} workers its trials run side by side, so their "
+                  "times include the contention between them (the report fits only runs timed alone; --workers auto "
+                  "times each alone)", flush=True)
+        return count, spec.base_config().threads or max(1, n // count), fusable and fuse == "on"
     tuning = None
     if workers == "auto":
         tuning = autotune.tune(cell, spec.seeds, fusable)
