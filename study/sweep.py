@@ -242,8 +242,10 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     invocation = f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctx = Context(spec, storage_url, experiment_id, parent_run_id, threads, invocation,
                   t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials, len(study.trials), workers == 1,
-                  # runs timed beside other workers on the same cores are not fitted with runs timed alone
-                  fuse=fused, provenance={**provenance(), "timing.workers": str(workers)})
+                  # runs timed beside other workers on the same cores are not fitted with runs timed alone, and the
+                  # report sets each time beside the original's with the CPU or GPU that made it
+                  fuse=fused, provenance={**provenance(), "timing.workers": str(workers),
+                                          "timing.cpu": autotune.cpu_model(), "timing.gpu": autotune.gpu_name()})
     if probe:
         print(f"execution: {workers} worker(s) x {threads} torch thread(s)"
               + (f", seeds {spec.seeds} fused into one stacked model per condition" if fused else ""), flush=True)
