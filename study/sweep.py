@@ -127,17 +127,19 @@ def duration(seconds: float) -> str:
 def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int,
              workers: int) -> tuple[float, str]:
     """A rough time for the planned trials, in seconds (nan where there is none) and in words. An epoch's time
-    grows with N and the pixel count, so one rate per image-pixel scales to every queued condition (architectures
-    differ): from the study's finished trials when it has some, else from two epochs of the largest queued
-    condition, trained here once."""
+    grows with N and the pixel count, so one rate per image-pixel scales to every queued condition: from the study's
+    finished trials (a timing study's at its largest N: a fixed cost per epoch inflates a small N's rate), else from
+    two epochs of the largest queued condition, trained here once and counted in the plan."""
     # a queued trial's condition is in its fixed_params until a worker asks for it
     queued = [spec.config_for(t.params or t.system_attrs.get("fixed_params", {}), t.user_attrs.get("seed", 0))
               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))] or [spec.base_config()]
     work = [c.n_images * c.image_size**2 for c in queued]
-    measured = [t.user_attrs["timing"]["sec_per_epoch"] / (t.user_attrs["condition"]["n_images"]
-                                                           * t.user_attrs["condition"]["image_size"] ** 2)
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "timing" in t.user_attrs and "condition" in t.user_attrs]
+    finished = [t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done = [(a["timing"]["sec_per_epoch"], a["condition"]["n_images"] * a["condition"]["image_size"] ** 2)
+            for a in finished if "timing" in a and "condition" in a]
+    if spec.is_timing:  # scaled from its own largest N, which takes most of its time (probed where none finished)
+        done = [d for d in done if d[1] == max([w for _, w in done] + work)]
+    probe_s, measured = 0.0, [s / w for s, w in done]
     if measured:
         per_unit, source = float(np.median(measured)), f"the {len(measured)} finished trial(s) of this study"
     else:
@@ -145,12 +147,14 @@ def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int,
 
         probe = queued[work.index(max(work))].replace(epochs=2, warmup_epochs=1, threads=threads)
         try:
+            started = time.perf_counter()
             per_unit = train(probe).sec_per_epoch / (probe.n_images * probe.image_size**2)
+            probe_s = time.perf_counter() - started  # this invocation's time too
         except Exception as err:  # bad data or settings: each trial will fail and say why; the plan stands
             return float("nan"), f"no time estimate ({type(err).__name__}: {first_line(err)})"
-        source = f"2 epochs of N={probe.n_images}, {probe.image_size} px, {probe.arch}"
+        source = f"2 epochs of N={probe.n_images}, {probe.image_size} px, {probe.arch}, {duration(probe_s)} of it"
     mean_epochs_work = sum(c.epochs * w for c, w in zip(queued, work, strict=True)) / len(queued)
-    seconds = per_unit * mean_epochs_work * planned / workers * 1.1  # ~10% for evaluation and logging
+    seconds = probe_s + per_unit * mean_epochs_work * planned / workers * 1.1  # ~10% for evaluation and logging
     text = f"about {duration(seconds)} here (rough: scaled from {source})"
     if seconds >= 3600:
         text += ("\nwarning: this is a long study on this machine; Ctrl-C stops it and the same command resumes it, "

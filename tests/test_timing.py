@@ -1,6 +1,8 @@
 """Issue 37: a timing study times alone, its fits take only runs timed alone, and the report sets its absolute
 seconds per epoch beside the original's, with the device and precision that made them."""
 
+import pytest
+
 from study import autotune
 from study.spec import load_sweep, parse_sweep
 from study.sweep import execution
@@ -42,3 +44,25 @@ def test_the_shipped_scaling_study_is_a_timing_study_whose_n10_cell_is_the_bench
     budget = ("epochs", "warmup_epochs")
     assert {k: v for k, v in cell.identity().items() if k not in budget} == \
         {k: v for k, v in SEED.identity().items() if k not in budget}
+
+
+def test_a_timing_studys_plan_is_scaled_from_its_own_largest_n():
+    """A fixed cost per epoch makes a small N's time per image several times a large N's: a plan from their median
+    is off by as much, and a timing study spends most of its time at its largest N."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from study.sweep import estimate
+
+    study = optuna.create_study()
+    for n, seconds in ((5, 0.5), (10, 0.6), (80, 2.4)):  # 0.1, 0.06 and 0.03 s per image
+        study.add_trial(optuna.trial.create_trial(
+            value=seconds, params={"n_images": n}, distributions={"n_images": CategoricalDistribution([5, 10, 80])},
+            user_attrs={"timing": {"sec_per_epoch": seconds}, "condition": {"n_images": n, "image_size": 16}}))
+    fixed = {"image_size": 16, "epochs": 4}
+    timing = parse_sweep({"name": "t", "objectives": ["time/sec_per_epoch"], "directions": ["minimize"],
+                          "fixed": fixed, "space": {"n_images": [40]}})
+    seconds, text = estimate(study, timing, 1, threads=1, workers=1)
+    assert "the 1 finished trial(s)" in text and seconds == pytest.approx(2.4 / 80 * 40 * 4 * 1.1)
+    other = parse_sweep({"name": "o", "fixed": fixed, "space": {"n_images": [40]}})
+    assert "the 3 finished trial(s)" in estimate(study, other, 1, threads=1, workers=1)[1]  # any other: their median
