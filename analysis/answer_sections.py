@@ -204,8 +204,11 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
                          "runs min": round(gn["time/sec_per_epoch"].min(), 4),
                          "runs max": round(gn["time/sec_per_epoch"].max(), 4),
                          "epoch min": round(gn["epoch_min"].min(), 4), "epoch max": round(gn["epoch_max"].max(), 4),
-                         "runs": len(gn), "epochs timed per run": int(gn["epochs_timed"].median())})
+                         "runs": len(gn), "timed alone": int(gn["fitted"].sum()),
+                         "epochs timed per run": int(gn["epochs_timed"].median())})
         fitted = g[g["fitted"]]
+        if fitted.empty:  # timed beside other workers only: no line through their contention (the caveat below)
+            continue
         try:
             fit = fit_scaling(fitted["n_images"].to_numpy(), fitted["time/sec_per_epoch"].to_numpy())
         except ValueError as err:
@@ -254,3 +257,9 @@ def section_scaling(doc: Document, runs: StudyRuns, client) -> None:
             versus = (f", against {REFERENCE_LOGLOG_SLOPE:.3f} for the original's two points" if original_size else "")
             doc.p(f"{f['series']}: t(N) = {f['a (s)']} + {f['b (s per image)']} N (R^2 = {f['R^2']}); log-log slope "
                   f"{f['log-log slope']} (95% interval {f['slope 95% interval']}){versus}. Reliable: {f['reliable']}.")
+    sentences, side = dynamics.absolute_figures(t)
+    for sentence in sentences:
+        doc.p(sentence)
+    if len(side):
+        doc.table(side, "Seconds per epoch at the original's N beside its own, per device and precision (median over "
+                  "the runs timed alone):")

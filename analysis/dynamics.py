@@ -5,16 +5,18 @@ table (one row per completed trial, as analysis.runs loads it); analysis.report 
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pandas as pd
 
-from cyclelike.config import SWITCH_WORDS, SWITCHES
+from cyclelike.config import SWITCH_WORDS, SWITCHES, RunConfig
 
 from .conditions import describe, groups, labelled
 from .evidence import column_or, given, hue_of
 from .figures import PAIRING_COLOURS, legend_outside, plt, sns
 from .pairing import chance_band, chance_level
-from .scaling import fit_scaling
+from .scaling import REFERENCE_POINTS, fit_scaling
 
 FORMATION_METRICS = ("pair/forward_top1", "pair/bijectivity")
 
@@ -162,9 +164,13 @@ def seconds_to_pairs(t: pd.DataFrame) -> tuple[plt.Figure | None, pd.DataFrame]:
             if data.empty:  # a series that never reached 0.9: counted in the table, no empty legend entry
                 continue
             ax.scatter(data["n_images"], data[metric], color=palette[name], s=18, label=str(name))
+            alone = fitted_runs(data)[0]
             try:
-                fit = fit_scaling(data["n_images"].to_numpy(), data[metric].to_numpy())
+                fit = fit_scaling(alone["n_images"].to_numpy(), alone[metric].to_numpy())
             except ValueError:
+                if len(alone) < len(data):  # timed beside other workers: no line through their contention
+                    rows.append({"quantity": metric, "series": name, "reliable": "no: not measured alone",
+                                 "runs without a value": int(g[metric].isna().sum())})
                 continue
             grid = np.linspace(data["n_images"].min(), data["n_images"].max(), 50)
             ax.plot(grid, fit.predict(grid), color=palette[name], lw=1,
@@ -194,7 +200,8 @@ def timing_series(t: pd.DataFrame) -> pd.Series:
 
 # what changes an epoch's cost besides N: runs that differ here are never fitted as one series
 COST_KEYS = ("direction_schedule", "arch", "image_size", "scheme", "batch_size", "base_filters", "d_filters", "norm",
-             "precision", "threads", "tags.resolved.device", "compile", *SWITCHES)
+             "precision", "threads", "tags.resolved.device", "tags.timing.cpu", "tags.timing.gpu", "compile",
+             *SWITCHES)
 
 
 def executed(t: pd.DataFrame, switch: str) -> pd.Series:
@@ -228,24 +235,44 @@ def timed_alone(t: pd.DataFrame) -> pd.Series:
 
 
 def fitted_runs(t: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The runs a seconds-per-epoch fit takes, and what it says of them."""
+    """The runs a seconds-per-epoch fit takes, only those timed alone, and what it says of the others. A line
+    through contended times is never fitted: it would call the machine's sharing a property of N."""
     alone = timed_alone(t)
     if alone.all():
         return t, ""
     if alone.any():
         return t[alone], (f"{int((~alone).sum())} run(s) timed beside other workers of their sweep on the same "
                           "machine are left out of the fits; ")
-    return t, ("every run was timed beside other workers of its sweep on the same machine, so these times include "
-               "their contention; ")
+    return t[alone], ("not measured alone: every run was timed beside other workers of its sweep on the same machine, "
+                      "so its time includes their contention and no line is fitted through them; "
+                      f"{alone_command(t)} measures them alone; ")
+
+
+def alone_command(t: pd.DataFrame) -> str:
+    """The command that times a study's runs alone: its sweep again with one worker and every thread, in a store of
+    its own (in the first one its conditions are done, and a done condition does not run again), then its report."""
+    study = column_or(t, "tags.study", "STUDY").dropna()
+    try:
+        words = shlex.split(str(column_or(t, "tags.command", "").dropna().iloc[0]))
+    except (IndexError, ValueError):
+        words = []
+    pairs = [(a, b) for a, b in zip(words, words[1:], strict=False)] + [tuple(w.split("=", 1)) for w in words
+                                                                         if w.startswith("--") and "=" in w]
+    config = next((b for a, b in pairs if a == "--config"), "study/configs/default.toml")
+    sets = "".join(f" --set {b}" for a, b in pairs if a == "--set")
+    store = "CYCLELIKE_STORE=mlruns/alone"
+    return (f'{store} make sweep CONFIG={config} ARGS="--workers 1{sets}" && {store} make report '
+            f"STUDY={study.iloc[0] if len(study) else 'STUDY'}")
 
 
 def scaling_answers(t: pd.DataFrame) -> list[str]:
-    """How seconds per epoch grow with N, per series with two or more N: the original's "about linear"."""
+    """How seconds per epoch grow with N, per series with two or more N: the original's "about linear"; then the
+    absolute times beside the original's."""
     if "time/sec_per_epoch" not in t or column_or(t, "n_images", 0).nunique() < 2:
-        return []
-    t, caveat = fitted_runs(t.dropna(subset=["time/sec_per_epoch"]))
+        return absolute_figures(t)[0]
+    fitted, caveat = fitted_runs(t.dropna(subset=["time/sec_per_epoch"]))
     parts = []
-    for series, g in t.groupby(scaling_series(t)):
+    for series, g in fitted.groupby(scaling_series(fitted)):
         try:
             fit = fit_scaling(g["n_images"].to_numpy(), g["time/sec_per_epoch"].to_numpy())
         except ValueError:
@@ -253,7 +280,70 @@ def scaling_answers(t: pd.DataFrame) -> list[str]:
         parts.append(f"{series}: log-log slope {fit.loglog_slope:.2f} (95% interval {fit.loglog_low:.2f} to "
                      f"{fit.loglog_high:.2f}), t = {fit.a:.3g} + {fit.b:.3g} N s, {fit.n_points} runs at "
                      f"{fit.distinct_n} N, reliable: {fit.verdict()}")
-    if not parts:
-        return []
-    return ["Seconds per epoch against N (1 is linear; the original's two timings give 0.946): " + caveat
-            + "; ".join(parts) + "."]
+    head = "Seconds per epoch against N (1 is linear; the original's two timings give 0.946): "
+    slopes = [head + (caveat + "; ".join(parts)).rstrip("; ") + "."] if parts or (fitted.empty and caveat) else []
+    return slopes + absolute_figures(t)[0]
+
+
+ORIGINAL = "128 px, batch 5, unet 64, one GPU of 2018"
+# the original's workload (shared/DESIGN.md's seed workload): only runs of it have its times to stand beside
+ORIGINAL_WORKLOAD = {"image_size": 128, "batch_size": 5, "scheme": "cyclelike", "arch": "unet", "base_filters": 64}
+
+
+def device_label(t: pd.DataFrame) -> pd.Series:
+    """What each run was timed on: the GPU's or the CPU's name, the precision it computed in and a CPU's threads."""
+    def words(run: pd.Series) -> str:
+        device = _text(run.get("tags.resolved.device"))
+        gpu = device.startswith("cuda")
+        name = _text(run.get("tags.timing.gpu" if gpu else "tags.timing.cpu")) or "device not recorded"
+        precision = _text(run.get("precision")) or "not recorded"
+        parts = ["GPU" if gpu else device.upper()] if device else []
+        parts.append(precision if precision in ("fp32", "bf16") else f"precision {precision}")
+        threads = pd.to_numeric(pd.Series([run.get("threads")]), errors="coerce").iloc[0]
+        if device == "cpu" and threads > 0:  # a CPU's time depends on how many of its cores a run had
+            parts.append(f"{int(threads)} threads")
+        return f"{name} ({', '.join(parts)})"
+
+    return t.apply(words, axis=1).astype(str) if len(t) else pd.Series(index=t.index, dtype=str)
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def absolute_figures(t: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
+    """Seconds per epoch at the original's N = 10 and 20 beside its 1.5 and 2.89 s, from runs of its workload (128 px,
+    batch 5, unet 64) timed alone, per device and precision, side by side: a slope alone hides a machine twice as
+    slow."""
+    if "time/sec_per_epoch" not in t:
+        return [], pd.DataFrame()
+    same = t.dropna(subset=["time/sec_per_epoch"])
+    for key, value in ORIGINAL_WORKLOAD.items():
+        same = same[column_or(same, key, getattr(RunConfig, key)) == value]
+    same = same[same["n_images"].isin([n for n, _ in REFERENCE_POINTS])] if "n_images" in same else same.iloc[:0]
+    if same.empty:
+        return [], pd.DataFrame()
+    head = ("Seconds per epoch beside the original's (" + " and ".join(f"{s:g} s at N = {n}" for n, s in
+                                                                       REFERENCE_POINTS) + f"; {ORIGINAL})")
+    alone = same[timed_alone(same)]
+    if alone.empty:
+        return [f"{head}: not measured alone: the {len(same)} run(s) of its workload here were timed beside other "
+                "workers of their sweep, so their times include that contention; "
+                f"{alone_command(t)} measures them alone."], pd.DataFrame()
+    # the label names the device, precision and threads: the series names what else changes an epoch's cost
+    series = scaling_series(alone.drop(columns=["precision", "threads", "tags.resolved.device", "tags.timing.cpu",
+                                                "tags.timing.gpu"], errors="ignore"))
+    label = device_label(alone).where(series == "all runs", device_label(alone) + ", " + series)
+    table = {"N": [n for n, _ in REFERENCE_POINTS], f"original ({ORIGINAL})": [s for _, s in REFERENCE_POINTS]}
+    parts = []
+    for name, g in alone.groupby(label, sort=False):
+        medians = [g.loc[g["n_images"] == n, "time/sec_per_epoch"].median() for n, _ in REFERENCE_POINTS]
+        table[name] = [round(m, 3) for m in medians]
+        parts.append(f"{name}: " + ", ".join(f"{m:.3g} s at N = {n} ({m / s:.2g}x the original's)" if m == m else
+                                             f"no run at N = {n}" for m, (n, s) in zip(medians, REFERENCE_POINTS,
+                                                                                      strict=True)))
+    if alone.groupby([label, "n_images"]).size().max() > 1:
+        head += " (medians over the runs of each)"
+    left = len(same) - len(alone)
+    out = f" (left out: {left} run(s) timed beside other workers of their sweep)" if left else ""
+    return [f"{head}, timed alone: {'; '.join(parts)}{out}."], pd.DataFrame(table)

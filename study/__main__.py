@@ -198,7 +198,7 @@ def _workers(text: str) -> int | str:
 
 SWEEP_EXAMPLES = """examples:
   python -m study sweep                                   # the default study (study/configs/default.toml)
-  python -m study sweep --config study/configs/scaling.toml --workers 2
+  python -m study sweep --config study/configs/capacity.toml --workers 2
   python -m study sweep --set epochs=30 --trials 4        # override a fixed value; at most 4 trials now
 """
 RUN_EXAMPLES = """examples:

@@ -83,11 +83,16 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+
+
 def machine_key() -> str:
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu_model()} | {cores()} cores | torch {torch.__version__} | {gpu}"
+    return f"{cpu_model()} | {cores()} cores | torch {torch.__version__} | {gpu_name()}"
 
 
 def cell_key(config: RunConfig) -> str:

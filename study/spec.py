@@ -15,6 +15,8 @@ the seeds and the evaluation interval. Everything is checked here, before any tr
     pruner = "none"                   # none | median
     objectives = ["pair/forward_top1"]
     directions = ["maximize"]
+    timing = false                    # a timing study (also any time/* objective): --workers auto runs one trial
+                                      # at a time with every thread, so no trial is timed beside another
 
     [fixed]                           # any RunConfig field
     image_size = 32
@@ -46,7 +48,7 @@ OBJECTIVE_METRICS = (
 )
 TOP_KEYS = {"name", "description", "sampler", "trials", "timeout_s", "seeds", "eval_every", "pruner",
             "objectives", "directions", "fixed", "space", "sampler_seed", "max_retries", "epochs_per_image",
-            "weights", "keep_checkpoints"}
+            "weights", "keep_checkpoints", "timing"}
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median")
 
@@ -87,6 +89,7 @@ class SweepSpec:
     epochs_per_image: int = 0  # > 0: a budget that grows with N, epochs = epochs_per_image x n_images
     weights: str = "none"  # none | all: whether trials log their generator weights
     keep_checkpoints: bool = False  # a finished trial's checkpoint is deleted unless this is set
+    timing: bool = False  # the sweep file says its times are what it measures (see is_timing)
 
     def _budgeted(self, values: dict[str, Any]) -> dict[str, Any]:
         if self.epochs_per_image:
@@ -153,6 +156,11 @@ class SweepSpec:
                     raise SweepError(f"space.{name}: study {self.name!r} ran it over {old}; Optuna cannot change "
                                      f"the values of a parameter within a study: keep {old}, or give the sweep "
                                      "file a new name") from None
+
+    @property
+    def is_timing(self) -> bool:
+        """Its times are what it measures: trials timed beside each other would measure the machine's contention."""
+        return self.timing or any(m.startswith("time/") for m in self.objectives)
 
     @property
     def multi_objective(self) -> bool:
@@ -297,11 +305,13 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
     _expect(weights in ("none", "all"), f"weights={weights!r}: allowed values are none, all")
     keep = raw.get("keep_checkpoints", False)
     _expect(isinstance(keep, bool), f"keep_checkpoints={keep!r}: expected true or false")
+    timing = raw.get("timing", False)
+    _expect(isinstance(timing, bool), f"timing={timing!r}: expected true or false")
     timeout = raw.get("timeout_s", 0)
     _expect(isinstance(timeout, int | float) and timeout >= 0, f"timeout_s={timeout!r}: expected a number >= 0")
     return SweepSpec(raw["name"].strip(), fixed, space, sampler, trials, float(timeout), seeds, eval_every,
                      pruner, objectives, directions, raw.get("description", ""), source, sampler_seed, max_retries,
-                     per_image, weights, keep)
+                     per_image, weights, keep, timing)
 
 
 def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> SweepSpec:

@@ -127,17 +127,19 @@ def duration(seconds: float) -> str:
 def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int,
              workers: int) -> tuple[float, str]:
     """A rough time for the planned trials, in seconds (nan where there is none) and in words. An epoch's time
-    grows with N and the pixel count, so one rate per image-pixel scales to every queued condition (architectures
-    differ): from the study's finished trials when it has some, else from two epochs of the largest queued
-    condition, trained here once."""
+    grows with N and the pixel count, so one rate per image-pixel scales to every queued condition: from the study's
+    finished trials (a timing study's at its largest N: a fixed cost per epoch inflates a small N's rate), else from
+    two epochs of the largest queued condition, trained here once and counted in the plan."""
     # a queued trial's condition is in its fixed_params until a worker asks for it
     queued = [spec.config_for(t.params or t.system_attrs.get("fixed_params", {}), t.user_attrs.get("seed", 0))
               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))] or [spec.base_config()]
     work = [c.n_images * c.image_size**2 for c in queued]
-    measured = [t.user_attrs["timing"]["sec_per_epoch"] / (t.user_attrs["condition"]["n_images"]
-                                                           * t.user_attrs["condition"]["image_size"] ** 2)
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "timing" in t.user_attrs and "condition" in t.user_attrs]
+    finished = [t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done = [(a["timing"]["sec_per_epoch"], a["condition"]["n_images"] * a["condition"]["image_size"] ** 2)
+            for a in finished if "timing" in a and "condition" in a]
+    if spec.is_timing:  # scaled from its own largest N, which takes most of its time (probed where none finished)
+        done = [d for d in done if d[1] == max([w for _, w in done] + work)]
+    probe_s, measured = 0.0, [s / w for s, w in done]
     if measured:
         per_unit, source = float(np.median(measured)), f"the {len(measured)} finished trial(s) of this study"
     else:
@@ -145,12 +147,14 @@ def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int,
 
         probe = queued[work.index(max(work))].replace(epochs=2, warmup_epochs=1, threads=threads)
         try:
+            started = time.perf_counter()
             per_unit = train(probe).sec_per_epoch / (probe.n_images * probe.image_size**2)
+            probe_s = time.perf_counter() - started  # this invocation's time too
         except Exception as err:  # bad data or settings: each trial will fail and say why; the plan stands
             return float("nan"), f"no time estimate ({type(err).__name__}: {first_line(err)})"
-        source = f"2 epochs of N={probe.n_images}, {probe.image_size} px, {probe.arch}"
+        source = f"2 epochs of N={probe.n_images}, {probe.image_size} px, {probe.arch}, {duration(probe_s)} of it"
     mean_epochs_work = sum(c.epochs * w for c, w in zip(queued, work, strict=True)) / len(queued)
-    seconds = per_unit * mean_epochs_work * planned / workers * 1.1  # ~10% for evaluation and logging
+    seconds = probe_s + per_unit * mean_epochs_work * planned / workers * 1.1  # ~10% for evaluation and logging
     text = f"about {duration(seconds)} here (rough: scaled from {source})"
     if seconds >= 3600:
         text += ("\nwarning: this is a long study on this machine; Ctrl-C stops it and the same command resumes it, "
@@ -196,13 +200,14 @@ def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, plann
 def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int, bool]:
     """Worker processes, torch threads per worker and whether seeds fuse. `auto` reads this machine's cached
     measurement of the study's typical cell (measuring it once where there is none; on CUDA, workers sharing the GPU
-    within its free memory, study.autotune); never more threads in all than cores."""
+    within its free memory, study.autotune), except for a timing study: one worker with every thread, seeds one after
+    another; never more threads in all than cores."""
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
     if fuse not in ("auto", "on", "off"):
         raise SweepError(f"--fuse-seeds {fuse}: expected auto, on or off")
     cell = spec.config_for(spec.grid_cells()[0] if spec.sampler == "grid" else {}, spec.seeds[0])
-    if workers == "auto" or fuse == "auto":  # only auto measures: ranking the sample's cells builds networks
+    if not spec.is_timing and (workers == "auto" or fuse == "auto"):  # only auto measures: ranking builds networks
         cell = autotune.typical_cell(autotune.timing_sample(spec))
     try:
         check_fusable([cell, cell.replace(seed=cell.seed + 1)])
@@ -212,6 +217,13 @@ def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int,
         if fuse == "on":
             print(f"--fuse-seeds on: seeds run one by one, since {why}", flush=True)
     n = autotune.cores()
+    if spec.is_timing:  # its times are what it measures: beside another trial they would time the contention too
+        count = 1 if workers == "auto" else workers
+        if count > 1:
+            print(f"study {spec.name} is a timing study: with {count} workers its trials run side by side, so their "
+                  "times include the contention between them (the report fits only runs timed alone; --workers auto "
+                  "times each alone)", flush=True)
+        return count, spec.base_config().threads or max(1, n // count), fusable and fuse == "on"
     tuning = None
     if workers == "auto":
         tuning = autotune.tune(cell, spec.seeds, fusable)
@@ -234,8 +246,10 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     invocation = f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ctx = Context(spec, storage_url, experiment_id, parent_run_id, threads, invocation,
                   t0 + spec.timeout_s if spec.timeout_s else 0.0, max_trials, len(study.trials), workers == 1,
-                  # runs timed beside other workers on the same cores are not fitted with runs timed alone
-                  fuse=fused, provenance={**provenance(), "timing.workers": str(workers)})
+                  # runs timed beside other workers on the same cores are not fitted with runs timed alone, and the
+                  # report sets each time beside the original's with the CPU or GPU that made it
+                  fuse=fused, provenance={**provenance(), "timing.workers": str(workers),
+                                          "timing.cpu": autotune.cpu_model(), "timing.gpu": autotune.gpu_name()})
     if probe:
         print(f"execution: {workers} worker(s) x {threads} torch thread(s)"
               + (f", seeds {spec.seeds} fused into one stacked model per condition" if fused else ""), flush=True)

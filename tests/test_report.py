@@ -310,3 +310,19 @@ def test_a_report_against_a_tracking_server_that_does_not_answer_is_one_line_and
     assert main(["report", "--experiment", "rep"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot read the MLflow store http://127.0.0.1:9")
+
+
+def test_runs_record_the_device_and_precision_their_times_were_made_with(store):
+    """The report sets seconds per epoch beside the original's with the CPU or GPU and the precision that made them
+    (issue 37), and fits a sweep's runs timed alone, one worker."""
+    from analysis import dynamics
+    from analysis.runs import complete, load_study_runs
+    from study import autotune
+
+    _, client, _ = store
+    t = complete(load_study_runs(client, "rep").trials)
+    assert (t["tags.timing.workers"] == "1").all() and (t["tags.timing.cpu"] == autotune.cpu_model()).all()
+    assert (t["tags.timing.gpu"] == autotune.gpu_name()).all() and t["precision"].isin(["fp32", "bf16"]).all()
+    assert not dynamics.device_label(t).str.contains("not recorded").any()
+    sentence = dynamics.scaling_answers(t)[0]
+    assert "log-log slope" in sentence and "not measured alone" not in sentence and "left out" not in sentence
