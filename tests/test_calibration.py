@@ -90,3 +90,12 @@ def test_n90_at_capacity_toml_seeds_rarely_overshoots_and_finds_a_clear_break():
     rates = calibrate_n90(seeds=seeds, studies=400)
     assert rates["overshoot (N90 > 40 where 85% hold past 40)"] <= 0.05
     assert rates["finds N* = 40 (0.5 past it)"] >= 0.95
+
+
+def test_a_candidates_power_is_simulated_with_draws_that_can_pass_holm_over_eight():
+    """With 199 draws the smallest p (0.005) times 8 candidates never passed 0.05 / 2: "power < 0.8 at any
+    agreement" was said of a design that has it."""
+    from analysis.simulate import detectable
+
+    power, effect = detectable("explained", Design(3, 2, 10, 2), "images", inference.ALPHA / 2)
+    assert power >= 0.8 and effect <= 0.35
