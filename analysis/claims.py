@@ -88,24 +88,27 @@ def evidence(g: pd.DataFrame, conditions: int = 1) -> Evidence | None:
     seeds = max(int((ids == k).sum()) for k in order)
     a = np.full((1, len(order), seeds, n), -1)
     valid = np.zeros((1, len(order), seeds), bool)
-    refs = {"order": np.broadcast_to(np.arange(n), a.shape)}
-    columns = {INITIAL: runs["initial"] if "initial" in runs else None}
-    partners = runs["partners"] if "partners" in runs else pd.Series(None, index=runs.index)
-    for name in CANDIDATES:
-        refs[name] = np.full(a.shape, -1)
-    complete = {name: True for name in CANDIDATES}
+    refs = {"order": np.broadcast_to(np.arange(n), a.shape)} | {name: np.full(a.shape, -1) for name in CANDIDATES}
+    complete = dict.fromkeys(CANDIDATES, True)
     for d, key in enumerate(order):
-        for s, (index, row) in enumerate(runs[ids == key].iterrows()):
+        for s, (_, row) in enumerate(runs[ids == key].iterrows()):
             a[0, d, s], valid[0, d, s] = np.asarray(row["assignment"]), True
             for name in CANDIDATES:
-                ref = columns[INITIAL][index] if name == INITIAL and columns[INITIAL] is not None else \
-                    (partners[index] or {}).get(name) if isinstance(partners[index], dict) else None
+                ref = _reference(row, name)
                 if isinstance(ref, list | np.ndarray) and len(ref) == n:
                     refs[name][0, d, s] = np.asarray(ref)
                 else:
                     complete[name] = False
     refs = {k: v for k, v in refs.items() if k == "order" or complete[k]}
     return Evidence(a, valid, refs, simulate.Design(len(order), seeds, n, conditions))
+
+
+def _reference(row: pd.Series, name: str):
+    """What a run's map is tested against for one candidate: its untrained map, or a predictor's partners."""
+    if name == INITIAL:
+        return row.get("initial")
+    partners = row.get("partners")
+    return partners.get(name) if isinstance(partners, dict) else None
 
 
 def _not_detected(claim: str, design: simulate.Design, scope: str, level: float) -> str:
