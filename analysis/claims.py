@@ -213,9 +213,10 @@ def lu(t: dict, e: Evidence, claims: dict[str, Claim]) -> Verdict:
     share, kappa = t["share"], float(t["share"].statistic[0])
     margin = simulate.KAPPA_MARGIN * (1 - 1 / e.design.n) * e.design.n  # kappa's margin as rows out of N
     if code == "no":
+        found = [k.removeprefix("explained_") for k in names if claims.get(k) and claims[k].images.said == "yes"]
         why = (["the seeds of a data set share their partners"] if claims["share"].images.said == "yes" or
-               share.p[0] < ALPHA / 2 else []) + [f"{k.removeprefix('explained_')} explains them"
-                                                 for k in names if claims.get(k) and claims[k].images.said == "yes"]
+               share.p[0] < ALPHA / 2 else []) + \
+            ([f"{', '.join(found)} explain{'s' * (len(found) == 1)} them"] if found else [])
         return Verdict("no", detail="; ".join(why) or "seed sharing or a predictor at p < 0.025")
     if code == "yes":
         return Verdict("yes", detail=f"mean kappa {kappa:.2f} < {critical:.2f}, the critical value at which seeds "
