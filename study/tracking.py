@@ -237,6 +237,7 @@ class RunLogger:
         self.pending_tags: dict[str, Any] = {}  # sent with the closing batch
         self._last_flush = time.monotonic()
         self.log_seconds = 0.0  # time spent in MLflow calls: the logging overhead, measured
+        self.logged: set[tuple[str, int]] = set()  # (key, step) a resumed run holds already (skip_logged)
 
     @classmethod
     def start(cls, client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
@@ -257,9 +258,22 @@ class RunLogger:
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        self._metrics += [Metric(k, _clean(v), now, step) for k, v in values.items() if v is not None]
+        self._metrics += [Metric(k, _clean(v), now, step) for k, v in values.items()
+                          if v is not None and (k, step) not in self.logged]
         if time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
+
+    def skip_logged(self) -> None:
+        """A run that goes on after a kill holds the steps its killed attempt logged, up to the kill (past its
+        checkpoint too, as during an outage): those are not logged again, so each metric and picture series holds
+        one value per step."""
+        for key in self.client.get_run(self.run_id).data.metrics:
+            self.logged.update((key, m.step) for m in self.client.get_metric_history(self.run_id, key))
+        with contextlib.suppress(Exception):  # a run without pictures yet
+            for f in self.client.list_artifacts(self.run_id, "images"):
+                key, _, rest = Path(f.path).name.partition("+step+")
+                if rest.split("+")[0].isdigit():
+                    self.logged.add((key.replace("~", "/"), int(rest.split("+")[0])))
 
     def flush(self) -> None:
         while self._metrics:
@@ -287,6 +301,8 @@ class RunLogger:
 
         from cyclelike.samples import PNG_OPTIONS
 
+        if (key, step) in self.logged:
+            return
         name = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
         side = max(picture.size)
         preview = Image.new("RGB", (side, side), "white")

@@ -21,12 +21,15 @@ from cyclelike.config import ConfigError, DataError, NonFiniteLossError
 from cyclelike.fused import check_fusable
 from cyclelike.train import timed_text
 
-from .ledger import claim_group, conclude, count_configs, lease
+from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
+from .ledger import claim_group, conclude, count_configs, recover_dead
+from .owners import lease
 from .spec import SweepSpec
 from .storage import (
     KILLED_STALE,
     OUTAGE_EXIT,
     StoreOutage,
+    coordinator_lock,
     heartbeat_enabled,
     is_outage,
     load_study,
@@ -34,7 +37,7 @@ from .storage import (
     outage_reason,
 )
 from .tracking import Client, RunLogger, reproduce_command
-from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, drop_checkpoint, run_trial, run_trials_fused
+from .trial import TrialOutcome, run_trial, run_trials_fused
 
 
 def objective(outcome: TrialOutcome, spec: SweepSpec) -> list[float]:
@@ -313,9 +316,13 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
             optuna.storages.fail_stale_trials(study)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not waiting and (spec.sampler == "grid" or (spec.trials and count_configs(study, spec) >= spec.trials)):
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if beat and running:  # another worker's trial may yet go stale and come back to the queue
-                time.sleep(min(10.0, storage.heartbeat_interval))
+            # the queue is empty, but a trial another process runs may yet die and come back to it: a dead owner
+            # here is found at once, one elsewhere when its heartbeats or lease lapse; the sweep ends when none runs
+            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                with coordinator_lock(ctx.storage_url):
+                    if recover_dead(study, storage):
+                        continue
+                time.sleep(min(10.0, storage.heartbeat_interval) if beat else 1.0)
                 continue
             break
         if counter is not None:

@@ -890,15 +890,15 @@ def test_a_trial_whose_heartbeats_no_longer_reach_the_storage_stops_within_the_o
     (with pruner = none nothing else asks the storage until the end) is lost work, and its end cannot be told.
     A storage silent for OUTAGE_S is lost too, however long the grace: the sweep ends within a minute (it took
     a quarter of an hour), and the trial, asked every epoch, stops at the next."""
-    import study.ledger
-    from study.ledger import Lease
+    import study.owners
+    from study.owners import Lease
     from study.storage import StoreOutage, is_outage, outage_reason
 
     class Down:  # a storage that stopped answering
         def set_trial_user_attr(self, *args):
             raise ConnectionRefusedError("connection to server at 127.0.0.1 port 5432 refused")
 
-    monkeypatch.setattr(study.ledger, "OUTAGE_S", 0.3)
+    monkeypatch.setattr(study.owners, "OUTAGE_S", 0.3)
     held = Lease(Down(), 7)
     held.interval, held.grace = 0.02, 600.0
     held.thread.start()
