@@ -37,8 +37,14 @@ train: .venv  ## one training on the embedded data, outputs under runs/, then it
 	@out=runs/train-$$(date +%Y%m%d-%H%M%S); $(PY) -m cyclelike train --out $$out $(ARGS) && \
 		$(PY) -m analysis pairing $$out
 
+# the command lines that may hold a database URL are echoed with its password masked (a terminal's scrollback
+# and a CI log keep what is printed): the shell splits the words for printf as it does for the command
+MASK := sed -E 's%(://[^:/@ ]*):[^@ ]*@%\1:***@%g'
+SWEEP := $(PY) -m study sweep --config $(CONFIG)
+
 sweep: .venv  ## run or resume an Optuna study (CONFIG=study/configs/x.toml ARGS="--workers 2 --set k=v")
-	$(PY) -m study sweep --config $(CONFIG) $(if $(findstring --workers,$(ARGS)),,--workers auto) $(ARGS)
+	@printf '%s ' $(SWEEP) $(if $(findstring --workers,$(ARGS)),,--workers auto) $(ARGS) | $(MASK); echo
+	@$(SWEEP) $(if $(findstring --workers,$(ARGS)),,--workers auto) $(ARGS)
 
 run: .venv  ## one tracked training in MLflow (ARGS="--set pairing=fixed ...")
 	$(PY) -m study run $(ARGS)
@@ -82,7 +88,8 @@ server-stop: .venv  ## stop the tracking server that make server started
 
 worker: .venv  ## one more worker on a study: make worker STORAGE=postgresql+psycopg://... TRACKING=http://head:port
 	@test -n "$(STORAGE)" -a -n "$(TRACKING)" || { echo "make worker needs STORAGE=<Optuna URL> and TRACKING=<MLflow server URL> (see README)"; exit 2; }
-	MLFLOW_TRACKING_URI=$(TRACKING) $(PY) -m study sweep --config $(CONFIG) --storage "$(STORAGE)" $(ARGS)
+	@printf '%s ' "MLFLOW_TRACKING_URI=$(TRACKING)" $(SWEEP) --storage "$(STORAGE)" $(ARGS) | $(MASK); echo
+	@MLFLOW_TRACKING_URI="$(TRACKING)" $(SWEEP) --storage "$(STORAGE)" $(ARGS)
 
 # PostgreSQL's binaries for the multi-machine tests and make db; where they cannot be installed those tests skip
 postgres:

@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from analysis.store import PROJECT, TRIALS_VIEW, first_line, safe_url, sqlite_path, tracking_uri
+from analysis.store import PROJECT, TRIALS_VIEW, first_line, mask_secrets, safe_part, sqlite_path, tracking_uri
 
 from .spec import SweepError
 
@@ -62,8 +62,9 @@ def provenance() -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    tags = {"command": " ".join(["python -m study", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py")
-            else " ".join(sys.argv),
+    # quoted to paste as it is, and with a password in a --storage or server URL masked
+    argv = ["python", "-m", "study", *sys.argv[1:]] if sys.argv[0].endswith("__main__.py") else sys.argv
+    tags = {"command": shlex.join(mask_secrets(a) for a in argv),
             "mlflow.source.git.commit": git("rev-parse", "HEAD") or "unknown",
             "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))),
             "python": platform.python_version(), "machine": f"{platform.machine()} {os.cpu_count()} cores"}
@@ -88,7 +89,7 @@ def reproduce_command(run_id: str) -> str:
             command += ["--store", str(db.parent)]
         return shlex.join(command)
     # a tracking server or another database (a password in its URL stays out of the tag)
-    return f"MLFLOW_TRACKING_URI={shlex.quote(safe_url(uri))} {shlex.join(command)}"
+    return f"MLFLOW_TRACKING_URI={shlex.quote(mask_secrets(uri))} {shlex.join(command)}"
 
 
 @contextlib.contextmanager
@@ -167,7 +168,7 @@ def prepare_store(uri: str | None = None) -> MlflowClient:
     except SweepError:
         raise
     except Exception as err:  # MLflow wraps OS and database errors in several types
-        raise SweepError(f"cannot open the MLflow store {safe_url(uri)}: {first_line(err)}") from None
+        raise SweepError(f"cannot open the MLflow store {mask_secrets(uri)}: {first_line(err)}") from None
 
 
 def artifact_root(uri: str) -> str | None:
@@ -202,7 +203,7 @@ def disk_use(name: str, uri: str | None = None) -> str:
     root = artifact_root(uri or tracking_uri())
     if root is None:
         return "artifacts on the tracking server"
-    folder = Path(urllib.parse.urlparse(root).path) / name
+    folder = Path(urllib.parse.urlparse(root).path) / safe_part(name)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
     return f"{size / 2**20:.1f} MiB of artifacts in {folder}"
 
@@ -218,7 +219,8 @@ def ensure_experiment(client: MlflowClient, name: str, role: str = "study") -> s
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     root = artifact_root(client.tracking_uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+    # the name as one folder: an experiment named `../../etc/x` (by `study run --experiment`) stays in the store
+    return client.create_experiment(name, artifact_location=f"{root}/{safe_part(name)}" if root else None,
                                     tags=tags)
 
 
