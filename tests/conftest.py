@@ -90,8 +90,8 @@ def _own_autotune_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
-    """A PostgreSQL started once for the tests that need one (skipped where initdb is not found); its Optuna URL."""
+def postgres_server():
+    """A PostgreSQL started once for the tests that need one (skipped where initdb is not found)."""
     import shutil
     import tempfile
 
@@ -104,7 +104,12 @@ def postgres_url(tmp_path_factory):
     # under /tmp, readable by the `postgres` user the server runs as when the tests run as root
     parent = Path(tempfile.mkdtemp(prefix="cyclelike-pg-"))
     parent.chmod(0o755)
-    server = postgres.start(parent / "cluster")
-    yield server.url("optuna")
+    yield postgres.start(parent / "cluster")
     postgres.stop(parent / "cluster")
     shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server):
+    """The Optuna storage URL of postgres_server, its password in it."""
+    return postgres_server.url("optuna")
