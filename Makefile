@@ -50,12 +50,12 @@ run: .venv  ## one tracked training in MLflow (ARGS="--set pairing=fixed ...")
 	$(PY) -m study run $(ARGS)
 
 ui: .venv  ## the MLflow UI on 127.0.0.1 for this store
-	@uri=$$($(PY) -m analysis.store); echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (store $$uri; Ctrl-C stops it)"; \
+	@uri=$$($(PY) -m analysis.store); echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (store $$uri; Ctrl-C stops it)" | $(MASK); \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) \
 		--workers 1 --backend-store-uri "$$uri"
 
 dashboard: .venv  ## optuna-dashboard on 127.0.0.1 for the study storage
-	@storage=$$($(PY) -m analysis.store optuna); echo "Optuna dashboard: http://127.0.0.1:$(DASHBOARD_PORT)  ($$storage)"; \
+	@storage=$$($(PY) -m analysis.store optuna); echo "Optuna dashboard: http://127.0.0.1:$(DASHBOARD_PORT)  ($$storage)" | $(MASK); \
 	exec $(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) "$$storage"
 
 report: .venv  ## report on the most recent study, or STUDY=name: reports/<study>/index.html
