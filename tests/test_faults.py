@@ -318,3 +318,19 @@ def test_steps_logged_past_the_last_checkpoint_are_not_logged_again(tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(steps), key
     strips = [f.path for f in client.list_artifacts(run.info.run_id, "images") if f.path.endswith(".png")]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in strips) == list(range(0, EPOCHS + 1, 2))
+
+
+def test_the_report_counts_a_trial_running_before_it_has_a_run(tmp_path):
+    """The report counted RUNNING runs: a trial RUNNING without one (claimed, then killed) read as "none left
+    RUNNING" beside its cell listed as having no finished run."""
+    import pandas as pd
+
+    from analysis.questions import ledger_text
+    from analysis.study_sections import running_trials
+
+    path = _sweep_file(tmp_path, "counted")
+    with store_in(tmp_path):
+        prepare(load_sweep(path), None, 1)[1].ask()
+    running = running_trials("counted", str(tmp_path / "mlruns" / "optuna.journal"))
+    text = ledger_text(pd.DataFrame({"state": [], "status": []}), [{"pairing": "aligned"}], running)
+    assert running == 1 and "1 still RUNNING" in text and "none left RUNNING" not in text, text
