@@ -276,8 +276,8 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
               keep_checkpoint: bool = False, drop: bool = True,
               alive: Callable[[], None] | None = None) -> TrialOutcome:
     """Train and track one run. With `checkpoint_s`, its whole state goes to the run every so many seconds of
-    training; with `resume`, the run goes on from its last checkpoint in the same MLflow run, where the
-    epochs after that checkpoint are logged again (the report reads each epoch once, the later). The
+    training; with `resume`, the run goes on from its last whole checkpoint in the same MLflow run, and logs only
+    the steps the run does not hold yet (each metric keeps one row per epoch). The
     checkpoint is deleted at the end unless kept, or unless `drop` is false: a sweep deletes it itself, once
     Optuna holds the trial's result (study.ledger)."""
     started = time.perf_counter()

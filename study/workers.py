@@ -25,7 +25,7 @@ from cyclelike.train import timed_text
 
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
 from .ledger import claim_group, conclude, count_configs, recover_dead
-from .owners import lease
+from .owners import lease, owner_alive
 from .spec import SweepSpec
 from .storage import (
     KILLED_STALE,
@@ -320,11 +320,13 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
         if not waiting and (spec.sampler == "grid" or (spec.trials and count_configs(study, spec) >= spec.trials)):
             # the queue is empty, but a trial another process runs may yet die and come back to it: a dead owner
             # here is found at once, one elsewhere when its heartbeats or lease lapse; the sweep ends when none runs
-            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                with coordinator_lock(ctx.storage_url):
-                    if recover_dead(study, storage):
-                        continue
-                time.sleep(min(10.0, storage.heartbeat_interval) if beat else 1.0)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if running:
+                if not all(owner_alive(t, storage) for t in running):  # decided under the lock, where claims are
+                    with coordinator_lock(ctx.storage_url):
+                        if recover_dead(study, storage):
+                            continue
+                time.sleep(2.0 if beat else 1.0)
                 continue
             break
         if counter is not None:
