@@ -213,6 +213,7 @@ def test_a_sweep_killed_from_outside_at_any_instant_loses_nothing(tmp_path, requ
     assert proc.returncode == -signal.SIGKILL
     killed_s = time.monotonic() - t0
     again = _command(tmp_path, storage, workers)
+    (tmp_path / "again.txt").write_text(again.stdout + again.stderr)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     print(f"{instant} {store} {workers}w: killed after {killed_s:.1f} s; the same command completed in "
           f"{time.monotonic() - t0 - killed_s:.1f} s")
