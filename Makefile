@@ -37,19 +37,25 @@ train: .venv  ## one training on the embedded data, outputs under runs/, then it
 	@out=runs/train-$$(date +%Y%m%d-%H%M%S); $(PY) -m cyclelike train --out $$out $(ARGS) && \
 		$(PY) -m analysis pairing $$out
 
+# the command lines that may hold a database URL are echoed with its password masked (a terminal's scrollback
+# and a CI log keep what is printed): the shell splits the words for printf as it does for the command
+MASK := sed -E 's%(://[^:/@ ]*):[^@ ]*@%\1:***@%g'
+SWEEP := $(PY) -m study sweep --config $(CONFIG)
+
 sweep: .venv  ## run or resume an Optuna study (CONFIG=study/configs/x.toml ARGS="--workers 2 --set k=v")
-	$(PY) -m study sweep --config $(CONFIG) $(if $(findstring --workers,$(ARGS)),,--workers auto) $(ARGS)
+	@printf '%s ' $(SWEEP) $(if $(findstring --workers,$(ARGS)),,--workers auto) $(ARGS) | $(MASK); echo
+	@$(SWEEP) $(if $(findstring --workers,$(ARGS)),,--workers auto) $(ARGS)
 
 run: .venv  ## one tracked training in MLflow (ARGS="--set pairing=fixed ...")
 	$(PY) -m study run $(ARGS)
 
 ui: .venv  ## the MLflow UI on 127.0.0.1 for this store
-	@uri=$$($(PY) -m analysis.store); echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (store $$uri; Ctrl-C stops it)"; \
+	@uri=$$($(PY) -m analysis.store); echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning  (store $$uri; Ctrl-C stops it)" | $(MASK); \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(PORT) \
 		--workers 1 --backend-store-uri "$$uri"
 
 dashboard: .venv  ## optuna-dashboard on 127.0.0.1 for the study storage
-	@storage=$$($(PY) -m analysis.store optuna); echo "Optuna dashboard: http://127.0.0.1:$(DASHBOARD_PORT)  ($$storage)"; \
+	@storage=$$($(PY) -m analysis.store optuna); echo "Optuna dashboard: http://127.0.0.1:$(DASHBOARD_PORT)  ($$storage)" | $(MASK); \
 	exec $(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) "$$storage"
 
 report: .venv  ## report on the most recent study, or STUDY=name: reports/<study>/index.html
@@ -82,7 +88,8 @@ server-stop: .venv  ## stop the tracking server that make server started
 
 worker: .venv  ## one more worker on a study: make worker STORAGE=postgresql+psycopg://... TRACKING=http://head:port
 	@test -n "$(STORAGE)" -a -n "$(TRACKING)" || { echo "make worker needs STORAGE=<Optuna URL> and TRACKING=<MLflow server URL> (see README)"; exit 2; }
-	MLFLOW_TRACKING_URI=$(TRACKING) $(PY) -m study sweep --config $(CONFIG) --storage "$(STORAGE)" $(ARGS)
+	@printf '%s ' "MLFLOW_TRACKING_URI=$(TRACKING)" $(SWEEP) --storage "$(STORAGE)" $(ARGS) | $(MASK); echo
+	@MLFLOW_TRACKING_URI="$(TRACKING)" $(SWEEP) --storage "$(STORAGE)" $(ARGS)
 
 # PostgreSQL's binaries for the multi-machine tests and make db; where they cannot be installed those tests skip
 postgres:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return _pairing(Path(args.folder))
     if args.command == "calibrate":
         return _calibrate(args)
-    from .store import PROJECT, first_line, safe_url, sqlite_path, tracking_uri, use_store
+    from .store import PROJECT, first_line, safe_part, safe_url, sqlite_path, tracking_uri, use_store
 
     use_store(args.store)
     uri = tracking_uri()
@@ -68,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         return 3 if str(uri).startswith(("http://", "https://", "postgresql")) else 1
     name = args.experiment or most_recent_study(client)
     if name is None:
-        print(f"error: no study in {uri}; run one first (make sweep)", file=sys.stderr)
+        print(f"error: no study in {safe_url(uri)}; run one first (make sweep)", file=sys.stderr)
         return 1
     if name not in known:
-        print(f"error: there is no study {name!r} in {uri}; studies there: {', '.join(known) or 'none'}",
+        print(f"error: there is no study {name!r} in {safe_url(uri)}; studies there: {', '.join(known) or 'none'}",
               file=sys.stderr)
         return 1
-    out = Path(args.out).expanduser() if args.out else PROJECT / "reports" / name
+    out = Path(args.out).expanduser() if args.out else PROJECT / "reports" / safe_part(name)
     why = _unwritable(out)
     if why:
         print(f"error: cannot write the report to {out} ({why}); give --out a folder that can be written",
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except SectionsFailed as err:
         failed = err
     print(f"report: {out / 'index.html'}\n        {out / 'report.md'}")
+    if not _finished_runs(client, name):  # the page says so too; a script must not read it as an answer
+        print(f"error: study {name!r} has no finished run: the report answers nothing yet", file=sys.stderr)
+        return 1
     if failed:
         print(f"error: {failed}; the reason stands in its place on the page and in the warning above",
               file=sys.stderr)
@@ -125,6 +128,13 @@ def _calibrate(args) -> int:
     print(f"\nN90 over {n90.pop('seeds')} seeds (an estimate, no level): "
           + ", ".join(f"{k} {v:.3f}" for k, v in n90.items()))
     return 0
+
+
+def _finished_runs(client, name: str) -> bool:
+    """Whether the study holds a finished run besides its parent (one per sweep invocation)."""
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", max_results=50)
+    return any(r.data.tags.get("role") != "study" for r in runs)
 
 
 def _unwritable(out: Path) -> str | None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .store import mask_secrets
+
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222;
        line-height: 1.45; }
@@ -163,6 +165,7 @@ class Document:
 
     def write(self) -> tuple[Path, Path]:
         md, page = self.out / "report.md", self.out / "index.html"
-        md.write_text(self.markdown())
-        page.write_text(self.html())
+        # what the runs recorded goes on a page that is shared: a password a URL in it may hold does not
+        md.write_text(mask_secrets(self.markdown()))
+        page.write_text(mask_secrets(self.html()))
         return md, page

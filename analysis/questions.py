@@ -197,15 +197,16 @@ def unpaired_table(u: pd.DataFrame, named_by: pd.DataFrame | None = None, found:
     return pd.DataFrame(rows)
 
 
-def ledger_text(t: pd.DataFrame, missing: list[dict]) -> str:
+def ledger_text(t: pd.DataFrame, missing: list[dict], trials_running: int = 0) -> str:
     """What the study lost on the way, from its runs: trials killed and resumed, runs killed and not resumed,
-    runs failed (with their reasons), runs still RUNNING (a live sweep, or the orphan of a dead one) and the
-    grid's cells with no finished run."""
+    runs failed (with their reasons), trials still RUNNING (a live sweep, or the orphan of a dead one; Optuna's
+    count where it is at hand, since a trial is RUNNING before it has a run) and the grid's cells with no
+    finished run."""
     failure = t.get("tags.failure", pd.Series("", index=t.index)).fillna("").astype(str)
     killed = (t["state"] == "FAIL") & failure.str.startswith("killed")
     failed = t[(t["state"] == "FAIL") & ~killed]
     resumed = int(pd.to_numeric(t.get("tags.resumes", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
-    running = int((t.get("status", pd.Series(dtype=str)) == "RUNNING").sum())
+    running = max(int((t.get("status", pd.Series(dtype=str)) == "RUNNING").sum()), trials_running)
     parts = [f"{resumed} kill(s) resumed from a checkpoint in the same run", f"{int(killed.sum())} run(s) killed "
              "and not resumed (their retry started afresh)"]
     reasons = failed.assign(why=failure[failed.index].str.strip().str.split("\n").str[-1]).groupby("why").size()

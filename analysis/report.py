@@ -45,13 +45,13 @@ def build_report(name: str | None, out: Path | None = None, storage: str | None 
     written. `ui`: the MLflow UI's address (a tracking server's own by default), for links to each run's page."""
     from mlflow.tracking import MlflowClient
 
-    from .store import PROJECT, tracking_uri
+    from .store import PROJECT, safe_part, tracking_uri
 
     client = client or MlflowClient(tracking_uri())
     name = name or most_recent_study(client)
     if name is None:
         name = "no-study"
-    out = Path(out or PROJECT / "reports" / name)
+    out = Path(out or PROJECT / "reports" / safe_part(name))
     doc = Document(f"Study report: {name}", out)
     runs = load_study_runs(client, name)
     runs.ui = ui or (client.tracking_uri if str(client.tracking_uri).startswith(("http://", "https://")) else None)
@@ -72,7 +72,7 @@ def build_report(name: str | None, out: Path | None = None, storage: str | None 
         doc.note(f"Metrics that no run reports: {', '.join(missing)}.")
     curves = load_curves(client, runs.trials)
     sections = {"answers": lambda: section_answers(doc, runs),
-                "glance": lambda: section_glance(doc, runs, client), "pairs": lambda: section_pairs(doc, runs),
+                "glance": lambda: section_glance(doc, runs, client, storage), "pairs": lambda: section_pairs(doc, runs),
                 "formation": lambda: section_formation(doc, runs, curves),
                 "predictors": lambda: section_predictors(doc, runs),
                 "capacity": lambda: section_capacity(doc, runs, client),

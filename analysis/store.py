@@ -11,6 +11,7 @@ anchored to this checkout and never to the current directory, unless one of thes
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -85,20 +86,34 @@ def trials_page(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={TRIALS_VIEW}&{CLASSIC_VIEW}"
 
 
-def safe_url(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    try:
-        from sqlalchemy.engine import make_url
+# a password in a URL (scheme://user:password@host) or in its query (?password=...): what mask_secrets hides
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s@]*@")
+QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&;\s](?:password|passwd|pwd)=)[^&\s]+")
+MASK = "***"
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
+
+def mask_secrets(text: str) -> str:
+    """`text` with the password of every URL in it masked (postgresql://user:***@host/db, ?password=***): what
+    the harness logs, tags, prints and reports holds no secret from a storage or tracking URL."""
+    return QUERY_PASSWORD.sub(rf"\g<head>{MASK}", URL_PASSWORD.sub(rf"\g<head>:{MASK}@", str(text)))
+
+
+def safe_url(url: str) -> str:
+    """A database or server URL without its password, for messages and logs."""
+    return mask_secrets(url)
+
+
+def safe_part(name: str) -> str:
+    """A study or run name as one part of a path: never a parent folder, an absolute path or a hidden file."""
+    part = re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).lstrip(".")
+    return part or "_"
 
 
 def first_line(err: BaseException) -> str:
-    """The one line of an error a user needs (a driver's names host and port), without wrappers' extra lines."""
+    """The one line of an error a user needs (a driver's names host and port), without wrappers' extra lines or
+    a password from a URL it quotes."""
     text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return mask_secrets(text.splitlines()[0]) if text else type(err).__name__
 
 
 if __name__ == "__main__":  # `python -m analysis.store`: what the Makefile's ui and dashboard targets open

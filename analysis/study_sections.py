@@ -68,7 +68,7 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
-def section_glance(doc: Document, runs: StudyRuns, client) -> None:
+def section_glance(doc: Document, runs: StudyRuns, client, storage: str | None = None) -> None:
     doc.h2("The study at a glance")
     t = runs.trials
     swept = swept_params(t)
@@ -83,7 +83,8 @@ def section_glance(doc: Document, runs: StudyRuns, client) -> None:
           f"Wall time {duration_text(wall)} (the time during which at least one trial ran, over every "
           f"invocation, killed ones included). {schedules_text(t)}Objective: "
           + ", ".join(f"{o} ({d})" for o, d in zip(runs.objectives, runs.directions, strict=True)) + ".")
-    doc.p(questions.ledger_text(t, missing_cells(t, runs.sweep.get("space", {}), runs.sweep.get("seeds", []))))
+    doc.p(questions.ledger_text(t, missing_cells(t, runs.sweep.get("space", {}), runs.sweep.get("seeds", [])),
+                                running_trials(runs.name, storage)))
     done = complete(t)
     objective, direction = runs.objectives[0], runs.directions[0]
     if done.empty or objective not in done:
@@ -263,6 +264,18 @@ def section_importance(doc: Document, runs: StudyRuns, storage: str | None) -> N
     fig.set_size_inches(2.0 * (len(params) + 1) + 2, 4.5)
     doc.figure(fig, "parallel.png", f"Every completed trial as one line across the swept parameters, coloured by "
                f"{objective} (Optuna's parallel-coordinates plot, with its colour bar).")
+
+
+def running_trials(name: str, storage: str | None) -> int:
+    """The study's trials RUNNING in Optuna, read-only; 0 where its storage is not at hand (a report from a
+    tracking server alone counts the runs)."""
+    try:
+        import optuna
+
+        study = optuna.load_study(study_name=name, storage=_open_storage(storage))
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    except Exception:
+        return 0
 
 
 def _open_storage(storage: str | None):

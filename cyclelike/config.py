@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256
+MAX_SEED = 2**63 - 1
 # the same maths computed another way, each auto, on or off (cyclelike.execution resolves auto per device)
 SWITCHES = ("fused_upsample", "fused_adam", "channels_last", "replay")
 CHOICES.update({k: ("auto", "on", "off") for k in SWITCHES})
@@ -164,6 +165,9 @@ class RunConfig:
         self._at_least("threads", 0)
         self._at_least("seed", 0)
         self._at_least("data_seed", 0)
+        for name in ("seed", "data_seed"):  # torch's generators take a signed 64-bit seed, and overflowed past it
+            if getattr(self, name) > MAX_SEED:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: allowed values are integers up to {MAX_SEED}")
         self._at_least("warmup_epochs", 0)
         self._at_least("patience", 1)
         self._at_least("patience_epochs", 0)

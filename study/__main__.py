@@ -133,6 +133,9 @@ def _run(args) -> int:
         config, experiment = RunConfig.from_dict(sets), args.experiment or "runs"
         eval_every = 10 if args.eval_every is None else args.eval_every
     _check_device(config)
+    from .preflight import check_run
+
+    check_run(config)  # bad data or an N that cannot fit: said before the run is created
     if config.threads == 0:
         config = config.replace(threads=idle_threads())
         print(f"threads: {config.threads} (the idle cores now; --set threads=K to choose)")

@@ -1,14 +1,15 @@
 """The exactly-once contract of a study, in one place. Its invariants:
 
-- each (condition, seed) completes once: a claim checks what is taken and writes its key in one step under
-  the coordinator lock, and a condition queued or running is never queued again;
-- a dead owner's trial is failed as killed and queued again: a dead process on this host, a lease older than
-  its grace on another (journal), a heartbeat older than its grace or never sent (PostgreSQL);
+- each (condition, seed) completes once: a claim makes its trial RUNNING, writes its owner, checks what is taken
+  and writes its key in one step under the coordinator lock, and a condition queued or running is never queued
+  again;
+- a dead owner's trial is failed as killed and queued again: at once for a dead process on this host (or a trial
+  left without owner), after a grace on another host (a lease on a journal, heartbeats on PostgreSQL);
 - a killed trial uses up no retry; a failed one is retried up to max_retries times;
 - a retry resumes from its checkpoint, in the killed trial's MLflow run, with its intermediate values;
 - a retry carries its cell: it is queued with its condition's params fixed, so no sampler draws another cell;
-- a sweep that ends with a cell of its grid unrun (no trial ended with a result, none running) says which and
-  fails, whatever happened to its workers.
+- a sweep waits for the trials others run, and one that ends with a cell of its grid without a result (RUNNING
+  included) says which and fails, whatever happened to its workers.
 
 Finishing a trial is one ordered protocol (`conclude`), so that a kill between any two steps leaves either a
 resumable trial or a whole run:
@@ -30,119 +31,29 @@ dropped (after 3).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import socket
-import threading
-import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis.store import first_line, tracking_uri
+from analysis.store import tracking_uri
 from cyclelike.config import EXECUTION_KEYS, RunConfig
 
+from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
+from .owners import owner_alive, owner_record
 from .spec import SweepSpec
-from .storage import KILLED_STALE, StoreOutage, coordinator_lock, heartbeat_enabled, heartbeat_grace_s
+from .storage import KILLED_STALE, coordinator_lock, heartbeat_enabled
 from .tracking import RunLogger
-from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, drop_checkpoint, fault, is_whole, run_trial
-
-LEASE_EVERY_S = 30.0
-
-
-LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another host's trial is dead past this
-
-
-# a storage silent this long is lost, even where the grace is longer: the sweep ends with exit 3 within a minute
-# of an outage (the same command goes on from the checkpoints), not minutes later
-OUTAGE_S = float(os.environ.get("CYCLELIKE_OUTAGE_S", 30))
-RETRY_S = 5.0  # how soon a missed heartbeat is tried again
-
-
-HOST = socket.gethostname()
-
+from .trial import TrialOutcome, fault, is_whole, run_trial
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # needs no new trial
 
 
 def config_key(config: RunConfig) -> str:
     return hashlib.sha1(json.dumps(config.identity(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of a process: a pid reused by another process has another one."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def owner_record(invocation: str) -> dict[str, Any]:
-    return {"host": HOST, "pid": os.getpid(), "pid_start": _process_start(os.getpid()), "invocation": invocation}
-
-
-def owner_alive(trial: FrozenTrial, now: float | None = None) -> bool:
-    owner, now = trial.user_attrs.get("owner"), now or time.time()
-    if owner and owner.get("host") == HOST:
-        return _process_start(owner["pid"]) is not None and _process_start(owner["pid"]) == owner.get("pid_start")
-    started = trial.datetime_start.timestamp() if trial.datetime_start else now
-    return now - float(trial.user_attrs.get("lease", started)) < LEASE_GRACE_S
-
-
-class Lease:
-    """A trial's heartbeat (or lease) thread, and when the storage last took it."""
-
-    def __init__(self, storage, trial_id: int):
-        beat = heartbeat_enabled(storage)
-        self.storage, self.trial_id, self.beat = storage, trial_id, beat
-        self.interval = storage.heartbeat_interval if beat else LEASE_EVERY_S
-        # past this without a heartbeat, other workers fail the trial as stale and run its retry
-        self.grace = heartbeat_grace_s(storage) if beat else LEASE_GRACE_S
-        self.taken = time.monotonic()
-        self.error: Exception | None = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._refresh, daemon=True, name=f"lease-{trial_id}")
-
-    def _refresh(self) -> None:
-        while True:
-            try:  # a missed refresh is retried; the grace spans several
-                if self.beat:
-                    self.storage.record_heartbeat(self.trial_id)
-                else:
-                    self.storage.set_trial_user_attr(self.trial_id, "lease", time.time())
-                self.taken, self.error = time.monotonic(), None
-            except Exception as err:
-                self.error = err
-            if self.stop.wait(self.interval if self.error is None else min(self.interval, RETRY_S)):
-                return
-
-    def check(self) -> None:
-        """Raise once the storage has taken no heartbeat for its grace period or OUTAGE_S, the shorter: the
-        trial counts as dead to the other workers, or the storage is down, so training it on is lost work (an
-        outage, or a network cut from this machine)."""
-        silent, limit = time.monotonic() - self.taken, min(self.grace, OUTAGE_S)
-        if self.error is not None and silent > limit:
-            raise StoreOutage(f"no heartbeat of trial id {self.trial_id} reached the storage for {silent:.0f} s "
-                              f"(limit {limit:.0f} s): {first_line(self.error)}") from self.error
-
-
-@contextlib.contextmanager
-def lease(storage, trial_id: int):
-    """Tell the storage the trial is alive while it runs: Optuna's heartbeat on an RDB storage (the thread
-    `study.optimize` would run), else a lease timestamp that other hosts can read. Yields the Lease, whose
-    check() says when the storage stopped taking it."""
-    held = Lease(storage, trial_id)
-    held.thread.start()
-    try:
-        yield held
-    finally:
-        held.stop.set()
-        held.thread.join(timeout=5)
 
 
 def is_killed(trial: FrozenTrial) -> bool:
@@ -199,21 +110,33 @@ def killed(study: optuna.Study, trial) -> None:
     _retry(study, trial)
 
 
-def recover_stale(study: optuna.Study, storage, client, keep_checkpoints: bool = False) -> list[int]:
-    """Fail the RUNNING trials whose owner is dead, then close every MLflow trial run left RUNNING whose
-    trial has ended (its process died between telling Optuna and closing the run), without the checkpoint a
-    COMPLETE or PRUNED one no longer needs."""
+def recover_dead(study: optuna.Study, storage) -> list[int]:
+    """Fail as killed each RUNNING trial whose owner is dead (study.owners.owner_alive: at once on this host, past
+    a grace elsewhere) and queue its retry; returns their numbers. Asked under the coordinator lock, where a claim
+    writes its owner."""
     if heartbeat_enabled(storage):
-        optuna.storages.fail_stale_trials(study)  # calls _killed for each trial it fails
+        optuna.storages.fail_stale_trials(study)  # other hosts' trials past their heartbeat grace: Optuna's rule
     study_id = storage.get_study_id_from_name(study.study_name)
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if heartbeat_enabled(storage) or owner_alive(t):
+        if owner_alive(t, storage):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(trial_id, "failure", "killed: its process died while the trial was RUNNING")
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        try:
+            storage.set_trial_user_attr(trial_id, "failure", "killed: its process died while the trial was RUNNING")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # failed by Optuna's stale check meanwhile, which queued its retry
+        _retry(study, t)
         recovered.append(t.number)
+    return recovered
+
+
+def recover_stale(study: optuna.Study, storage, client, keep_checkpoints: bool = False) -> list[int]:
+    """Fail the RUNNING trials whose owner is dead (recover_dead), then close every MLflow trial run left RUNNING
+    whose trial has ended (its process died between telling Optuna and closing the run), without the checkpoint a
+    COMPLETE or PRUNED one no longer needs."""
+    recovered = recover_dead(study, storage)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     experiment = client.get_experiment_by_name(study.study_name)
     if experiment is not None:
@@ -279,44 +202,46 @@ def count_configs(study: optuna.Study, spec: SweepSpec) -> int:
 
 
 def claim(study: optuna.Study, ctx):
-    """Ask for a trial and give it its condition and seed; None when the draw is no new condition."""
+    """Ask for a trial and give it its owner, its condition and its seed; None when the draw is no new condition.
+    All of it is one step under the coordinator lock, where recovery looks: the trial is never RUNNING without
+    its owner there, and one found so was left by a process that died inside this step (owners.owner_alive). The
+    check of what is taken and the write of the key are in that step too: two workers that draw the same
+    condition at once would otherwise both see it free."""
     spec = ctx.spec
-    trial = study.ask()
-    if heartbeat_enabled(study._storage):  # alive from the moment it exists, not from its MLflow run
-        study._storage.record_heartbeat(trial._trial_id)
-    params = spec.suggest(trial)
-    if "config_key" not in trial.user_attrs:
-        key = config_key(spec.config_for(params, spec.seeds[0]))
-        # the check of what is taken and the write of the key are one step under the coordinator lock: two
-        # workers that draw the same condition at once would otherwise both see it free
-        with coordinator_lock(ctx.storage_url):
+    with coordinator_lock(ctx.storage_url):
+        trial = study.ask()
+        if heartbeat_enabled(study._storage):  # alive from the moment it exists, not from its MLflow run
+            study._storage.record_heartbeat(trial._trial_id)
+        trial.set_user_attr("owner", owner_record(ctx.invocation))
+        params = spec.suggest(trial)
+        if "config_key" not in trial.user_attrs:
+            key = config_key(spec.config_for(params, spec.seeds[0]))
             taken = {t.user_attrs.get("config_key") for t in study.get_trials(deepcopy=False)
                      if t.number != trial.number}
             # grid: another worker took the last queued cell between our check and ask; random/tpe: a repeat
             if spec.sampler == "grid" or key in taken:
-                trial.set_user_attr("spurious", True)
-                study.tell(trial, state=TrialState.FAIL)
-                return None
+                return _spurious(study, trial)
             trial.set_user_attr("config_key", key)
-        trial.set_user_attr("seed", spec.seeds[0])
-        trial.set_user_attr("fixed_key", spec.fixed_key)
-        for seed in spec.seeds[1:]:  # the same condition again with each other seed
-            study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key})
-    seed = trial.user_attrs["seed"]
-    config = spec.config_for(params, seed)
-    mine = config_key(config)
-    if mine != trial.user_attrs["config_key"]:  # queued by a machine whose precision=auto resolves otherwise
-        with coordinator_lock(ctx.storage_url):
+            trial.set_user_attr("seed", spec.seeds[0])
+            trial.set_user_attr("fixed_key", spec.fixed_key)
+            for seed in spec.seeds[1:]:  # the same condition again with each other seed
+                study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key})
+        seed = trial.user_attrs["seed"]
+        config = spec.config_for(params, seed)
+        mine = config_key(config)
+        if mine != trial.user_attrs["config_key"]:  # queued by a machine whose precision=auto resolves otherwise
             if any(t.user_attrs.get("config_key") == mine and t.user_attrs.get("seed") == seed
                    and t.state in TAKEN for t in study.get_trials(deepcopy=False) if t.number != trial.number):
-                trial.set_user_attr("spurious", True)  # this machine's version of the cell is done or running
-                study.tell(trial, state=TrialState.FAIL)
-                return None
+                return _spurious(study, trial)  # this machine's version of the cell is done or running
             trial.set_user_attr("config_key", mine)
-    trial.set_user_attr("owner", owner_record(ctx.invocation))
-    trial.set_user_attr("condition", config.condition())
+        trial.set_user_attr("condition", config.condition())
     fault("claimed")
     return trial, params, config
+
+
+def _spurious(study: optuna.Study, trial) -> None:
+    trial.set_user_attr("spurious", True)
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def claim_group(study: optuna.Study, ctx, reserve) -> list:
@@ -385,15 +310,25 @@ def repair_hollow(study: optuna.Study, spec: SweepSpec, client) -> list[str]:
 
 def unrun_cells(study: optuna.Study, spec: SweepSpec) -> list[str]:
     """The grid's (cell, seed)s that no trial ran to an end of its own (COMPLETE, PRUNED, or FAIL with its
-    reason) and none is running: killed, queued or never queued. Each as `param=value ... seed=s`."""
+    reason): killed, queued, never queued, or still RUNNING (a live process elsewhere has not finished it, or a
+    dead one was not yet found out). Each as `param=value ... seed=s`, and `(RUNNING)` where one runs it."""
     if spec.sampler != "grid":
         return []
     ended: set[tuple[str, int]] = set()
+    running: set[tuple[str, int]] = set()
     for t in study.get_trials(deepcopy=False):
-        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious") and (
-                t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-                or (t.state == TrialState.FAIL and not is_killed(t))):
-            ended.add((t.user_attrs["config_key"], t.user_attrs["seed"]))
-    return [" ".join([*(f"{k}={v}" for k, v in params.items()), f"seed={seed}"])
-            for params in spec.grid_cells() for seed in spec.seeds
-            if (config_key(spec.config_for(params, seed)), seed) not in ended]
+        if "config_key" not in t.user_attrs or t.user_attrs.get("spurious"):
+            continue
+        cell = (t.user_attrs["config_key"], t.user_attrs["seed"])
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and not is_killed(t)):
+            ended.add(cell)
+        elif t.state == TrialState.RUNNING:
+            running.add(cell)
+    unrun = []
+    for params in spec.grid_cells():
+        for seed in spec.seeds:
+            cell = (config_key(spec.config_for(params, seed)), seed)
+            if cell not in ended:
+                unrun.append(" ".join([*(f"{k}={v}" for k, v in params.items()), f"seed={seed}"])
+                             + (" (RUNNING)" if cell in running else ""))
+    return unrun

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.store import store_dir
+from analysis.store import safe_url, store_dir
 
 USER = "cyclelike"
 DATABASES = ("optuna", "mlflow")
@@ -184,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         print(server.url())
         return 0
     print(f"PostgreSQL for studies in {data} on port {server.port} (listening on {args.host})")
-    print(f"Optuna storage:   {server.url('optuna')}")
-    print(f"MLflow backend:   {server.url('mlflow')}")
-    print("the password is kept in " + str(_paths(data)[0]) + "; stop with: make db-stop")
+    print(f"Optuna storage:   {safe_url(server.url('optuna'))}")
+    print(f"MLflow backend:   {safe_url(server.url('mlflow'))}")
+    # a terminal's scrollback and a CI log keep what is printed: the password stays in its file
+    print(f"the password is kept in {_paths(data)[0]} (readable by you only); the storage URL with it: "
+          "python -m study.postgres url; stop with: make db-stop")
     return 0
 
 

@@ -47,11 +47,12 @@ def start(backend: str, host: str, port: int, timeout: float = 90.0) -> str:
     artifacts = store_dir() / "artifacts-server"
     artifacts.mkdir(parents=True, exist_ok=True)
     mlflow = Path(sys.executable).with_name("mlflow")
+    backend, secret = _password_apart(backend)
     with open(log, "a") as out:
         proc = subprocess.Popen([str(mlflow), "server", "--host", host, "--port", str(port), "--workers", "2",
                                  "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
                                  "--serve-artifacts"],
-                                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **secret},
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     pid_file.write_text(str(proc.pid))
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -65,6 +66,19 @@ def start(backend: str, host: str, port: int, timeout: float = 90.0) -> str:
         except OSError:
             time.sleep(0.5)
     raise PostgresError(f"mlflow server did not answer on {url} within {timeout:.0f} s; see {log}")
+
+
+def _password_apart(backend: str) -> tuple[str, dict[str, str]]:
+    """A PostgreSQL backend's URL without its password, and the password as libpq's PGPASSWORD: a command line is
+    readable by every user of the machine (ps), and the server writes its own into its log."""
+    if not backend.startswith("postgresql"):
+        return backend, {}
+    from sqlalchemy.engine import make_url
+
+    url = make_url(backend)
+    if url.password is None:
+        return backend, {}
+    return url.set(password=None).render_as_string(hide_password=False), {"PGPASSWORD": str(url.password)}
 
 
 def _alive(pid: int) -> bool:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis.store import safe_part
 from cyclelike.config import ConfigError, RunConfig
 
 OBJECTIVE_METRICS = (
@@ -140,10 +141,18 @@ class SweepSpec:
         return params
 
     def check_study(self, study) -> None:
-        """Optuna keeps one distribution per parameter for a whole study: a sweep file that widens a list or a
-        range of a study that already ran would kill every worker at its first trial. Said before anything is
-        queued."""
+        """Refuse what an existing study cannot absorb, before anything is queued or reopened: other directions,
+        objectives or sampler (the study would mix the old values with the new, or fill with spurious draws), and a
+        list or range widened (Optuna keeps one distribution per parameter, and every worker would die at its
+        first trial)."""
         from optuna.distributions import check_distribution_compatibility
+
+        was = {"directions": [d.name.lower() for d in study.directions], "objectives": study.metric_names,
+               "sampler": study.user_attrs.get("sampler")}
+        for key, now in (("directions", self.directions), ("objectives", self.objectives), ("sampler", self.sampler)):
+            if was[key] is not None and was[key] != now:
+                raise SweepError(f"{key}={now!r}: study {self.name!r} was run with {key}={was[key]!r}, and a study "
+                                 "keeps them; rename the study in the sweep file (or use another --storage)")
 
         for t in study.get_trials(deepcopy=False):
             for name, dist in t.distributions.items():
@@ -209,6 +218,10 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
             f"{source}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
     _expect(isinstance(raw.get("name"), str) and raw["name"].strip() != "",
             f"{source}: 'name' (the study name) is required")
+    # the name is a folder of the store's artifacts and of reports/: it must stay one
+    _expect(safe_part(raw["name"].strip()) == raw["name"].strip(),
+            f"name={raw['name']!r}: a study name is a folder name in the store; use letters, digits and . _ = + - "
+            f"(no /, no leading dot), e.g. {safe_part(raw['name'].strip())!r}")
     for table in ("fixed", "space"):
         _expect(isinstance(raw.get(table, {}), dict),
                 f"{table}={raw.get(table)!r}: expected a table ([{table}] with key = value lines)")
@@ -237,6 +250,11 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
                     f"export it or give --set {name}=...")
             fixed[name] = expanded
     space_raw = dict(raw.get("space", {}))
+    both = sorted(set(raw.get("fixed", {})) & set(space_raw))
+    _expect(not both, f"{', '.join(both)}: set in both [fixed] and [space]; keep one (--set pins a swept value)")
+    for name, value in space_raw.items():
+        _expect(not isinstance(value, list) or all(isinstance(v, str | int | float | bool) for v in value),
+                f"space.{name}={value!r}: expected a list of plain values (a nested list or table is no value)")
     known = RunConfig.field_help()
     # a value every trial takes from the space (x_path for a study over two files) completes [fixed] here
     swept = {k: v[0] for k, v in space_raw.items() if k in known and k not in fixed and isinstance(v, list) and v}
@@ -316,6 +334,8 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
 
 def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> SweepSpec:
     path = Path(path)
+    if path.is_dir():
+        raise SweepError(f"sweep file {path} is a folder; give a .toml file (e.g. study/configs/default.toml)")
     if not path.is_file():
         raise SweepError(f"sweep file {path} does not exist")
     try:

@@ -28,7 +28,7 @@ from analysis.store import first_line
 from cyclelike.config import ConfigError, RunConfig
 from cyclelike.fused import check_fusable
 
-from . import autotune
+from . import autotune, preflight
 from .ledger import count_configs, is_killed, not_rerun, queue_missing, recover_stale, repair_hollow, unrun_cells
 from .spec import SweepError, SweepSpec
 from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage, outage_reason
@@ -75,17 +75,15 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
     with coordinator_lock(storage_url):
         experiment_id = ensure_experiment(client, spec.name)
         study = load_study(spec, storage, create=True)
-        if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in spec.directions]:
-            raise SweepError(f"study {spec.name!r} exists with directions "
-                             f"{[d.name.lower() for d in study.directions]}; the sweep file asks for "
-                             f"{spec.directions}: rename the study or use another --storage")
+        spec.check_study(study)  # a change the study cannot absorb is refused before its parent run reopens
         if study.metric_names is None:  # optuna-dashboard then says pair/forward_top1, not "Objective 0"
             study.set_metric_names(spec.objectives)
+        if "sampler" not in study.user_attrs:
+            study.set_user_attr("sampler", spec.sampler)
         parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
         set_trials_view(client, experiment_id, [*sorted(spec.space, key=_name_order), "seed"], spec.objectives[0],
                         spec.directions[0] == "maximize")
         RunLogger(client, parent_run_id).set_tags(provenance())
-        spec.check_study(study)
         recovered = recover_stale(study, storage, client, spec.keep_checkpoints)
         repaired = repair_hollow(study, spec, client)
         queue = queue_missing(study, spec)
@@ -240,6 +238,7 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
               probe: bool = True, fuse: str = "off") -> pd.DataFrame:
     """Run the study; returns the trials table. Raises SweepFailed, after closing everything, when the sweep
     was interrupted, a worker died, or every trial of this invocation failed."""
+    preflight.check_sweep(spec, workers)  # bad data or an N that cannot fit: said before anything is created
     workers, threads, fused = execution(spec, workers, fuse)
     t0 = time.time()
     client, study, experiment_id, parent_run_id = prepare(spec, storage_url, workers)

@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from analysis.store import PROJECT, TRIALS_VIEW, first_line, safe_url, sqlite_path, tracking_uri
+from analysis.store import PROJECT, TRIALS_VIEW, first_line, mask_secrets, safe_part, sqlite_path, tracking_uri
 
 from .spec import SweepError
 
@@ -62,8 +62,9 @@ def provenance() -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    tags = {"command": " ".join(["python -m study", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py")
-            else " ".join(sys.argv),
+    # quoted to paste as it is, and with a password in a --storage or server URL masked
+    argv = ["python", "-m", "study", *sys.argv[1:]] if sys.argv[0].endswith("__main__.py") else sys.argv
+    tags = {"command": shlex.join(mask_secrets(a) for a in argv),
             "mlflow.source.git.commit": git("rev-parse", "HEAD") or "unknown",
             "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))),
             "python": platform.python_version(), "machine": f"{platform.machine()} {os.cpu_count()} cores"}
@@ -88,7 +89,7 @@ def reproduce_command(run_id: str) -> str:
             command += ["--store", str(db.parent)]
         return shlex.join(command)
     # a tracking server or another database (a password in its URL stays out of the tag)
-    return f"MLFLOW_TRACKING_URI={shlex.quote(safe_url(uri))} {shlex.join(command)}"
+    return f"MLFLOW_TRACKING_URI={shlex.quote(mask_secrets(uri))} {shlex.join(command)}"
 
 
 @contextlib.contextmanager
@@ -167,7 +168,7 @@ def prepare_store(uri: str | None = None) -> MlflowClient:
     except SweepError:
         raise
     except Exception as err:  # MLflow wraps OS and database errors in several types
-        raise SweepError(f"cannot open the MLflow store {safe_url(uri)}: {first_line(err)}") from None
+        raise SweepError(f"cannot open the MLflow store {mask_secrets(uri)}: {first_line(err)}") from None
 
 
 def artifact_root(uri: str) -> str | None:
@@ -202,7 +203,7 @@ def disk_use(name: str, uri: str | None = None) -> str:
     root = artifact_root(uri or tracking_uri())
     if root is None:
         return "artifacts on the tracking server"
-    folder = Path(urllib.parse.urlparse(root).path) / name
+    folder = Path(urllib.parse.urlparse(root).path) / safe_part(name)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
     return f"{size / 2**20:.1f} MiB of artifacts in {folder}"
 
@@ -218,7 +219,8 @@ def ensure_experiment(client: MlflowClient, name: str, role: str = "study") -> s
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     root = artifact_root(client.tracking_uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+    # the name as one folder: an experiment named `../../etc/x` (by `study run --experiment`) stays in the store
+    return client.create_experiment(name, artifact_location=f"{root}/{safe_part(name)}" if root else None,
                                     tags=tags)
 
 
@@ -237,6 +239,7 @@ class RunLogger:
         self.pending_tags: dict[str, Any] = {}  # sent with the closing batch
         self._last_flush = time.monotonic()
         self.log_seconds = 0.0  # time spent in MLflow calls: the logging overhead, measured
+        self.logged: set[tuple[str, int]] = set()  # (key, step) a resumed run holds already (skip_logged)
 
     @classmethod
     def start(cls, client: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str] | None = None,
@@ -257,9 +260,22 @@ class RunLogger:
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        self._metrics += [Metric(k, _clean(v), now, step) for k, v in values.items() if v is not None]
+        self._metrics += [Metric(k, _clean(v), now, step) for k, v in values.items()
+                          if v is not None and (k, step) not in self.logged]
         if time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
+
+    def skip_logged(self) -> None:
+        """A run that goes on after a kill holds the steps its killed attempt logged, up to the kill (past its
+        checkpoint too, as during an outage): those are not logged again, so each metric and picture series holds
+        one value per step."""
+        for key in self.client.get_run(self.run_id).data.metrics:
+            self.logged.update((key, m.step) for m in self.client.get_metric_history(self.run_id, key))
+        with contextlib.suppress(Exception):  # a run without pictures yet
+            for f in self.client.list_artifacts(self.run_id, "images"):
+                key, _, rest = Path(f.path).name.partition("+step+")
+                if rest.split("+")[0].isdigit():
+                    self.logged.add((key.replace("~", "/"), int(rest.split("+")[0])))
 
     def flush(self) -> None:
         while self._metrics:
@@ -287,6 +303,8 @@ class RunLogger:
 
         from cyclelike.samples import PNG_OPTIONS
 
+        if (key, step) in self.logged:
+            return
         name = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
         side = max(picture.size)
         preview = Image.new("RGB", (side, side), "white")

@@ -35,8 +35,9 @@ from cyclelike.samples import (
     labelled,
     sample_grid,
 )
-from cyclelike.train import Checkpoints, EpochStats, TrainResult, Translator, check_resumable, train
+from cyclelike.train import Checkpoints, EpochStats, TrainResult, Translator, train
 
+from .checkpoints import drop_checkpoint, fetch_checkpoint, store_checkpoint
 from .tracking import SUMMARY_PREFIX, RunLogger, dataset_inputs
 
 Report = Callable[[int, dict[str, float]], bool]
@@ -62,10 +63,6 @@ def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
     return table.to_csv(float_format="%.6f", lineterminator="\n")
 
 
-# a trial's whole state goes to its run this often (seconds of training) and at its end, and goes again once
-# the trial is done: a killed trial resumes from it, training again at most this much
-CHECKPOINT_S = float(os.environ.get("CYCLELIKE_CHECKPOINT_S", 300))
-CHECKPOINT_DIR = "checkpoint"
 FAULT_ENV = "CYCLELIKE_FAULT"
 
 
@@ -103,7 +100,7 @@ class TrackedRun:
         self.config, self.logger, self.data, self.eval_every, self.report = config, logger, data, eval_every, report
         self.alive = alive  # raises once the trial's storage is lost: asked every epoch, it costs nothing
         self.weights = weights  # the generator(s) as model/G.pt: megabytes a run, so a sweep keeps them on request
-        self.eval_s, self.pruned, self.locked = 0.0, False, False
+        self.eval_s, self.pruned, self.locked, self.epoch = 0.0, False, False, 0
         self.stored_checkpoints = 0  # in the run's artifacts: deleted when the trial is done
         self.history: list[tuple[int, PairingResult]] = []  # every evaluation: how the pairs formed
         self.epoch_seconds: dict[int, float] = {}
@@ -116,7 +113,8 @@ class TrackedRun:
         # the data set a run counts as in the report: its images, not its data_seed
         logger.pending_tags.update({"data_hash": data.content_hash(), "data_hash.x": data.content_hash("x"),
                                     "data_hash.y": data.content_hash("y")})
-        if resumed:  # the run has its params and datasets from before
+        if resumed:  # the run has its params and datasets from before, and the steps it logged are not logged again
+            logger.skip_logged()
             return
         logger.log_config({**config.to_dict(), **config.budget()})
         logger.log_inputs(_dataset_inputs(config, data))
@@ -124,6 +122,7 @@ class TrackedRun:
     def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:
         if self.alive is not None:
             self.alive()
+        self.epoch = stats.epoch  # the epoch a checkpoint saved next is of
         if stats.epoch == 0:  # the untrained map: the slider opens on it and the curves start from it
             if self.eval_every:
                 t0 = time.perf_counter()
@@ -178,18 +177,18 @@ class TrackedRun:
     def checkpointed(self, path: Path) -> None:
         """Every epoch up to the checkpoint's goes to the store before the checkpoint does: no gap on resume."""
         self.logger.flush()
-        self.logger.log_file(path, CHECKPOINT_DIR)
+        store_checkpoint(self.logger, path, self.epoch)
         self.stored_checkpoints += 1
         fault("checkpoint")
 
     def resume(self) -> Path | None:
-        """The run's last checkpoint, fetched from the store, with the evaluations it holds; None if none."""
-        try:
-            path = Path(self.logger.client.download_artifacts(self.logger.run_id, f"{CHECKPOINT_DIR}/checkpoint.pt",
-                                                              self.checkpoints.name))
-        except Exception:  # no checkpoint yet (killed before its first): the retry starts from epoch 0
+        """The run's last whole checkpoint, fetched from the store and verified (study.checkpoints), with the
+        evaluations it holds; None if none (killed before its first, or every one damaged): epoch 0."""
+        found = fetch_checkpoint(self.logger, self.checkpoints.name, self.config)
+        if found is None:
             return None
-        extra = check_resumable(path, self.config)["extra"]
+        path, state = found
+        extra = state["extra"]
         self.history, self.epoch_seconds = extra["history"], extra["epoch_seconds"]
         self.eval_s = extra["eval_s"]
         self.stored_checkpoints = 1
@@ -271,20 +270,14 @@ def trained_seconds(result: TrainResult) -> float:
     return sum(s.epoch_s for s in result.history if s.epoch > result.resumed_from_epoch)
 
 
-def drop_checkpoint(logger: RunLogger, outcome: TrialOutcome) -> None:
-    """A done trial's checkpoint: megabytes a run that nothing will read again."""
-    if outcome.checkpointed:
-        logger.delete_artifacts(CHECKPOINT_DIR)
-
-
 def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
               desc: str = "train", progress: bool = True, data: Domains | None = None,
               weights: bool = True, checkpoint_s: float = 0.0, resume: bool = False,
               keep_checkpoint: bool = False, drop: bool = True,
               alive: Callable[[], None] | None = None) -> TrialOutcome:
     """Train and track one run. With `checkpoint_s`, its whole state goes to the run every so many seconds of
-    training; with `resume`, the run goes on from its last checkpoint in the same MLflow run, where the
-    epochs after that checkpoint are logged again (the report reads each epoch once, the later). The
+    training; with `resume`, the run goes on from its last whole checkpoint in the same MLflow run, and logs only
+    the steps the run does not hold yet (each metric keeps one row per epoch). The
     checkpoint is deleted at the end unless kept, or unless `drop` is false: a sweep deletes it itself, once
     Optuna holds the trial's result (study.ledger)."""
     started = time.perf_counter()

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,12 +23,15 @@ from cyclelike.config import ConfigError, DataError, NonFiniteLossError
 from cyclelike.fused import check_fusable
 from cyclelike.train import timed_text
 
-from .ledger import claim_group, conclude, count_configs, lease
+from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
+from .ledger import claim_group, conclude, count_configs, recover_dead
+from .owners import lease, owner_alive
 from .spec import SweepSpec
 from .storage import (
     KILLED_STALE,
     OUTAGE_EXIT,
     StoreOutage,
+    coordinator_lock,
     heartbeat_enabled,
     is_outage,
     load_study,
@@ -34,7 +39,7 @@ from .storage import (
     outage_reason,
 )
 from .tracking import Client, RunLogger, reproduce_command
-from .trial import CHECKPOINT_DIR, CHECKPOINT_S, TrialOutcome, drop_checkpoint, run_trial, run_trials_fused
+from .trial import TrialOutcome, run_trial, run_trials_fused
 
 
 def objective(outcome: TrialOutcome, spec: SweepSpec) -> list[float]:
@@ -313,9 +318,15 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
             optuna.storages.fail_stale_trials(study)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not waiting and (spec.sampler == "grid" or (spec.trials and count_configs(study, spec) >= spec.trials)):
+            # the queue is empty, but a trial another process runs may yet die and come back to it: a dead owner
+            # here is found at once, one elsewhere when its heartbeats or lease lapse; the sweep ends when none runs
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if beat and running:  # another worker's trial may yet go stale and come back to the queue
-                time.sleep(min(10.0, storage.heartbeat_interval))
+            if running:
+                if not all(owner_alive(t, storage) for t in running):  # decided under the lock, where claims are
+                    with coordinator_lock(ctx.storage_url):
+                        if recover_dead(study, storage):
+                            continue
+                time.sleep(2.0 if beat else 1.0)
                 continue
             break
         if counter is not None:
@@ -341,7 +352,31 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
                 counter.value -= 1
 
 
+def die_with_sweep() -> None:
+    """A worker process ends when its sweep does, however the sweep ends: a SIGKILL leaves the sweep no time to
+    stop it, and an orphan went on finishing trials that the next start counts as killed and runs again."""
+    import ctypes
+    import multiprocessing
+    import signal
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    try:  # Linux: the kernel sends the signal as the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # elsewhere: look every second
+        def watch() -> None:
+            while os.getppid() == parent.pid:
+                time.sleep(1.0)
+            os._exit(137)
+
+        threading.Thread(target=watch, daemon=True, name="die-with-sweep").start()
+    if os.getppid() != parent.pid:  # the sweep died before the request took
+        os._exit(137)
+
+
 def worker_process(ctx: Context, counter, worker: int, busy) -> None:
+    die_with_sweep()
     try:
         worker_loop(ctx, counter, worker, busy)
     except KeyboardInterrupt:

@@ -87,3 +87,29 @@ def _own_autotune_cache(tmp_path_factory):
     # --workers auto / --fuse-seeds auto read a per-machine cache in the home folder: a user's measurement
     # must not change how the tests' sweeps run, and the tests must not write it
     os.environ["CYCLELIKE_AUTOTUNE_CACHE"] = str(tmp_path_factory.mktemp("autotune") / "autotune.json")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL started once for the tests that need one (skipped where initdb is not found)."""
+    import shutil
+    import tempfile
+
+    from study import postgres
+
+    try:
+        postgres.find_binary("initdb")
+    except postgres.PostgresError as missing:
+        pytest.skip(str(missing))
+    # under /tmp, readable by the `postgres` user the server runs as when the tests run as root
+    parent = Path(tempfile.mkdtemp(prefix="cyclelike-pg-"))
+    parent.chmod(0o755)
+    yield postgres.start(parent / "cluster")
+    postgres.stop(parent / "cluster")
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server):
+    """The Optuna storage URL of postgres_server, its password in it."""
+    return postgres_server.url("optuna")

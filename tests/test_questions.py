@@ -94,7 +94,7 @@ def test_answers_name_the_part_a_study_has_no_data_for():
 
 def _shrunk(name: str, fixed: dict, space: dict, seeds: list[int]) -> object:
     raw = tomllib.loads((CONFIGS / f"{name}.toml").read_text())
-    raw["fixed"] |= fixed
+    raw["fixed"] = {k: v for k, v in (raw["fixed"] | fixed).items() if k not in space}  # a key is fixed or swept
     if "epochs" in fixed:
         raw.pop("epochs_per_image", None)  # a shrunk budget: a fixed number of epochs at every N
     raw["space"] = space

@@ -9,8 +9,9 @@ from conftest import store_in
 from analysis.runs import load_curves, summaries
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
+from study.checkpoints import CHECKPOINT_DIR
 from study.tracking import RunLogger, ensure_experiment, prepare_store
-from study.trial import CHECKPOINT_DIR, run_trial
+from study.trial import run_trial
 
 CELL = RunConfig(image_size=16, n_images=4, n_holdout=0, batch_size=2, base_filters=4, d_filters=4, epochs=6,
                  precision="fp32", fused_adam=False, threads=1)

@@ -13,7 +13,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -489,36 +488,34 @@ def test_two_invocations_at_once_run_every_cell_once(tmp_path):
     _no_run_left_running(tmp_path, "twice")
 
 
-def _images(folder: Path, n: int, seed: int) -> None:
-    from PIL import Image
+def _disk_full(monkeypatch):
+    """Every trial fails as a full disk would fail it (a cause no check before the trials can see)."""
+    import study.workers
 
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(study.workers, "run_trial", full)
 
 
 def test_failed_trials_are_retried_once_their_cause_is_gone(tmp_path, capsys, monkeypatch):
-    config = write_sweep(tmp_path, "missing", epochs=2)
-    config.write_text(config.read_text().replace("[fixed]", f'[fixed]\ndata = "folders"\nx_path = "{tmp_path}/x"\n'
-                                                                  f'y_path = "{tmp_path}/y"'))
-    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config))
+    config = write_sweep(tmp_path, "failing", epochs=2)
+    with monkeypatch.context() as patched:
+        _disk_full(patched)
+        code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config))
     last = said.strip().splitlines()[-1]
-    assert code == 1 and "all 4 trial(s) of this invocation failed" in last and "does not exist" in last
-    _images(tmp_path / "x", 6, 0)
-    _images(tmp_path / "y", 6, 1)
+    assert code == 1 and "all 4 trial(s) of this invocation failed" in last and "No space left" in last
     with store_in(tmp_path):
         run_sweep(load_sweep(config))
     assert "4 queued now (4 of them retries of failed trials)" in capsys.readouterr().out
-    states = [t.state for t in _study(tmp_path, "missing").trials]
+    states = [t.state for t in _study(tmp_path, "failing").trials]
     assert states.count(TrialState.COMPLETE) == 4 and states.count(TrialState.FAIL) == 4
 
 
-def test_retries_stop_after_max_retries(tmp_path, capsys):
+def test_retries_stop_after_max_retries(tmp_path, capsys, monkeypatch):
     config = write_sweep(tmp_path, "hopeless", epochs=2)
-    config.write_text(config.read_text().replace("seeds = [0, 1]", "seeds = [0]\nmax_retries = 1")
-                      .replace("[fixed]", '[fixed]\ndata = "folders"\nx_path = "/nonexistent/x"\n'
-                                          'y_path = "/nonexistent/y"'))
+    config.write_text(config.read_text().replace("seeds = [0, 1]", "seeds = [0]\nmax_retries = 1"))
+    _disk_full(monkeypatch)
     with store_in(tmp_path):
         for _ in range(2):
             with pytest.raises(SweepFailed, match="all 2 trial"):
@@ -891,15 +888,15 @@ def test_a_trial_whose_heartbeats_no_longer_reach_the_storage_stops_within_the_o
     (with pruner = none nothing else asks the storage until the end) is lost work, and its end cannot be told.
     A storage silent for OUTAGE_S is lost too, however long the grace: the sweep ends within a minute (it took
     a quarter of an hour), and the trial, asked every epoch, stops at the next."""
-    import study.ledger
-    from study.ledger import Lease
+    import study.owners
+    from study.owners import Lease
     from study.storage import StoreOutage, is_outage, outage_reason
 
     class Down:  # a storage that stopped answering
         def set_trial_user_attr(self, *args):
             raise ConnectionRefusedError("connection to server at 127.0.0.1 port 5432 refused")
 
-    monkeypatch.setattr(study.ledger, "OUTAGE_S", 0.3)
+    monkeypatch.setattr(study.owners, "OUTAGE_S", 0.3)
     held = Lease(Down(), 7)
     held.interval, held.grace = 0.02, 600.0
     held.thread.start()
