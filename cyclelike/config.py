@@ -36,8 +36,6 @@ EXECUTION_KEYS = ("threads", "device", "compile", *SWITCHES)
 # a switch's on/off may be written as a bool (TOML, older configs and checkpoints) or true/false on a command line
 SWITCH_WORDS = {True: "on", False: "off", "true": "on", "false": "off", "yes": "on", "no": "off", "1": "on",
                 "0": "off"}
-# the switches' values in the condition of the studies made before they were execution settings (their defaults)
-RETIRED_CONDITION = {"channels_last": False, "fused_upsample": True, "fused_adam": True}
 # what only changes how a run's time is read (the epochs left out of sec_per_epoch): not the condition either
 TIMING_KEYS = ("warmup_epochs",)
 
@@ -218,23 +216,6 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown RunConfig key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
         return cls(**values).validate()
-
-    def condition(self) -> dict[str, Any]:
-        """The identity of the experimental condition: every field except the seed, how it is executed and how
-        its time is read; precision=auto as what it resolves to on this machine (bf16 or fp32), so that a
-        study spread over machines of both kinds never pools two arithmetics as seeds of one condition."""
-        values = {k: v for k, v in self.to_dict().items() if k != "seed" and k not in EXECUTION_KEYS + TIMING_KEYS}
-        if self.precision == "auto":
-            from .execution import resolve_device, resolve_precision
-
-            values["precision"] = resolve_precision("auto", resolve_device(self.device))
-        return values
-
-    def identity(self) -> dict[str, Any]:
-        """condition() as a study's keys hash it (config_key, fixed_key): the switches were part of the condition
-        until they became execution settings, and a study begun then must still find its trials, so they stay
-        in, at the values every condition then had by default."""
-        return {**self.condition(), **RETIRED_CONDITION}
 
     def g_steps_per_epoch(self) -> int:
         """Generator optimizer steps in one epoch, the unit budgets are compared in across N, schemes and

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import SWITCH_WORDS, SWITCHES, ConfigError, RunConfig
+from .config import EXECUTION_KEYS, SWITCH_WORDS, SWITCHES, TIMING_KEYS, ConfigError, RunConfig
 
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 KINDS = ("cpu", "cpu-bf16", "cuda")
@@ -76,6 +76,27 @@ def device_kind(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda"
     return "cpu-bf16" if native_bf16_cpu() else "cpu"
+
+
+def condition(config: RunConfig) -> dict:
+    """The identity of the experimental condition: every field except the seed, how it is executed and how its
+    time is read; precision=auto as what it resolves to on this machine (bf16 or fp32), so that a study spread over
+    machines of both kinds never pools two arithmetics as seeds of one condition."""
+    values = {k: v for k, v in config.to_dict().items() if k != "seed" and k not in EXECUTION_KEYS + TIMING_KEYS}
+    if config.precision == "auto":
+        values["precision"] = resolve_precision("auto", resolve_device(config.device))
+    return values
+
+
+# the switches' values in the condition of the studies made before they were execution settings (their defaults)
+RETIRED_CONDITION = {"channels_last": False, "fused_upsample": True, "fused_adam": True}
+
+
+def identity(config: RunConfig) -> dict:
+    """condition() as a study's keys hash it (config_key, fixed_key): the switches were part of the condition
+    until they became execution settings, and a study begun then must still find its trials, so they stay in,
+    at the values every condition then had by default."""
+    return {**condition(config), **RETIRED_CONDITION}
 
 
 def switch(config: RunConfig, name: str, device: torch.device | None = None) -> bool:

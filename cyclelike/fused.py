@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state
 
 from .config import SWITCHES, ConfigError, RunConfig
 from .data import Domains, load_domains
-from .execution import resolve_device, resolve_execution, resolve_precision
+from .execution import condition, resolve_device, resolve_execution, resolve_precision
 from .train import Alone, Checkpoints, EpochStats, TrainResult, Translator, adam, build, run_seeds
 
 Callback = Callable[[EpochStats, Translator], bool | None]
@@ -42,7 +42,7 @@ def check_fusable(configs: list[RunConfig]) -> None:
     first = configs[0].validate()
     for c in configs[1:]:
         c.validate()
-        changed = sorted(k for k, v in first.condition().items() if c.condition()[k] != v)
+        changed = sorted(k for k, v in condition(first).items() if condition(c)[k] != v)
         changed += sorted(k for k in SWITCHES if getattr(c, k) != getattr(first, k))  # one stack runs one way
         if changed:
             raise ConfigError(f"fuse_seeds: the runs differ in {', '.join(changed)}; only seeds of one condition fuse")

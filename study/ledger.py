@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from analysis.store import tracking_uri
 from cyclelike.config import EXECUTION_KEYS, RunConfig
+from cyclelike.execution import condition, identity
 
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
 from .owners import owner_alive, owner_record
@@ -53,7 +54,7 @@ TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.
 
 
 def config_key(config: RunConfig) -> str:
-    return hashlib.sha1(json.dumps(config.identity(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return hashlib.sha1(json.dumps(identity(config), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def is_killed(trial: FrozenTrial) -> bool:
@@ -190,7 +191,7 @@ def changed_fixed(study: optuna.Study, spec: SweepSpec) -> dict[str, tuple[Any, 
     if not earlier:
         return {}
     last = earlier[-1]
-    now = spec.config_for(last.params, last.user_attrs["seed"]).condition()
+    now = condition(spec.config_for(last.params, last.user_attrs["seed"]))
     # an execution setting recorded by an older trial (the switches were in the condition then) is no change
     return {k: (v, now.get(k)) for k, v in last.user_attrs["condition"].items()
             if k not in EXECUTION_KEYS and now.get(k) != v}
@@ -234,7 +235,7 @@ def claim(study: optuna.Study, ctx):
                    and t.state in TAKEN for t in study.get_trials(deepcopy=False) if t.number != trial.number):
                 return _spurious(study, trial)  # this machine's version of the cell is done or running
             trial.set_user_attr("config_key", mine)
-        trial.set_user_attr("condition", config.condition())
+        trial.set_user_attr("condition", condition(config))
     fault("claimed")
     return trial, params, config
 

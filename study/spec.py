@@ -41,6 +41,7 @@ from typing import Any
 
 from analysis.store import safe_part
 from cyclelike.config import ConfigError, RunConfig
+from cyclelike.execution import identity
 
 OBJECTIVE_METRICS = (
     "pair/forward_top1", "pair/backward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1",
@@ -108,7 +109,7 @@ class SweepSpec:
     @property
     def fixed_key(self) -> str:
         """The identity of what this sweep file holds fixed (the space and the seed aside)."""
-        fixed = {k: v for k, v in self.base_config().identity().items() if k not in self.space}
+        fixed = {k: v for k, v in identity(self.base_config()).items() if k not in self.space}
         return hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def grid_cells(self) -> list[dict[str, Any]]:

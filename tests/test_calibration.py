@@ -13,6 +13,7 @@ import pytest
 from analysis import inference
 from analysis.calibration import DESIGNS, NULLS, _cached_rate, _scopes, calibrate_n90
 from analysis.simulate import Design, power_at
+from cyclelike.execution import condition
 from study.spec import parse_sweep
 
 CONFIGS = Path(__file__).resolve().parents[1] / "study" / "configs"
@@ -34,9 +35,9 @@ def shipped_designs(monkeypatch) -> dict[str, set[tuple[int, int, int, int]]]:
                 if c.pairing != "shuffled":
                     continue
                 family = "unpaired" if c.lambda_l1 == 0 or c.scheme == "cyclegan" else "noisy"
-                condition = tuple(sorted((k, str(v)) for k, v in c.condition().items() if k != "data_seed"))
+                key = tuple(sorted((k, str(v)) for k, v in condition(c).items() if k != "data_seed"))
                 # files of exactly N images give every data seed the same images: one data set
-                families[family][condition].add((c.data_seed if c.data in ("synthetic", "lfw") else 0, seed))
+                families[family][key].add((c.data_seed if c.data in ("synthetic", "lfw") else 0, seed))
         out[path.name] = {(len({d for d, _ in reps}), len({s for _, s in reps}), int(dict(cond)["n_images"]),
                            len(conds)) for conds in families.values() for cond, reps in conds.items()}
     return out

@@ -1,6 +1,7 @@
 import pytest
 
 from cyclelike.config import ConfigError, RunConfig, parse_value
+from cyclelike.execution import condition
 
 
 def test_defaults_validate_and_round_trip():
@@ -71,9 +72,9 @@ def test_identity_loss_is_refused_where_one_generator_cannot_honour_it(scheme):
 
 def test_condition_is_everything_but_the_seed_and_execution():
     base = RunConfig()
-    assert base.replace(seed=3, threads=1, device="cpu").condition() == base.condition()
-    assert base.replace(epochs=31).condition() != base.condition()
-    assert "direction_schedule" in base.condition() and base.direction_schedule == "alternate"
+    assert condition(base.replace(seed=3, threads=1, device="cpu")) == condition(base)
+    assert condition(base.replace(epochs=31)) != condition(base)
+    assert "direction_schedule" in condition(base) and base.direction_schedule == "alternate"
 
 
 def test_precision_auto_is_the_condition_the_machine_computes(monkeypatch):
@@ -82,16 +83,16 @@ def test_precision_auto_is_the_condition_the_machine_computes(monkeypatch):
 
     auto = RunConfig(device="cpu", precision="auto")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    on_bf16 = auto.condition()
+    on_bf16 = condition(auto)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    on_fp32 = auto.condition()
+    on_fp32 = condition(auto)
     assert (on_bf16["precision"], on_fp32["precision"]) == ("bf16", "fp32")
-    assert on_fp32 == auto.replace(precision="fp32").condition()
+    assert on_fp32 == condition(auto.replace(precision="fp32"))
 
 
 def test_warmup_epochs_only_reads_time_and_is_no_condition():
     """Changing warmup_epochs queued a whole grid again."""
-    assert RunConfig(warmup_epochs=1).condition() == RunConfig(warmup_epochs=4).condition()
+    assert condition(RunConfig(warmup_epochs=1)) == condition(RunConfig(warmup_epochs=4))
 
 
 def test_a_study_begun_before_the_switches_were_execution_settings_keeps_its_keys(tmp_path):
@@ -113,6 +114,6 @@ def test_a_study_begun_before_the_switches_were_execution_settings_keeps_its_key
     study.add_trial(optuna.trial.create_trial(
         params={"pairing": "fixed"}, value=0.0,
         distributions={"pairing": optuna.distributions.CategoricalDistribution(["aligned", "fixed"])},
-        user_attrs={"seed": 0, "condition": {**config.condition(), "fused_upsample": True, "fused_adam": True,
+        user_attrs={"seed": 0, "condition": {**condition(config), "fused_upsample": True, "fused_adam": True,
                                              "channels_last": False}}))
     assert changed_fixed(study, spec) == {}

@@ -14,6 +14,7 @@ from cyclelike.execution import (
     DEFAULTS,
     KINDS,
     basis,
+    condition,
     load_defaults,
     resolve_execution,
     resolve_precision,
@@ -43,7 +44,7 @@ def test_on_a_gpu_auto_switches_on_only_what_a_measurement_on_a_gpu_backs(monkey
         assert not on or cuda["basis"][name] is not None, name
     precision = resolve_precision("auto", CUDA)
     assert precision == cuda["auto"]["precision"] and (precision == "fp32" or cuda["basis"]["precision"] is not None)
-    assert RunConfig().condition()["precision"] in ("fp32", "bf16")  # resolved, never "auto"
+    assert condition(RunConfig())["precision"] in ("fp32", "bf16")  # resolved, never "auto"
 
 
 def test_precision_auto_on_a_cpu_resolves_as_before_so_a_studys_keys_hold(monkeypatch):
@@ -52,7 +53,7 @@ def test_precision_auto_on_a_cpu_resolves_as_before_so_a_studys_keys_hold(monkey
     for native, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(execution, "native_bf16_cpu", lambda native=native: native)
         assert resolve_precision("auto", torch.device("cpu")) == expected
-        assert RunConfig(device="cpu").condition()["precision"] == expected
+        assert condition(RunConfig(device="cpu"))["precision"] == expected
 
 
 def test_a_defaults_file_that_says_too_little_is_refused_by_name(tmp_path):

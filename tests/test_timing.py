@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from analysis import dynamics
+from cyclelike.execution import identity
 from study import autotune
 from study.spec import load_sweep, parse_sweep
 from study.sweep import execution
@@ -44,8 +45,8 @@ def test_the_shipped_scaling_study_is_a_timing_study_whose_n10_cell_is_the_bench
     assert spec.timing and spec.is_timing
     cell = spec.config_for({"n_images": 10}, 0)
     budget = ("epochs", "warmup_epochs")
-    assert {k: v for k, v in cell.identity().items() if k not in budget} == \
-        {k: v for k, v in SEED.identity().items() if k not in budget}
+    assert {k: v for k, v in identity(cell).items() if k not in budget} == \
+        {k: v for k, v in identity(SEED).items() if k not in budget}
 
 
 def test_a_timing_studys_plan_is_scaled_from_its_own_largest_n():
