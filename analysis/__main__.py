@@ -153,7 +153,9 @@ def _pairing(folder: Path) -> int:
 
     from cyclelike.config import ConfigError, DataError, RunConfig
     from cyclelike.data import load_domains
-    from cyclelike.train import build, make_translator, resolve_device
+    from cyclelike.execution import resolve_device
+    from cyclelike.nets import build
+    from cyclelike.train import make_translator
 
     from .pairing import chance_level, evaluate_pairing
 

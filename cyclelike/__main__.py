@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default runs/train-<time>)")
     args = parser.parse_args(argv)
     # torch loads only now: --help answers without it
+    from .checkpoint import Checkpoints, check_resumable
     from .data import load_domains
     from .samples import SAMPLE_ROWS, labelled, sample_grid
-    from .train import check_resumable, timed_text, train
+    from .train import timed_text, train
 
     try:
         config = RunConfig.from_dict(parse_sets(args.sets))
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             check_resumable(out / "checkpoint.pt", config)  # before config.json is touched
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        result = train(config, data, checkpoint=out / "checkpoint.pt", progress=True)
+        (result,) = train([config], data, checkpoints=[Checkpoints(out / "checkpoint.pt", every=10)], progress=True)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

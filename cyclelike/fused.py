@@ -12,27 +12,22 @@ dropping one seed would change the others' masks. A seed whose callback says sto
 from the stack; the others continue exactly as before.
 
 Checkpoints are per seed and in the format of a run alone: a killed group's trials are retried one by
-one (never fused again), each resuming from its own seed's state. The epoch loop is cyclelike.train's
-`run_seeds`, the one a seed alone runs; `Stacked` is the group it drives here.
+one (never fused again), each resuming from its own seed's state. The epoch loop is cyclelike.train's, the one a
+seed alone runs; `FusedSeeds` is the seed group it drives here.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from .config import SWITCHES, ConfigError, RunConfig
-from .data import Domains, load_domains
-from .execution import condition, resolve_device, resolve_execution, resolve_precision
-from .train import Alone, Checkpoints, EpochStats, TrainResult, Translator, adam, build, run_seeds
-
-Callback = Callable[[EpochStats, Translator], bool | None]
+from .execution import condition, resolve_device, resolve_precision
+from .nets import adam
 
 
 def check_fusable(configs: list[RunConfig]) -> None:
@@ -73,7 +68,7 @@ def vmap_autocasts(device_type: str) -> bool:
         return torch.vmap(torch.nn.functional.conv2d)(x, w).dtype == torch.bfloat16
 
 
-class Stack:
+class StackedNet:
     """K copies of one network as stacked tensors, run once under vmap."""
 
     def __init__(self, modules: list[nn.Module]):
@@ -87,12 +82,13 @@ class Stack:
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         return self.forward(self.params, self.buffers, *args)
 
-    def requires_grad_(self, flag: bool) -> Stack:
+    def requires_grad_(self, flag: bool) -> StackedNet:
         for p in self.params.values():
             p.requires_grad_(flag)
         return self
 
-    def keep(self, index: torch.Tensor) -> None:
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the copies at `index`."""
         self.params = {k: v.detach()[index].requires_grad_(v.requires_grad) for k, v in self.params.items()}
         self.buffers = {k: v[index] for k, v in self.buffers.items()}
 
@@ -105,11 +101,11 @@ class Stack:
                     b.copy_(self.buffers[name][k])
 
 
-def _adam(stacks: list[Stack], config: RunConfig, state: dict | None = None,
-          index: torch.Tensor | None = None) -> torch.optim.Adam:
-    """One Adam over the stacked tensors (elementwise, so K independent Adams); with `state`, the moments
-    of the seeds in `index` carried over from the previous stack."""
-    params = [p for s in stacks for p in s.params.values()]
+def stacked_adam(net: StackedNet, config: RunConfig, state: dict | None = None,
+                 index: torch.Tensor | None = None) -> torch.optim.Adam:
+    """One Adam over the stacked tensors (elementwise, so K independent Adams); with `state` (snapshot), the
+    moments of the seeds in `index` carried over from the previous stack."""
+    params = list(net.params.values())
     opt = adam(params, config, params[0].device)
     if state is not None:
         for p, old in zip(params, state["params"], strict=True):
@@ -118,99 +114,65 @@ def _adam(stacks: list[Stack], config: RunConfig, state: dict | None = None,
     return opt
 
 
-def _snapshot(opt: torch.optim.Adam) -> dict:
+def snapshot(opt: torch.optim.Adam) -> dict:
     return {"params": [opt.state.get(p) for g in opt.param_groups for p in g["params"]]}
 
 
-class Stacked:
-    """K seeds of one condition as one stacked G and one stacked D (the engine's group for K > 1): each step
-    runs once for all of them, each seed's losses are its own (K,) and their sum's gradient is each seed's."""
+class FusedSeeds:
+    """K seeds of one condition as one stacked G and one stacked D (cyclelike.train's seed group for K > 1): each
+    step runs once for all of them, each seed's losses are its own (K,) and their sum's gradient is each seed's."""
 
     per_seed = True
     batch_dim = 1  # axis 0 is the seed
 
-    def __init__(self, seeds_nets: list[dict[str, nn.Module]], config: RunConfig):
-        self.seeds_nets, self.config = seeds_nets, config
-        self.G = Stack([nets["G"] for nets in seeds_nets])
-        self.D = Stack([nets["D"] for nets in seeds_nets])
+    def __init__(self, seeds: list[tuple[dict[str, nn.Module], dict]], configs: list[RunConfig]):
+        self.configs = configs
+        self.nets = [nets for nets, _ in seeds]  # each seed's own modules; the stacks train copies of them
+        self.live = list(range(len(seeds)))
+        self.G = StackedNet([nets["G"] for nets in self.nets])
+        self.D = StackedNet([nets["D"] for nets in self.nets])
         self.step_nets = {"G": self.G, "D": self.D}
-        self.optims = {"G": _adam([self.G], config), "D": _adam([self.D], config)}
+        self.optims = {"G": stacked_adam(self.G, configs[0]), "D": stacked_adam(self.D, configs[0])}
+        self.left: dict[int, dict[str, torch.optim.Adam]] = {}  # the optimizers of the seeds that left, their own
 
     def batch(self, images: torch.Tensor, index: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([images[idx] for idx in index])
 
-    def step_begin(self) -> None:
-        pass
+    def trained(self, k: int) -> dict[str, nn.Module]:
+        """Seed k's modules, with its slice of the stacks copied into them while it trains."""
+        if k in self.live:
+            pos = self.live.index(k)
+            self.G.copy_into(pos, self.nets[k]["G"])
+            self.D.copy_into(pos, self.nets[k]["D"])
+        return self.nets[k]
 
-    def modules(self, k: int) -> dict[str, nn.Module]:
-        return self.seeds_nets[k]
-
-    def optims_of(self, k: int) -> dict:
-        return {}  # the stacked Adam is no seed's own; a checkpoint saves each seed's slice (save)
-
-    def train_mode(self) -> None:
-        pass  # the stacks run the template, always in training mode; evaluation uses the seed's own modules
-
-    def sync(self, pos: int, k: int) -> None:
-        self.G.copy_into(pos, self.seeds_nets[k]["G"])  # what the seed's translator evaluates
-
-    def save(self, pos: int, k: int, checkpoint: Checkpoints, epoch: int, config: RunConfig, gen: torch.Generator,
-             history: list[EpochStats]) -> None:
-        """The seed at stack position `pos` saved as its run alone would save itself: its networks, its slice
-        of the stacked Adam moments as an Adam of its own, its generator and history."""
-        nets, alone = self.seeds_nets[k], {}
+    def optimizers(self, k: int) -> dict[str, torch.optim.Adam]:
+        """An Adam of seed k's own per network, holding its slice of the stacked moments: what a run of the seed
+        alone holds, and what its checkpoint saves."""
+        if k not in self.live:
+            return self.left[k]
+        pos, own = self.live.index(k), {}
         for name, stack in (("G", self.G), ("D", self.D)):
-            stack.copy_into(pos, nets[name])
-            params = list(nets[name].parameters())
-            opt = adam(params, config, params[0].device)
+            params = list(self.nets[k][name].parameters())
+            opt = adam(params, self.configs[k], params[0].device)
             for p, stacked in zip(params, stack.params.values(), strict=True):
                 if stacked in self.optims[name].state:
                     opt.state[p] = {key: v.clone() if v.dim() == 0 else v[pos].clone()
                                     for key, v in self.optims[name].state[stacked].items()}
-            alone[name] = opt
-        checkpoint.save(epoch, config, nets, alone, gen, history)
+            own[name] = opt
+        return own
 
-    def keep(self, positions: list[int]) -> None:
-        index = torch.tensor(positions, dtype=torch.long, device=next(iter(self.G.params.values())).device)
-        states = {name: _snapshot(opt) for name, opt in self.optims.items()}
+    def leave(self, seeds: list[int]) -> None:
+        for k in seeds:  # their modules and optimizers as they end, while their slices are in the stacks
+            self.trained(k)
+            self.left[k] = self.optimizers(k)
+        kept = [pos for pos, k in enumerate(self.live) if k not in seeds]
+        self.live = [k for k in self.live if k not in seeds]
+        if not kept:
+            return
+        index = torch.tensor(kept, dtype=torch.long, device=next(iter(self.G.params.values())).device)
+        states = {name: snapshot(opt) for name, opt in self.optims.items()}
         for stack in (self.G, self.D):
-            stack.keep(index)
-        self.optims = {"G": _adam([self.G], self.config, states["G"], index),
-                       "D": _adam([self.D], self.config, states["D"], index)}
-
-    def finish(self, live: list[int]) -> None:
-        for pos, k in enumerate(live):
-            self.G.copy_into(pos, self.seeds_nets[k]["G"])
-            self.D.copy_into(pos, self.seeds_nets[k]["D"])
-
-
-def train_fused(configs: list[RunConfig], data: Domains | None = None,
-                callbacks: list[Callback | None] | None = None, progress: bool = False,
-                desc: str = "fused", checkpoints: list[Checkpoints | None] | None = None) -> list[TrainResult]:
-    """Train the seeds of one condition as one stacked model; one TrainResult per config, in order.
-
-    Each callback sees its own seed's epochs and translator, as with cyclelike.train.train; a callback
-    that returns True stops (prunes) that seed only. Each seed's `checkpoints` (when due, after its callback)
-    are files that cyclelike.train.train resumes that seed from alone; the group itself never resumes.
-    `epoch_s` is the whole group's epoch time: K seeds share it, and a run records `fuse_seeds` so that no
-    one reads it as one seed's time. K = 1 trains the seed's plain modules, with no vmap."""
-    check_fusable(configs)
-    config = configs[0]
-    K = len(configs)
-    device = resolve_device(config.device)
-    resolve_execution(config, device)  # refuses replay=on without CUDA before any work
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    data = (data if data is not None else load_domains(config)).to(device)
-    gens, seeds_nets, seeds_optims = [], [], []
-    t0 = time.perf_counter()
-    for c in configs:  # the order of train(): global seed (initialisation), generator, build
-        torch.manual_seed(c.seed)
-        gens.append(torch.Generator().manual_seed(c.seed))
-        nets, optims = build(c, device)
-        seeds_nets.append(nets)
-        seeds_optims.append(optims)
-    group = Alone(seeds_nets[0], seeds_optims[0], config, device) if K == 1 else Stacked(seeds_nets, config)
-    build_s = (time.perf_counter() - t0) / K
-    return run_seeds(configs, group, data, gens, device, list(callbacks or [None] * K),
-                     list(checkpoints or [None] * K), build_s, progress, desc)
+            stack.select(index)
+        self.optims = {"G": stacked_adam(self.G, self.configs[0], states["G"], index),
+                       "D": stacked_adam(self.D, self.configs[0], states["D"], index)}

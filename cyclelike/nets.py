@@ -1,4 +1,5 @@
-"""Generators (encdec, unet) and PatchGAN discriminators, built by name from a RunConfig.
+"""Generators (encdec, unet) and PatchGAN discriminators, built by name from a RunConfig, and one seed's networks
+with their optimizers (`build`).
 
 One factory per kind (`define_G`, `define_D`) is the one place to add an architecture.
 """
@@ -7,13 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import RunConfig
-from .execution import switch
+from .execution import resolve_execution, switch
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
@@ -171,3 +173,29 @@ def define_D(config: RunConfig, conditional: bool) -> nn.Module:
     net = PatchDiscriminator(config.image_size, 6 if conditional else 3, config.d_filters, config.norm)
     init_weights(net)
     return net
+
+
+def build(config: RunConfig, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+    """One seed's networks and optimizers as the run executes them: cyclegan's G, F, D_X, D_Y (G and F share an
+    optimizer, as do the Ds), or the one G and its conditional D."""
+    if config.scheme == "cyclegan":
+        nets = {"G": define_G(config, device), "F": define_G(config, device),
+                "D_X": define_D(config, conditional=False), "D_Y": define_D(config, conditional=False)}
+        groups = {"G": ["G", "F"], "D": ["D_X", "D_Y"]}
+    else:
+        nets = {"G": define_G(config, device), "D": define_D(config, conditional=True)}
+        groups = {"G": ["G"], "D": ["D"]}
+    memory = torch.channels_last if switch(config, "channels_last", device) else torch.contiguous_format
+    for net in nets.values():
+        net.to(device=device, memory_format=memory)
+    optims = {name: adam(chain(*(nets[k].parameters() for k in members)), config, device)
+              for name, members in groups.items()}
+    return nets, optims
+
+
+def adam(params, config: RunConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam as the run executes it: the fused kernel updates all parameters in one pass (fused_adam); a replayed
+    step keeps its step counts on the device (capturable)."""
+    execution = resolve_execution(config, device)
+    return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2), fused=execution["fused_adam"],
+                            capturable=execution["replay"] and device.type == "cuda")

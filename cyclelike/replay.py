@@ -6,7 +6,7 @@ A replay launches them all at once. The maths is the step's own: the captured ke
 runs, on the same parameters and optimizer state (Adam with `capturable=True`, its step counts on the device).
 
 Shapes are static within a run, except a last partial batch: each shape gets its own graph. The first
-`WARMUP` steps of a shape run eagerly (real training steps, on a side stream, as CUDA graph capture asks:
+`EAGER_STEPS` steps of a shape run eagerly (real training steps, on a side stream, as CUDA graph capture asks:
 cuDNN and the allocator settle first); the next is captured and replayed, and replayed from then on. The
 outputs of a replay are the graph's own tensors, overwritten by the next replay: read them before that.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-WARMUP = 3  # eager steps of a shape before its capture (PyTorch's CUDA graph examples take 3)
+EAGER_STEPS = 3  # eager steps of a shape before its capture (PyTorch's CUDA graph examples take 3)
 FALLBACK = "fallback"  # what `replay` resolved to where a shape fell back to eager
 # The check's tolerances. Replayed and eager run the same kernels, so they differ by the order of atomic additions in
 # cuDNN's backward (about 1e-6 relative in fp32): a loss may move by far less than LOSS_RTOL, and each group of
@@ -48,8 +48,14 @@ class Eager:
     def __call__(self, kind: str, step: Step, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         return step(*inputs)
 
-    def reset(self) -> None:
-        pass
+
+class CompiledGraphs:
+    """compile=true on CUDA: torch.compile's reduce-overhead mode replays CUDA graphs of the compiled networks, which
+    may reuse the previous step's outputs once told that a new step begins."""
+
+    def __call__(self, kind: str, step: Step, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        torch.compiler.cudagraph_mark_step_begin()
+        return step(*inputs)
 
 
 class CudaGraphs:
@@ -63,7 +69,7 @@ class CudaGraphs:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), warnings.catch_warnings():
-            # Adam warns that a capturable instance runs uncaptured: here it does so on purpose, for WARMUP steps
+            # Adam warns that a capturable instance runs uncaptured: here it does so on purpose, for EAGER_STEPS
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
             out = fn()
         torch.cuda.current_stream(self.device).wait_stream(side)
@@ -81,7 +87,7 @@ class CudaGraphs:
 
 def state_groups(nets: dict, optims: dict) -> dict[str, list[torch.Tensor]]:
     """Every tensor a step updates, in groups compared on their own scale: each network's weights and buffers (a
-    module's, or a fused Stack's stacked tensors), each optimizer's moments and step counts."""
+    module's, or a fused StackedNet's stacked tensors), each optimizer's moments and step counts."""
     groups: dict[str, list[torch.Tensor]] = {}
     for name, net in nets.items():
         weights = (net.parameters(), net.buffers()) if isinstance(net, nn.Module) else \
@@ -137,8 +143,8 @@ def difference(out: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], 
 
 
 class Replay:
-    """Steps keyed by (kind, input shapes): WARMUP eager steps, then one capture checked by its first replay, then
-    replays; a shape whose check failed runs eagerly from then on, and `record["replay"]` (the run's resolved
+    """Steps keyed by (kind, input shapes): EAGER_STEPS eager steps, then one capture checked by its first replay,
+    then replays; a shape whose check failed runs eagerly from then on, and `record["replay"]` (the run's resolved
     switches) says `fallback`. `state` gives what a step updates."""
 
     def __init__(self, backend, state: State, record: dict | None = None):
@@ -146,13 +152,21 @@ class Replay:
         self.graphs: dict[tuple, tuple[object, list[torch.Tensor], dict[str, torch.Tensor]]] = {}
         self.warm: Counter = Counter()
         self.fallen: dict[tuple, str] = {}  # shape -> why it runs eagerly
+        self.optims = None  # the optimizers the graphs were captured with
 
     def __call__(self, kind: str, step: Step, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        optims = self.state()[1]
+        if optims is not self.optims:
+            # a fused seed left: the group's networks and optimizers were replaced, and the graphs captured the old
+            # ones. Shapes that fell back stay eager
+            self.graphs.clear()
+            self.warm.clear()
+            self.optims = optims
         key = (kind, *(tuple(t.shape) for t in inputs))
         if key in self.fallen:
             return self.backend.eager(lambda: step(*inputs))
         if key not in self.graphs:
-            if self.warm[key] < WARMUP:
+            if self.warm[key] < EAGER_STEPS:
                 self.warm[key] += 1
                 return self.backend.eager(lambda: step(*inputs))
             return self.first(key, step, inputs)
@@ -189,13 +203,11 @@ class Replay:
                     "(resolved.replay=%s): %s", key[0], " and ".join(str(s) for s in key[1:]), FALLBACK, why)
         return expected
 
-    def reset(self) -> None:
-        """Forget every graph: the networks or optimizers they captured were replaced (a fused seed left). Shapes
-        that fell back stay eager."""
-        self.graphs.clear()
-        self.warm.clear()
 
 
-def stepper(execution: dict, device: torch.device, state: State) -> Eager | Replay:
-    """How a run's steps execute, from its resolved switches (`execution`), where a fallback is written down."""
-    return Replay(CudaGraphs(device), state, execution) if execution["replay"] else Eager()
+def executor(execution: dict, device: torch.device, state: State, compiled: bool = False) -> Eager | Replay:
+    """How a run's steps execute, from its resolved switches (`execution`, where a fallback is written down) and
+    whether its networks are compiled."""
+    if execution["replay"]:
+        return Replay(CudaGraphs(device), state, execution)
+    return CompiledGraphs() if compiled and device.type == "cuda" else Eager()

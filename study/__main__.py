@@ -56,7 +56,7 @@ def _sweep(args) -> int:
 def _check_device(config: RunConfig) -> None:
     """device=cuda on a machine without one: one line before any store or run is created."""
     if config.device == "cuda":
-        from cyclelike.train import resolve_device
+        from cyclelike.execution import resolve_device
 
         resolve_device(config.device)
 

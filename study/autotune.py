@@ -133,10 +133,10 @@ def _train_epochs(config: RunConfig, barrier, out) -> None:
 
     torch.set_num_threads(config.threads)
     data = load_domains(config)
-    train(config.replace(epochs=1), data)  # warm-up: allocator, oneDNN primitives
+    train([config.replace(epochs=1)], data)  # warm-up: allocator, oneDNN primitives
     barrier.wait()
     t0 = time.perf_counter()
-    train(config, data)
+    train([config], data)
     out.put(time.perf_counter() - t0)
 
 
@@ -159,19 +159,18 @@ def measure_fused(config: RunConfig, seeds: list[int], threads: int) -> float:
     import torch
 
     from cyclelike.data import load_domains
-    from cyclelike.fused import train_fused
     from cyclelike.train import train
 
     torch.set_num_threads(threads)
     configs = [config.replace(seed=s, threads=threads, epochs=MEASURE_EPOCHS) for s in seeds]
     data = load_domains(configs[0])
-    train_fused([c.replace(epochs=1) for c in configs], data)  # warm-up
+    train([c.replace(epochs=1) for c in configs], data)  # warm-up
     t0 = time.perf_counter()
     for c in configs:
-        train(c, data)
+        train([c], data)
     alone = time.perf_counter() - t0
     t0 = time.perf_counter()
-    train_fused(configs, data)
+    train(configs, data)
     return alone / (time.perf_counter() - t0)
 
 
@@ -254,12 +253,11 @@ def _train_gpu(configs: list[RunConfig], barrier, out) -> None:
     import torch
 
     from cyclelike.data import load_domains
-    from cyclelike.fused import train_fused
     from cyclelike.train import train
 
     def run(epochs: int) -> None:
         jobs = [c.replace(epochs=epochs) for c in configs]
-        _ = train(jobs[0], data) if len(jobs) == 1 else train_fused(jobs, data)
+        train(jobs, data)
 
     try:
         free = torch.cuda.mem_get_info()[0]

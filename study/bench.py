@@ -27,7 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
-from cyclelike.train import resolve_device, resolve_precision, train
+from cyclelike.execution import resolve_device, resolve_precision
+from cyclelike.train import train
 
 from . import autotune
 from .spec import load_sweep
@@ -47,7 +48,7 @@ DEFAULT_CELL = {"arch": "unet", "n_images": 10, "pairing": "fixed", "lambda_cyc"
 
 def _train_seconds(values: dict) -> tuple[float, list[float]]:
     config = RunConfig.from_dict(values)
-    result = train(config, load_domains(config))
+    result = train([config], load_domains(config))[0]
     return result.sec_per_epoch, [round(s.epoch_s, 4) for s in result.history]
 
 
@@ -71,7 +72,7 @@ def sec_per_epoch(config: RunConfig, repeats: int = REPEATS) -> tuple[float, lis
 def epoch_flops(config: RunConfig) -> float:
     """Convolution (and matmul) FLOPs of one epoch as executed, forward and backward."""
     with FlopCounterMode(display=False) as counter:
-        train(config.replace(epochs=1))
+        train([config.replace(epochs=1)])
     return float(counter.get_total_flops())
 
 
@@ -142,7 +143,7 @@ def schedule_pairing(config: RunConfig, seeds: tuple[int, ...] = (0, 1, 2)) -> d
     for seed in seeds:
         run = config.replace(seed=seed)
         data = load_domains(run)
-        result = train(run, data)
+        result = train([run], data)[0]
         m = evaluate_pairing(result.translator.forward, result.translator.backward, data.x, data.y, data.pi).metrics
         rows.append({"seed": seed, "sec_per_epoch": result.sec_per_epoch,
                      **{k: m[k] for k in ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1")}})
@@ -180,7 +181,9 @@ def profile_epoch(config: RunConfig) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from cyclelike.replay import Eager
-    from cyclelike.train import Alone, autocaster, build, gan_criterion, run_epoch
+    from cyclelike.nets import build
+    from cyclelike.steps import autocaster, gan_criterion
+    from cyclelike.train import OneSeed, run_epoch
 
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -188,7 +191,7 @@ def profile_epoch(config: RunConfig) -> dict:
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     config = config.replace(replay="off")  # an eager epoch, profiled op by op
-    group = Alone(*build(config, device), config, device)
+    group = OneSeed(*build(config, device), config, device)
     gan, autocast = gan_criterion(config.gan_loss), autocaster(precision, device)
     run_epoch(group, data, config, [gen], gan, autocast, Eager())  # allocator, caches and oneDNN primitives
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

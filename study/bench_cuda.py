@@ -7,7 +7,7 @@ as study/bench.py on THIS device, every way of executing them side by side in on
 - pairing: the default cell replayed against eager, the same seeds, cuDNN deterministic: the same maths gives the
   same pairs. These three sections are what the defaults file of this kind of device rests on (bench.json's
   `defaults`; `python -m study.device_defaults bench.json` writes it), so they run first.
-- fused: train_fused with K = 1..64 seeds, seed-epochs per second, until memory runs out.
+- fused: train() of K = 1..64 seeds as one stacked model, seed-epochs per second, until memory runs out.
 - utilisation: FLOP/s of the seed workload alone and fused at its best K against a bf16 peak measured now.
 - study: the default study with `--workers auto`, wall seconds and trials per hour.
 - compiled: compile=true, its own row; last, since compiling takes minutes.
@@ -36,7 +36,7 @@ import torch
 from cyclelike.config import SWITCHES, RunConfig
 from cyclelike.data import Domains, load_domains
 from cyclelike.execution import AUTO, DEFAULTS, device_kind, resolve_device, resolve_execution, resolve_precision
-from cyclelike.fused import train_fused, vmap_autocasts
+from cyclelike.fused import vmap_autocasts
 from cyclelike.train import TrainResult, train
 
 from . import autotune
@@ -110,7 +110,7 @@ def executed(result: TrainResult, config: RunConfig) -> dict[str, bool]:
 
 def timed(config: RunConfig, data: Domains, device: torch.device) -> dict:
     """One training's seconds per epoch (the median after WARMUP epochs), its precision and resolved switches."""
-    result = train(config, data)
+    result = train([config], data)[0]
     row = {"sec_per_epoch": result.sec_per_epoch, "epochs_s": [round(s.epoch_s, 5) for s in result.history],
            "precision": result.precision, "execution": executed(result, config)}
     del result
@@ -198,7 +198,7 @@ def switch_evidence(name: str, config: RunConfig, device: torch.device, epochs: 
 
 
 def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int, ks: tuple[int, ...]) -> dict:
-    """Seed-epochs per second of train_fused with K seeds (instance norm: fused refuses batch norm), beside the seed
+    """Seed-epochs per second of K seeds trained as one stacked model (instance norm: fused refuses batch norm), beside the seed
     alone; stops at the first K that runs out of memory (or fails), and records it."""
     base = prepare(config, device, epochs).replace(norm="instance")
     if resolve_precision(base.precision, device) == "bf16" and not vmap_autocasts(device.type):
@@ -213,7 +213,7 @@ def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int,
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            results = train_fused([base.replace(seed=s) for s in range(k)], data)
+            results = train([base.replace(seed=s) for s in range(k)], data)
         except Exception as error:  # noqa: BLE001 - out of memory ends the climb; anything else is recorded too
             text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             out["k"][k] = {"error": text, "out_of_memory": out_of_memory(error)}
@@ -294,7 +294,7 @@ def replay_pairing(config: RunConfig, device: torch.device, seeds: tuple[int, ..
         row: dict = {"seed": seed}
         for way, value in (("replayed", replay), ("eager", "off"), ("eager again", "off")):
             with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-                result = train(run.replace(replay=value), data)
+                result = train([run.replace(replay=value)], data)[0]
             row[way] = pairing_metrics(result, data) | {"sec_per_epoch": result.sec_per_epoch,
                                                         "replay": result.execution["replay"]}
             del result

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from analysis.store import first_line
 from cyclelike.config import ConfigError, RunConfig
-from cyclelike.train import check_resumable
+from cyclelike.checkpoint import check_resumable
 
 from .tracking import RunLogger
 

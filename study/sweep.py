@@ -146,7 +146,7 @@ def estimate(study: optuna.Study, spec: SweepSpec, planned: int, threads: int,
         probe = queued[work.index(max(work))].replace(epochs=2, warmup_epochs=1, threads=threads)
         try:
             started = time.perf_counter()
-            per_unit = train(probe).sec_per_epoch / (probe.n_images * probe.image_size**2)
+            per_unit = train([probe])[0].sec_per_epoch / (probe.n_images * probe.image_size**2)
             probe_s = time.perf_counter() - started  # this invocation's time too
         except Exception as err:  # bad data or settings: each trial will fail and say why; the plan stands
             return float("nan"), f"no time estimate ({type(err).__name__}: {first_line(err)})"

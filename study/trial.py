@@ -24,7 +24,6 @@ from analysis.pairing import PairingResult, evaluate_pairing, formation, is_lock
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, data_key, shared_domains
 from cyclelike.execution import resolved_tags
-from cyclelike.fused import train_fused
 from cyclelike.samples import (
     HOLDOUT_ROWS,
     PNG_OPTIONS,
@@ -35,7 +34,8 @@ from cyclelike.samples import (
     labelled,
     sample_grid,
 )
-from cyclelike.train import Checkpoints, EpochStats, TrainResult, Translator, train
+from cyclelike.checkpoint import Checkpoints
+from cyclelike.train import EpochStats, TrainResult, Translator, train
 
 from .checkpoints import drop_checkpoint, fetch_checkpoint, store_checkpoint
 from .tracking import SUMMARY_PREFIX, RunLogger, dataset_inputs
@@ -227,7 +227,7 @@ class TrackedRun:
                          "time/setup_s": setup_s, "pair/epochs_to_90": formed.epochs_to_90,
                          "pair/epochs_to_90_after": formed.epochs_to_90_after,
                          "pair/locked_epoch": formed.locked_epoch, "pair/locked_rows": formed.locked_rows,
-                         "time/seed_train_s": seed_seconds(result),
+                         "time/seed_train_s": result.seed_seconds,
                          # until the map took the form it kept, not until the patience window had confirmed it
                          "time/seconds_to_lock": sum(t for e, t in self.epoch_seconds.items()
                                                      if e <= formed.locked_epoch)
@@ -257,19 +257,6 @@ class TrackedRun:
                 self.staging = None
 
 
-def seed_seconds(result: TrainResult) -> float:
-    """This seed's own training seconds over every epoch it trained, before a resume too (the checkpoint keeps
-    the history): a fused epoch counts its time over the K seeds that shared it. What "seconds to lock" is
-    read from, per seed."""
-    return sum(s.epoch_s / s.seeds for s in result.history)
-
-
-def trained_seconds(result: TrainResult) -> float:
-    """The seconds of the epochs trained here (after any resume): training alone, without the evaluations,
-    logging and checkpoints done between epochs, which are the harness's part."""
-    return sum(s.epoch_s for s in result.history if s.epoch > result.resumed_from_epoch)
-
-
 def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
               desc: str = "train", progress: bool = True, data: Domains | None = None,
               weights: bool = True, checkpoint_s: float = 0.0, resume: bool = False,
@@ -288,14 +275,14 @@ def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report
         checkpoints = None
         if checkpoint_s:
             checkpoints = run.checkpoint_plan(checkpoint_s, keep_checkpoint, run.resume() if resume else None)
-        result = train(config, data, callback=run.on_epoch, checkpoint=checkpoints, progress=progress, desc=desc)
+        (result,) = train([config], data, [run.on_epoch], [checkpoints], progress=progress, desc=desc)
         fault("trained")
         if result.resumed_from_epoch:
             logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
             if any(s.seeds > 1 for s in result.history):  # resumed alone from its fused group's checkpoint
                 # the series its time is read in (analysis.dynamics) follows the epochs time/sec_per_epoch is of
                 logger.pending_tags["fused_group"] = result.timing_seeds
-        outcome = run.finish(result, trained_seconds(result), started, data_s + result.build_s)
+        outcome = run.finish(result, result.trained_seconds, started, data_s + result.build_s)
         if drop and not keep_checkpoint:
             drop_checkpoint(logger, outcome)
         return outcome
@@ -324,11 +311,10 @@ def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_ev
             logger.set_tags({"fused_group": str(len(configs))})
             runs.append(TrackedRun(config, logger, data, eval_every, report, weights, alive=check))
         plans = [run.checkpoint_plan(checkpoint_s, keep_checkpoint) if checkpoint_s else None for run in runs]
-        results = train_fused(configs, data, [r.on_epoch for r in runs], progress=progress, desc=desc,
-                              checkpoints=plans)
+        results = train(configs, data, [r.on_epoch for r in runs], plans, progress=progress, desc=desc)
         fault("trained")
         # the group's epochs (as long as its longest-lived seed), shared by its K seeds
-        train_s = max(trained_seconds(r) for r in results) / len(configs)
+        train_s = max(r.trained_seconds for r in results) / len(configs)
         outcomes = [run.finish(result, train_s, started, data_s + result.build_s) if result.diverged is None
                     else _diverged(run, result)
                     for run, result in zip(runs, results, strict=True)]

@@ -68,9 +68,9 @@ def test_every_section_gives_the_figures_bench_json_needs(device, tmp_path, monk
 def test_the_compiled_row_asks_for_compile_and_compares_with_plain(monkeypatch):
     real, asked = bench_cuda.train, []
 
-    def train(config, data):  # torch.compile itself takes too long for a test
-        asked.append((config.compile, config.replay))
-        return real(config.replace(compile=False), data)
+    def train(configs, data):  # torch.compile itself takes too long for a test
+        asked.extend((c.compile, c.replay) for c in configs)
+        return real([c.replace(compile=False) for c in configs], data)
 
     monkeypatch.setattr(bench_cuda, "train", train)
     row = bench_cuda.compiled_row("t", TINY, torch.device("cpu"), 3, plain_s=1.0)
@@ -80,22 +80,26 @@ def test_the_compiled_row_asks_for_compile_and_compares_with_plain(monkeypatch):
 def test_fused_climb_stops_at_the_first_k_out_of_memory(monkeypatch):
     calls = []
 
+    real = bench_cuda.train
+
     def fused(configs, data):
         calls.append(len(configs))
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if len(calls) > 1:  # the seed alone, timed first, trains; the climb's first K runs out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(configs, data)
 
-    monkeypatch.setattr(bench_cuda, "train_fused", fused)
+    monkeypatch.setattr(bench_cuda, "train", fused)
     out = bench_cuda.fused_seeds("t", TINY, torch.device("cpu"), 3, (1, 2, 4))
-    assert calls == [1] and out["k"][1]["out_of_memory"] and out["best_k"] is None
+    assert calls == [1, 1] and out["k"][1]["out_of_memory"] and out["best_k"] is None
 
 
 def test_a_failing_row_is_recorded_and_the_others_run(monkeypatch):
     real = bench_cuda.train
 
-    def train(config, data):
-        if config.precision == "bf16":
+    def train(configs, data):
+        if configs[0].precision == "bf16":
             raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
-        return real(config, data)
+        return real(configs, data)
 
     monkeypatch.setattr(bench_cuda, "train", train)
     out = bench_cuda.workload_ways("t", TINY, torch.device("cpu"), 3)

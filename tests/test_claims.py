@@ -214,11 +214,9 @@ def test_locked_epoch_is_the_whole_maps_so_it_never_precedes_reaching_0_9():
 
 
 def test_seconds_to_lock_count_each_seeds_share_and_the_epochs_before_a_resume():
-    from study.trial import seed_seconds
-
     history = [EpochStats(e, 4.0, {}, seeds=4) for e in range(1, 6)] + [EpochStats(e, 1.5, {}) for e in range(6, 9)]
     result = TrainResult(RunConfig(), history, {}, None, "cpu", resumed_from_epoch=5)
-    assert seed_seconds(result) == pytest.approx(5 * 1.0 + 3 * 1.5)
+    assert result.seed_seconds == pytest.approx(5 * 1.0 + 3 * 1.5)
     # the report reads them, not the seconds trained after the resume (time/train_s)
     g = pd.DataFrame([{"n_images": n, "tags.stop/reason": "locked", "stop/g_steps": 80, "time/train_s": 4.5,
                        "time/seed_train_s": 9.5, "budget/g_steps": 800} for n in (4, 8)])
@@ -263,7 +261,7 @@ def test_a_fused_bf16_seed_computes_in_bf16_or_is_refused():
     layer included) in bf16; under vmap on a CPU, torch leaves them in fp32, so fusing is refused there."""
     import torch
 
-    from cyclelike.fused import Stack
+    from cyclelike.fused import StackedNet
     from cyclelike.nets import define_G
 
     configs = [RunConfig(image_size=16, n_images=4, base_filters=4, precision="bf16", device="cpu", seed=s)
@@ -273,7 +271,7 @@ def test_a_fused_bf16_seed_computes_in_bf16_or_is_refused():
     except ConfigError as refused:
         assert "vmap" in str(refused) and "precision=fp32" in str(refused)
         return
-    G = Stack([define_G(c) for c in configs])
+    G = StackedNet([define_G(c) for c in configs])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert G(torch.zeros(2, 1, 3, 16, 16)).dtype == torch.bfloat16
 

@@ -8,7 +8,9 @@ import torch
 
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
-from cyclelike.train import build, gan_criterion, paired_step, train
+from cyclelike.nets import build
+from cyclelike.steps import gan_criterion, paired_step
+from cyclelike.train import train
 
 REFERENCE = dict(fused_upsample=False, fused_adam=False, precision="fp32")
 BF16_TOLERANCE = 0.05  # relative, on each loss of one step
@@ -75,7 +77,7 @@ def test_defaults_keep_the_original_schedule_and_the_maths_preserving_speed_ups(
     steps = {}
     for label, overrides in (("fast", {}), ("plain", REFERENCE),
                              ("joint", {"direction_schedule": "joint"})):
-        result = train(config.replace(**overrides))
+        result = train([config.replace(**overrides)])[0]
         steps[label] = {name: max(int(s["step"]) for s in opt.state_dict()["state"].values())
                         for name, opt in result.optims.items()}
     # N = 6 in batches of 3: two X->Y batches and two Y->X batches, each with its own D and G step

@@ -298,7 +298,7 @@ def test_steps_logged_past_the_last_checkpoint_are_not_logged_again(tmp_path):
     path = _sweep_file(tmp_path, "twice", pairing='["fixed"]')
 
     def past_the_checkpoint():
-        from cyclelike.train import Checkpoints
+        from cyclelike.checkpoint import Checkpoints
         from study.tracking import RunLogger
 
         Checkpoints.due = lambda self, epoch, last_save, last=False: epoch == 1  # one checkpoint, at epoch 1

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from cyclelike.checkpoint import Checkpoints
 from cyclelike.config import ConfigError, RunConfig
 from cyclelike.data import load_domains
-from cyclelike.fused import train_fused
-from cyclelike.train import Checkpoints, EpochStats, TrainResult, train
+from cyclelike.train import EpochStats, TrainResult, train
 from study import autotune
 
 # No dropout. In float64 a fused seed IS the seed alone (1e-10). In fp32 the grouped convolutions sum in
@@ -32,7 +32,7 @@ def _gap(a, b) -> float:
 def test_fused_seeds_give_each_seed_its_own_losses_in_fp32():
     data = load_domains(CELL)
     configs = [CELL.replace(seed=s, epochs=1) for s in SEEDS]
-    alone, fused = [train(c, data) for c in configs], train_fused(configs, data)
+    alone, fused = [train([c], data)[0] for c in configs], train(configs, data)
     for a, f in zip(alone, fused, strict=True):
         assert a.history[0].losses.keys() == f.history[0].losses.keys()
         assert _gap(a.history[0], f.history[0]) < FP32_FIRST_EPOCH, a.config.seed
@@ -49,7 +49,7 @@ def fp64():
         data = load_domains(CELL)
         data.x, data.y = data.x.double(), data.y.double()
         configs = [CELL.replace(seed=s, fused_adam=False) for s in SEEDS]
-        runs = [train(c, data) for c in configs], train_fused(configs, data)
+        runs = [train([c], data)[0] for c in configs], train(configs, data)
     finally:
         torch.set_default_dtype(old)  # now, not at the module's end: the other tests run in fp32
     return configs, data, *runs
@@ -76,8 +76,8 @@ def test_every_schedule_fuses_in_the_order_it_runs_alone(change):
         data = load_domains(cell)
         data.x, data.y = data.x.double(), data.y.double()
         configs = [cell.replace(seed=s) for s in (0, 1)]
-        for config, fused in zip(configs, train_fused(configs, data), strict=True):
-            for sa, sf in zip(train(config, data).history, fused.history, strict=True):
+        for config, fused in zip(configs, train(configs, data), strict=True):
+            for sa, sf in zip(train([config], data)[0].history, fused.history, strict=True):
                 assert _gap(sa, sf) < FP64, (change, config.seed, sa.epoch)
     finally:
         torch.set_default_dtype(old)
@@ -94,7 +94,7 @@ def test_pruning_one_seed_leaves_the_others_unchanged(fp64):
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        pruned = train_fused(configs, data, [None, prune_at_1, None])
+        pruned = train(configs, data, [None, prune_at_1, None])
     finally:
         torch.set_default_dtype(old)
     # epoch 0 is the untrained map, seen once before training; pruned at epoch 1, it sees no more
@@ -122,7 +122,7 @@ def test_a_diverging_seed_leaves_the_group_and_the_others_are_unchanged(fp64, mo
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        results = train_fused(configs, data)
+        results = train(configs, data)
     finally:
         torch.set_default_dtype(old)
     assert results[1].diverged is not None and results[1].diverged.epoch == 1
@@ -149,8 +149,8 @@ def test_a_killed_group_resumes_each_seed_alone_from_its_own_checkpoint(fp64, tm
     torch.set_default_dtype(torch.float64)
     try:
         with pytest.raises(Killed):
-            train_fused(configs, data, [None, None, kill_at_2], checkpoints=[Checkpoints(p, every=1) for p in paths])
-        resumed = [train(c, data, checkpoint=Checkpoints(p)) for c, p in zip(configs, paths, strict=True)]
+            train(configs, data, [None, None, kill_at_2], checkpoints=[Checkpoints(p, every=1) for p in paths])
+        resumed = [train([c], data, checkpoints=[Checkpoints(p)])[0] for c, p in zip(configs, paths, strict=True)]
     finally:
         torch.set_default_dtype(old)
     for a, r in zip(alone, resumed, strict=True):
@@ -164,9 +164,9 @@ def test_a_killed_group_resumes_each_seed_alone_from_its_own_checkpoint(fp64, tm
 
 def test_only_seeds_of_one_condition_fuse():
     with pytest.raises(ConfigError, match="differ in n_images"):
-        train_fused([CELL, CELL.replace(seed=1, n_images=4)])
+        train([CELL, CELL.replace(seed=1, n_images=4)])
     with pytest.raises(ConfigError, match="norm=batch"):
-        train_fused([CELL.replace(norm="batch"), CELL.replace(norm="batch", seed=1)])
+        train([CELL.replace(norm="batch"), CELL.replace(norm="batch", seed=1)])
 
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 4, 6, 8, 16, 64])
@@ -221,7 +221,7 @@ def test_fused_sweep_gives_each_seed_its_own_run(tmp_path, monkeypatch):
     assert sorted(runs["tags.seed"].astype(int)) == [0, 1, 2] and set(runs["tags.fused_group"]) == {"3"}
     losses = runs["metrics.loss/G_total"].to_numpy()
     assert len(np.unique(np.round(losses, 6))) == 3  # each seed its own losses, not the group's
-    alone = train(spec.config_for({"pairing": "fixed"}, 1))
+    alone = train([spec.config_for({"pairing": "fixed"}, 1)])[0]
     logged = float(runs.loc[runs["tags.seed"].astype(int) == 1, "metrics.loss/G_total"].iloc[0])
     assert abs(alone.history[-1].losses["loss/G_total"] - logged) < 0.05  # fp32 after 2 epochs: see above
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import cyclelike.replay as replay_module
+from cyclelike.checkpoint import Checkpoints
 from cyclelike.config import ConfigError, RunConfig
 from cyclelike.execution import AUTO, condition, resolve_execution
-from cyclelike.fused import train_fused
-from cyclelike.replay import WARMUP
+from cyclelike.replay import EAGER_STEPS
 from cyclelike.train import train
 
 BASE = RunConfig(image_size=16, n_images=7, n_holdout=0, batch_size=3, base_filters=4, d_filters=4, epochs=3,
@@ -83,15 +83,15 @@ def test_a_replayed_run_is_the_eager_run(recorded, change):
     replay overwrites it), would change them; so would a check of the first replay that left a second step taken, or
     the random state (dropout) moved on."""
     config = BASE.replace(**change)
-    eager = train(config.replace(replay="off"))
-    replayed = train(config)
+    eager = train([config.replace(replay="off")])[0]
+    replayed = train([config])[0]
     _same_run(replayed, eager)
     assert replayed.execution["replay"] is True  # the checks passed: no shape fell back
     (backend,) = recorded
     sizes = (3, 3, 1) * (2 if config.scheme == "cyclelike" else 1)  # cyclelike steps each batch both ways
     steps = {size: sizes.count(size) * config.epochs for size in set(sizes)}
-    assert len(backend.captures) == sum(n > WARMUP for n in steps.values()) >= 1
-    assert backend.replays == sum(max(0, n - WARMUP) for n in steps.values())
+    assert len(backend.captures) == sum(n > EAGER_STEPS for n in steps.values()) >= 1
+    assert backend.replays == sum(max(0, n - EAGER_STEPS) for n in steps.values())
 
 
 def test_fused_seeds_replayed_keep_each_seed_and_recapture_when_one_leaves(recorded):
@@ -103,8 +103,8 @@ def test_fused_seeds_replayed_keep_each_seed_and_recapture_when_one_leaves(recor
         return lambda stats, translator: stats.epoch == epoch
 
     callbacks = [None, prune_at(1), None]
-    eager = train_fused([c.replace(replay="off") for c in configs], callbacks=callbacks)
-    replayed = train_fused(configs, callbacks=callbacks)
+    eager = train([c.replace(replay="off") for c in configs], callbacks=callbacks)
+    replayed = train(configs, callbacks=callbacks)
     for e, r in zip(eager, replayed, strict=True):
         assert _losses(r) == _losses(e) and r.stopped_early == e.stopped_early
     (backend,) = recorded
@@ -147,9 +147,9 @@ def test_a_shape_whose_replay_fails_or_differs_goes_on_eagerly_said_once(monkeyp
     warning line says why, and the run records replay = fallback."""
     backends = replaying_on_cpu(monkeypatch, backend)
     config = BASE.replace(n_images=6)
-    eager = train(config.replace(replay="off"))
+    eager = train([config.replace(replay="off")])[0]
     with caplog.at_level(logging.WARNING, logger="cyclelike.replay"):
-        replayed = train(config)
+        replayed = train([config])[0]
     _same_run(replayed, eager)
     assert replayed.execution["replay"] == "fallback"
     (warning,) = [r for r in caplog.records if r.name == "cyclelike.replay"]
@@ -160,7 +160,7 @@ def test_a_shape_whose_replay_fails_or_differs_goes_on_eagerly_said_once(monkeyp
 
 def test_replay_on_without_cuda_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"replay=on: .*CUDA graphs.*cpu"):
-        train(BASE.replace(device="cpu", replay="on"))
+        train([BASE.replace(device="cpu", replay="on")])[0]
 
 
 def test_auto_switches_follow_the_device_kind_and_an_explicit_value_wins():
@@ -171,7 +171,7 @@ def test_auto_switches_follow_the_device_kind_and_an_explicit_value_wins():
     assert resolve_execution(BASE.replace(fused_upsample="on", replay="off"), cuda) == \
         {**AUTO["cuda"], "fused_upsample": True, "replay": False}
     assert resolve_execution(BASE.replace(compile=True), cuda)["replay"] is False  # compile replays by itself
-    result = train(BASE.replace(epochs=1, fused_adam="off"))
+    result = train([BASE.replace(epochs=1, fused_adam="off")])[0]
     assert result.execution["fused_adam"] is False and result.execution["replay"] is False
 
 
@@ -189,8 +189,8 @@ def test_a_resumed_run_executes_as_it_is_set_not_as_its_checkpoint_was(tmp_path,
     elsewhere (a CPU checkpoint replayed on CUDA, say), the run's own execution must hold, or capture refuses a
     non-capturable Adam. Here with fused Adam, which a CPU can show."""
     path = tmp_path / "checkpoint.pt"
-    train(BASE.replace(epochs=2, fused_adam=before), checkpoint=path)
-    resumed = train(BASE.replace(epochs=3, fused_adam=after), checkpoint=path)
+    train([BASE.replace(epochs=2, fused_adam=before)], checkpoints=[Checkpoints(path, every=10)])[0]
+    resumed = train([BASE.replace(epochs=3, fused_adam=after)], checkpoints=[Checkpoints(path, every=10)])[0]
     assert resumed.resumed_from_epoch == 2 and resumed.execution["fused_adam"] == (after == "on")
     for opt in resumed.optims.values():
         assert all(group["fused"] == (after == "on") for group in opt.param_groups)
@@ -212,13 +212,13 @@ def reproducible(monkeypatch):
 
 @cuda
 def test_cuda_replayed_fp32_step_equals_the_eager_step(reproducible):
-    """N = 10 in batches of 5, both directions: 4 steps an epoch, so step 4 is the first replay (after WARMUP = 3
+    """N = 10 in batches of 5, both directions: 4 steps an epoch, so step 4 is the first replay (after EAGER_STEPS = 3
     eager steps and the capture). Epoch 1's losses (the mean of its 4 steps) and every weight after it, to 1e-5."""
-    assert WARMUP == 3
+    assert EAGER_STEPS == 3
     config = BASE.replace(device="cuda", threads=0, image_size=32, n_images=10, batch_size=5, epochs=1,
                           fused_upsample="off")
-    eager = train(config.replace(replay="off"))
-    replayed = train(config.replace(replay="on"))
+    eager = train([config.replace(replay="off")])[0]
+    replayed = train([config.replace(replay="on")])[0]
     assert replayed.execution["replay"] is True and not eager.execution["replay"]  # True: no shape fell back
     assert _losses(replayed)[0] == pytest.approx(_losses(eager)[0], rel=1e-5, abs=1e-6)
     for name, net in eager.nets.items():
@@ -237,7 +237,7 @@ def test_cuda_replayed_run_pairs_as_the_eager_run(reproducible):
     data = load_domains(config)
     runs = {}
     for replay in ("off", "on"):
-        result = train(config.replace(replay=replay), data)
+        result = train([config.replace(replay=replay)], data)[0]
         m = evaluate_pairing(result.translator.forward, result.translator.backward, data.x, data.y, data.pi).metrics
         runs[replay] = (_losses(result), {k: m[k] for k in ("pair/forward_top1", "pair/bijectivity", "pair/mutual")})
     for e, r in zip(runs["off"][0], runs["on"][0], strict=True):

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from analysis.pairing import evaluate_pairing
-from cyclelike.config import RunConfig
+from cyclelike.checkpoint import Checkpoints
+from cyclelike.config import NonFiniteLossError, RunConfig
 from cyclelike.data import load_domains
 from cyclelike.samples import assignment_strip, holdout_strip, labelled, sample_grid
-from cyclelike.train import Checkpoints, NonFiniteLossError, train
+from cyclelike.train import train
 
 TINY = RunConfig(n_images=4, n_holdout=1, image_size=16, base_filters=8, d_filters=8, batch_size=2, epochs=2)
 
@@ -27,7 +28,7 @@ def test_cyclelike_learns_the_given_pairing_and_collapses_without_one():
     for pairing in ("fixed", "shuffled"):
         run = config.replace(pairing=pairing)
         data = load_domains(run)
-        result = train(run, data)
+        result = train([run], data)[0]
         scores[pairing] = evaluate_pairing(result.translator.forward, result.translator.backward, data.x, data.y,
                                            data.pi, data.x_holdout)
     fixed, shuffled = scores["fixed"], scores["shuffled"]
@@ -38,35 +39,35 @@ def test_cyclelike_learns_the_given_pairing_and_collapses_without_one():
 
 
 def test_seeded_runs_are_reproducible_and_seeds_differ():
-    a, b = train(TINY), train(TINY)
+    a, b = train([TINY])[0], train([TINY])[0]
     assert [s.losses for s in a.history] == [s.losses for s in b.history]
     wa, wb = weights(a), weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = train(TINY.replace(seed=1))
+    c = train([TINY.replace(seed=1)])[0]
     assert c.history[-1].losses != a.history[-1].losses
 
 
 def test_resume_continues_with_the_same_optimizer_state(tmp_path):
     config = TINY.replace(epochs=4, pairing="shuffled", dropout=0.5)
-    straight = train(config)
+    straight = train([config])[0]
     ckpt = tmp_path / "run.pt"
-    first = train(config.replace(epochs=2), checkpoint=ckpt)
+    first = train([config.replace(epochs=2)], checkpoints=[Checkpoints(ckpt, every=10)])[0]
     assert len(first.history) == 2
     state = torch.load(ckpt, weights_only=False)
     assert {"nets", "optims", "epoch", "config", "rng"} <= set(state) and state["epoch"] == 2
     assert state["optims"]["G"]["state"], "optimizer moments are saved"
-    resumed = train(config, checkpoint=ckpt)
+    resumed = train([config], checkpoints=[Checkpoints(ckpt, every=10)])[0]
     assert resumed.resumed_from_epoch == 2 and [s.epoch for s in resumed.history] == [1, 2, 3, 4]
     ws, wr = weights(straight), weights(resumed)
     assert all(torch.allclose(ws[k], wr[k]) for k in ws)
     with pytest.raises(ValueError, match="lambda_l1"):
-        train(config.replace(lambda_l1=1.0), checkpoint=ckpt)
+        train([config.replace(lambda_l1=1.0)], checkpoints=[Checkpoints(ckpt, every=10)])[0]
 
 
 @pytest.mark.parametrize("scheme", ["cyclelike", "cyclegan", "pix2pix"])
 def test_schemes_train_their_own_nets_and_losses(scheme):
     config = TINY.replace(scheme=scheme, lambda_cyc=2.0, lambda_id=0.5 if scheme == "cyclegan" else 0.0)
-    result = train(config)
+    result = train([config])[0]
     losses = result.history[-1].losses
     assert set(result.nets) == ({"G", "F", "D_X", "D_Y"} if scheme == "cyclegan" else {"G", "D"})
     terms = {k.removeprefix("loss/G_") for k in losses if k.startswith("loss/G_") and not k.endswith(("_w", "total"))}
@@ -82,7 +83,7 @@ def test_pictures_from_an_evaluations_outputs_are_those_of_running_g(scheme):
     """A sweep draws its strips and sample grids from the images its evaluation already computed; they must
     be the pictures that running G again would draw, rows and a fixed pairing's order included."""
     config = TINY.replace(scheme=scheme, pairing="fixed", n_images=5)
-    result = train(config)
+    result = train([config])[0]
     data = load_domains(config)
     t = result.translator
     evaluation = evaluate_pairing(t.forward, t.backward, data.x, data.y, data.pi, data.x_holdout)
@@ -109,14 +110,14 @@ def test_the_end_of_training_checkpoints_only_what_is_worth_it(tmp_path):
     """A checkpoint at the end protects the training since the last one: a run whose last save is more recent
     than `final_after` skips it (a sweep deletes a finished trial's checkpoint anyway); 0 always saves."""
     skipped, saved = tmp_path / "skipped.pt", tmp_path / "saved.pt"
-    train(TINY, checkpoint=Checkpoints(skipped, seconds=3600, final_after=3600))
-    train(TINY, checkpoint=Checkpoints(saved, seconds=3600, final_after=0.0))
+    train([TINY], checkpoints=[Checkpoints(skipped, seconds=3600, final_after=3600)])[0]
+    train([TINY], checkpoints=[Checkpoints(saved, seconds=3600, final_after=0.0)])[0]
     assert not skipped.exists() and saved.exists()
 
 
 def test_each_schedule_is_its_own_algorithm():
     """The schedules differ in what the optimizer sees, so their losses after two epochs differ."""
-    ran = {s: train(TINY.replace(direction_schedule=s)).history[-1].losses
+    ran = {s: train([TINY.replace(direction_schedule=s)])[0].history[-1].losses
            for s in ("alternate", "interleave", "joint")}
     assert ran["alternate"] != ran["interleave"] != ran["joint"] != ran["alternate"]
 
@@ -129,7 +130,7 @@ def test_callback_sees_every_epoch_and_can_stop():
         assert translator.forward(torch.zeros(1, 3, 16, 16)).shape == (1, 3, 16, 16)
         return stats.epoch == 3
 
-    result = train(TINY.replace(epochs=10), callback=callback)
+    result = train([TINY.replace(epochs=10)], callbacks=[callback])[0]
     assert seen == [0, 1, 2, 3] and result.stopped_early and len(result.history) == 3  # 0: the untrained map
 
 
@@ -137,11 +138,11 @@ def test_non_finite_loss_stops_with_the_epoch_named():
     data = load_domains(TINY)
     data.x[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match="epoch 1"):
-        train(TINY, data)
+        train([TINY], data)[0]
 
 
 def test_bf16_runs():
-    result = train(TINY.replace(precision="bf16"))
+    result = train([TINY.replace(precision="bf16")])[0]
     assert all(v == v for v in result.history[-1].losses.values())
 
 
