@@ -39,7 +39,7 @@ def test_a_timing_study_under_auto_runs_one_trial_at_a_time_with_every_thread(mo
 
 def test_the_shipped_scaling_study_is_a_timing_study_whose_n10_cell_is_the_benchs_seed_workload():
     """`make bench`'s seed row and the scaling study's N = 10 must time the same work to be compared (issue 37)."""
-    from study.bench import SEED
+    from bench.cpu import SEED
 
     spec = load_sweep(SCALING)
     assert spec.timing and spec.is_timing

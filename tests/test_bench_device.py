@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from bench import device as bench_cuda
 from cyclelike.config import SWITCHES, RunConfig
 from cyclelike.execution import DEFAULTS, load_defaults
-from study import bench_cuda
 
 # 2 steps an epoch (one batch each way): a step is captured after 3 eager ones, so epoch 3 is replayed on CUDA
 TINY = RunConfig(image_size=16, n_images=2, n_holdout=0, base_filters=4, d_filters=4, batch_size=2, threads=1,
@@ -133,7 +133,7 @@ def test_study_throughput_reads_the_scratch_sweep(monkeypatch):
 def test_make_bench_runs_the_device_section_when_asked_and_writes_it_as_it_goes(tmp_path, monkeypatch):
     """The device section writes its own file after each of its sections (a GPU lent for minutes may be taken back
     before the end), and bench.json holds it at the end."""
-    from study import bench
+    from bench import cpu as bench
 
     seen = {}
     monkeypatch.setattr(bench_cuda, "run",

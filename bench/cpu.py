@@ -29,9 +29,8 @@ from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
 from cyclelike.execution import resolve_device, resolve_precision
 from cyclelike.train import train
-
-from . import autotune
-from .spec import load_sweep
+from study import autotune
+from study.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 # what a straightforward port of the original does: fp32, NCHW, unfused; the schedule is the config's own
@@ -180,8 +179,8 @@ def profile_epoch(config: RunConfig) -> dict:
     time goes, for whoever speeds the fast path up next."""
     from torch.profiler import ProfilerActivity, profile
 
-    from cyclelike.replay import Eager
     from cyclelike.nets import build
+    from cyclelike.replay import Eager
     from cyclelike.steps import autocaster, gan_criterion
     from cyclelike.train import OneSeed, run_epoch
 
@@ -218,8 +217,8 @@ def profile_epoch(config: RunConfig) -> dict:
 def harness_overhead() -> dict:
     """The default sweep's timing sample in a scratch store, one worker: the workers' busy seconds against
     the trials' own work (loading images, building networks, training epochs, evaluations)."""
-    from .sweep import WORK_COLUMNS, run_sweep
-    from .tracking import prepare_store
+    from study.sweep import WORK_COLUMNS, run_sweep
+    from study.tracking import prepare_store
 
     with tempfile.TemporaryDirectory() as tmp:
         old = os.environ.get("MLFLOW_TRACKING_URI")
@@ -246,8 +245,8 @@ def harness_overhead() -> dict:
 def _scratch_sweep(name: str, trials: int, workers, fuse: str, sets: dict | None = None):
     """The default sweep (`trials` of it, 0: all; `sets` pins values) in a scratch store, as `make sweep`
     would run it: the trials table and the MLflow runs (metrics and params by their own names)."""
-    from .sweep import run_sweep
-    from .tracking import prepare_store
+    from study.sweep import run_sweep
+    from study.tracking import prepare_store
 
     with tempfile.TemporaryDirectory() as tmp:
         old = os.environ.get("MLFLOW_TRACKING_URI")
@@ -278,7 +277,7 @@ def throughput() -> dict:
     every thread, seeds one after another), auto workers, and auto workers with fused seeds. The auto
     measurement (of the sample's typical cell, as `make sweep` makes it) is made and cached before the
     clock starts: a machine pays it once per cell."""
-    from .sweep import execution
+    from study.sweep import execution
 
     sets = timing_sample()
     spec = load_sweep(REPO / "study" / "configs" / "default.toml", sets)
@@ -341,7 +340,7 @@ def stopping() -> dict:
 
 
 def machine() -> dict:
-    from .autotune import cpu_model
+    from study.autotune import cpu_model
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     flags = ""
@@ -395,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in only:
         results["profile"] = {"seed": profile_epoch(SEED), "default": profile_epoch(default)}
     if "device" in only:
-        from .bench_cuda import SETTINGS, run
+        from .device import SETTINGS, run
 
         results["device"] = run(resolve_device("auto"), SETTINGS["full"], Path(args.out).with_name("bench_device.json"))
     out = Path(args.out)

@@ -38,11 +38,11 @@ from cyclelike.data import Domains, load_domains
 from cyclelike.execution import AUTO, DEFAULTS, device_kind, resolve_device, resolve_execution, resolve_precision
 from cyclelike.fused import vmap_autocasts
 from cyclelike.train import TrainResult, train
+from study import autotune
+from study.device_defaults import SAME, derive, measured_precision, suggested_row
+from study.spec import load_sweep
 
-from . import autotune
-from .bench import DEFAULT_CELL, REFERENCE, REPO, SEED, THROUGHPUT_METRICS, _scratch_sweep, epoch_flops, gemm_peak
-from .device_defaults import SAME, derive, measured_precision, suggested_row
-from .spec import load_sweep
+from .cpu import DEFAULT_CELL, REFERENCE, REPO, SEED, THROUGHPUT_METRICS, _scratch_sweep, epoch_flops, gemm_peak
 
 # the capture of a step comes after 3 eager steps; these workloads take 4 steps an epoch (2 batches, 2 directions):
 # the first two epochs hold the warm-up and the capture, the epochs after them are the replayed ones timed
@@ -198,8 +198,8 @@ def switch_evidence(name: str, config: RunConfig, device: torch.device, epochs: 
 
 
 def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int, ks: tuple[int, ...]) -> dict:
-    """Seed-epochs per second of K seeds trained as one stacked model (instance norm: fused refuses batch norm), beside the seed
-    alone; stops at the first K that runs out of memory (or fails), and records it."""
+    """Seed-epochs per second of K seeds trained as one stacked model (instance norm: fused refuses batch norm), beside
+    the seed alone; stops at the first K that runs out of memory (or fails), and records it."""
     base = prepare(config, device, epochs).replace(norm="instance")
     if resolve_precision(base.precision, device) == "bf16" and not vmap_autocasts(device.type):
         base = base.replace(precision="fp32")  # fused seeds refuse bf16 here; alone is timed in fp32 as well
@@ -316,7 +316,7 @@ def study_throughput(workers: int | str = "auto", sets: dict | None = None, tria
     """The default study (`sets` pins values, `trials` caps it) as `make sweep --workers auto` runs it, in a scratch
     store: wall seconds and trials per hour. The auto measurement is made (and cached) before the clock starts, as
     study/bench.py's throughput does: a machine pays it once per cell."""
-    from .sweep import execution
+    from study.sweep import execution
 
     spec = load_sweep(REPO / "study" / "configs" / "default.toml", sets)
     t0 = time.perf_counter()
