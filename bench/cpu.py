@@ -16,14 +16,12 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
@@ -32,17 +30,20 @@ from cyclelike.train import train
 from study import autotune
 from study.spec import load_sweep
 
-REPO = Path(__file__).resolve().parents[1]
-# what a straightforward port of the original does: fp32, NCHW, unfused; the schedule is the config's own
-REFERENCE = dict(precision="fp32", channels_last="off", fused_upsample="off", fused_adam="off", replay="off",
-                 compile=False)
-# shared/DESIGN.md's seed workload: 128 px, N = 10 pairs, batch 5, unet 64*min(8, 2^i), lambda_l1 = 10,
-# with the original's BatchNormalization (the study's default is instance norm)
-SEED = RunConfig(image_size=128, n_images=10, n_holdout=0, batch_size=5, arch="unet", base_filters=64,
-                 d_filters=64, norm="batch", lambda_l1=10.0, lambda_adv=1.0, lr=1e-3, scheme="cyclelike",
-                 pairing="aligned")
-# the largest cell of the default sweep, the one that dominates its wall time
-DEFAULT_CELL = {"arch": "unet", "n_images": 10, "pairing": "fixed", "lambda_cyc": 1.0}
+from .common import (
+    DEFAULT_CELL,
+    DEFAULT_SWEEP,
+    REFERENCE,
+    REPO,
+    SEED,
+    THROUGHPUT_METRICS,
+    default_cell,
+    epoch_flops,
+    gemm_peak,
+    git_commit,
+    scratch_sweep,
+    timing_sample,
+)
 
 
 def _train_seconds(values: dict) -> tuple[float, list[float]]:
@@ -66,40 +67,6 @@ def sec_per_epoch(config: RunConfig, repeats: int = REPEATS) -> tuple[float, lis
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             runs.append(pool.apply(_train_seconds, (config.to_dict(),)))
     return statistics.median(s for s, _ in runs), [epochs for _, epochs in runs]
-
-
-def epoch_flops(config: RunConfig) -> float:
-    """Convolution (and matmul) FLOPs of one epoch as executed, forward and backward."""
-    with FlopCounterMode(display=False) as counter:
-        train([config.replace(epochs=1)])
-    return float(counter.get_total_flops())
-
-
-def gemm_peak(precision: str, device: torch.device, repeats: int = 8) -> float:
-    """FLOP/s of the faster of two large GEMM-bound kernels: a 2048^2 matmul (MKL's GEMM for fp32 on CPU,
-    oneDNN's for bf16) and a 3x3 convolution of 256 channels on 8 x 64 x 64 (oneDNN). On an AMD CPU, MKL's
-    fp32 GEMM takes an AVX2 path while oneDNN's convolutions use AVX-512: the matmul alone put the fp32
-    "peak" below what the training's own convolutions reach (152%), which is no peak."""
-    import torch.nn.functional as F
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = (torch.randn(2048, 2048, device=device, dtype=dtype) for _ in range(2))
-    x = torch.randn(8, 256, 64, 64, device=device, dtype=dtype)
-    w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype)
-    kernels = ((lambda: a @ b, 2 * 2048**3), (lambda: F.conv2d(x, w, padding=1), 2 * 8 * 64 * 64 * 256 * 256 * 9))
-    best = 0.0
-    for run, flop in kernels:
-        fastest = float("inf")
-        for _ in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            run()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            fastest = min(fastest, time.perf_counter() - t0)
-        best = max(best, flop / fastest)
-    return best
 
 
 def workload(name: str, config: RunConfig, epochs: int, with_flops: bool) -> dict:
@@ -150,12 +117,6 @@ def schedule_pairing(config: RunConfig, seeds: tuple[int, ...] = (0, 1, 2)) -> d
     print(f"{config.direction_schedule:10s} over seeds {list(seeds)}: "
           + "  ".join(f"{k}={v:.3f}" for k, v in mean.items()), flush=True)
     return {"runs": rows, "mean": mean}
-
-
-def timing_sample() -> dict:
-    """The --set values that cut the default sweep to its timing sample: every architecture, N and cycle
-    weight (what changes an epoch's cost), one pairing (which does not)."""
-    return autotune.sample_pins(load_sweep(REPO / "study" / "configs" / "default.toml").space)
 
 
 # what each profiled op is, by the first pattern its name contains: the rows of `make bench --only profile`
@@ -228,7 +189,7 @@ def harness_overhead() -> dict:
             t0 = time.perf_counter()
             prepare_store()
             setup_s = time.perf_counter() - t0
-            spec = load_sweep(REPO / "study" / "configs" / "default.toml", timing_sample())
+            spec = load_sweep(DEFAULT_SWEEP, timing_sample())
             spec.name = "bench-overhead"
             table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), probe=False)
         finally:
@@ -242,36 +203,6 @@ def harness_overhead() -> dict:
             "harness_overhead": table.attrs["harness_overhead"], "store_setup_s": setup_s}
 
 
-def _scratch_sweep(name: str, trials: int, workers, fuse: str, sets: dict | None = None):
-    """The default sweep (`trials` of it, 0: all; `sets` pins values) in a scratch store, as `make sweep`
-    would run it: the trials table and the MLflow runs (metrics and params by their own names)."""
-    from study.sweep import run_sweep
-    from study.tracking import prepare_store
-
-    with tempfile.TemporaryDirectory() as tmp:
-        old = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
-        try:
-            prepare_store()  # once per machine in real use: not part of any way's time
-            spec = load_sweep(REPO / "study" / "configs" / "default.toml", sets)
-            spec.name = name
-            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), workers=workers,
-                              max_trials=trials, probe=False, fuse=fuse)
-            import mlflow
-
-            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-            runs = mlflow.search_runs(experiment_names=[name], filter_string="tags.`optuna.state` = 'COMPLETE'")
-            return table, runs.rename(columns=lambda c: c.removeprefix("metrics.").removeprefix("params."))
-        finally:
-            if old is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = old
-
-
-THROUGHPUT_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1")
-
-
 def throughput() -> dict:
     """Trials per hour of the default sweep's timing sample, three ways in one run: today's (1 worker with
     every thread, seeds one after another), auto workers, and auto workers with fused seeds. The auto
@@ -280,7 +211,7 @@ def throughput() -> dict:
     from study.sweep import execution
 
     sets = timing_sample()
-    spec = load_sweep(REPO / "study" / "configs" / "default.toml", sets)
+    spec = load_sweep(DEFAULT_SWEEP, sets)
     t0 = time.perf_counter()
     execution(spec, "auto", "auto")
     tune_s = time.perf_counter() - t0
@@ -289,7 +220,7 @@ def throughput() -> dict:
     ways = {"sequential": (1, "off"), "auto": ("auto", "off"), "fused": ("auto", "on")}
     out: dict = {"trials": trials, "sample": sets, "tuning": vars(tuning), "tuning_s": tune_s}
     for way, (workers, fuse) in ways.items():
-        table, runs = _scratch_sweep(f"bench-{way}", 0, workers, fuse, sets)
+        table, runs = scratch_sweep(f"bench-{way}", 0, workers, fuse, sets)
         done = table[table["state"] == "COMPLETE"]
         wall = table.attrs["wall_s"]
         profile = {k: float(done[f"time_{k}"].mean()) for k in ("train_s", "eval_s", "total_s") if f"time_{k}" in done}
@@ -321,7 +252,7 @@ def stopping() -> dict:
     out: dict = {"locked_settings": LOCKED}
     tables = {}
     for way, sets in (("off", None), ("locked", LOCKED)):
-        table, runs = _scratch_sweep(f"bench-stop-{way}", 0, "auto", "auto", sets)
+        table, runs = scratch_sweep(f"bench-stop-{way}", 0, "auto", "auto", sets)
         reasons = runs["tags.stop/reason"].value_counts().to_dict() if "tags.stop/reason" in runs else {}
         stop_epochs = pd.to_numeric(runs["tags.summary.stop/epoch"], errors="coerce")
         out[way] = {"trials": int((table["state"] == "COMPLETE").sum()), "wall_s": table.attrs["wall_s"],
@@ -342,7 +273,6 @@ def stopping() -> dict:
 def machine() -> dict:
     from study.autotune import cpu_model
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     flags = ""
     with contextlib.suppress(OSError, StopIteration):
         flags = next(line.split(":", 1)[1] for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -352,7 +282,7 @@ def machine() -> dict:
             "cpu_flags": simd, "native_bf16": resolve_precision("auto", torch.device("cpu")) == "bf16",
             "precision": resolve_precision("auto", resolve_device("auto")),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version(), "git_commit": commit,
+            "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -371,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench.json"), help="where to write the numbers")
     args = parser.parse_args(argv)
     only = args.only or [s for s in SECTIONS if s != "device" or torch.cuda.is_available()]
-    default = load_sweep(REPO / "study" / "configs" / "default.toml").config_for(DEFAULT_CELL, 0)
+    default = default_cell()
     results = {"machine": machine()}
     print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
           f"native bf16: {results['machine']['native_bf16']}, precision: {results['machine']['precision']}, "

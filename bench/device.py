@@ -25,7 +25,6 @@ import gc
 import json
 import math
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +41,19 @@ from study import autotune
 from study.device_defaults import SAME, derive, measured_precision, suggested_row
 from study.spec import load_sweep
 
-from .cpu import DEFAULT_CELL, REFERENCE, REPO, SEED, THROUGHPUT_METRICS, _scratch_sweep, epoch_flops, gemm_peak
+from .common import (
+    DEFAULT_SWEEP,
+    REFERENCE,
+    REPO,
+    SEED,
+    THROUGHPUT_METRICS,
+    default_cell,
+    epoch_flops,
+    gemm_peak,
+    git_commit,
+    scratch_sweep,
+    timing_sample,
+)
 
 # the capture of a step comes after 3 eager steps; these workloads take 4 steps an epoch (2 batches, 2 directions):
 # the first two epochs hold the warm-up and the capture, the epochs after them are the replayed ones timed
@@ -58,19 +69,12 @@ SETTINGS = {
 SECTIONS = ("ways", "switches", "pairing", "fused", "utilisation", "study", "compiled")
 
 
-def default_cell() -> RunConfig:
-    return load_sweep(REPO / "study" / "configs" / "default.toml").config_for(DEFAULT_CELL, 0)
-
-
 def device_info(device: torch.device) -> dict:
     """What the figures were measured on: the device's name, the code's commit and the versions."""
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO,
-                                timeout=10).stdout.strip() or "unknown"
     cuda = device.type == "cuda"
     info = {"device": torch.cuda.get_device_name(device) if cuda else autotune.cpu_model(), "kind": device_kind(device),
-            "git_commit": commit, "torch": torch.__version__, "cuda": torch.version.cuda, "cores": autotune.cores(),
+            "git_commit": git_commit(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cores": autotune.cores(),
             "precision_auto": resolve_precision("auto", device), "auto_row": AUTO[device_kind(device)],
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     if cuda:
@@ -318,14 +322,14 @@ def study_throughput(workers: int | str = "auto", sets: dict | None = None, tria
     study/bench.py's throughput does: a machine pays it once per cell."""
     from study.sweep import execution
 
-    spec = load_sweep(REPO / "study" / "configs" / "default.toml", sets)
+    spec = load_sweep(DEFAULT_SWEEP, sets)
     t0 = time.perf_counter()
     count, threads, fused = execution(spec, workers, "auto")
     tune_s = time.perf_counter() - t0
     tuning = autotune.cached(autotune.typical_cell(autotune.timing_sample(spec))) if workers == "auto" else None
     print(f"study: {count} worker(s) x {threads} thread(s){', seeds fused' if fused else ''} (choosing took "
           f"{tune_s:.0f} s, not counted)", flush=True)
-    table, runs = _scratch_sweep("bench-device-study", trials, workers, "auto", sets)
+    table, runs = scratch_sweep("bench-device-study", trials, workers, "auto", sets)
     done = table[table["state"] == "COMPLETE"]
     wall = float(table.attrs["wall_s"])
     out = {"trials": int(len(done)), "planned": len(spec.grid_cells()) * len(spec.seeds), "sample": sets,
@@ -397,8 +401,7 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
         save("utilisation", figures | {"alone_way": way})
     if "study" in only:  # late: the longest, and worker processes of its own
         free_memory(device)
-        sets = autotune.sample_pins(load_sweep(REPO / "study" / "configs" / "default.toml").space) \
-            if s["study"] == "sample" else None
+        sets = timing_sample() if s["study"] == "sample" else None
         save("study", guarded("study", device, lambda: study_throughput("auto", sets)))
     if "compiled" in only:
         plain = {n: results.get("ways", {}).get(n, {}).get("rows", {}).get("plain", {}).get("sec_per_epoch", math.nan)

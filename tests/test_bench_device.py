@@ -123,7 +123,7 @@ def test_study_throughput_reads_the_scratch_sweep(monkeypatch):
     table = pd.DataFrame({"state": ["COMPLETE"] * 3 + ["FAIL"]})
     table.attrs["wall_s"] = 6.0
     runs = pd.DataFrame({"pair/forward_top1": [0.5, 1.0, 0.0], "pair/mutual": [1.0, 1.0, 1.0]})
-    monkeypatch.setattr(bench_cuda, "_scratch_sweep", lambda *args: (table, runs))
+    monkeypatch.setattr(bench_cuda, "scratch_sweep", lambda *args: (table, runs))
     monkeypatch.setattr("study.sweep.execution", lambda spec, workers, fuse: (1, 2, False))  # it ranks 8 cells
     out = bench_cuda.study_throughput(1, {"pairing": "aligned"})
     assert out["trials"] == 3 and out["trials_per_hour"] == 1800.0 and out["workers"] == 1 and out["threads"] == 2

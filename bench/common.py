@@ -1,0 +1,115 @@
+"""What the benchmarks share: the workloads they time (the seed workload, the default sweep's largest cell, the
+reference settings), the default sweep run in a scratch store, FLOP counting and a GEMM peak, and the commit measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cyclelike.config import RunConfig
+from cyclelike.train import train
+from study import autotune
+from study.spec import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SWEEP = REPO / "study" / "configs" / "default.toml"
+# what a straightforward port of the original does: fp32, NCHW, unfused; the schedule is the config's own
+REFERENCE = dict(precision="fp32", channels_last="off", fused_upsample="off", fused_adam="off", replay="off",
+                 compile=False)
+# shared/DESIGN.md's seed workload: 128 px, N = 10 pairs, batch 5, unet 64*min(8, 2^i), lambda_l1 = 10,
+# with the original's BatchNormalization (the study's default is instance norm)
+SEED = RunConfig(image_size=128, n_images=10, n_holdout=0, batch_size=5, arch="unet", base_filters=64,
+                 d_filters=64, norm="batch", lambda_l1=10.0, lambda_adv=1.0, lr=1e-3, scheme="cyclelike",
+                 pairing="aligned")
+# the largest cell of the default sweep, the one that dominates its wall time
+DEFAULT_CELL = {"arch": "unet", "n_images": 10, "pairing": "fixed", "lambda_cyc": 1.0}
+# the pairing metrics a sweep's runs are read by
+THROUGHPUT_METRICS = ("pair/forward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1")
+
+
+def default_cell() -> RunConfig:
+    return load_sweep(DEFAULT_SWEEP).config_for(DEFAULT_CELL, 0)
+
+
+def timing_sample() -> dict:
+    """The --set values that cut the default sweep to its timing sample: every architecture, N and cycle
+    weight (what changes an epoch's cost), one pairing (which does not)."""
+    return autotune.sample_pins(load_sweep(DEFAULT_SWEEP).space)
+
+
+def epoch_flops(config: RunConfig) -> float:
+    """Convolution (and matmul) FLOPs of one epoch as executed, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        train([config.replace(epochs=1)])
+    return float(counter.get_total_flops())
+
+
+def gemm_peak(precision: str, device: torch.device, repeats: int = 8) -> float:
+    """FLOP/s of the faster of two large GEMM-bound kernels: a 2048^2 matmul (MKL's GEMM for fp32 on CPU,
+    oneDNN's for bf16) and a 3x3 convolution of 256 channels on 8 x 64 x 64 (oneDNN). On an AMD CPU, MKL's
+    fp32 GEMM takes an AVX2 path while oneDNN's convolutions use AVX-512: the matmul alone put the fp32
+    "peak" below what the training's own convolutions reach (152%), which is no peak."""
+    import torch.nn.functional as F
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(2048, 2048, device=device, dtype=dtype) for _ in range(2))
+    x = torch.randn(8, 256, 64, 64, device=device, dtype=dtype)
+    w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype)
+    kernels = ((lambda: a @ b, 2 * 2048**3), (lambda: F.conv2d(x, w, padding=1), 2 * 8 * 64 * 64 * 256 * 256 * 9))
+    best = 0.0
+    for run, flop in kernels:
+        fastest = float("inf")
+        for _ in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            fastest = min(fastest, time.perf_counter() - t0)
+        best = max(best, flop / fastest)
+    return best
+
+
+def scratch_sweep(name: str, trials: int, workers, fuse: str, sets: dict | None = None):
+    """The default sweep (`trials` of it, 0: all; `sets` pins values) in a scratch store, as `make sweep`
+    would run it: the trials table and the MLflow runs (metrics and params by their own names)."""
+    from study.sweep import run_sweep
+    from study.tracking import prepare_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
+        try:
+            prepare_store()  # once per machine in real use: not part of any way's time
+            spec = load_sweep(DEFAULT_SWEEP, sets)
+            spec.name = name
+            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), workers=workers,
+                              max_trials=trials, probe=False, fuse=fuse)
+            import mlflow
+
+            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+            runs = mlflow.search_runs(experiment_names=[name], filter_string="tags.`optuna.state` = 'COMPLETE'")
+            return table, runs.rename(columns=lambda c: c.removeprefix("metrics.").removeprefix("params."))
+        finally:
+            if old is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def git_commit() -> str:
+    """The commit measured, or "unknown" outside a git checkout (a device image may carry the files alone)."""
+    commit = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO,
+                                timeout=10).stdout.strip() or "unknown"
+    return commit
