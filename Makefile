@@ -66,7 +66,7 @@ scaling: .venv  ## the seconds-per-epoch scaling study (study/configs/scaling.to
 	$(PY) -m analysis report --experiment scaling
 
 bench: .venv  ## fast vs plain path, FLOP utilisation, overhead, sweep throughput: a table and bench.json (ARGS="--only throughput")
-	$(PY) -m bench.cpu $(ARGS)
+	$(PY) -m bench cpu $(ARGS)
 
 # headless Chromium for the report's browser test; where it cannot be installed that test skips and says why
 browser:

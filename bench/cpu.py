@@ -1,4 +1,4 @@
-"""`make bench` / `python -m study.bench`: seconds per epoch of the plain and the fast path of the SAME
+"""`make bench` / `python -m bench cpu`: seconds per epoch of the plain and the fast path of the SAME
 schedule, FLOP utilisation against a peak measured in the same run, the joint schedule as the different
 algorithm it is (its own speed and pairing metrics over 3 seeds), and the sweep harness's overhead.
 
@@ -11,7 +11,6 @@ times drift between runs while ratios hold. Results go to the terminal and to be
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -34,7 +33,6 @@ from .common import (
     DEFAULT_CELL,
     DEFAULT_SWEEP,
     REFERENCE,
-    REPO,
     SEED,
     THROUGHPUT_METRICS,
     default_cell,
@@ -286,32 +284,21 @@ def machine() -> dict:
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-SECTIONS = ("paths", "schedules", "overhead", "throughput", "stopping", "profile", "device")
+SECTIONS = ("paths", "schedules", "overhead", "throughput", "stopping", "profile")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6, help="epochs per timing (the first is warm-up)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
-                        help="sections to run (default: all): paths (plain vs fast), schedules, overhead, throughput, "
-                             "stopping (the default study with stop = off and stop = locked), profile (time per op "
-                             "kind of one seed-workload and one default-cell epoch), device (study/bench_cuda.py: "
-                             "plain, eager and replayed, each switch, fused K, trials/hour; by default with CUDA only)")
-    parser.add_argument("--out", default=str(REPO / "bench.json"), help="where to write the numbers")
-    args = parser.parse_args(argv)
-    only = args.only or [s for s in SECTIONS if s != "device" or torch.cuda.is_available()]
+def run(only: list[str], epochs: int) -> dict:
+    """The sections in `only`, in the order of SECTIONS; `epochs` per timing (the first is warm-up)."""
     default = default_cell()
     results = {"machine": machine()}
     print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
           f"native bf16: {results['machine']['native_bf16']}, precision: {results['machine']['precision']}, "
           f"flags: {' '.join(results['machine']['cpu_flags'])}", flush=True)
     if "paths" in only:
-        results["seed"] = workload("seed", SEED, args.epochs, with_flops=True)
-        results["default"] = workload("default", default, max(args.epochs, 12), with_flops=True)
+        results["seed"] = workload("seed", SEED, epochs, with_flops=True)
+        results["default"] = workload("default", default, max(epochs, 12), with_flops=True)
         # the joint schedule is another algorithm (half the optimizer steps): reported apart, never as a speed-up
-        results["seed_joint"] = workload("seed", SEED.replace(direction_schedule="joint"), args.epochs,
-                                         with_flops=False)
+        results["seed_joint"] = workload("seed", SEED.replace(direction_schedule="joint"), epochs, with_flops=False)
     if "schedules" in only:
         results["schedules"] = {s: schedule_pairing(default.replace(direction_schedule=s))
                                 for s in ("alternate", "joint")}
@@ -323,13 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         results["stopping"] = stopping()
     if "profile" in only:
         results["profile"] = {"seed": profile_epoch(SEED), "default": profile_epoch(default)}
-    if "device" in only:
-        from .device import SETTINGS, run
+    return results
 
-        results["device"] = run(resolve_device("auto"), SETTINGS["full"], Path(args.out).with_name("bench_device.json"))
-    out = Path(args.out)
-    if args.only is not None and out.exists():
-        # one section re-run: the others stay as their last full run measured them (ratios are per section)
+
+def write(results: dict, out: Path, merge: bool) -> None:
+    """bench.json (`out`) with the targets met, then the tables. merge: one section re-run, the others stay as their
+    last full run measured them (ratios are per section)."""
+    if merge and out.exists():
         results = {**json.loads(out.read_text()), **results}
     results["targets"] = {k: v for k, v in {
         "seed_fast_ge_2x_plain_same_schedule": results["seed"]["speedup"] >= 2.0 if "seed" in results else None,
@@ -340,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     }.items() if v is not None}
     out.write_text(json.dumps(results, indent=2))
     print_tables(results)
-    print(f"targets: {results['targets']}\nwritten to {args.out}")
-    return 0
+    print(f"targets: {results['targets']}\nwritten to {out}")
 
 
 def print_tables(results: dict) -> None:
@@ -427,6 +413,3 @@ def _print_rows(rows: list[tuple[str, ...]]) -> None:
     for row in rows:
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""`python -m study.bench_cuda [--quick] [--out bench.json]` (and `make bench`'s section `device`): the same workloads
-as study/bench.py on THIS device, every way of executing them side by side in one run.
+"""`python -m bench device [--quick] [--out bench.json]` (and `make bench`'s section `device`): the same workloads
+as bench/cpu.py on THIS device, every way of executing them side by side in one run.
 
 - ways: the seed workload and the default cell alone, plain (the reference code's stand-in: fp32, every switch
   off), eager (switches auto, replay off), replayed (whole steps as CUDA graphs), in fp32 and bf16.
@@ -19,13 +19,10 @@ once on a borrowed GPU with a deadline, so each section writes bench.json as soo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
 import math
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +31,7 @@ import torch
 
 from cyclelike.config import SWITCHES, RunConfig
 from cyclelike.data import Domains, load_domains
-from cyclelike.execution import AUTO, DEFAULTS, device_kind, resolve_device, resolve_execution, resolve_precision
+from cyclelike.execution import AUTO, DEFAULTS, device_kind, resolve_execution, resolve_precision
 from cyclelike.fused import vmap_autocasts
 from cyclelike.train import TrainResult, train
 from study import autotune
@@ -44,7 +41,6 @@ from study.spec import load_sweep
 from .common import (
     DEFAULT_SWEEP,
     REFERENCE,
-    REPO,
     SEED,
     THROUGHPUT_METRICS,
     default_cell,
@@ -241,7 +237,7 @@ def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int,
 def device_peak(precision: str, device: torch.device) -> float:
     """FLOP/s of the device's fastest kernel in `precision`. On CUDA an 8192^3 GEMM timed by CUDA events over 10
     back-to-back runs after 3 warm-ups (one 2048^3 GEMM takes ~20 us there: launch and sync would be most of it,
-    and a low "peak" would inflate every utilisation read against it); elsewhere study/bench.py's gemm_peak."""
+    and a low "peak" would inflate every utilisation read against it); elsewhere bench/common.py's gemm_peak."""
     if device.type != "cuda":
         return gemm_peak(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -319,7 +315,7 @@ def replay_pairing(config: RunConfig, device: torch.device, seeds: tuple[int, ..
 def study_throughput(workers: int | str = "auto", sets: dict | None = None, trials: int = 0) -> dict:
     """The default study (`sets` pins values, `trials` caps it) as `make sweep --workers auto` runs it, in a scratch
     store: wall seconds and trials per hour. The auto measurement is made (and cached) before the clock starts, as
-    study/bench.py's throughput does: a machine pays it once per cell."""
+    bench/cpu.py's throughput does: a machine pays it once per cell."""
     from study.sweep import execution
 
     spec = load_sweep(DEFAULT_SWEEP, sets)
@@ -410,24 +406,3 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
     print(f"targets: {results.get('targets')}\nthe defaults this sets for {device_kind(device)}: "
           f"{results['defaults']['auto']} (python -m study.device_defaults BENCH_JSON writes them)", flush=True)
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.bench_cuda", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer epochs, K up to 32, the study's timing sample "
-                                                             "(16 of its 48 trials): about 6 minutes on an H200")
-    parser.add_argument("--out", default=str(REPO / "bench.json"), help="where to write the numbers (after each "
-                                                                        "section)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="the device to measure")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    args = parser.parse_args(argv)
-    command = shlex.join(["python", "-m", "study.bench_cuda", *(sys.argv[1:] if argv is None else argv)])
-    settings = SETTINGS["quick" if args.quick else "full"] | {"command": command}
-    run(resolve_device(args.device), settings, Path(args.out), tuple(args.only))
-    print(f"written to {args.out}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -133,12 +133,12 @@ def test_study_throughput_reads_the_scratch_sweep(monkeypatch):
 def test_make_bench_runs_the_device_section_when_asked_and_writes_it_as_it_goes(tmp_path, monkeypatch):
     """The device section writes its own file after each of its sections (a GPU lent for minutes may be taken back
     before the end), and bench.json holds it at the end."""
-    from bench import cpu as bench
+    from bench.__main__ import main
 
     seen = {}
     monkeypatch.setattr(bench_cuda, "run",
                         lambda device, settings, out: seen.update(out=out) or {"device": str(device)})
-    assert bench.main(["--only", "device", "--out", str(tmp_path / "bench.json")]) == 0
+    assert main(["cpu", "--only", "device", "--out", str(tmp_path / "bench.json")]) == 0
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["device"] == {"device": "cpu"} and "machine" in written
     assert seen["out"] == tmp_path / "bench_device.json"
