@@ -8,10 +8,12 @@ import contextlib
 import os
 import subprocess
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
+from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from cyclelike.config import RunConfig
@@ -52,11 +54,13 @@ def epoch_flops(config: RunConfig) -> float:
     return float(counter.get_total_flops())
 
 
-def gemm_peak(precision: str, device: torch.device, repeats: int = 8) -> float:
+def gemm_peak(precision: str, device: torch.device, min_run_time: float = 0.2) -> float:
     """FLOP/s of the faster of two large GEMM-bound kernels: a 2048^2 matmul (MKL's GEMM for fp32 on CPU,
     oneDNN's for bf16) and a 3x3 convolution of 256 channels on 8 x 64 x 64 (oneDNN). On an AMD CPU, MKL's
     fp32 GEMM takes an AVX2 path while oneDNN's convolutions use AVX-512: the matmul alone put the fp32
-    "peak" below what the training's own convolutions reach (152%), which is no peak."""
+    "peak" below what the training's own convolutions reach, which is no peak. Each kernel at its fastest
+    call over `min_run_time` seconds (a peak, not a typical time), with the torch threads the training has
+    (Timer's own default is one thread)."""
     import torch.nn.functional as F
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -66,44 +70,38 @@ def gemm_peak(precision: str, device: torch.device, repeats: int = 8) -> float:
     kernels = ((lambda: a @ b, 2 * 2048**3), (lambda: F.conv2d(x, w, padding=1), 2 * 8 * 64 * 64 * 256 * 256 * 9))
     best = 0.0
     for run, flop in kernels:
-        fastest = float("inf")
-        for _ in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            run()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            fastest = min(fastest, time.perf_counter() - t0)
-        best = max(best, flop / fastest)
+        timer = Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())
+        best = max(best, flop / min(timer.blocked_autorange(min_run_time=min_run_time).times))
     return best
+
+
+@contextlib.contextmanager
+def scratch_store() -> Iterator[Path]:
+    """A temporary mlruns/ folder for one scratch sweep's MLflow and Optuna stores, MLFLOW_TRACKING_URI pointing
+    into it while it lasts. The study modules are imported by the caller before: patch.dict puts the whole
+    environment back, and what they set at import must outlive the scratch store."""
+    with tempfile.TemporaryDirectory() as tmp, \
+            patch.dict(os.environ, {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlruns/mlflow.db"}):
+        yield Path(tmp) / "mlruns"
 
 
 def scratch_sweep(name: str, trials: int, workers, fuse: str, sets: dict | None = None):
     """The default sweep (`trials` of it, 0: all; `sets` pins values) in a scratch store, as `make sweep`
     would run it: the trials table and the MLflow runs (metrics and params by their own names)."""
+    import mlflow
+
     from study.sweep import run_sweep
     from study.tracking import prepare_store
 
-    with tempfile.TemporaryDirectory() as tmp:
-        old = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
-        try:
-            prepare_store()  # once per machine in real use: not part of any way's time
-            spec = load_sweep(DEFAULT_SWEEP, sets)
-            spec.name = name
-            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), workers=workers,
-                              max_trials=trials, probe=False, fuse=fuse)
-            import mlflow
-
-            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-            runs = mlflow.search_runs(experiment_names=[name], filter_string="tags.`optuna.state` = 'COMPLETE'")
-            return table, runs.rename(columns=lambda c: c.removeprefix("metrics.").removeprefix("params."))
-        finally:
-            if old is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = old
+    with scratch_store() as store:
+        prepare_store()  # once per machine in real use: not part of any way's time
+        spec = load_sweep(DEFAULT_SWEEP, sets)
+        spec.name = name
+        table = run_sweep(spec, storage_url=str(store / "optuna.journal"), workers=workers, max_trials=trials,
+                          probe=False, fuse=fuse)
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        runs = mlflow.search_runs(experiment_names=[name], filter_string="tags.`optuna.state` = 'COMPLETE'")
+        return table, runs.rename(columns=lambda c: c.removeprefix("metrics.").removeprefix("params."))
 
 
 def git_commit() -> str:

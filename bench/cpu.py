@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from .common import (
     epoch_flops,
     gemm_peak,
     git_commit,
+    scratch_store,
     scratch_sweep,
     timing_sample,
 )
@@ -179,22 +179,14 @@ def harness_overhead() -> dict:
     from study.sweep import WORK_COLUMNS, run_sweep
     from study.tracking import prepare_store
 
-    with tempfile.TemporaryDirectory() as tmp:
-        old = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
-        try:
-            # a store is created once per machine, not once per sweep: its schema migration is set up here
-            t0 = time.perf_counter()
-            prepare_store()
-            setup_s = time.perf_counter() - t0
-            spec = load_sweep(DEFAULT_SWEEP, timing_sample())
-            spec.name = "bench-overhead"
-            table = run_sweep(spec, storage_url=str(Path(tmp) / "mlruns" / "optuna.journal"), probe=False)
-        finally:
-            if old is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = old
+    with scratch_store() as store:
+        # a store is created once per machine, not once per sweep: its schema migration is set up here
+        t0 = time.perf_counter()
+        prepare_store()
+        setup_s = time.perf_counter() - t0
+        spec = load_sweep(DEFAULT_SWEEP, timing_sample())
+        spec.name = "bench-overhead"
+        table = run_sweep(spec, storage_url=str(store / "optuna.journal"), probe=False)
     done = table[table["state"] == "COMPLETE"]
     return {"trials": int(len(done)), "wall_s": table.attrs["wall_s"],
             **{column[5:]: float(done[column].sum()) for column in WORK_COLUMNS},
@@ -331,8 +323,7 @@ def write(results: dict, out: Path, merge: bool) -> None:
 
 
 def print_tables(results: dict) -> None:
-    rows = [("workload", "schedule", "plain s/epoch", "fast fp32", "same-maths speedup", "fast", "precision",
-             "speedup", "FLOP/s (fast)", "peak FLOP/s", "util")]
+    rows = []
     for name in ("seed", "default", "seed_joint"):
         if name not in results:
             continue
@@ -342,7 +333,8 @@ def print_tables(results: dict) -> None:
         rows.append((name, r["schedule"], f"{r['reference_sec_per_epoch']:.3f}", f"{r['fast_fp32_sec_per_epoch']:.3f}",
                      f"{r['speedup_same_maths']:.2f}x", f"{r['fast_sec_per_epoch']:.3f}", r["fast_precision"],
                      f"{r['speedup']:.2f}x", *util))
-    _print_rows(rows)
+    print_table(("workload", "schedule", "plain s/epoch", "fast fp32", "same-maths speedup", "fast", "precision",
+                 "speedup", "FLOP/s (fast)", "peak FLOP/s", "util"), rows)
     if "fp32_flop_utilisation" in results.get("seed", {}):
         r = results["seed"]
         print(f"seed fast path in fp32: {r['fast_epoch_flop'] / r['fast_fp32_sec_per_epoch'] / 1e9:.0f} GFLOP/s, "
@@ -358,9 +350,9 @@ def print_tables(results: dict) -> None:
                   f"{r['profiled_s']:.3f} s inside ops (self time), {r['outside_ops_s']:.3f} s outside them; its "
                   f"{r['epoch_flop'] / 1e9:.1f} GFLOP of convolutions would take {r['peak_epoch_s']:.3f} s at the "
                   f"measured {r['precision']} GEMM peak ({r['peak_flops'] / 1e9:.0f} GFLOP/s)")
-            _print_rows([("op kind", "s", "share of epoch", "at peak s")]
-                        + [(kind, f"{v['s']:.3f}", f"{v['share']:.0%}",
-                            f"{v['at_peak_s']:.3f}" if "at_peak_s" in v else "-") for kind, v in r["kinds"].items()])
+            print_table(("op kind", "s", "share of epoch", "at peak s"),
+                        [(kind, f"{v['s']:.3f}", f"{v['share']:.0%}", f"{v['at_peak_s']:.3f}" if "at_peak_s" in v
+                          else "-") for kind, v in r["kinds"].items()])
     if "sweep" in results:
         s = results["sweep"]
         work = {k: s.get(k, 0.0) for k in ("setup_s", "train_s", "eval_s")}
@@ -377,9 +369,7 @@ def print_tables(results: dict) -> None:
               "not counted)")
         print("auto's measurement, trainings of the typical cell per hour by workers x threads: "
               + ", ".join(f"{plan} = {rate:.0f}" for plan, rate in t["tuning"]["rates"].items()))
-        rows = [("way", "workers", "fuse", "trials", "wall s", "trials/hour", "ratio", "train s/trial",
-                 "eval s/trial", "total s/trial", "outside s/trial",
-                 *(m.removeprefix("pair/") for m in THROUGHPUT_METRICS))]
+        rows = []
         for way in ("sequential", "auto", "fused"):
             r = t[way]
             rows.append((way, str(r["workers"]), r["fuse"], str(r["trials"]), f"{r['wall_s']:.1f}",
@@ -388,7 +378,9 @@ def print_tables(results: dict) -> None:
                          *(f"{r['per_trial'].get(k, float('nan')):.2f}"
                            for k in ("train_s", "eval_s", "total_s", "outside_trials_s")),
                          *(f"{r['pairing'].get(m, float('nan')):.3f}" for m in THROUGHPUT_METRICS)))
-        _print_rows(rows)
+        print_table(("way", "workers", "fuse", "trials", "wall s", "trials/hour", "ratio", "train s/trial",
+                     "eval s/trial", "total s/trial", "outside s/trial",
+                     *(m.removeprefix("pair/") for m in THROUGHPUT_METRICS)), rows)
     if "stopping" in results:
         s = results["stopping"]
         print(f"\nstop = locked ({', '.join(f'{k}={v}' for k, v in s['locked_settings'].items())}) against stop = off, "
@@ -405,11 +397,7 @@ def print_tables(results: dict) -> None:
     print("original report (2018 GPU, its own schedule): 1.5 s/epoch at N = 10")
 
 
-def _print_rows(rows: list[tuple[str, ...]]) -> None:
-    if len(rows) < 2:
-        return
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print()
-    for row in rows:
-        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
-
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """The rows (already formatted) under their header, after a blank line; nothing where there are none."""
+    if rows:
+        print("\n" + pd.DataFrame(rows, columns=list(header)).to_string(index=False))

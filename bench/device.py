@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.benchmark import Timer
 
 from cyclelike.config import SWITCHES, RunConfig
 from cyclelike.data import Domains, load_domains
@@ -235,22 +236,16 @@ def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int,
 
 
 def device_peak(precision: str, device: torch.device) -> float:
-    """FLOP/s of the device's fastest kernel in `precision`. On CUDA an 8192^3 GEMM timed by CUDA events over 10
-    back-to-back runs after 3 warm-ups (one 2048^3 GEMM takes ~20 us there: launch and sync would be most of it,
-    and a low "peak" would inflate every utilisation read against it); elsewhere bench/common.py's gemm_peak."""
+    """FLOP/s of the device's fastest kernel in `precision`. On CUDA an 8192^3 GEMM, the mean of 10 back-to-back runs
+    after Timer's warm-up, the device synchronised before and after them (one 2048^3 GEMM takes ~20 us there: launch
+    and sync would be most of it, and a low "peak" would inflate every utilisation read against it); elsewhere
+    bench/common.py's gemm_peak."""
     if device.type != "cuda":
         return gemm_peak(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = (torch.randn(8192, 8192, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        a @ b
-    end.record()
-    torch.cuda.synchronize(device)
-    return 10 * 2 * 8192**3 / (start.elapsed_time(end) / 1e3)
+    timer = Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
+    return 2 * 8192**3 / timer.timeit(10).mean
 
 
 def utilisation(config: RunConfig, device: torch.device, alone_s: float, fused: dict,
