@@ -5,7 +5,7 @@ algorithm it is (its own speed and pairing metrics over 3 seeds), and the sweep 
 Like with like: `plain` and `fast fp32` run the same steps on the same batches with the same maths
 (fused upsample and fused Adam compute the same function); `fast` adds precision=auto, which is bf16
 where the hardware computes it natively: a change of the maths, named in its own column.
-Everything is measured side by side in one process: the machine is shared and noisy, so absolute
+Everything is measured side by side in one run: the machine is shared and noisy, so absolute
 times drift between runs while ratios hold. Results go to the terminal and to bench.json.
 """
 

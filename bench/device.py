@@ -32,7 +32,7 @@ from torch.utils.benchmark import Timer
 
 from cyclelike.config import SWITCHES, RunConfig
 from cyclelike.data import Domains, load_domains
-from cyclelike.execution import AUTO, DEFAULTS, device_kind, resolve_execution, resolve_precision
+from cyclelike.execution import AUTO, DEFAULTS, device_kind, resolve_precision
 from cyclelike.fused import vmap_autocasts
 from cyclelike.train import TrainResult, train
 from study import autotune
@@ -54,9 +54,9 @@ from .common import (
 
 # the capture of a step comes after 3 eager steps; these workloads take 4 steps an epoch (2 batches, 2 directions):
 # the first two epochs hold the warm-up and the capture, the epochs after them are the replayed ones timed
-WARMUP = 2
+WARMUP_EPOCHS = 2
 PAIRING_METRICS = THROUGHPUT_METRICS[:3]  # forward_top1, bijectivity, mutual
-# epochs per timing (WARMUP of them untimed), epochs per fused timing, the Ks, the workloads compiled (minutes of
+# epochs per timing (WARMUP_EPOCHS of them untimed), epochs per fused timing, the Ks, the workloads compiled (minutes of
 # compiling each) and how much of the default study runs (sample: its timing sample, 16 of its 48 trials)
 SETTINGS = {
     "full": {"epochs": 20, "fused_epochs": 8, "ks": (1, 2, 4, 8, 16, 32, 64), "compile": ("seed", "default"),
@@ -104,23 +104,18 @@ def out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
 
 
-def executed(result: TrainResult, config: RunConfig) -> dict[str, bool]:
-    """The switches a run executed with: the engine's own record where it keeps one."""
-    return getattr(result, "execution", None) or resolve_execution(config, torch.device(result.device))
-
-
 def timed(config: RunConfig, data: Domains, device: torch.device) -> dict:
-    """One training's seconds per epoch (the median after WARMUP epochs), its precision and resolved switches."""
+    """One training's seconds per epoch (the median after WARMUP_EPOCHS epochs), its precision and resolved switches."""
     result = train([config], data)[0]
     row = {"sec_per_epoch": result.sec_per_epoch, "epochs_s": [round(s.epoch_s, 5) for s in result.history],
-           "precision": result.precision, "execution": executed(result, config)}
+           "precision": result.precision, "execution": result.execution}
     del result
     free_memory(device)
     return row
 
 
 def prepare(config: RunConfig, device: torch.device, epochs: int) -> RunConfig:
-    return config.replace(device=device.type, epochs=epochs, warmup_epochs=WARMUP)
+    return config.replace(device=device.type, epochs=epochs, warmup_epochs=WARMUP_EPOCHS)
 
 
 def ways(device: torch.device) -> dict[str, dict]:
@@ -224,7 +219,7 @@ def fused_seeds(name: str, config: RunConfig, device: torch.device, epochs: int,
         group_s = results[0].sec_per_epoch
         out["k"][k] = {"group_sec_per_epoch": group_s, "seed_epochs_per_s": k / group_s,
                        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
-                       "execution": executed(results[0], base)}
+                       "execution": results[0].execution}
         del results
         free_memory(device)
         print(f"{name:7s} fused K={k:3d}: {group_s:.4f} s per group epoch, {k / group_s:.1f} seed-epochs/s "
@@ -333,7 +328,7 @@ def study_throughput(workers: int | str = "auto", sets: dict | None = None, tria
 
 
 def targets(results: dict) -> dict[str, bool]:
-    """Issue 27's targets, each where the sections it needs have figures: the seed workload alone at <= 0.015
+    """The targets, each where the sections it needs have figures: the seed workload alone at <= 0.015
     s/epoch, the default cell at <= 0.010, the seed workload fused at >= 10% of the peak, the default study's 48
     trials in <= 60 s (at the rate measured, when a sample ran), the pairs replayed the same as eager."""
     checks: dict[str, bool] = {}
