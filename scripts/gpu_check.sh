@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one check to run on a machine with an NVIDIA GPU (issues 27, 35): the CUDA tests, then the quick CUDA bench,
+# The one check to run on a machine with an NVIDIA GPU: the CUDA tests, then the quick CUDA bench,
 # then the defaults file its figures set for CUDA (cuda.json: precision, each switch, replay only where its pairs
 # equal eager's and it gains). Nothing here needs the internet: it runs on the device image's own python3 and
 # packages, plus wheels in .whl/ where they were packed beforehand (README, "Defaults measured per device").
@@ -29,12 +29,12 @@ export PYTHONUNBUFFERED=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE: the CUDA tests will skip")'
     echo "== the CUDA tests (pytest -m cuda), at most 120 s"
     # the tests marked cuda, in these three files only: the others import mlflow or optuna at collection
-    timeout -k 10 120 "$PY" -m pytest tests/test_replay.py tests/test_bench_cuda.py tests/test_autotune_gpu.py \
+    timeout -k 10 120 "$PY" -m pytest tests/test_replay.py tests/test_bench_device.py tests/test_autotune_gpu.py \
         -m cuda -q -rs --timeout 100 -p no:cacheprovider
     tests=$?
     echo "== pytest exit $tests"
     echo "== the quick CUDA bench, at most 380 s, into $OUT/bench.json"
-    timeout -k 10 380 "$PY" -m study.bench_cuda --quick --out "$OUT/bench.json"
+    timeout -k 10 380 "$PY" -m bench device --quick --out "$OUT/bench.json"
     bench=$?
     echo "== bench exit $bench (124: timed out; bench.json keeps the sections that ended)"
     echo "== the defaults these figures set, into $OUT/<kind>.json (what cyclelike/defaults/ would hold)"
