@@ -1,13 +1,16 @@
 """What the benchmarks share: the workloads they time (the seed workload, the default sweep's largest cell, the
-reference settings), the default sweep run in a scratch store, FLOP counting and a GEMM peak, and the commit measured.
+reference settings), the default sweep run in a scratch store, FLOP counting and a GEMM peak, and the machine and
+commit measured.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest.mock import patch
@@ -17,6 +20,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from cyclelike.config import RunConfig
+from cyclelike.execution import resolve_device, resolve_precision
 from cyclelike.train import train
 from study import autotune
 from study.spec import load_sweep
@@ -111,3 +115,19 @@ def git_commit() -> str:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO,
                                 timeout=10).stdout.strip() or "unknown"
     return commit
+
+
+def machine() -> dict:
+    """The host measured on: its CPU and SIMD flags, cores, torch threads, what precision=auto resolves to, the GPU
+    where there is one, the versions and the commit."""
+    flags = ""
+    with contextlib.suppress(OSError, StopIteration):
+        flags = next(line.split(":", 1)[1] for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags"))
+    simd = sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma", "sse4")))
+    return {"cpu": autotune.cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_flags": simd, "native_bf16": resolve_precision("auto", torch.device("cpu")) == "bf16",
+            "precision": resolve_precision("auto", resolve_device("auto")),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}

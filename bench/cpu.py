@@ -11,10 +11,7 @@ times drift between runs while ratios hold. Results go to the terminal and to be
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -37,7 +34,7 @@ from .common import (
     default_cell,
     epoch_flops,
     gemm_peak,
-    git_commit,
+    machine,
     scratch_store,
     scratch_sweep,
     timing_sample,
@@ -258,22 +255,6 @@ def stopping() -> dict:
             "max_abs_diff": {m: float(diff[m].max()) for m in diff},
             "wall_ratio": out["locked"]["wall_s"] / out["off"]["wall_s"]}
     return out
-
-
-def machine() -> dict:
-    from study.autotune import cpu_model
-
-    flags = ""
-    with contextlib.suppress(OSError, StopIteration):
-        flags = next(line.split(":", 1)[1] for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags"))
-    simd = sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma", "sse4")))
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_flags": simd, "native_bf16": resolve_precision("auto", torch.device("cpu")) == "bf16",
-            "precision": resolve_precision("auto", resolve_device("auto")),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit(),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 SECTIONS = ("paths", "schedules", "overhead", "throughput", "stopping", "profile")
