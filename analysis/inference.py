@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.stats import t as student_t
 
-from .pairing import distinct_values_null
+from .assignment import distinct_values_null
 
 ALPHA = 0.05
 DRAWS = 4999  # permutations for a real study: p resolves to 0.0002

@@ -9,16 +9,10 @@ import pytest
 import torch
 
 from analysis import capacity, claims, dynamics, evidence, questions
+from analysis.assignment import fixed_point_pvalue
 from analysis.conditions import data_sets
-from analysis.pairing import (
-    PREDICTORS,
-    agreement_pvalue,
-    chosen_rank,
-    fixed_point_pvalue,
-    formation,
-    is_locked,
-    predictor_partners,
-)
+from analysis.formation import formation, is_locked
+from analysis.predictors import PREDICTORS, agreement_pvalue, chosen_rank, predictor_partners
 from analysis.scaling import fit_scaling
 from cyclelike.config import ConfigError, RunConfig
 from cyclelike.data import Domains

@@ -213,7 +213,7 @@ def test_lfw_faces_give_disjoint_data_sets_whose_true_partners_the_edges_predict
     """scikit-image's bundled faces (nothing downloaded): X = each face's edge map, Y = the faces, row i the
     partner of row i. The truth is real: the edges predictor's optimal assignment finds it; pixel distances do
     not. Data sets never share a face, and one past the last is refused naming its range."""
-    from analysis.pairing import predictor_partners
+    from analysis.predictors import predictor_partners
 
     seen = set()
     for d in (0, 4, 9):

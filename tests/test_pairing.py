@@ -2,14 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.assignment import NO_MATCH, assignment, chance_level, distinct_values_null, fixed_point_pvalue
 from analysis.pairing import (
-    NO_MATCH,
-    assignment,
     bijectivity,
-    chance_level,
-    distinct_values_null,
     evaluate_pairing,
-    fixed_point_pvalue,
     hungarian_agreement,
     margin,
     mutual,
@@ -189,7 +185,7 @@ def test_steganography_passes_the_cycle_but_not_the_lowpass_cycle():
 def test_colour_predictor_finds_colour_shifted_partners():
     """y_j is x_pi(j) with every colour shifted: the colour predictor pairs them all, and a G that learned
     exactly that pairing agrees with it on every image."""
-    from analysis.pairing import predictor_agreement, predictor_partners
+    from analysis.predictors import predictor_agreement, predictor_partners
 
     n = 6
     rng = np.random.default_rng(0)
@@ -206,7 +202,7 @@ def test_colour_predictor_finds_colour_shifted_partners():
 
 
 def test_formation_on_a_hand_made_history():
-    from analysis.pairing import formation
+    from analysis.formation import formation
 
     epochs = [10, 20, 30, 40]
     a = [np.array([1, 1, 0, 3]), np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3]), np.array([0, 1, 3, 2])]

@@ -15,7 +15,9 @@ from conftest import store_in
 from mlflow.tracking import MlflowClient
 
 from analysis import capacity, dynamics, evidence, questions
-from analysis.pairing import bijectivity, chance_band, predictor_partners
+from analysis.assignment import chance_band
+from analysis.pairing import bijectivity
+from analysis.predictors import predictor_partners
 from analysis.report import build_report
 from study.spec import parse_sweep
 from study.sweep import run_sweep
