@@ -97,17 +97,20 @@ def hungarian_agreement(D: np.ndarray) -> float:
 
 def seed_agreement(a1: np.ndarray, a2: np.ndarray) -> dict[str, float]:
     """Across two runs that differ only in seed: the share of i with the same a(i), and Cohen's kappa, that
-    share corrected for the agreement the two maps' own marginals give by chance (the definition of
-    sklearn.metrics.cohen_kappa_score). Two maps that collapse onto one y agree everywhere and tell nothing:
-    their kappa is 0, as it is wherever the marginals alone force the agreement. Tied rows never agree."""
+    share corrected for the agreement the two maps' own marginals give by chance. Two maps that collapse onto one
+    y agree everywhere and tell nothing: their kappa is 0, as it is wherever the marginals alone force the
+    agreement. Tied rows never agree."""
+    from sklearn.metrics import cohen_kappa_score  # lazy: only the report compares seeds, not every trial's process
+
     a1, a2 = np.asarray(a1), np.asarray(a2)
     if a1.shape != a2.shape:
         raise ValueError(f"assignments differ in length: {a1.shape} vs {a2.shape}")
     raw = float(matches(a1, a2).mean())
+    # a tied row is a label of its own in each map, so two ties count as disagreement in kappa as in the share
     first, second = np.where(a1 == NO_MATCH, -1, a1), np.where(a2 == NO_MATCH, -2, a2)
-    labels = np.union1d(first, second)
-    expected = float(sum((first == c).mean() * (second == c).mean() for c in labels))
-    kappa = 0.0 if expected >= 1.0 else (raw - expected) / (1.0 - expected)
+    # one label in both maps leaves kappa 0/0 (scikit-learn answers NaN): nothing beyond the marginals, 0
+    collapsed = len(np.union1d(first, second)) == 1
+    kappa = 0.0 if collapsed else float(cohen_kappa_score(first, second))
     return {"pair/seed_agreement": raw, "pair/seed_kappa": kappa}
 
 
