@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from .assignment import NO_MATCH, Share, chance_level, distances, matches, optimal_assignment, share
+from .assignment import NO_MATCH, Share, chance_level, distances, matches, share
 
 
 def _colour_stats(images: torch.Tensor) -> torch.Tensor:
@@ -89,12 +89,6 @@ def predictor_costs(x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
     """For each data-only predictor, the distance between every ORIGINAL x_i and y_j on that predictor's
     feature: the cost of Lu et al.'s transport view of the pairing."""
     return {name: distances(feature(x.cpu()), feature(y.cpu())).numpy() for name, feature in PREDICTORS.items()}
-
-
-def predictor_partners(x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-    """For each data-only predictor, the optimal one-to-one assignment (Hungarian) of the ORIGINAL x_i to
-    the y_j on that predictor's distance: what the pairs would be if that were all they were based on."""
-    return {name: optimal_assignment(cost) for name, cost in predictor_costs(x, y).items()}
 
 
 def predictor_agreement(a: np.ndarray, partners: dict[str, np.ndarray]) -> dict[str, Share]:
