@@ -8,7 +8,6 @@ Every function here takes tensors or arrays and returns plain values.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,11 +28,14 @@ from .assignment import (
     optimal_assignment,
     share,
 )
-from .predictors import INITIAL, agreement_pvalue, chosen_rank, predictor_agreement, predictor_costs
+from .predictors import INITIAL, agreement_pvalue, blur, chosen_rank, predictor_agreement, predictor_costs
 
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
 COPY_FACTOR = 0.5  # mem/holdout_copy_rate: "nearer to a training target than half the median within-Y distance"
+# pair/cycle_top1_lowpass blurs G(x) with sigma = side/32 before the second pass: that removes the high-frequency
+# detail a cycle can hide its source in (Chu et al. 2017)
+CYCLE_BLUR_PER_SIDE = 32
 
 
 def top1(D: np.ndarray, target: np.ndarray) -> Share:
@@ -124,15 +126,6 @@ def holdout_copy_rate(outputs: torch.Tensor, targets: torch.Tensor, factor: floa
     return float((distances(outputs, targets).min(dim=1).values < threshold).float().mean())
 
 
-def lowpass(images: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur scaled to the image: removes the high-frequency detail a cycle can hide the source in."""
-    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision's import loads torch._dynamo
-
-    sigma = max(1.0, images.shape[-1] / 32)
-    kernel = 2 * math.ceil(2 * sigma) + 1
-    return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
-
-
 @dataclass
 class PairingResult:
     metrics: dict[str, float]  # every `pair/...` and `mem/...` key of the design's table
@@ -212,7 +205,8 @@ def evaluate_pairing(
         identity = np.arange(n)
         outputs["G(G(x))"] = gfx = backward(fx)
         shares["pair/cycle_top1"] = top1(distances(gfx, x).numpy(), identity)
-        shares["pair/cycle_top1_lowpass"] = top1(distances(backward(lowpass(fx)), x).numpy(), identity)
+        blurred = backward(blur(fx, CYCLE_BLUR_PER_SIDE))
+        shares["pair/cycle_top1_lowpass"] = top1(distances(blurred, x).numpy(), identity)
     else:
         metrics.update({k: float("nan") for k in ("pair/backward_top1", "pair/mutual", "pair/cycle_top1",
                                                   "pair/cycle_top1_lowpass")})

@@ -27,13 +27,18 @@ def _edges(images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack([sobel(g) for g in grey]))[:, None].float()
 
 
-def coarse(images: torch.Tensor) -> torch.Tensor:
-    """A strong blur (sigma = side/16): the layout of the image, not its detail."""
-    from torchvision.transforms.v2 import functional as TF
+def blur(images: torch.Tensor, per_side: int) -> torch.Tensor:
+    """Gaussian blur of sigma = side / per_side pixels, at least one: the same share of the image at any size."""
+    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision's import loads torch._dynamo
 
-    sigma = max(1.0, images.shape[-1] / 16)
+    sigma = max(1.0, images.shape[-1] / per_side)
     kernel = 2 * math.ceil(2 * sigma) + 1
-    return TF.gaussian_blur(images.float(), [kernel, kernel], [sigma, sigma])
+    return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+
+
+def lowpass(images: torch.Tensor) -> torch.Tensor:
+    """The predictor "lowpass": a strong blur (sigma = side/16) keeps the layout of the image, not its detail."""
+    return blur(images.float(), 16)
 
 
 def _grey(images: torch.Tensor) -> torch.Tensor:
@@ -78,7 +83,7 @@ def _brightness(images: torch.Tensor, bins: int = 16) -> torch.Tensor:
 
 
 PREDICTORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "pixel": lambda im: im.float(), "lowpass": coarse, "colour": _colour_stats, "edges": _edges,
+    "pixel": lambda im: im.float(), "lowpass": lowpass, "colour": _colour_stats, "edges": _edges,
     "silhouette": _silhouette, "orientation": _orientation, "brightness": _brightness,
 }
 # not data-only: the untrained G's own assignment at epoch 0, the candidate "the initialisation decides"
