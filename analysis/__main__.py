@@ -157,7 +157,8 @@ def _pairing(folder: Path) -> int:
     from cyclelike.nets import build
     from cyclelike.train import make_translator
 
-    from .pairing import chance_level, evaluate_pairing
+    from .assignment import chance_level
+    from .pairing import evaluate_pairing
 
     try:
         config = RunConfig.from_dict(json.loads((folder / "config.json").read_text()))

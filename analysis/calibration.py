@@ -17,7 +17,7 @@ import pandas as pd
 from . import inference
 from .claims import n90
 from .inference import ALPHA, MIN_SETS, holm
-from .pairing import PREDICTORS
+from .predictors import PREDICTORS
 from .simulate import (
     CANDIDATE_KEYS,
     PLANTS,

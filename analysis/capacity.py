@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .assignment import chance_level
 from .claims import n90
 from .conditions import data_sets, describe, groups, varied
 from .evidence import given, stop_text
 from .figures import plt, sns
-from .pairing import chance_level
 
 
 def n90_table(g: pd.DataFrame) -> pd.DataFrame:

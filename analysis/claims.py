@@ -22,7 +22,7 @@ import pandas as pd
 from . import inference, simulate
 from .conditions import data_set_ids
 from .inference import ALPHA, MIN_SETS
-from .pairing import INITIAL, PREDICTORS
+from .predictors import INITIAL, PREDICTORS
 
 CANDIDATES = [*PREDICTORS, INITIAL]  # what may explain the pairs: the data-only predictors and the initial map
 PRIMARY = ("order", "one_to_one", "collapse", "share")

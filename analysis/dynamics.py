@@ -12,10 +12,10 @@ import pandas as pd
 
 from cyclelike.config import SWITCH_WORDS, SWITCHES, RunConfig
 
+from .assignment import chance_band, chance_level
 from .conditions import describe, groups, labelled
 from .evidence import column_or, given, hue_of
 from .figures import PAIRING_COLOURS, legend_outside, plt, sns
-from .pairing import chance_band, chance_level
 from .scaling import REFERENCE_POINTS, fit_scaling
 
 FORMATION_METRICS = ("pair/forward_top1", "pair/bijectivity")

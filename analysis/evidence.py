@@ -10,8 +10,8 @@ import pandas as pd
 
 from cyclelike.config import RunConfig
 
+from .assignment import chance_level
 from .conditions import data_set_ids, data_sets, describe
-from .pairing import chance_level
 
 SIGNIFICANT = 0.05
 

@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.stats import t as student_t
 
-from .pairing import distinct_values_null
+from .assignment import distinct_values_null
 
 ALPHA = 0.05
 DRAWS = 4999  # permutations for a real study: p resolves to 0.0002
@@ -201,6 +201,8 @@ def shared(a: np.ndarray, valid: np.ndarray, rng: np.random.Generator, draws: in
     shuffled (the first seed's kept: only relative orders matter). A pair of maps whose marginals force every
     agreement (both collapsed onto one y) is left out: its kappa is undefined, not 0. Effect: the data set's
     mean kappa."""
+    # kappa by hand, not sklearn's cohen_kappa_score (seed_agreement's): that scores one pair of maps a call, and
+    # this scores every study, data set and permutation draw at once (analysis.simulate: thousands of studies)
     q, d, s, n = a.shape
     perms = permutations(rng, (draws, d, s), n)
     perms[:, :, 0] = np.arange(n)

@@ -32,7 +32,7 @@ from .evidence import (
     who,
 )
 from .figures import plt, sns
-from .pairing import PREDICTORS
+from .predictors import PREDICTORS
 
 
 def conditions_with_claims(u: pd.DataFrame, named_by: pd.DataFrame | None = None

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import inference
 from .inference import ALPHA, MIN_SETS, distinct, holm, permutations
-from .pairing import INITIAL, PREDICTORS
+from .predictors import INITIAL, PREDICTORS
 
 KAPPA_MARGIN = 0.2  # "no more than slight sharing" (Landis and Koch): where "agrees with Lu et al." stops
 CORRELATED = ("lowpass", "edges", "silhouette")  # reshuffled copies of pixel's partners

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from . import questions
+from .assignment import chance_level
 from .conditions import describe, labelled, legend, missing_cells
 from .document import Document
 from .figures import PAIRING_COLOURS, distance_heatmap, legend_outside, plt, reference_label, sns
-from .pairing import chance_level
 from .runs import (
     CORE_METRICS,
     CURVE_METRICS,

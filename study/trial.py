@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from analysis.figures import matrix_image
-from analysis.pairing import PairingResult, evaluate_pairing, formation, is_locked
+from analysis.formation import formation, is_locked
+from analysis.pairing import PairingResult, evaluate_pairing
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, data_key, shared_domains
 from cyclelike.execution import resolved_tags

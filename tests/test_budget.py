@@ -13,7 +13,8 @@ from conftest import store_in
 from mlflow.tracking import MlflowClient
 
 from analysis import capacity, dynamics, evidence, questions
-from analysis.pairing import formation, is_locked, seed_agreement
+from analysis.formation import formation, is_locked
+from analysis.pairing import seed_agreement
 from analysis.runs import settings
 from cyclelike.config import ConfigError, RunConfig
 from study.tracking import RunLogger, ensure_experiment, prepare_store
@@ -174,7 +175,7 @@ def test_a_budget_that_grows_with_n():
 
 
 def test_p_values_and_intervals_have_no_chance_level():
-    from analysis.pairing import chance_level
+    from analysis.assignment import chance_level
 
     assert chance_level("pair/forward_top1", 10) == 0.1
     for key in ("pair/forward_top1_pvalue", "pair/agree_edges_pvalue", "pair/mutual_ci_low"):

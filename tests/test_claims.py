@@ -9,16 +9,11 @@ import pytest
 import torch
 
 from analysis import capacity, claims, dynamics, evidence, questions
+from analysis.assignment import fixed_point_pvalue
 from analysis.conditions import data_sets
-from analysis.pairing import (
-    PREDICTORS,
-    agreement_pvalue,
-    chosen_rank,
-    fixed_point_pvalue,
-    formation,
-    is_locked,
-    predictor_partners,
-)
+from analysis.formation import formation, is_locked
+from analysis.pairing import evaluate_pairing
+from analysis.predictors import PREDICTORS, agreement_pvalue, chosen_rank
 from analysis.scaling import fit_scaling
 from cyclelike.config import ConfigError, RunConfig
 from cyclelike.data import Domains
@@ -302,6 +297,11 @@ def test_figures_show_every_value_of_kappa_and_copy_excess():
         assert not math.isnan(fig.axes[0].get_ylim()[1])
 
 
+def _partners(x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each predictor's partners as a trial records them (PairingResult.partners, what the claims read)."""
+    return evaluate_pairing(lambda im: im, None, x, y).partners
+
+
 def test_the_new_predictors_recover_what_they_measure():
     """Silhouette (where the subject is), orientation (which way it points) and brightness (how light), each on
     images that differ only in that, with Y a recoloured copy of X in another order."""
@@ -315,10 +315,10 @@ def test_the_new_predictors_recover_what_they_measure():
     for name, shapes in (("silhouette", blobs), ("orientation", bars)):
         x = (shapes * 2 - 1)[:, None].expand(-1, 3, -1, -1)
         y = (-(shapes * 2 - 1) * 0.8)[:, None].expand(-1, 3, -1, -1)[order]  # another colour, another order
-        assert (predictor_partners(x, y)[name] == torch.argsort(order).numpy()).all(), name
+        assert (_partners(x, y)[name] == torch.argsort(order).numpy()).all(), name
     levels = torch.linspace(-0.8, 0.8, n)[:, None, None, None].expand(-1, 3, size, size)
     y = levels[order] + 0.01 * torch.randn(n, 3, size, size)
-    assert (predictor_partners(levels, y)["brightness"] == torch.argsort(order).numpy()).all()
+    assert (_partners(levels, y)["brightness"] == torch.argsort(order).numpy()).all()
 
 
 def test_the_chosen_partners_rank_on_a_predictors_cost():

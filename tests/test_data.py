@@ -213,7 +213,7 @@ def test_lfw_faces_give_disjoint_data_sets_whose_true_partners_the_edges_predict
     """scikit-image's bundled faces (nothing downloaded): X = each face's edge map, Y = the faces, row i the
     partner of row i. The truth is real: the edges predictor's optimal assignment finds it; pixel distances do
     not. Data sets never share a face, and one past the last is refused naming its range."""
-    from analysis.pairing import predictor_partners
+    from analysis.pairing import evaluate_pairing
 
     seen = set()
     for d in (0, 4, 9):
@@ -221,7 +221,7 @@ def test_lfw_faces_give_disjoint_data_sets_whose_true_partners_the_edges_predict
                            pairing="shuffled", data_seed=d, image_size=32)
         data = load_domains(config)
         assert data.x.shape == data.y.shape == (10, 3, 32, 32) and data.x.min() >= -1 and data.y.max() <= 1
-        partners = predictor_partners(data.x, data.y)
+        partners = evaluate_pairing(lambda im: im, None, data.x, data.y).partners  # as a trial records them
         assert (partners["edges"] == np.arange(10)).mean() >= 0.9
         assert (partners["pixel"] == np.arange(10)).mean() <= 0.3
         assert not seen & set(data.y_names)

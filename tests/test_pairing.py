@@ -2,14 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.assignment import NO_MATCH, assignment, chance_level, distinct_values_null, fixed_point_pvalue
 from analysis.pairing import (
-    NO_MATCH,
-    assignment,
     bijectivity,
-    chance_level,
-    distinct_values_null,
     evaluate_pairing,
-    fixed_point_pvalue,
     hungarian_agreement,
     margin,
     mutual,
@@ -189,7 +185,7 @@ def test_steganography_passes_the_cycle_but_not_the_lowpass_cycle():
 def test_colour_predictor_finds_colour_shifted_partners():
     """y_j is x_pi(j) with every colour shifted: the colour predictor pairs them all, and a G that learned
     exactly that pairing agrees with it on every image."""
-    from analysis.pairing import predictor_agreement, predictor_partners
+    from analysis.predictors import predictor_agreement
 
     n = 6
     rng = np.random.default_rng(0)
@@ -197,7 +193,7 @@ def test_colour_predictor_finds_colour_shifted_partners():
     x = base[:, :, None, None] + 0.05 * torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     pi = np.array([2, 0, 1, 5, 3, 4])
     y = torch.roll(x[pi], shifts=5, dims=-1) + 0.1  # the same colours, shifted, in another layout
-    partners = predictor_partners(x, y)
+    partners = evaluate_pairing(lambda im: im, None, x, y).partners  # what a trial records
     learned = np.argsort(pi)  # a(i): the y that holds x_i's colours
     assert (partners["colour"] == learned).all()
     agree = predictor_agreement(learned, partners)
@@ -206,7 +202,7 @@ def test_colour_predictor_finds_colour_shifted_partners():
 
 
 def test_formation_on_a_hand_made_history():
-    from analysis.pairing import formation
+    from analysis.formation import formation
 
     epochs = [10, 20, 30, 40]
     a = [np.array([1, 1, 0, 3]), np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3]), np.array([0, 1, 3, 2])]

@@ -15,7 +15,8 @@ from conftest import store_in
 from mlflow.tracking import MlflowClient
 
 from analysis import capacity, dynamics, evidence, questions
-from analysis.pairing import bijectivity, chance_band, predictor_partners
+from analysis.assignment import chance_band
+from analysis.pairing import bijectivity, evaluate_pairing
 from analysis.report import build_report
 from study.spec import parse_sweep
 from study.sweep import run_sweep
@@ -34,16 +35,21 @@ def _images(n: int = 6, seed: int = 0) -> torch.Tensor:
     return x
 
 
+def _partners(x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each predictor's partners as a trial records them (PairingResult.partners, what the claims read)."""
+    return evaluate_pairing(lambda im: im, None, x, y).partners
+
+
 def test_pixel_predictor_pairs_noisy_copies():
     x = _images()
     y = x[PI] + 0.02 * torch.randn(x[PI].shape, generator=torch.Generator().manual_seed(1))
-    assert (predictor_partners(x, y)["pixel"] == np.argsort(PI)).all()
+    assert (_partners(x, y)["pixel"] == np.argsort(PI)).all()
 
 
 def test_edge_predictor_pairs_negatives_where_pixels_cannot():
     """y_j = -x_pi(j): every colour inverted, every outline kept. Edge maps pair them all; pixel L1 cannot."""
     x = _images()
-    partners = predictor_partners(x, -x[PI])
+    partners = _partners(x, -x[PI])
     assert (partners["edges"] == np.argsort(PI)).all()
     assert (partners["pixel"] != np.argsort(PI)).any()
 
@@ -53,7 +59,7 @@ def test_lowpass_predictor_ignores_high_frequency_noise():
     x = _images()
     board = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2.0 - 1.0
     y = torch.stack([x[p] + 0.9 * board * (1 if j % 2 else -1) for j, p in enumerate(PI)])
-    assert (predictor_partners(x, y)["lowpass"] == np.argsort(PI)).all()
+    assert (_partners(x, y)["lowpass"] == np.argsort(PI)).all()
 
 
 def test_chance_bands_are_the_random_maps_central_range():
