@@ -26,12 +26,14 @@ $(VENV)/.installed: pyproject.toml
 
 .venv: $(VENV)/.installed  ## create the virtual environment and install the project
 
-test: .venv browser postgres  ## ruff and the test suite
+test: .venv browser postgres  ## ruff, the import layers (no circles) and the test suite
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
-lint: .venv  ## ruff only
+lint: .venv  ## ruff and the import layers
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 train: .venv  ## one training on the embedded data, outputs under runs/, then its pairing metrics (ARGS="--set k=v")
 	@out=runs/train-$$(date +%Y%m%d-%H%M%S); $(PY) -m cyclelike train --out $$out $(ARGS) && \

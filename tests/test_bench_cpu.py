@@ -61,20 +61,3 @@ def test_the_scratch_store_points_mlflow_into_itself_and_gives_the_environment_b
     with scratch_store():
         pass
     assert "MLFLOW_TRACKING_URI" not in os.environ
-
-
-def test_only_bench_imports_bench():
-    """Performance tooling sits above the model, the harness and the analysis: they never import it, so no circle
-    through bench can form."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    importers = []
-    for package in ("cyclelike", "study", "analysis"):
-        for path in (root / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-                importers += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "bench"]
-    assert importers == []
