@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -22,7 +23,6 @@ from optuna.trial import TrialState
 from analysis.store import DB_CONNECT_ARGS, first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
 
 from .spec import SweepError, SweepSpec
-from .tracking import file_lock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says more
 # heartbeats and fail_stale_trials are marked experimental in Optuna; they are what the RDB path relies on
@@ -118,11 +118,11 @@ def coordinator_lock(storage_url: str | None):
     """One coordinator at a time per store: recovery and queueing read, then write."""
     url = optuna_storage(storage_url)
     if "://" not in url:
-        return file_lock(Path(url + ".coordinator"))  # not ".lock": the journal backend takes that name
+        return FileLock(Path(url + ".coordinator"))  # not ".lock": the journal backend takes that name
     if url.startswith("postgresql"):
         return advisory_lock(url)
     db = sqlite_path(tracking_uri())
-    return file_lock(db.parent / ".coordinator.lock") if db is not None else contextlib.nullcontext()
+    return FileLock(db.parent / ".coordinator.lock") if db is not None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ trial's per-epoch losses cost one call per evaluation instead of one per value.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from sqlalchemy import event
@@ -92,18 +92,6 @@ def reproduce_command(run_id: str) -> str:
     return f"MLFLOW_TRACKING_URI={shlex.quote(mask_secrets(uri))} {shlex.join(command)}"
 
 
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock between the processes of this machine (released if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class Client(MlflowClient):
     """The client trials log through: a tag already set on a run to the same value is not sent again.
     RunLogger.log_image sets mlflow.loggedImages=True with every picture, one store write (~3 ms) for each
@@ -157,7 +145,7 @@ def prepare_store(uri: str | None = None) -> MlflowClient:
             client.search_experiments(max_results=1)
             return client
         db.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(db.parent / ".store.lock"):
+        with FileLock(db.parent / ".store.lock"):
             # before MLflow's first connection, which then syncs as WAL allows (_wal_syncs_at_checkpoints):
             # concurrent writers from several workers, ~3x faster
             with contextlib.closing(sqlite3.connect(db)) as con:

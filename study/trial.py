@@ -21,6 +21,7 @@ from PIL import Image
 
 from analysis.figures import matrix_image
 from analysis.pairing import PairingResult, evaluate_pairing, formation, is_locked
+from cyclelike.checkpoint import Checkpoints
 from cyclelike.config import RunConfig
 from cyclelike.data import Domains, data_key, shared_domains
 from cyclelike.execution import resolved_tags
@@ -34,7 +35,6 @@ from cyclelike.samples import (
     labelled,
     sample_grid,
 )
-from cyclelike.checkpoint import Checkpoints
 from cyclelike.train import EpochStats, TrainResult, Translator, train
 
 from .checkpoints import drop_checkpoint, fetch_checkpoint, store_checkpoint

@@ -1,6 +1,7 @@
 import contextlib
 import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -68,25 +69,22 @@ def store_in(folder: Path):
     """Run inside `folder` with its own MLflow store, as `make sweep` run from there would; restored after.
 
     For module-scoped fixtures, where pytest's monkeypatch is not available."""
-    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    old_cwd, uri = os.getcwd(), f"sqlite:///{folder}/mlruns/mlflow.db"
     os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        yield uri
+        with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": uri}):
+            yield uri
     finally:
         os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_autotune_cache(tmp_path_factory):
     # --workers auto / --fuse-seeds auto read a per-machine cache in the home folder: a user's measurement
     # must not change how the tests' sweeps run, and the tests must not write it
-    os.environ["CYCLELIKE_AUTOTUNE_CACHE"] = str(tmp_path_factory.mktemp("autotune") / "autotune.json")
+    with mock.patch.dict(os.environ, {"CYCLELIKE_AUTOTUNE_CACHE": str(tmp_path_factory.mktemp("autotune") /
+                                                                     "autotune.json")}):
+        yield
 
 
 @pytest.fixture(scope="session")
