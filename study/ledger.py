@@ -39,14 +39,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis.store import tracking_uri
 from cyclelike.config import EXECUTION_KEYS, RunConfig
 from cyclelike.execution import condition, identity
 
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
 from .owners import owner_alive, owner_record
+from .retries import close_run, is_killed, requeue, resumes
 from .spec import SweepSpec
-from .storage import KILLED_STALE, coordinator_lock, heartbeat_enabled
+from .stores.optuna import coordinator_lock, heartbeat_enabled
 from .tracking import RunLogger
 from .trial import TrialOutcome, fault, is_whole, run_trial
 
@@ -55,60 +55,6 @@ TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.
 
 def config_key(config: RunConfig) -> str:
     return hashlib.sha1(json.dumps(identity(config), sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def is_killed(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and "killed" in str(trial.user_attrs.get("failure", ""))
-
-
-def not_rerun(trials: list[FrozenTrial], killed: list[int]) -> list[int]:
-    """Of the killed trials `killed`, those whose condition and seed no retry has finished (COMPLETE or
-    PRUNED). A retry names the trial it repeats (retry_of) and may itself be killed and retried."""
-    retries: dict[int, list[FrozenTrial]] = {}
-    for t in trials:
-        if "retry_of" in t.user_attrs:
-            retries.setdefault(t.user_attrs["retry_of"], []).append(t)
-
-    def finished(number: int) -> bool:
-        return any(r.state in (TrialState.COMPLETE, TrialState.PRUNED) or finished(r.number)
-                   for r in retries.get(number, []))
-
-    return [n for n in killed if not finished(n)]
-
-
-def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a killed trial's condition and seed again: it did not fail, it was stopped. A trial killed before it
-    asked for its params has none yet: its cell is in the params it was queued with."""
-    if "config_key" in trial.user_attrs:
-        keep = {k: trial.user_attrs[k] for k in ("seed", "config_key", "fixed_key") if k in trial.user_attrs}
-        study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}),
-                            user_attrs=keep | _resumes(trial))
-
-
-def _resumes(trial: FrozenTrial) -> dict[str, Any]:
-    """What a retry of a killed trial goes on from: its MLflow run, which holds the last checkpoint."""
-    attrs = {"retry_of": trial.number}
-    if "mlflow_run_id" in trial.user_attrs:
-        attrs["resume_run"] = trial.user_attrs["mlflow_run_id"]
-    return attrs
-
-
-def close_run(client, run_id: str, state: str, failure: str | None) -> None:
-    if failure:
-        client.set_tag(run_id, "failure", failure)
-    client.set_tag(run_id, "optuna.state", state)
-    status = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
-    client.set_terminated(run_id, "KILLED" if "killed" in (failure or "") else status)
-
-
-def killed(study: optuna.Study, trial) -> None:
-    """Optuna's callback for a trial it failed on a missed heartbeat: close its run, queue it again."""
-    from mlflow.tracking import MlflowClient
-
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        close_run(MlflowClient(tracking_uri()), run_id, "FAIL", KILLED_STALE)
-    _retry(study, trial)
 
 
 def recover_dead(study: optuna.Study, storage) -> list[int]:
@@ -128,7 +74,7 @@ def recover_dead(study: optuna.Study, storage) -> list[int]:
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # failed by Optuna's stale check meanwhile, which queued its retry
-        _retry(study, t)
+        requeue(study, t)
         recovered.append(t.number)
     return recovered
 
@@ -177,7 +123,7 @@ def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
             report["exhausted"].append((params, seed, failures[-1].user_attrs.get("failure", "")))
             continue
         report["retries"] += bool(failures)
-        resume = _resumes(trials[-1]) if trials and is_killed(trials[-1]) else {}
+        resume = resumes(trials[-1]) if trials and is_killed(trials[-1]) else {}
         study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key,
                                                 **resume})
         report["queued"] += 1

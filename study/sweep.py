@@ -3,7 +3,7 @@
 `run_sweep` reads top-down: prepare (the store, the study, its parent run, the recovery of dead owners'
 trials and the queue of every (condition, seed) not yet done, under the coordinator lock), plan, run the
 workers (study.workers), summarise. What makes each (condition, seed) run once is study.ledger; the
-Optuna storage and what counts as an outage, study.storage.
+Optuna storage and what counts as an outage, study.stores.optuna.
 """
 
 from __future__ import annotations
@@ -29,10 +29,20 @@ from cyclelike.config import ConfigError, RunConfig
 from cyclelike.fused import check_fusable
 
 from . import autotune, preflight
-from .ledger import count_configs, is_killed, not_rerun, queue_missing, recover_stale, repair_hollow, unrun_cells
+from .ledger import count_configs, queue_missing, recover_stale, repair_hollow, unrun_cells
+from .retries import is_killed, not_rerun
 from .spec import SweepError, SweepSpec
-from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage, outage_reason
-from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, set_trials_view
+from .stores.mlflow import ensure_experiment, prepare_store, set_trials_view
+from .stores.optuna import (
+    OUTAGE_EXIT,
+    StoreOutage,
+    coordinator_lock,
+    is_outage,
+    load_study,
+    open_storage,
+    outage_reason,
+)
+from .tracking import RunLogger, provenance
 from .workers import NAME_ORDER, Context, worker_loop, worker_process
 
 PARENT_ATTR = "mlflow_parent_run_id"

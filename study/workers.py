@@ -26,9 +26,10 @@ from cyclelike.train import timed_text
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
 from .ledger import claim_group, conclude, count_configs, recover_dead
 from .owners import lease, owner_alive
+from .retries import KILLED_STALE
 from .spec import SweepSpec
-from .storage import (
-    KILLED_STALE,
+from .stores.mlflow import Client
+from .stores.optuna import (
     OUTAGE_EXIT,
     StoreOutage,
     coordinator_lock,
@@ -38,7 +39,7 @@ from .storage import (
     open_storage,
     outage_reason,
 )
-from .tracking import Client, RunLogger, reproduce_command
+from .tracking import RunLogger, reproduce_command
 from .trial import TrialOutcome, run_trial, run_trials_fused
 
 

@@ -93,7 +93,7 @@ def postgres_server():
     import shutil
     import tempfile
 
-    from study import postgres
+    from study.stores import postgres
 
     try:
         postgres.find_binary("initdb")

@@ -16,7 +16,8 @@ from analysis import capacity, dynamics, evidence, questions
 from analysis.pairing import formation, is_locked, seed_agreement
 from analysis.runs import settings
 from cyclelike.config import ConfigError, RunConfig
-from study.tracking import RunLogger, ensure_experiment, prepare_store
+from study.stores.mlflow import ensure_experiment, prepare_store
+from study.tracking import RunLogger
 from study.trial import run_trial
 
 

@@ -34,7 +34,7 @@ def _hits(secret: bytes, folder: Path) -> list[str]:
 def test_a_password_in_the_storage_url_goes_nowhere(tmp_path, capsys, monkeypatch, postgres_server):
     """The password of `--storage` was in the `command` tag of every trial run and of the parent run, in the
     report's report.md and index.html, and in make worker's echoed command line."""
-    from study import postgres
+    from study.stores import postgres
 
     url, secret = postgres_server.url("optuna"), postgres_server.password
     config = write_sweep(tmp_path, "leak", epochs=2, seeds="[0]", pairing='["fixed"]', threads="1", n_holdout="0")

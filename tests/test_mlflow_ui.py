@@ -8,7 +8,8 @@ from PIL import Image
 
 from analysis.runs import most_recent_study
 from cyclelike.config import RunConfig
-from study.tracking import RunLogger, ensure_experiment, prepare_store
+from study.stores.mlflow import ensure_experiment, prepare_store
+from study.tracking import RunLogger
 from study.trial import run_trial
 
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_sweep
 from optuna.trial import TrialState
 
-from study import postgres
+from study.stores import postgres
 
 try:
     postgres.find_binary("initdb")
@@ -60,8 +60,8 @@ def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
     head = tmp_path / "head"
     head.mkdir()
     head_env = {**os.environ, "CYCLELIKE_STORE": str(head / "mlruns"), "BACKEND": cluster.url("mlflow")}
-    started = subprocess.run([sys.executable, "-m", "study.server", "start"], env=head_env, capture_output=True,
-                             text=True, timeout=120)
+    started = subprocess.run([sys.executable, "-m", "study.stores.mlflow_server", "start"], env=head_env,
+                             capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr[-2000:]
     tracking = started.stdout.split("MLflow tracking server on ")[1].split()[0]
     storage = cluster.url("optuna")
@@ -128,7 +128,8 @@ def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
         assert "A = pairing=aligned" in md and "| pair given |" in md and "could not be drawn" not in md
         assert ". Parameter importance" in md and "study was not at hand" not in md  # it read the PostgreSQL study
     finally:
-        subprocess.run([sys.executable, "-m", "study.server", "stop"], env=head_env, capture_output=True, timeout=60)
+        subprocess.run([sys.executable, "-m", "study.stores.mlflow_server", "stop"], env=head_env,
+                       capture_output=True, timeout=60)
 
 
 def test_an_unreachable_database_is_one_line_naming_host_and_port(capsys, monkeypatch, tmp_path):

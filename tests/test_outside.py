@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from study.spec import load_sweep
-from study.storage import open_storage
+from study.stores.optuna import open_storage
 from study.sweep import run_sweep
 from study.trial import is_whole
 

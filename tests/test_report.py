@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import build_report
 from study.spec import load_sweep
+from study.stores.mlflow import ensure_experiment, prepare_store
 from study.sweep import run_sweep
-from study.tracking import RunLogger, ensure_experiment, prepare_store
+from study.tracking import RunLogger
 from study.trial import run_trial
 
 SWEEP = tiny_sweep("rep", epochs=5, extra="n_images = [4, 6]", eval_every="0",

@@ -10,7 +10,8 @@ from analysis.runs import load_curves, summaries
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
 from study.checkpoints import CHECKPOINT_DIR
-from study.tracking import RunLogger, ensure_experiment, prepare_store
+from study.stores.mlflow import ensure_experiment, prepare_store
+from study.tracking import RunLogger
 from study.trial import run_trial
 
 CELL = RunConfig(image_size=16, n_images=4, n_holdout=0, batch_size=2, base_filters=4, d_filters=4, epochs=6,

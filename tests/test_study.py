@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from analysis.runs import settings, summaries
 from study.ledger import claim
 from study.spec import SweepError, load_sweep, parse_sweep
-from study.storage import load_study, open_storage
+from study.stores.optuna import load_study, open_storage
 from study.sweep import SweepFailed, run_sweep
 from study.workers import Context
 
@@ -366,7 +366,7 @@ def test_mlflow_server_serves_the_runs(swept):
 
 def test_pruned_trials_end_pruned_and_tagged(tmp_path, monkeypatch):
     """Pruning decisions are Optuna's; what is ours is ending the trial and its run correctly."""
-    import study.storage as storage_module
+    import study.stores.optuna as storage_module
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -670,7 +670,7 @@ def test_assignment_history_round_trips_through_mlflow(swept, tmp_path):
 
 
 def test_an_unwritable_mlflow_store_is_one_line():
-    from study.tracking import prepare_store
+    from study.stores.mlflow import prepare_store
 
     with pytest.raises(SweepError, match=r"cannot open the MLflow store sqlite:////proc/no-such/mlflow.db"):
         prepare_store("sqlite:////proc/no-such/mlflow.db")
@@ -681,7 +681,8 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
     fail its whole trial with an IntegrityError. The first log_inputs call here loses that race."""
     import pandas as pd
 
-    from study.tracking import RunLogger, dataset_inputs, ensure_experiment, prepare_store
+    from study.stores.mlflow import ensure_experiment, prepare_store
+    from study.tracking import RunLogger, dataset_inputs
 
     client = prepare_store(f"sqlite:///{tmp_path}/mlflow.db")
     logger = RunLogger.start(client, ensure_experiment(client, "race"), "r")
@@ -869,7 +870,7 @@ def test_a_killed_trial_counts_as_run_again_once_a_retry_of_it_finishes():
     retry still waits, or was killed in turn without a finished retry, has."""
     from optuna.trial import create_trial
 
-    from study.ledger import not_rerun
+    from study.retries import not_rerun
 
     study = optuna.create_study()
     killed = {"failure": "killed: its worker stopped sending heartbeats"}
@@ -890,7 +891,7 @@ def test_a_trial_whose_heartbeats_no_longer_reach_the_storage_stops_within_the_o
     a quarter of an hour), and the trial, asked every epoch, stops at the next."""
     import study.owners
     from study.owners import Lease
-    from study.storage import StoreOutage, is_outage, outage_reason
+    from study.stores.optuna import StoreOutage, is_outage, outage_reason
 
     class Down:  # a storage that stopped answering
         def set_trial_user_attr(self, *args):

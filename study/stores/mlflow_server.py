@@ -105,7 +105,7 @@ def stop() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.server", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m study.stores.mlflow_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("start", "stop"))
     parser.add_argument("--backend", default=os.environ.get("BACKEND") or None,

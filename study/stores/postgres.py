@@ -1,6 +1,6 @@
 """A PostgreSQL server for studies on several machines, from the Debian package's own binaries.
 
-`python -m study.postgres start` (`make db`) creates a cluster in mlruns/postgres on first use, with a
+`python -m study.stores.postgres start` (`make db`) creates a cluster in mlruns/postgres on first use, with a
 generated password kept in mlruns/postgres.password (readable by this user only), and starts it
 listening on 127.0.0.1 (HOST=0.0.0.0 to let other machines in), on a free or given port. It holds two
 databases: `optuna` (the study storage) and `mlflow` (a tracking server's backend). Restarting keeps
@@ -160,7 +160,7 @@ def stop(data: str | Path | None = None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.postgres", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m study.stores.postgres", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("start", "stop", "url"))
     parser.add_argument("--dir", default=None, help="the cluster's folder (default mlruns/postgres)")
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow backend:   {safe_url(server.url('mlflow'))}")
     # a terminal's scrollback and a CI log keep what is printed: the password stays in its file
     print(f"the password is kept in {_paths(data)[0]} (readable by you only); the storage URL with it: "
-          "python -m study.postgres url; stop with: make db-stop")
+          "python -m study.stores.postgres url; stop with: make db-stop")
     return 0
 
 
