@@ -114,7 +114,7 @@ def _run(args) -> int:
 
     from .stores.mlflow import ensure_experiment, prepare_store
     from .tracking import RunLogger, provenance, reproduce_command
-    from .trial import run_trial
+    from .trial import run_trials
 
     sets = parse_sets(args.sets)
     client, source = None, None
@@ -157,7 +157,7 @@ def _run(args) -> int:
     logger.set_tags({"reproduce": reproduce_command(logger.run_id),
                      **(_reproduction_note(source, logger.run_id, experiment_id) if source is not None else {})})
     try:
-        outcome = run_trial(config, logger, eval_every, desc=name)
+        (outcome,) = run_trials([config], [logger], eval_every, desc=name)
     except KeyboardInterrupt:
         logger.finish("KILLED")
         raise

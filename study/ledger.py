@@ -22,8 +22,9 @@ resumable trial or a whole run:
 Killed before 2, the trial is RUNNING with a dead owner: failed as killed and resumed (at most one checkpoint
 interval trained again). Killed after 2, the run is whole and RUNNING: the next start closes it and deletes the
 checkpoint left in it (`recover_stale`). A COMPLETE trial whose run is not whole (left by a harness that told
-Optuna first) is repaired at the next start (`repair_hollow`): re-finished from its checkpoint, or retrained
-from epoch 0 without one, in the same run, tagged `repaired`.
+Optuna first) is found at the next start (`hollow_runs`) and repaired by the layer that trains
+(study.workers.repair_hollow): re-finished from its checkpoint, or retrained from epoch 0 without one, in the same
+run, tagged `repaired`.
 The named instants where the fault-injection tests kill a worker (CYCLELIKE_FAULT, `trial.fault`): claimed,
 checkpoint (after the first is stored), trained (after the last epoch), whole (after 1), told (after 2),
 dropped (after 3).
@@ -42,13 +43,13 @@ from optuna.trial import FrozenTrial, TrialState
 from cyclelike.config import EXECUTION_KEYS, RunConfig
 from cyclelike.execution import condition, identity
 
-from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
+from .checkpoints import CHECKPOINT_DIR, drop_checkpoint
 from .owners import owner_alive, owner_record
 from .retries import close_run, is_killed, requeue, resumes
 from .spec import SweepSpec
 from .stores.optuna import coordinator_lock, heartbeat_enabled
 from .tracking import RunLogger
-from .trial import TrialOutcome, fault, is_whole, run_trial
+from .trial import TrialOutcome, fault, is_whole
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # needs no new trial
 
@@ -227,32 +228,17 @@ def conclude(study: optuna.Study, trial, logger: RunLogger, outcome: TrialOutcom
     logger.finish(status, tags={"optuna.state": state.name, **tags})
 
 
-def repair_hollow(study: optuna.Study, spec: SweepSpec, client) -> list[str]:
-    """Make whole the run of each COMPLETE trial that is not (a kill after the tell of a harness that told
-    Optuna first): re-finished from its checkpoint, or retrained from epoch 0 where it has none, in the same run,
-    which is tagged `repaired` with which. The trial's value stays what Optuna was told. Returns a line each."""
+def hollow_runs(study: optuna.Study, spec: SweepSpec, client) -> list[tuple[FrozenTrial, str]]:
+    """Each COMPLETE trial whose run is not whole (a kill after the tell of a harness that told Optuna first), with
+    its run's id: study.workers.repair_hollow makes it whole."""
     experiment = client.get_experiment_by_name(spec.name)
     runs = {t.user_attrs["mlflow_run_id"]: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if "mlflow_run_id" in t.user_attrs}
     if experiment is None or not runs:
         return []
-    said = []
-    for run in client.search_runs([experiment.experiment_id], "tags.trial != ''", max_results=50_000):
-        trial = runs.get(run.info.run_id)
-        if trial is None or is_whole(run.data.tags):
-            continue
-        logger = RunLogger(client, run.info.run_id)
-        client.update_run(run.info.run_id, status="RUNNING")
-        outcome = run_trial(spec.config_for(trial.params, trial.user_attrs["seed"]), logger, spec.eval_every,
-                            progress=False, weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S, resume=True,
-                            drop=False)
-        how = f"re-finished from its checkpoint at epoch {outcome.resumed_from}" if outcome.resumed_from else \
-            "retrained from epoch 0 (no checkpoint)"
-        logger.finish("FINISHED", tags={"optuna.state": "COMPLETE", "repaired": how})
-        if not spec.keep_checkpoints:
-            drop_checkpoint(logger, outcome)
-        said.append(f"trial {trial.number}'s run {run.info.run_id} was COMPLETE in Optuna but not whole: {how}")
-    return said
+    return [(runs[run.info.run_id], run.info.run_id)
+            for run in client.search_runs([experiment.experiment_id], "tags.trial != ''", max_results=50_000)
+            if run.info.run_id in runs and not is_whole(run.data.tags)]
 
 
 def unrun_cells(study: optuna.Study, spec: SweepSpec) -> list[str]:

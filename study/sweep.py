@@ -29,7 +29,7 @@ from cyclelike.config import ConfigError, RunConfig
 from cyclelike.fused import check_fusable
 
 from . import autotune, preflight
-from .ledger import count_configs, queue_missing, recover_stale, repair_hollow, unrun_cells
+from .ledger import count_configs, queue_missing, recover_stale, unrun_cells
 from .retries import is_killed, not_rerun
 from .spec import SweepError, SweepSpec
 from .stores.mlflow import ensure_experiment, prepare_store, set_trials_view
@@ -43,7 +43,7 @@ from .stores.optuna import (
     outage_reason,
 )
 from .tracking import RunLogger, provenance
-from .workers import NAME_ORDER, Context, worker_loop, worker_process
+from .workers import NAME_ORDER, Context, repair_hollow, worker_loop, worker_process
 
 PARENT_ATTR = "mlflow_parent_run_id"
 

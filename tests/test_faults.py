@@ -42,8 +42,7 @@ if FULL:
 def _every_epoch_checkpointed(monkeypatch):
     # a checkpoint after every epoch: one interval is one epoch, and each instant finds one to go on from
     monkeypatch.setenv("CYCLELIKE_CHECKPOINT_S", "1e-9")  # for worker processes, which import it afresh
-    for module in (study.workers, study.ledger):
-        monkeypatch.setattr(module, "CHECKPOINT_S", 1e-9)
+    monkeypatch.setattr(study.workers, "CHECKPOINT_S", 1e-9)  # the trials' and repair_hollow's
     # PostgreSQL: a killed worker's trial is stale 2 s after its last heartbeat, not minutes
     for key, value in (("HEARTBEAT_S", 1), ("HEARTBEAT_GRACE_S", 2)):
         monkeypatch.setenv(f"CYCLELIKE_{key}", str(value))

@@ -36,11 +36,9 @@ MATRIX = [(i, s, w) for i in INSTANTS for s in ("journal", "postgresql") for w i
 @pytest.fixture(autouse=True)
 def _every_epoch_checkpointed(monkeypatch):
     monkeypatch.setenv("CYCLELIKE_CHECKPOINT_S", "1e-9")  # one interval is one epoch, for the commands too
-    import study.ledger
     import study.workers
 
-    for module in (study.workers, study.ledger):
-        monkeypatch.setattr(module, "CHECKPOINT_S", 1e-9)
+    monkeypatch.setattr(study.workers, "CHECKPOINT_S", 1e-9)  # the trials' and repair_hollow's
 
 
 def _sweep_file(folder: Path, name: str, epochs: int = EPOCHS) -> Path:

@@ -495,7 +495,7 @@ def _disk_full(monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(study.workers, "run_trial", full)
+    monkeypatch.setattr(study.workers, "run_trials", full)
 
 
 def test_failed_trials_are_retried_once_their_cause_is_gone(tmp_path, capsys, monkeypatch):
@@ -772,17 +772,17 @@ def test_a_worker_whose_trial_was_declared_stale_ends_it_with_one_line(tmp_path,
     import study.workers as sweep
 
     config = write_sweep(tmp_path, "stale", epochs=2)
-    real = sweep.run_trial
+    real = sweep.run_trials
 
-    def declared_stale_meanwhile(config, logger, *args, **kwargs):
-        outcome = real(config, logger, *args, **kwargs)
+    def declared_stale_meanwhile(configs, loggers, *args, **kwargs):
+        outcomes = real(configs, loggers, *args, **kwargs)
         storage = open_storage(None)
         for t in optuna.load_study(study_name="stale", storage=storage).get_trials(states=(TrialState.RUNNING,)):
             if t.number == 0:  # as another worker's stale check does
                 storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        return outcome
+        return outcomes
 
-    monkeypatch.setattr(sweep, "run_trial", declared_stale_meanwhile)
+    monkeypatch.setattr(sweep, "run_trials", declared_stale_meanwhile)
     code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config), "--workers", "1")
     assert code == 0 and "Traceback" not in said, said[-3000:]
     assert len([line for line in said.splitlines() if "trial    0" in line and "stale" in line]) == 1, said[-3000:]
