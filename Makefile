@@ -75,16 +75,16 @@ browser:
 		echo "chromium not installed: the report's browser test will skip"; }
 
 db: .venv postgres  ## a PostgreSQL for studies on several machines (mlruns/postgres; HOST=0.0.0.0 opens it)
-	$(PY) -m study.stores.postgres start $(if $(DB_PORT),--port $(DB_PORT))
+	$(PY) -m study.stores.servers postgres start $(if $(DB_PORT),--port $(DB_PORT))
 
 db-stop: .venv  ## stop the PostgreSQL that make db started
-	$(PY) -m study.stores.postgres stop
+	$(PY) -m study.stores.servers postgres stop
 
 server: .venv  ## an MLflow tracking server for workers elsewhere (backend: make db's PostgreSQL, else sqlite)
-	$(PY) -m study.stores.mlflow_server start
+	$(PY) -m study.stores.servers mlflow start
 
 server-stop: .venv  ## stop the tracking server that make server started
-	$(PY) -m study.stores.mlflow_server stop
+	$(PY) -m study.stores.servers mlflow stop
 
 worker: .venv  ## one more worker on a study: make worker STORAGE=postgresql+psycopg://... TRACKING=http://head:port
 	@test -n "$(STORAGE)" -a -n "$(TRACKING)" || { echo "make worker needs STORAGE=<Optuna URL> and TRACKING=<MLflow server URL> (see README)"; exit 2; }

@@ -25,13 +25,12 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from analysis.store import first_line
-from cyclelike.config import ConfigError, RunConfig
-from cyclelike.fused import check_fusable
+from cyclelike.config import RunConfig
 
 from . import autotune, preflight
 from .ledger import count_configs, queue_missing, recover_stale, unrun_cells
 from .retries import is_killed, not_rerun
-from .spec import SweepError, SweepSpec
+from .spec import SweepSpec
 from .stores.mlflow import ensure_experiment, prepare_store, set_trials_view
 from .stores.optuna import (
     OUTAGE_EXIT,
@@ -205,51 +204,12 @@ def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, plann
     return close
 
 
-def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int, bool]:
-    """Worker processes, torch threads per worker and whether seeds fuse. `auto` reads this machine's cached
-    measurement of the study's typical cell (measuring it once where there is none; on CUDA, workers sharing the GPU
-    within its free memory, study.autotune), except for a timing study: one worker with every thread, seeds one after
-    another; never more threads in all than cores."""
-    if workers != "auto" and (not isinstance(workers, int) or workers < 1):
-        raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
-    if fuse not in ("auto", "on", "off"):
-        raise SweepError(f"--fuse-seeds {fuse}: expected auto, on or off")
-    cell = spec.config_for(spec.grid_cells()[0] if spec.sampler == "grid" else {}, spec.seeds[0])
-    if not spec.is_timing and (workers == "auto" or fuse == "auto"):  # only auto measures: ranking builds networks
-        cell = autotune.typical_cell(autotune.timing_sample(spec))
-    try:
-        check_fusable([cell, cell.replace(seed=cell.seed + 1)])
-        fusable = len(spec.seeds) > 1
-    except ConfigError as why:
-        fusable = False
-        if fuse == "on":
-            print(f"--fuse-seeds on: seeds run one by one, since {why}", flush=True)
-    n = autotune.cores()
-    if spec.is_timing:  # its times are what it measures: beside another trial they would time the contention too
-        count = 1 if workers == "auto" else workers
-        if count > 1:
-            print(f"study {spec.name} is a timing study: with {count} workers its trials run side by side, so their "
-                  "times include the contention between them (the report fits only runs timed alone; --workers auto "
-                  "times each alone)", flush=True)
-        return count, spec.base_config().threads or max(1, n // count), fusable and fuse == "on"
-    tuning = None
-    if workers == "auto":
-        tuning = autotune.tune(cell, spec.seeds, fusable)
-    elif fuse == "auto":
-        tuning = autotune.cached(cell)
-    count = tuning.workers if workers == "auto" else workers
-    # a fixed `threads` is what every trial sets (cyclelike.train), so it is what the workers run with
-    threads = spec.base_config().threads or (tuning.threads if workers == "auto" else max(1, n // count))
-    fused = fusable and (fuse == "on" or (fuse == "auto" and tuning is not None and tuning.fuse))
-    return count, threads, fused
-
-
 def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | str = 1, max_trials: int = 0,
               probe: bool = True, fuse: str = "off") -> pd.DataFrame:
     """Run the study; returns the trials table. Raises SweepFailed, after closing everything, when the sweep
     was interrupted, a worker died, or every trial of this invocation failed."""
     preflight.check_sweep(spec, workers)  # bad data or an N that cannot fit: said before anything is created
-    workers, threads, fused = execution(spec, workers, fuse)
+    workers, threads, fused = autotune.plan_workers(spec, workers, fuse)
     t0 = time.time()
     client, study, experiment_id, parent_run_id = prepare(spec, storage_url, workers)
     invocation = f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

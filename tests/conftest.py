@@ -93,17 +93,17 @@ def postgres_server():
     import shutil
     import tempfile
 
-    from study.stores import postgres
+    from study.stores import servers
 
     try:
-        postgres.find_binary("initdb")
-    except postgres.PostgresError as missing:
+        servers.find_binary("initdb")
+    except servers.ServerError as missing:
         pytest.skip(str(missing))
     # under /tmp, readable by the `postgres` user the server runs as when the tests run as root
     parent = Path(tempfile.mkdtemp(prefix="cyclelike-pg-"))
     parent.chmod(0o755)
-    yield postgres.start(parent / "cluster")
-    postgres.stop(parent / "cluster")
+    yield servers.start_postgres(parent / "cluster")
+    servers.stop_postgres(parent / "cluster")
     shutil.rmtree(parent, ignore_errors=True)
 
 

@@ -710,12 +710,12 @@ def test_a_sweep_ends_with_the_time_it_took_beside_the_time_it_planned():
 
 def test_a_fixed_thread_count_is_the_one_the_sweep_says_it_runs(monkeypatch):
     from study import autotune
-    from study.sweep import execution
+    from study.autotune import plan_workers
 
     monkeypatch.setattr(autotune, "cores", lambda: 4)
     spec = parse_sweep(GOOD, "threads.toml", {"threads": 1})
-    assert execution(spec, 1, "off") == (1, 1, False)  # each trial sets its threads=1, whatever the cores
-    assert execution(parse_sweep(GOOD, "cores.toml"), 2, "off") == (2, 2, False)  # else the cores shared out
+    assert plan_workers(spec, 1, "off") == (1, 1, False)  # each trial sets its threads=1, whatever the cores
+    assert plan_workers(parse_sweep(GOOD, "cores.toml"), 2, "off") == (2, 2, False)  # else the cores shared out
 
 
 def test_estimate_probes_the_largest_queued_condition(tmp_path):
