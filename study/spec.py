@@ -41,7 +41,6 @@ from typing import Any
 
 from analysis.store import safe_part
 from cyclelike.config import ConfigError, RunConfig
-from cyclelike.execution import identity
 
 OBJECTIVE_METRICS = (
     "pair/forward_top1", "pair/backward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1",
@@ -109,6 +108,8 @@ class SweepSpec:
     @property
     def fixed_key(self) -> str:
         """The identity of what this sweep file holds fixed (the space and the seed aside)."""
+        from cyclelike.execution import identity  # it imports torch, which `python -m study --help` need not
+
         fixed = {k: v for k, v in identity(self.base_config()).items() if k not in self.space}
         return hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 

@@ -41,8 +41,8 @@ from .stores.optuna import (
     open_storage,
     outage_reason,
 )
-from .tracking import RunLogger, provenance
-from .workers import NAME_ORDER, Context, repair_hollow, worker_loop, worker_process
+from .tracking import RunLogger, name_order, provenance
+from .workers import Context, repair_hollow, worker_loop, worker_process
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -90,7 +90,7 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
         if "sampler" not in study.user_attrs:
             study.set_user_attr("sampler", spec.sampler)
         parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
-        set_trials_view(client, experiment_id, [*sorted(spec.space, key=_name_order), "seed"], spec.objectives[0],
+        set_trials_view(client, experiment_id, [*sorted(spec.space, key=name_order), "seed"], spec.objectives[0],
                         spec.directions[0] == "maximize")
         RunLogger(client, parent_run_id).set_tags(provenance())
         recovered = recover_stale(study, storage, client, spec.keep_checkpoints)
@@ -112,10 +112,6 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
         print(f"study {spec.name}: grid of {total} trials ({len(spec.grid_cells())} cells x {len(spec.seeds)} seeds), "
               f"{queue['queued']} queued now ({queue['retries']} of them retries of failed trials)")
     return client, study, experiment_id, parent_run_id
-
-
-def _name_order(key: str) -> tuple[int, str]:
-    return (NAME_ORDER.index(key) if key in NAME_ORDER else len(NAME_ORDER), key)
 
 
 def plan(study: optuna.Study, spec: SweepSpec, max_trials: int) -> int:

@@ -253,3 +253,33 @@ def dataset_inputs(tables: dict, source: str | None) -> list:
             entity = dataset._to_mlflow_entity()  # the schema and the digest are computed here
         inputs.append(DatasetInput(entity, [InputTag(key="mlflow.data.context", value=context)]))
     return inputs
+
+
+SHORT_NAMES = {"n_images": "N", "lambda_cyc": "cyc", "lambda_l1": "l1", "lambda_adv": "adv", "lambda_id": "id",
+               "base_filters": "w", "image_size": "px", "batch_size": "bs"}
+
+
+NAME_ORDER = ("pairing", "direction_schedule", "scheme", "arch")
+
+
+def name_order(key: str) -> tuple[int, str]:
+    return (NAME_ORDER.index(key) if key in NAME_ORDER else len(NAME_ORDER), key)
+
+
+def run_name(spec, params: dict[str, Any], seed: int | str) -> str:
+    """What the MLflow UI lists: N and the seed first, so that they survive the UI's truncation of long names,
+    then the rest of the condition, e.g. N10-s0-fixed-unet-cyc1."""
+    keys = [k for k in NAME_ORDER if k in params] + sorted(k for k in params if k not in NAME_ORDER)
+    parts = []
+    for k in keys:
+        v = params[k]
+        text = f"{v:g}" if isinstance(v, float) else str(v)
+        parts.append(text if isinstance(v, str) else f"{SHORT_NAMES.get(k, k)}{text}")
+    lead = [p for p in parts if p.startswith("N") and p[1:].isdigit()]
+    return "-".join([*lead, f"s{seed}", *[p for p in parts if p not in lead]] or [spec.name])
+
+
+def shown_params(spec) -> tuple[str, ...]:
+    """The config keys a trial's run shows as params: what its study varies (a budget per image varies epochs)."""
+    varied = sorted(spec.space, key=name_order)
+    return (*varied, *(("epochs",) if spec.epochs_per_image else ()))

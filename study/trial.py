@@ -104,27 +104,15 @@ class TrackedRun:
         self.epoch = stats.epoch  # the epoch a checkpoint saved next is of
         if stats.epoch == 0:  # the untrained map: the slider opens on it and the curves start from it
             if self.eval_every:
-                t0 = time.perf_counter()
-                result = _evaluate(translator, self.data)
-                self.eval_s += time.perf_counter() - t0
                 # kept: "the initialisation decides the pairs" is a candidate explanation (pair/agree_initial)
-                self.history.append((0, replace(result, outputs={})))
-                self.logger.log_metrics(result.metrics, step=0)
-                self.logger.log_image(pairing_strip(self.data, result), "pairing/strip", 0)
+                self._evaluated(translator, 0, None)
             return False
         self.logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
         # the seed's own share of a fused epoch: a fused group's K seeds trained in that time together
         self.epoch_seconds[stats.epoch] = stats.epoch_s / stats.seeds
         if not self.eval_every or stats.epoch % self.eval_every or stats.epoch == self.config.epochs:
             return False
-        t0 = time.perf_counter()
-        result = _evaluate(translator, self.data, self.initial)
-        self.eval_s += time.perf_counter() - t0
-        self.history.append((stats.epoch, replace(result, outputs={})))  # images would bloat each checkpoint
-        self.logger.log_metrics(result.metrics, step=stats.epoch)
-        # the run page's image slider shows the pairs forming, one strip per evaluation (the sample grid, the
-        # original's figure, is drawn once at the end: the strips already show every evaluation)
-        self.logger.log_image(pairing_strip(self.data, result), "pairing/strip", stats.epoch)
+        result = self._evaluated(translator, stats.epoch, self.initial)
         if self.report is not None and self.report(stats.epoch, result.metrics):
             self.pruned = True
             return True
@@ -136,6 +124,17 @@ class TrackedRun:
             self.config.patience_epochs, need_top1=paired,
             backward=[r.b for _, r in self.history] if both_ways else None)
         return self.locked
+
+    def _evaluated(self, translator: Translator, epoch: int, initial: np.ndarray | None) -> PairingResult:
+        """Evaluate, and log the metrics and the strip: the run page's image slider shows the pairs forming, one
+        strip per evaluation (the sample grid, the original's figure, is drawn once at the end)."""
+        t0 = time.perf_counter()
+        result = _evaluate(translator, self.data, initial)
+        self.eval_s += time.perf_counter() - t0
+        self.history.append((epoch, replace(result, outputs={})))  # images would bloat each checkpoint
+        self.logger.log_metrics(result.metrics, step=epoch)
+        self.logger.log_image(pairing_strip(self.data, result), "pairing/strip", epoch)
+        return result
 
     @property
     def initial(self) -> np.ndarray | None:

@@ -40,27 +40,8 @@ from .stores.optuna import (
     open_storage,
     outage_reason,
 )
-from .tracking import RunLogger, reproduce_command
+from .tracking import RunLogger, reproduce_command, run_name, shown_params
 from .trial import Report, TrialOutcome, run_trials
-
-SHORT_NAMES = {"n_images": "N", "lambda_cyc": "cyc", "lambda_l1": "l1", "lambda_adv": "adv", "lambda_id": "id",
-               "base_filters": "w", "image_size": "px", "batch_size": "bs"}
-
-
-NAME_ORDER = ("pairing", "direction_schedule", "scheme", "arch")
-
-
-def run_name(spec: SweepSpec, params: dict[str, Any], seed: int | str) -> str:
-    """What the MLflow UI lists: N and the seed first, so that they survive the UI's truncation of long names,
-    then the rest of the condition, e.g. N10-s0-fixed-unet-cyc1."""
-    keys = [k for k in NAME_ORDER if k in params] + sorted(k for k in params if k not in NAME_ORDER)
-    parts = []
-    for k in keys:
-        v = params[k]
-        text = f"{v:g}" if isinstance(v, float) else str(v)
-        parts.append(text if isinstance(v, str) else f"{SHORT_NAMES.get(k, k)}{text}")
-    lead = [p for p in parts if p.startswith("N") and p[1:].isdigit()]
-    return "-".join([*lead, f"s{seed}", *[p for p in parts if p not in lead]] or [spec.name])
 
 
 @dataclass
@@ -120,25 +101,19 @@ def _start(ctx: Context, client, study, trial, params, config) -> Started:
     if config.threads == 0:
         config = config.replace(threads=ctx.threads)
     logger = _reopen(client, study, trial, spec) if "resume_run" in trial.user_attrs else None
-    if logger is not None:
-        trial.set_user_attr("mlflow_run_id", logger.run_id)
-        return Started(trial, params, config, logger, _reporter(spec, trial))
-    logger = RunLogger.start(client, ctx.experiment_id, run_name(spec, params, seed), parent_run_id=ctx.parent_run_id,
-                             tags={"study": spec.name, "trial": trial.number, "seed": seed,
-                                   "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING",
-                                   "eval_every": spec.eval_every, **ctx.provenance,
-                                   # the run's description: one line, so the image cards keep their images
-                                   "mlflow.note.content": f"Trial {trial.number} of study {spec.name}, seed {seed}."},
-                             shown=shown_params(spec))
-    logger.set_tags({"reproduce": reproduce_command(logger.run_id)})
+    if logger is None:
+        logger = RunLogger.start(client, ctx.experiment_id, run_name(spec, params, seed),
+                                 parent_run_id=ctx.parent_run_id,
+                                 tags={"study": spec.name, "trial": trial.number, "seed": seed,
+                                       "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING",
+                                       "eval_every": spec.eval_every, **ctx.provenance,
+                                       # the run's description: one line, so the image cards keep their images
+                                       "mlflow.note.content": f"Trial {trial.number} of study {spec.name}, "
+                                                              f"seed {seed}."},
+                                 shown=shown_params(spec))
+        logger.set_tags({"reproduce": reproduce_command(logger.run_id)})
     trial.set_user_attr("mlflow_run_id", logger.run_id)
     return Started(trial, params, config, logger, _reporter(spec, trial))
-
-
-def shown_params(spec: SweepSpec) -> tuple[str, ...]:
-    """The config keys a trial's run shows as params: what its study varies (a budget per image varies epochs)."""
-    varied = sorted(spec.space, key=lambda k: (NAME_ORDER.index(k) if k in NAME_ORDER else len(NAME_ORDER), k))
-    return (*varied, *(("epochs",) if spec.epochs_per_image else ()))
 
 
 def _reopen(client, study: optuna.Study, trial, spec: SweepSpec) -> RunLogger | None:
@@ -207,11 +182,7 @@ def _train(study, storage, ctx: Context, started: list[Started]) -> list[TrialOu
                               resume=first.logger.run_id == first.trial.user_attrs.get("resume_run"),
                               keep_checkpoint=spec.keep_checkpoints, drop=False, alive=alive)
     except KeyboardInterrupt:
-        # stopped, not failed: the next invocation runs these conditions again
-        for run in started:
-            run.trial.set_user_attr("failure", "killed: interrupted")
-            study.tell(run.trial, state=TrialState.FAIL)
-            run.logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": "killed: interrupted"})
+        _kill(study, started, "killed: interrupted")  # the next invocation runs these conditions again
         raise
     except (NonFiniteLossError, DataError, ConfigError) as err:
         for run in started:
@@ -220,7 +191,9 @@ def _train(study, storage, ctx: Context, started: list[Started]) -> list[TrialOu
             _fail(study, run.trial, run.logger, f"{type(err).__name__}: {err}")
     except Exception as err:
         if is_outage(err):
-            _stop_for_outage(study, started, err)
+            # no retry is used up; closed where the store still answers (else the next start closes them)
+            _kill(study, started, f"killed: the store stopped answering ({outage_reason(err)})", lost=True)
+            raise StoreOutage(first_line(err)) from None
         for run in started:
             _fail(study, run.trial, run.logger, traceback.format_exc())
     finally:
@@ -228,17 +201,15 @@ def _train(study, storage, ctx: Context, started: list[Started]) -> list[TrialOu
     return None
 
 
-def _stop_for_outage(study, started: list[Started], err: BaseException) -> None:
-    """The store stopped answering mid-trial: the trials are killed, not failed (no retry is used up), closed
-    where the store still answers (else the next start closes them), and this worker stops."""
-    reason = f"killed: the store stopped answering ({outage_reason(err)})"
+def _kill(study, started: list[Started], reason: str, lost: bool = False) -> None:
+    """Stopped, not failed: the trials are failed as killed, which uses up no retry, and their runs closed as
+    KILLED; with the store `lost`, as far as it still answers."""
     for run in started:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception) if lost else contextlib.nullcontext():
             run.trial.set_user_attr("failure", reason)
             study.tell(run.trial, state=TrialState.FAIL)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception) if lost else contextlib.nullcontext():
             run.logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": reason})
-    raise StoreOutage(first_line(err)) from None
 
 
 def _superseded(trial, logger) -> None:
@@ -332,6 +303,16 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
     spec = ctx.spec
     repeats = 0
     beat = heartbeat_enabled(storage)
+
+    def reserve() -> bool:  # one more trial of this invocation's budget: a claim's first, or a fused seed
+        if counter is None:
+            return True
+        with counter.get_lock():
+            if ctx.max_trials and counter.value >= ctx.max_trials:
+                return False
+            counter.value += 1
+            return True
+
     while repeats < 50:  # fifty repeat draws in a row: the space holds no new condition
         if ctx.deadline and time.time() > ctx.deadline:
             break
@@ -350,20 +331,8 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
                 time.sleep(2.0 if beat else 1.0)
                 continue
             break
-        if counter is not None:
-            with counter.get_lock():
-                if ctx.max_trials and counter.value >= ctx.max_trials:
-                    break
-                counter.value += 1
-        def reserve() -> bool:  # one more trial of this invocation's budget, for a fused group
-            if counter is None:
-                return True
-            with counter.get_lock():
-                if ctx.max_trials and counter.value >= ctx.max_trials:
-                    return False
-                counter.value += 1
-                return True
-
+        if not reserve():
+            break
         ran = objective(study, storage, ctx, client, reserve)
         if ran:
             ended.append(time.time())

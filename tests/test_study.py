@@ -616,7 +616,7 @@ def test_resuming_train_with_other_settings_names_them_and_keeps_the_config(tmp_
 
 
 def test_run_names_say_the_condition_and_seed():
-    from study.workers import run_name
+    from study.tracking import run_name
 
     spec = parse_sweep(GOOD, "names.toml")
     params = {"n_images": 10, "arch": "unet", "lambda_cyc": 1.0, "pairing": "fixed"}
