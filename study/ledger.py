@@ -102,15 +102,8 @@ def recover_stale(study: optuna.Study, storage, client, keep_checkpoints: bool =
 def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
     """Queue each (condition, seed) asked for that has no trial done, running or waiting: the grid's cells
     not yet run, killed trials, and failed ones up to spec.max_retries times (their cause may be gone)."""
-    tried: dict[tuple[str, int], list[FrozenTrial]] = defaultdict(list)
-    for t in study.get_trials(deepcopy=False):
-        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious"):
-            tried[(t.user_attrs["config_key"], t.user_attrs["seed"])].append(t)
-    wanted: dict[tuple[str, int], dict] = {}
-    if spec.sampler == "grid":
-        for params in spec.grid_cells():
-            for seed in spec.seeds:
-                wanted[(config_key(spec.config_for(params, seed)), seed)] = params
+    tried = _tried(study)
+    wanted = dict(_grid(spec)) if spec.sampler == "grid" else {}
     for (key, seed), trials in tried.items():  # sampled conditions of this sweep's fixed values
         if trials[-1].user_attrs.get("fixed_key") == spec.fixed_key and not spec.sampler == "grid":
             wanted.setdefault((key, seed), trials[-1].params)
@@ -247,21 +240,27 @@ def unrun_cells(study: optuna.Study, spec: SweepSpec) -> list[str]:
     dead one was not yet found out). Each as `param=value ... seed=s`, and `(RUNNING)` where one runs it."""
     if spec.sampler != "grid":
         return []
-    ended: set[tuple[str, int]] = set()
-    running: set[tuple[str, int]] = set()
-    for t in study.get_trials(deepcopy=False):
-        if "config_key" not in t.user_attrs or t.user_attrs.get("spurious"):
+    tried, unrun = _tried(study), []
+    for (key, seed), params in _grid(spec):
+        trials = tried.get((key, seed), [])
+        if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.state == TrialState.FAIL and not is_killed(t)
+               for t in trials):
             continue
-        cell = (t.user_attrs["config_key"], t.user_attrs["seed"])
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and not is_killed(t)):
-            ended.add(cell)
-        elif t.state == TrialState.RUNNING:
-            running.add(cell)
-    unrun = []
-    for params in spec.grid_cells():
-        for seed in spec.seeds:
-            cell = (config_key(spec.config_for(params, seed)), seed)
-            if cell not in ended:
-                unrun.append(" ".join([*(f"{k}={v}" for k, v in params.items()), f"seed={seed}"])
-                             + (" (RUNNING)" if cell in running else ""))
+        running = " (RUNNING)" if any(t.state == TrialState.RUNNING for t in trials) else ""
+        unrun.append(" ".join([*(f"{k}={v}" for k, v in params.items()), f"seed={seed}"]) + running)
     return unrun
+
+
+def _tried(study: optuna.Study) -> dict[tuple[str, int], list[FrozenTrial]]:
+    """The trials of each (condition, seed), oldest first; repeat draws are none."""
+    tried: dict[tuple[str, int], list[FrozenTrial]] = defaultdict(list)
+    for t in study.get_trials(deepcopy=False):
+        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious"):
+            tried[(t.user_attrs["config_key"], t.user_attrs["seed"])].append(t)
+    return tried
+
+
+def _grid(spec: SweepSpec) -> list[tuple[tuple[str, int], dict[str, Any]]]:
+    """Each (condition, seed) of the grid with its cell's params."""
+    return [((config_key(spec.config_for(params, seed)), seed), params)
+            for params in spec.grid_cells() for seed in spec.seeds]

@@ -51,7 +51,7 @@ def find_binary(name: str) -> str:
     if versions:
         return versions[-1]
     raise ServerError(f"PostgreSQL's {name} was not found (on PATH or under /usr/lib/postgresql/*/bin); "
-                        "install it: apt-get install -y postgresql")
+                      "install it: apt-get install -y postgresql")
 
 
 def free_port() -> int:
@@ -84,7 +84,7 @@ def _owner() -> str | None:
         pwd.getpwnam("postgres")
     except KeyError:
         raise ServerError("running as root and there is no 'postgres' user to run the server as; "
-                            "install the Debian package (apt-get install -y postgresql)") from None
+                          "install the Debian package (apt-get install -y postgresql)") from None
     return "postgres"
 
 
@@ -186,7 +186,7 @@ def start_mlflow(backend: str, host: str, port: int, timeout: float = 90.0) -> s
     pid_file, log = _mlflow_files()
     if pid_file.exists() and _alive(int(pid_file.read_text())):
         raise ServerError(f"a tracking server is running already (pid {pid_file.read_text().strip()}); "
-                            "make server-stop first")
+                          "make server-stop first")
     artifacts = store_dir() / "artifacts-server"
     artifacts.mkdir(parents=True, exist_ok=True)
     mlflow = Path(sys.executable).with_name("mlflow")
