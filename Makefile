@@ -12,6 +12,7 @@ CONFIG ?= study/configs/default.toml
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 STUDY ?=
+TEST_WORKERS ?= auto  # pytest-xdist workers for make test: one per core
 .PHONY: help test lint train sweep run ui dashboard report scaling bench browser postgres db db-stop server \
 	server-stop worker clean
 
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 test: .venv browser postgres  ## ruff, the import layers (no circles) and the test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS)
 
 lint: .venv  ## ruff and the import layers
 	$(VENV)/bin/ruff check .
@@ -77,16 +78,16 @@ browser:
 		echo "chromium not installed: the report's browser test will skip"; }
 
 db: .venv postgres  ## a PostgreSQL for studies on several machines (mlruns/postgres; HOST=0.0.0.0 opens it)
-	$(PY) -m study.postgres start $(if $(DB_PORT),--port $(DB_PORT))
+	$(PY) -m study.stores.servers postgres start $(if $(DB_PORT),--port $(DB_PORT))
 
 db-stop: .venv  ## stop the PostgreSQL that make db started
-	$(PY) -m study.postgres stop
+	$(PY) -m study.stores.servers postgres stop
 
 server: .venv  ## an MLflow tracking server for workers elsewhere (backend: make db's PostgreSQL, else sqlite)
-	$(PY) -m study.server start
+	$(PY) -m study.stores.servers mlflow start
 
 server-stop: .venv  ## stop the tracking server that make server started
-	$(PY) -m study.server stop
+	$(PY) -m study.stores.servers mlflow stop
 
 worker: .venv  ## one more worker on a study: make worker STORAGE=postgresql+psycopg://... TRACKING=http://head:port
 	@test -n "$(STORAGE)" -a -n "$(TRACKING)" || { echo "make worker needs STORAGE=<Optuna URL> and TRACKING=<MLflow server URL> (see README)"; exit 2; }

@@ -77,7 +77,7 @@ def run_page(ui: str, experiment_id: str, run_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC_VIEW}"
 
 
-TRIALS_VIEW = "trials"  # the experiment's shared view (study.tracking.set_trials_view) that links open
+TRIALS_VIEW = "trials"  # the experiment's shared view (study.stores.mlflow.set_trials_view) that links open
 
 
 def trials_page(ui: str, experiment_id: str) -> str:

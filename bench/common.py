@@ -94,8 +94,8 @@ def scratch_sweep(name: str, trials: int, workers, fuse: str, sets: dict | None 
     would run it: the trials table and the MLflow runs (metrics and params by their own names)."""
     import mlflow
 
+    from study.stores.mlflow import prepare_store
     from study.sweep import run_sweep
-    from study.tracking import prepare_store
 
     with scratch_store() as store:
         prepare_store()  # once per machine in real use: not part of any way's time

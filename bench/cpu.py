@@ -173,8 +173,8 @@ def profile_epoch(config: RunConfig) -> dict:
 def harness_overhead() -> dict:
     """The default sweep's timing sample in a scratch store, one worker: the workers' busy seconds against
     the trials' own work (loading images, building networks, training epochs, evaluations)."""
+    from study.stores.mlflow import prepare_store
     from study.sweep import WORK_COLUMNS, run_sweep
-    from study.tracking import prepare_store
 
     with scratch_store() as store:
         # a store is created once per machine, not once per sweep: its schema migration is set up here
@@ -195,12 +195,12 @@ def throughput() -> dict:
     every thread, seeds one after another), auto workers, and auto workers with fused seeds. The auto
     measurement (of the sample's typical cell, as `make sweep` makes it) is made and cached before the
     clock starts: a machine pays it once per cell."""
-    from study.sweep import execution
+    from study.autotune import plan_workers
 
     sets = timing_sample()
     spec = load_sweep(DEFAULT_SWEEP, sets)
     t0 = time.perf_counter()
-    execution(spec, "auto", "auto")
+    plan_workers(spec, "auto", "auto")
     tune_s = time.perf_counter() - t0
     tuning = autotune.cached(autotune.typical_cell(autotune.timing_sample(spec)))
     trials = len(spec.grid_cells()) * len(spec.seeds)

@@ -6,7 +6,7 @@ as bench/cpu.py on THIS device, every way of executing them side by side in one 
 - switches: each execution switch on against off from the auto setting, at the precision `ways` found faster.
 - pairing: the default cell replayed against eager, the same seeds, cuDNN deterministic: the same maths gives the
   same pairs. These three sections are what the defaults file of this kind of device rests on (bench.json's
-  `defaults`; `python -m study.device_defaults bench.json` writes it), so they run first.
+  `defaults`; `python -m bench.defaults bench.json` writes it), so they run first.
 - fused: train() of K = 1..64 seeds as one stacked model, seed-epochs per second, until memory runs out.
 - utilisation: FLOP/s of the seed workload alone and fused at its best K against a bf16 peak measured now.
 - study: the default study with `--workers auto`, wall seconds and trials per hour.
@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Timer
 
+from bench.defaults import SAME, derive, measured_precision, suggested_row
 from cyclelike.config import SWITCHES, RunConfig
 from cyclelike.data import Domains, load_domains
 from cyclelike.execution import AUTO, DEFAULTS, device_kind, resolve_precision
 from cyclelike.fused import vmap_autocasts
 from cyclelike.train import TrainResult, train
 from study import autotune
-from study.device_defaults import SAME, derive, measured_precision, suggested_row
 from study.spec import load_sweep
 
 from .common import (
@@ -306,11 +306,11 @@ def study_throughput(workers: int | str = "auto", sets: dict | None = None, tria
     """The default study (`sets` pins values, `trials` caps it) as `make sweep --workers auto` runs it, in a scratch
     store: wall seconds and trials per hour. The auto measurement is made (and cached) before the clock starts, as
     bench/cpu.py's throughput does: a machine pays it once per cell."""
-    from study.sweep import execution
+    from study.autotune import plan_workers
 
     spec = load_sweep(DEFAULT_SWEEP, sets)
     t0 = time.perf_counter()
-    count, threads, fused = execution(spec, workers, "auto")
+    count, threads, fused = plan_workers(spec, workers, "auto")
     tune_s = time.perf_counter() - t0
     tuning = autotune.cached(autotune.typical_cell(autotune.timing_sample(spec))) if workers == "auto" else None
     print(f"study: {count} worker(s) x {threads} thread(s){', seeds fused' if fused else ''} (choosing took "
@@ -394,5 +394,5 @@ def run(device: torch.device, settings: dict, out: Path | None = None, only: tup
                  for n in workloads}
         save("compiled", {n: compiled_row(n, workloads[n], device, s["epochs"], plain[n]) for n in s["compile"]})
     print(f"targets: {results.get('targets')}\nthe defaults this sets for {device_kind(device)}: "
-          f"{results['defaults']['auto']} (python -m study.device_defaults BENCH_JSON writes them)", flush=True)
+          f"{results['defaults']['auto']} (python -m bench.defaults BENCH_JSON writes them)", flush=True)
     return results

@@ -7,7 +7,7 @@
 # others' output; the bench writes bench.json after each of its sections (those the defaults need first), so a
 # timeout keeps the figures measured before it.
 # Usage: scripts/gpu_check.sh   (OUT=folder for bench.json, cuda.json and gpu_check.log, default: the checkout;
-# PY=python). Then, on the machine with the checkout: python -m study.device_defaults OUT/bench.json
+# PY=python). Then, on the machine with the checkout: python -m bench.defaults OUT/bench.json
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -38,7 +38,7 @@ export PYTHONUNBUFFERED=1 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
     bench=$?
     echo "== bench exit $bench (124: timed out; bench.json keeps the sections that ended)"
     echo "== the defaults these figures set, into $OUT/<kind>.json (what cyclelike/defaults/ would hold)"
-    timeout -k 5 60 "$PY" -m study.device_defaults "$OUT/bench.json" --out "$OUT"
+    timeout -k 5 60 "$PY" -m bench.defaults "$OUT/bench.json" --out "$OUT"
     defaults=$?
     worst=$(( tests > bench ? tests : bench ))
     exit $(( worst > defaults ? worst : defaults ))

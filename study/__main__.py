@@ -43,7 +43,7 @@ def _sweep(args) -> int:
         print("this invocation: no trial left to run; the study is as the table shows")
     from analysis.store import DEFAULT_UI, trials_page
 
-    from .tracking import disk_use
+    from .stores.mlflow import disk_use
 
     print(f"disk: {disk_use(spec.name)}")
     if table.attrs.get("experiment_id"):
@@ -112,8 +112,9 @@ def _reproduction_note(source, run_id: str, experiment_id: str) -> dict[str, str
 def _run(args) -> int:
     from cyclelike.train import timed_text
 
-    from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, reproduce_command
-    from .trial import run_trial
+    from .stores.mlflow import ensure_experiment, prepare_store
+    from .tracking import RunLogger, provenance, reproduce_command
+    from .trial import run_trials
 
     sets = parse_sets(args.sets)
     client, source = None, None
@@ -156,7 +157,7 @@ def _run(args) -> int:
     logger.set_tags({"reproduce": reproduce_command(logger.run_id),
                      **(_reproduction_note(source, logger.run_id, experiment_id) if source is not None else {})})
     try:
-        outcome = run_trial(config, logger, eval_every, desc=name)
+        (outcome,) = run_trials([config], [logger], eval_every, desc=name)
     except KeyboardInterrupt:
         logger.finish("KILLED")
         raise
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # a store lost before or after the trials (planning, the final table): one line too
-        from .storage import OUTAGE_EXIT, is_outage, outage_reason
+        from .stores.optuna import OUTAGE_EXIT, is_outage, outage_reason
 
         if not is_outage(err):
             raise

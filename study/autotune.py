@@ -26,8 +26,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from cyclelike.config import RunConfig
+from cyclelike.config import ConfigError, RunConfig
+from cyclelike.fused import check_fusable
+
+from .spec import SweepError, SweepSpec
 
 MEASURE_EPOCHS = 3  # after one warm-up epoch: enough to rank plans whose rates differ by more than ~10%
 CELL_KEYS = ("scheme", "arch", "image_size", "base_filters", "d_filters", "n_images", "batch_size", "norm",
@@ -337,3 +341,48 @@ def tune_gpu(config: RunConfig, seeds: list[int], fusable: bool, machine: str, c
     best = {f: max((r for (_, g), r in rates.items() if g == f), default=0.0) for f in (False, True)}
     return Tuning(machine, cell, {f"{w}x{max(1, n // w)}" + (" fused" if f else ""): r for (w, f), r in rates.items()},
                   best[True] / best[False] if best[False] > 0 else 0.0, workers, max(1, n // workers), fuse, memory)
+
+
+class Plan(NamedTuple):
+    workers: int  # worker processes
+    threads: int  # torch threads per worker
+    fuse: bool  # whether a condition's seeds train as one stacked model
+
+
+def plan_workers(spec: SweepSpec, workers: int | str, fuse: str) -> Plan:
+    """Worker processes, torch threads per worker and whether seeds fuse. `auto` reads this machine's cached
+    measurement of the study's typical cell (measuring it once where there is none; on CUDA, workers sharing the GPU
+    within its free memory), except for a timing study: one worker with every thread, seeds one after
+    another; never more threads in all than cores."""
+    if workers != "auto" and (not isinstance(workers, int) or workers < 1):
+        raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
+    if fuse not in ("auto", "on", "off"):
+        raise SweepError(f"--fuse-seeds {fuse}: expected auto, on or off")
+    cell = spec.config_for(spec.grid_cells()[0] if spec.sampler == "grid" else {}, spec.seeds[0])
+    if not spec.is_timing and (workers == "auto" or fuse == "auto"):  # only auto measures: ranking builds networks
+        cell = typical_cell(timing_sample(spec))
+    try:
+        check_fusable([cell, cell.replace(seed=cell.seed + 1)])
+        fusable = len(spec.seeds) > 1
+    except ConfigError as why:
+        fusable = False
+        if fuse == "on":
+            print(f"--fuse-seeds on: seeds run one by one, since {why}", flush=True)
+    n = cores()
+    if spec.is_timing:  # its times are what it measures: beside another trial they would time the contention too
+        count = 1 if workers == "auto" else workers
+        if count > 1:
+            print(f"study {spec.name} is a timing study: with {count} workers its trials run side by side, so their "
+                  "times include the contention between them (the report fits only runs timed alone; --workers auto "
+                  "times each alone)", flush=True)
+        return Plan(count, spec.base_config().threads or max(1, n // count), fusable and fuse == "on")
+    tuning = None
+    if workers == "auto":
+        tuning = tune(cell, spec.seeds, fusable)
+    elif fuse == "auto":
+        tuning = cached(cell)
+    count = tuning.workers if workers == "auto" else workers
+    # a fixed `threads` is what every trial sets (cyclelike.train), so it is what the workers run with
+    threads = spec.base_config().threads or (tuning.threads if workers == "auto" else max(1, n // count))
+    fused = fusable and (fuse == "on" or (fuse == "auto" and tuning is not None and tuning.fuse))
+    return Plan(count, threads, fused)

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from analysis.store import first_line
-from cyclelike.config import ConfigError, RunConfig
 from cyclelike.checkpoint import check_resumable
+from cyclelike.config import ConfigError, RunConfig
 
 from .tracking import RunLogger
 

@@ -22,8 +22,9 @@ resumable trial or a whole run:
 Killed before 2, the trial is RUNNING with a dead owner: failed as killed and resumed (at most one checkpoint
 interval trained again). Killed after 2, the run is whole and RUNNING: the next start closes it and deletes the
 checkpoint left in it (`recover_stale`). A COMPLETE trial whose run is not whole (left by a harness that told
-Optuna first) is repaired at the next start (`repair_hollow`): re-finished from its checkpoint, or retrained
-from epoch 0 without one, in the same run, tagged `repaired`.
+Optuna first) is found at the next start (`hollow_runs`) and repaired by the layer that trains
+(study.workers.repair_hollow): re-finished from its checkpoint, or retrained from epoch 0 without one, in the same
+run, tagged `repaired`.
 The named instants where the fault-injection tests kill a worker (CYCLELIKE_FAULT, `trial.fault`): claimed,
 checkpoint (after the first is stored), trained (after the last epoch), whole (after 1), told (after 2),
 dropped (after 3).
@@ -39,76 +40,22 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis.store import tracking_uri
 from cyclelike.config import EXECUTION_KEYS, RunConfig
 from cyclelike.execution import condition, identity
 
-from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
+from .checkpoints import CHECKPOINT_DIR, drop_checkpoint
 from .owners import owner_alive, owner_record
+from .retries import close_run, is_killed, requeue, resumes
 from .spec import SweepSpec
-from .storage import KILLED_STALE, coordinator_lock, heartbeat_enabled
+from .stores.optuna import coordinator_lock, heartbeat_enabled
 from .tracking import RunLogger
-from .trial import TrialOutcome, fault, is_whole, run_trial
+from .trial import TrialOutcome, fault, is_whole
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # needs no new trial
 
 
 def config_key(config: RunConfig) -> str:
     return hashlib.sha1(json.dumps(identity(config), sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def is_killed(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and "killed" in str(trial.user_attrs.get("failure", ""))
-
-
-def not_rerun(trials: list[FrozenTrial], killed: list[int]) -> list[int]:
-    """Of the killed trials `killed`, those whose condition and seed no retry has finished (COMPLETE or
-    PRUNED). A retry names the trial it repeats (retry_of) and may itself be killed and retried."""
-    retries: dict[int, list[FrozenTrial]] = {}
-    for t in trials:
-        if "retry_of" in t.user_attrs:
-            retries.setdefault(t.user_attrs["retry_of"], []).append(t)
-
-    def finished(number: int) -> bool:
-        return any(r.state in (TrialState.COMPLETE, TrialState.PRUNED) or finished(r.number)
-                   for r in retries.get(number, []))
-
-    return [n for n in killed if not finished(n)]
-
-
-def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a killed trial's condition and seed again: it did not fail, it was stopped. A trial killed before it
-    asked for its params has none yet: its cell is in the params it was queued with."""
-    if "config_key" in trial.user_attrs:
-        keep = {k: trial.user_attrs[k] for k in ("seed", "config_key", "fixed_key") if k in trial.user_attrs}
-        study.enqueue_trial(trial.params or trial.system_attrs.get("fixed_params", {}),
-                            user_attrs=keep | _resumes(trial))
-
-
-def _resumes(trial: FrozenTrial) -> dict[str, Any]:
-    """What a retry of a killed trial goes on from: its MLflow run, which holds the last checkpoint."""
-    attrs = {"retry_of": trial.number}
-    if "mlflow_run_id" in trial.user_attrs:
-        attrs["resume_run"] = trial.user_attrs["mlflow_run_id"]
-    return attrs
-
-
-def close_run(client, run_id: str, state: str, failure: str | None) -> None:
-    if failure:
-        client.set_tag(run_id, "failure", failure)
-    client.set_tag(run_id, "optuna.state", state)
-    status = {"COMPLETE": "FINISHED", "FAIL": "FAILED"}.get(state, "KILLED")
-    client.set_terminated(run_id, "KILLED" if "killed" in (failure or "") else status)
-
-
-def killed(study: optuna.Study, trial) -> None:
-    """Optuna's callback for a trial it failed on a missed heartbeat: close its run, queue it again."""
-    from mlflow.tracking import MlflowClient
-
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        close_run(MlflowClient(tracking_uri()), run_id, "FAIL", KILLED_STALE)
-    _retry(study, trial)
 
 
 def recover_dead(study: optuna.Study, storage) -> list[int]:
@@ -128,7 +75,7 @@ def recover_dead(study: optuna.Study, storage) -> list[int]:
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # failed by Optuna's stale check meanwhile, which queued its retry
-        _retry(study, t)
+        requeue(study, t)
         recovered.append(t.number)
     return recovered
 
@@ -155,15 +102,8 @@ def recover_stale(study: optuna.Study, storage, client, keep_checkpoints: bool =
 def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
     """Queue each (condition, seed) asked for that has no trial done, running or waiting: the grid's cells
     not yet run, killed trials, and failed ones up to spec.max_retries times (their cause may be gone)."""
-    tried: dict[tuple[str, int], list[FrozenTrial]] = defaultdict(list)
-    for t in study.get_trials(deepcopy=False):
-        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious"):
-            tried[(t.user_attrs["config_key"], t.user_attrs["seed"])].append(t)
-    wanted: dict[tuple[str, int], dict] = {}
-    if spec.sampler == "grid":
-        for params in spec.grid_cells():
-            for seed in spec.seeds:
-                wanted[(config_key(spec.config_for(params, seed)), seed)] = params
+    tried = _tried(study)
+    wanted = dict(_grid(spec)) if spec.sampler == "grid" else {}
     for (key, seed), trials in tried.items():  # sampled conditions of this sweep's fixed values
         if trials[-1].user_attrs.get("fixed_key") == spec.fixed_key and not spec.sampler == "grid":
             wanted.setdefault((key, seed), trials[-1].params)
@@ -177,7 +117,7 @@ def queue_missing(study: optuna.Study, spec: SweepSpec) -> dict[str, Any]:
             report["exhausted"].append((params, seed, failures[-1].user_attrs.get("failure", "")))
             continue
         report["retries"] += bool(failures)
-        resume = _resumes(trials[-1]) if trials and is_killed(trials[-1]) else {}
+        resume = resumes(trials[-1]) if trials and is_killed(trials[-1]) else {}
         study.enqueue_trial(params, user_attrs={"seed": seed, "config_key": key, "fixed_key": spec.fixed_key,
                                                 **resume})
         report["queued"] += 1
@@ -281,32 +221,17 @@ def conclude(study: optuna.Study, trial, logger: RunLogger, outcome: TrialOutcom
     logger.finish(status, tags={"optuna.state": state.name, **tags})
 
 
-def repair_hollow(study: optuna.Study, spec: SweepSpec, client) -> list[str]:
-    """Make whole the run of each COMPLETE trial that is not (a kill after the tell of a harness that told
-    Optuna first): re-finished from its checkpoint, or retrained from epoch 0 where it has none, in the same run,
-    which is tagged `repaired` with which. The trial's value stays what Optuna was told. Returns a line each."""
+def hollow_runs(study: optuna.Study, spec: SweepSpec, client) -> list[tuple[FrozenTrial, str]]:
+    """Each COMPLETE trial whose run is not whole (a kill after the tell of a harness that told Optuna first), with
+    its run's id: study.workers.repair_hollow makes it whole."""
     experiment = client.get_experiment_by_name(spec.name)
     runs = {t.user_attrs["mlflow_run_id"]: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if "mlflow_run_id" in t.user_attrs}
     if experiment is None or not runs:
         return []
-    said = []
-    for run in client.search_runs([experiment.experiment_id], "tags.trial != ''", max_results=50_000):
-        trial = runs.get(run.info.run_id)
-        if trial is None or is_whole(run.data.tags):
-            continue
-        logger = RunLogger(client, run.info.run_id)
-        client.update_run(run.info.run_id, status="RUNNING")
-        outcome = run_trial(spec.config_for(trial.params, trial.user_attrs["seed"]), logger, spec.eval_every,
-                            progress=False, weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S, resume=True,
-                            drop=False)
-        how = f"re-finished from its checkpoint at epoch {outcome.resumed_from}" if outcome.resumed_from else \
-            "retrained from epoch 0 (no checkpoint)"
-        logger.finish("FINISHED", tags={"optuna.state": "COMPLETE", "repaired": how})
-        if not spec.keep_checkpoints:
-            drop_checkpoint(logger, outcome)
-        said.append(f"trial {trial.number}'s run {run.info.run_id} was COMPLETE in Optuna but not whole: {how}")
-    return said
+    return [(runs[run.info.run_id], run.info.run_id)
+            for run in client.search_runs([experiment.experiment_id], "tags.trial != ''", max_results=50_000)
+            if run.info.run_id in runs and not is_whole(run.data.tags)]
 
 
 def unrun_cells(study: optuna.Study, spec: SweepSpec) -> list[str]:
@@ -315,21 +240,27 @@ def unrun_cells(study: optuna.Study, spec: SweepSpec) -> list[str]:
     dead one was not yet found out). Each as `param=value ... seed=s`, and `(RUNNING)` where one runs it."""
     if spec.sampler != "grid":
         return []
-    ended: set[tuple[str, int]] = set()
-    running: set[tuple[str, int]] = set()
-    for t in study.get_trials(deepcopy=False):
-        if "config_key" not in t.user_attrs or t.user_attrs.get("spurious"):
+    tried, unrun = _tried(study), []
+    for (key, seed), params in _grid(spec):
+        trials = tried.get((key, seed), [])
+        if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.state == TrialState.FAIL and not is_killed(t)
+               for t in trials):
             continue
-        cell = (t.user_attrs["config_key"], t.user_attrs["seed"])
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and not is_killed(t)):
-            ended.add(cell)
-        elif t.state == TrialState.RUNNING:
-            running.add(cell)
-    unrun = []
-    for params in spec.grid_cells():
-        for seed in spec.seeds:
-            cell = (config_key(spec.config_for(params, seed)), seed)
-            if cell not in ended:
-                unrun.append(" ".join([*(f"{k}={v}" for k, v in params.items()), f"seed={seed}"])
-                             + (" (RUNNING)" if cell in running else ""))
+        running = " (RUNNING)" if any(t.state == TrialState.RUNNING for t in trials) else ""
+        unrun.append(" ".join([*(f"{k}={v}" for k, v in params.items()), f"seed={seed}"]) + running)
     return unrun
+
+
+def _tried(study: optuna.Study) -> dict[tuple[str, int], list[FrozenTrial]]:
+    """The trials of each (condition, seed), oldest first; repeat draws are none."""
+    tried: dict[tuple[str, int], list[FrozenTrial]] = defaultdict(list)
+    for t in study.get_trials(deepcopy=False):
+        if "config_key" in t.user_attrs and not t.user_attrs.get("spurious"):
+            tried[(t.user_attrs["config_key"], t.user_attrs["seed"])].append(t)
+    return tried
+
+
+def _grid(spec: SweepSpec) -> list[tuple[tuple[str, int], dict[str, Any]]]:
+    """Each (condition, seed) of the grid with its cell's params."""
+    return [((config_key(spec.config_for(params, seed)), seed), params)
+            for params in spec.grid_cells() for seed in spec.seeds]

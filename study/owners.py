@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 
 from analysis.store import first_line
 
-from .storage import StoreOutage, heartbeat_enabled, heartbeat_grace_s
+from .stores.optuna import StoreOutage, heartbeat_enabled, heartbeat_grace_s
 
 LEASE_EVERY_S = 30.0
 LEASE_GRACE_S = float(os.environ.get("CYCLELIKE_LEASE_GRACE_S", 300))  # another host's trial is dead past this

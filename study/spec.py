@@ -41,7 +41,6 @@ from typing import Any
 
 from analysis.store import safe_part
 from cyclelike.config import ConfigError, RunConfig
-from cyclelike.execution import identity
 
 OBJECTIVE_METRICS = (
     "pair/forward_top1", "pair/backward_top1", "pair/bijectivity", "pair/mutual", "pair/cycle_top1",
@@ -109,6 +108,8 @@ class SweepSpec:
     @property
     def fixed_key(self) -> str:
         """The identity of what this sweep file holds fixed (the space and the seed aside)."""
+        from cyclelike.execution import identity  # it imports torch, which `python -m study --help` need not
+
         fixed = {k: v for k, v in identity(self.base_config()).items() if k not in self.space}
         return hashlib.sha1(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -322,15 +323,15 @@ def parse_sweep(raw: dict[str, Any], source: str = "", sets: dict[str, Any] | No
             "epochs_per_image: the budget then is epochs_per_image x n_images; leave epochs out of fixed and space")
     weights = raw.get("weights", "none")
     _expect(weights in ("none", "all"), f"weights={weights!r}: allowed values are none, all")
-    keep = raw.get("keep_checkpoints", False)
-    _expect(isinstance(keep, bool), f"keep_checkpoints={keep!r}: expected true or false")
+    keep_checkpoints = raw.get("keep_checkpoints", False)
+    _expect(isinstance(keep_checkpoints, bool), f"keep_checkpoints={keep_checkpoints!r}: expected true or false")
     timing = raw.get("timing", False)
     _expect(isinstance(timing, bool), f"timing={timing!r}: expected true or false")
     timeout = raw.get("timeout_s", 0)
     _expect(isinstance(timeout, int | float) and timeout >= 0, f"timeout_s={timeout!r}: expected a number >= 0")
     return SweepSpec(raw["name"].strip(), fixed, space, sampler, trials, float(timeout), seeds, eval_every,
                      pruner, objectives, directions, raw.get("description", ""), source, sampler_seed, max_retries,
-                     per_image, weights, keep, timing)
+                     per_image, weights, keep_checkpoints, timing)
 
 
 def load_sweep(path: str | Path, sets: dict[str, Any] | None = None) -> SweepSpec:

@@ -3,7 +3,7 @@
 `run_sweep` reads top-down: prepare (the store, the study, its parent run, the recovery of dead owners'
 trials and the queue of every (condition, seed) not yet done, under the coordinator lock), plan, run the
 workers (study.workers), summarise. What makes each (condition, seed) run once is study.ledger; the
-Optuna storage and what counts as an outage, study.storage.
+Optuna storage and what counts as an outage, study.stores.optuna.
 """
 
 from __future__ import annotations
@@ -25,15 +25,24 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from analysis.store import first_line
-from cyclelike.config import ConfigError, RunConfig
-from cyclelike.fused import check_fusable
+from cyclelike.config import RunConfig
 
 from . import autotune, preflight
-from .ledger import count_configs, is_killed, not_rerun, queue_missing, recover_stale, repair_hollow, unrun_cells
-from .spec import SweepError, SweepSpec
-from .storage import OUTAGE_EXIT, StoreOutage, coordinator_lock, is_outage, load_study, open_storage, outage_reason
-from .tracking import RunLogger, ensure_experiment, prepare_store, provenance, set_trials_view
-from .workers import NAME_ORDER, Context, worker_loop, worker_process
+from .ledger import count_configs, queue_missing, recover_stale, unrun_cells
+from .retries import is_killed, not_rerun
+from .spec import SweepSpec
+from .stores.mlflow import ensure_experiment, prepare_store, set_trials_view
+from .stores.optuna import (
+    OUTAGE_EXIT,
+    StoreOutage,
+    coordinator_lock,
+    is_outage,
+    load_study,
+    open_storage,
+    outage_reason,
+)
+from .tracking import RunLogger, name_order, provenance
+from .workers import Context, repair_hollow, worker_loop, worker_process
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -81,7 +90,7 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
         if "sampler" not in study.user_attrs:
             study.set_user_attr("sampler", spec.sampler)
         parent_run_id = ensure_parent_run(client, study, spec, experiment_id)
-        set_trials_view(client, experiment_id, [*sorted(spec.space, key=_name_order), "seed"], spec.objectives[0],
+        set_trials_view(client, experiment_id, [*sorted(spec.space, key=name_order), "seed"], spec.objectives[0],
                         spec.directions[0] == "maximize")
         RunLogger(client, parent_run_id).set_tags(provenance())
         recovered = recover_stale(study, storage, client, spec.keep_checkpoints)
@@ -103,10 +112,6 @@ def prepare(spec: SweepSpec, storage_url: str | None, workers: int):
         print(f"study {spec.name}: grid of {total} trials ({len(spec.grid_cells())} cells x {len(spec.seeds)} seeds), "
               f"{queue['queued']} queued now ({queue['retries']} of them retries of failed trials)")
     return client, study, experiment_id, parent_run_id
-
-
-def _name_order(key: str) -> tuple[int, str]:
-    return (NAME_ORDER.index(key) if key in NAME_ORDER else len(NAME_ORDER), key)
 
 
 def plan(study: optuna.Study, spec: SweepSpec, max_trials: int) -> int:
@@ -195,51 +200,12 @@ def overall_bar(spec: SweepSpec, storage_url: str | None, invocation: str, plann
     return close
 
 
-def execution(spec: SweepSpec, workers: int | str, fuse: str) -> tuple[int, int, bool]:
-    """Worker processes, torch threads per worker and whether seeds fuse. `auto` reads this machine's cached
-    measurement of the study's typical cell (measuring it once where there is none; on CUDA, workers sharing the GPU
-    within its free memory, study.autotune), except for a timing study: one worker with every thread, seeds one after
-    another; never more threads in all than cores."""
-    if workers != "auto" and (not isinstance(workers, int) or workers < 1):
-        raise SweepError(f"--workers {workers}: expected an integer >= 1 or auto")
-    if fuse not in ("auto", "on", "off"):
-        raise SweepError(f"--fuse-seeds {fuse}: expected auto, on or off")
-    cell = spec.config_for(spec.grid_cells()[0] if spec.sampler == "grid" else {}, spec.seeds[0])
-    if not spec.is_timing and (workers == "auto" or fuse == "auto"):  # only auto measures: ranking builds networks
-        cell = autotune.typical_cell(autotune.timing_sample(spec))
-    try:
-        check_fusable([cell, cell.replace(seed=cell.seed + 1)])
-        fusable = len(spec.seeds) > 1
-    except ConfigError as why:
-        fusable = False
-        if fuse == "on":
-            print(f"--fuse-seeds on: seeds run one by one, since {why}", flush=True)
-    n = autotune.cores()
-    if spec.is_timing:  # its times are what it measures: beside another trial they would time the contention too
-        count = 1 if workers == "auto" else workers
-        if count > 1:
-            print(f"study {spec.name} is a timing study: with {count} workers its trials run side by side, so their "
-                  "times include the contention between them (the report fits only runs timed alone; --workers auto "
-                  "times each alone)", flush=True)
-        return count, spec.base_config().threads or max(1, n // count), fusable and fuse == "on"
-    tuning = None
-    if workers == "auto":
-        tuning = autotune.tune(cell, spec.seeds, fusable)
-    elif fuse == "auto":
-        tuning = autotune.cached(cell)
-    count = tuning.workers if workers == "auto" else workers
-    # a fixed `threads` is what every trial sets (cyclelike.train), so it is what the workers run with
-    threads = spec.base_config().threads or (tuning.threads if workers == "auto" else max(1, n // count))
-    fused = fusable and (fuse == "on" or (fuse == "auto" and tuning is not None and tuning.fuse))
-    return count, threads, fused
-
-
 def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | str = 1, max_trials: int = 0,
               probe: bool = True, fuse: str = "off") -> pd.DataFrame:
     """Run the study; returns the trials table. Raises SweepFailed, after closing everything, when the sweep
     was interrupted, a worker died, or every trial of this invocation failed."""
     preflight.check_sweep(spec, workers)  # bad data or an N that cannot fit: said before anything is created
-    workers, threads, fused = execution(spec, workers, fuse)
+    workers, threads, fused = autotune.plan_workers(spec, workers, fuse)
     t0 = time.time()
     client, study, experiment_id, parent_run_id = prepare(spec, storage_url, workers)
     invocation = f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

@@ -1,4 +1,5 @@
-"""MLflow at the edge: the store, one experiment per study, and a run logger that batches its writes.
+"""MLflow at the edge: a run logger that batches its writes, and what each run records of how it was made.
+The store itself (where it is, preparing it, one experiment per study) is study.stores.mlflow.
 
 One sqlite write costs several milliseconds, so metrics are buffered and sent with `log_batch`: a
 trial's per-epoch losses cost one call per evaluation instead of one per value.
@@ -7,18 +8,13 @@ trial's per-epoch losses cost one call per evaluation instead of one per value.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shlex
-import sqlite3
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 import warnings
 from pathlib import Path
@@ -26,12 +22,8 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
-from analysis.store import PROJECT, TRIALS_VIEW, first_line, mask_secrets, safe_part, sqlite_path, tracking_uri
-
-from .spec import SweepError
+from analysis.store import PROJECT, first_line, mask_secrets, sqlite_path, tracking_uri
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 # MLflow's image card lists every param of the run above its picture, so a run's params are only the keys its study
@@ -46,8 +38,6 @@ SUMMARIES_TAG = "summaries"
 HEADLINE_SUMMARIES = ("pair/forward_top1_ci_low", "pair/forward_top1_ci_high", "pair/forward_top1_pvalue",
                       "pair/epochs_to_90", "pair/locked_epoch", "stop/epoch", "time/trial_s")
 PREVIEW_PX = 1024  # the longest side of an image card's preview: a strip of 80 images is scaled down to it
-# "Creating initial MLflow database tables..." on every new store says nothing a user acts on
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def provenance() -> dict[str, str]:
@@ -90,138 +80,6 @@ def reproduce_command(run_id: str) -> str:
         return shlex.join(command)
     # a tracking server or another database (a password in its URL stays out of the tag)
     return f"MLFLOW_TRACKING_URI={shlex.quote(mask_secrets(uri))} {shlex.join(command)}"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock between the processes of this machine (released if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class Client(MlflowClient):
-    """The client trials log through: a tag already set on a run to the same value is not sent again.
-    RunLogger.log_image sets mlflow.loggedImages=True with every picture, one store write (~3 ms) for each
-    evaluation's strip."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._tags_set: set[tuple[str, str, str]] = set()
-
-    def set_tag(self, run_id: str, key: str, value: Any, synchronous: bool | None = None):
-        if (run_id, key, str(value)) in self._tags_set:
-            return None
-        result = super().set_tag(run_id, key, value, synchronous)
-        if len(self._tags_set) > 10_000:  # a long-lived worker: forget, at worst one write again
-            self._tags_set.clear()
-        self._tags_set.add((run_id, key, str(value)))
-        return result
-
-
-@event.listens_for(Engine, "connect")
-def _wal_syncs_at_checkpoints(connection, _record) -> None:
-    """An sqlite store in WAL mode syncs the log at its checkpoints, not at every commit (sqlite's
-    synchronous=NORMAL): still safe from corruption and from a killed process; a power cut may lose the last
-    commits. Each MLflow write is its own commit, and a trial makes dozens."""
-    if isinstance(connection, sqlite3.Connection):
-        if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-            connection.execute("PRAGMA synchronous=NORMAL")
-
-
-def _check_server(uri: str) -> None:
-    """A tracking server that is down gives one line at once, not minutes of MLflow's retries."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
-            pass
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise SweepError(f"MLflow tracking server {uri} cannot be reached ({reason}); start it (make server) "
-                         "or unset MLFLOW_TRACKING_URI") from None
-
-
-def prepare_store(uri: str | None = None) -> MlflowClient:
-    """Create the store once, under a lock, before any worker starts: two processes creating a fresh
-    sqlite database at once race in MLflow's schema migration."""
-    uri = uri or tracking_uri()
-    db = sqlite_path(uri)
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
-    try:
-        if db is None:
-            client = Client(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-            return client
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(db.parent / ".store.lock"):
-            # before MLflow's first connection, which then syncs as WAL allows (_wal_syncs_at_checkpoints):
-            # concurrent writers from several workers, ~3x faster
-            with contextlib.closing(sqlite3.connect(db)) as con:
-                con.execute("PRAGMA journal_mode=WAL")
-            client = Client(tracking_uri=uri)
-            client.search_experiments(max_results=1)  # runs the migration
-        return client
-    except SweepError:
-        raise
-    except Exception as err:  # MLflow wraps OS and database errors in several types
-        raise SweepError(f"cannot open the MLflow store {mask_secrets(uri)}: {first_line(err)}") from None
-
-
-def artifact_root(uri: str) -> str | None:
-    """mlruns/artifacts beside a local sqlite store; a server decides for itself."""
-    db = sqlite_path(uri)
-    return (db.parent.resolve() / "artifacts").as_uri() if db is not None else None
-
-
-# MLflow 3 opens an experiment without a kind in its GenAI view (traces, token usage); ours are classic ML.
-# The UI keeps its columns in the browser and nests a parent's runs unless the table is sorted by a metric
-# (then every run is a row), so the description says how to see every trial at once.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-STUDY_NOTE = {"mlflow.note.content": "Each trial is a run nested under the study's parent run, named "
-                                     "N-seed-condition. The link `make sweep` and the report print opens this "
-                                     "table with every trial as a row (sorted by the objective) and the swept "
-                                     "params as columns."}
-
-
-def set_trials_view(client: MlflowClient, experiment_id: str, columns: list[str], objective: str,
-                    maximize: bool) -> None:
-    """The runs table a study is read in, as a shared view (what the UI's Share button writes): sorted by the
-    objective, where MLflow 3 lists every trial as a row instead of folding them under the parent run, with
-    the swept params and the objective as columns. The UI keeps its columns in the browser otherwise."""
-    view = {"orderByKey": f"metrics.`{objective}`", "orderByAsc": not maximize, "runsHiddenMode": "SHOW_ALL",
-            "selectedColumns": [f"metrics.`{objective}`", *(f"params.`{c}`" for c in columns)]}
-    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{TRIALS_VIEW}", json.dumps(view))
-ROLE_TAG = "cyclelike.role"  # study (a sweep's) or runs (single runs): make report picks the latest study
-
-
-def disk_use(name: str, uri: str | None = None) -> str:
-    """What a study's artifacts take in a local store, for the line a sweep ends with."""
-    root = artifact_root(uri or tracking_uri())
-    if root is None:
-        return "artifacts on the tracking server"
-    folder = Path(urllib.parse.urlparse(root).path) / safe_part(name)
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
-    return f"{size / 2**20:.1f} MiB of artifacts in {folder}"
-
-
-def ensure_experiment(client: MlflowClient, name: str, role: str = "study") -> str:
-    tags = {**EXPERIMENT_TAGS, ROLE_TAG: role, **(STUDY_NOTE if role == "study" else {})}
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        for key, value in tags.items():
-            if experiment.tags.get(key) != value:
-                client.set_experiment_tag(experiment.experiment_id, key, value)
-        return experiment.experiment_id
-    root = artifact_root(client.tracking_uri)
-    # the name as one folder: an experiment named `../../etc/x` (by `study run --experiment`) stays in the store
-    return client.create_experiment(name, artifact_location=f"{root}/{safe_part(name)}" if root else None,
-                                    tags=tags)
 
 
 def _clean(value: float) -> float:
@@ -395,3 +253,33 @@ def dataset_inputs(tables: dict, source: str | None) -> list:
             entity = dataset._to_mlflow_entity()  # the schema and the digest are computed here
         inputs.append(DatasetInput(entity, [InputTag(key="mlflow.data.context", value=context)]))
     return inputs
+
+
+SHORT_NAMES = {"n_images": "N", "lambda_cyc": "cyc", "lambda_l1": "l1", "lambda_adv": "adv", "lambda_id": "id",
+               "base_filters": "w", "image_size": "px", "batch_size": "bs"}
+
+
+NAME_ORDER = ("pairing", "direction_schedule", "scheme", "arch")
+
+
+def name_order(key: str) -> tuple[int, str]:
+    return (NAME_ORDER.index(key) if key in NAME_ORDER else len(NAME_ORDER), key)
+
+
+def run_name(spec, params: dict[str, Any], seed: int | str) -> str:
+    """What the MLflow UI lists: N and the seed first, so that they survive the UI's truncation of long names,
+    then the rest of the condition, e.g. N10-s0-fixed-unet-cyc1."""
+    keys = [k for k in NAME_ORDER if k in params] + sorted(k for k in params if k not in NAME_ORDER)
+    parts = []
+    for k in keys:
+        v = params[k]
+        text = f"{v:g}" if isinstance(v, float) else str(v)
+        parts.append(text if isinstance(v, str) else f"{SHORT_NAMES.get(k, k)}{text}")
+    lead = [p for p in parts if p.startswith("N") and p[1:].isdigit()]
+    return "-".join([*lead, f"s{seed}", *[p for p in parts if p not in lead]] or [spec.name])
+
+
+def shown_params(spec) -> tuple[str, ...]:
+    """The config keys a trial's run shows as params: what its study varies (a budget per image varies epochs)."""
+    varied = sorted(spec.space, key=name_order)
+    return (*varied, *(("epochs",) if spec.epochs_per_image else ()))

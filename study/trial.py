@@ -6,7 +6,6 @@ Optuna: the sweep passes `report`, which sees each evaluation and answers whethe
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -15,31 +14,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
-from PIL import Image
 
-from analysis.figures import matrix_image
 from analysis.formation import formation, is_locked
 from analysis.pairing import PairingResult, evaluate_pairing
-from cyclelike.config import RunConfig
-from cyclelike.data import Domains, data_key, shared_domains
-from cyclelike.execution import resolved_tags
-from cyclelike.samples import (
-    HOLDOUT_ROWS,
-    PNG_OPTIONS,
-    SAMPLE_ROWS,
-    STRIP_ROWS,
-    assignment_strip,
-    holdout_strip,
-    labelled,
-    sample_grid,
-)
 from cyclelike.checkpoint import Checkpoints
+from cyclelike.config import RunConfig
+from cyclelike.data import Domains, shared_domains
+from cyclelike.execution import resolved_tags
 from cyclelike.train import EpochStats, TrainResult, Translator, train
 
+from .artifacts import history_csv, pairing_strip, run_inputs, write_final_artifacts
 from .checkpoints import drop_checkpoint, fetch_checkpoint, store_checkpoint
-from .tracking import SUMMARY_PREFIX, RunLogger, dataset_inputs
+from .tracking import SUMMARY_PREFIX, RunLogger
 
 Report = Callable[[int, dict[str, float]], bool]
 
@@ -55,13 +41,6 @@ class TrialOutcome:
     failure: Exception | None = None  # why a fused seed left its group without a result
     checkpointed: bool = False  # its run holds a checkpoint (drop_checkpoint removes it once the trial is told)
     resumed_from: int = 0  # the epoch of the checkpoint it went on from (0: trained from the start)
-
-
-def _matrix_csv(D: np.ndarray, row: str, col: str) -> str:
-    """D with named rows and columns (x0.., y0..) under a corner `x\\y`, six decimals."""
-    table = pd.DataFrame(D, index=[f"{row}{i}" for i in range(len(D))],
-                         columns=[f"{col}{j}" for j in range(D.shape[1])]).rename_axis(f"{row}\\{col}")
-    return table.to_csv(float_format="%.6f", lineterminator="\n")
 
 
 FAULT_ENV = "CYCLELIKE_FAULT"
@@ -81,7 +60,7 @@ def is_whole(tags: dict[str, str]) -> bool:
     return "stop/reason" in tags and f"{SUMMARY_PREFIX}stop/epoch" in tags
 
 
-def summary(logger: RunLogger, values: dict[str, float]) -> None:
+def log_summaries(logger: RunLogger, values: dict[str, float]) -> None:
     logger.pending_tags.update({f"{SUMMARY_PREFIX}{k}": f"{v:.6g}" for k, v in values.items()})
 
 
@@ -118,7 +97,7 @@ class TrackedRun:
             logger.skip_logged()
             return
         logger.log_config({**config.to_dict(), **config.budget()})
-        logger.log_inputs(_dataset_inputs(config, data))
+        logger.log_inputs(run_inputs(config, data))
 
     def on_epoch(self, stats: EpochStats, translator: Translator) -> bool:
         if self.alive is not None:
@@ -126,27 +105,15 @@ class TrackedRun:
         self.epoch = stats.epoch  # the epoch a checkpoint saved next is of
         if stats.epoch == 0:  # the untrained map: the slider opens on it and the curves start from it
             if self.eval_every:
-                t0 = time.perf_counter()
-                result = _evaluate(translator, self.data)
-                self.eval_s += time.perf_counter() - t0
                 # kept: "the initialisation decides the pairs" is a candidate explanation (pair/agree_initial)
-                self.history.append((0, replace(result, outputs={})))
-                self.logger.log_metrics(result.metrics, step=0)
-                self.logger.log_image(_strip(self.data, result), "pairing/strip", 0)
+                self._evaluated(translator, 0, None)
             return False
         self.logger.log_metrics({**stats.losses, "time/epoch_s": stats.epoch_s}, step=stats.epoch)  # sent every 10 s
         # the seed's own share of a fused epoch: a fused group's K seeds trained in that time together
         self.epoch_seconds[stats.epoch] = stats.epoch_s / stats.seeds
         if not self.eval_every or stats.epoch % self.eval_every or stats.epoch == self.config.epochs:
             return False
-        t0 = time.perf_counter()
-        result = _evaluate(translator, self.data, self.initial)
-        self.eval_s += time.perf_counter() - t0
-        self.history.append((stats.epoch, replace(result, outputs={})))  # images would bloat each checkpoint
-        self.logger.log_metrics(result.metrics, step=stats.epoch)
-        # the run page's image slider shows the pairs forming, one strip per evaluation (the sample grid, the
-        # original's figure, is drawn once at the end: the strips already show every evaluation)
-        self.logger.log_image(_strip(self.data, result), "pairing/strip", stats.epoch)
+        result = self._evaluated(translator, stats.epoch, self.initial)
         if self.report is not None and self.report(stats.epoch, result.metrics):
             self.pruned = True
             return True
@@ -159,6 +126,17 @@ class TrackedRun:
             backward=[r.b for _, r in self.history] if both_ways else None)
         return self.locked
 
+    def _evaluated(self, translator: Translator, epoch: int, initial: np.ndarray | None) -> PairingResult:
+        """Evaluate, and log the metrics and the strip: the run page's image slider shows the pairs forming, one
+        strip per evaluation (the sample grid, the original's figure, is drawn once at the end)."""
+        t0 = time.perf_counter()
+        result = _evaluate(translator, self.data, initial)
+        self.eval_s += time.perf_counter() - t0
+        self.history.append((epoch, replace(result, outputs={})))  # images would bloat each checkpoint
+        self.logger.log_metrics(result.metrics, step=epoch)
+        self.logger.log_image(pairing_strip(self.data, result), "pairing/strip", epoch)
+        return result
+
     @property
     def initial(self) -> np.ndarray | None:
         """The untrained map's assignment, where epoch 0 was evaluated."""
@@ -168,12 +146,12 @@ class TrackedRun:
         """What a resumed run needs besides the networks: its evaluations so far, which formation reads."""
         return {"history": self.history, "epoch_seconds": self.epoch_seconds, "eval_s": self.eval_s}
 
-    def checkpoint_plan(self, seconds: float, keep: bool, path: Path | None = None) -> Checkpoints:
+    def checkpoint_plan(self, seconds: float, keep_checkpoint: bool, path: Path | None = None) -> Checkpoints:
         """Save every `seconds` of training to this run. The end saves too where that protects enough training
         to pay for itself, or where the checkpoint is kept (to train on later): a finished trial's checkpoint
         is deleted, so a short trial skips it."""
         return Checkpoints(path or Path(self.checkpoints.name) / "checkpoint.pt", seconds=seconds, extra=self.state,
-                           saved=self.checkpointed, final_after=0.0 if keep else seconds / 10)
+                           saved=self.checkpointed, final_after=0.0 if keep_checkpoint else seconds / 10)
 
     def checkpointed(self, path: Path) -> None:
         """Every epoch up to the checkpoint's goes to the store before the checkpoint does: no gap on resume."""
@@ -216,15 +194,15 @@ class TrackedRun:
         metrics = {**final.metrics, "time/sec_per_epoch": result.sec_per_epoch,
                    **{f"final/{k}": v for k, v in result.history[-1].losses.items()}}
         logger.log_metrics({**final.metrics, "time/sec_per_epoch": result.sec_per_epoch}, step=epoch)
-        strip = _strip(data, final)
+        strip = pairing_strip(data, final)
         logger.log_image(strip, "pairing/strip", epoch)
         self.history.append((epoch, replace(final, outputs={})))
         formed = formation([e for e, _ in self.history], [r.a for _, r in self.history],
                            [r.metrics["pair/forward_top1"] for _, r in self.history], self.epoch_seconds)
-        (self.root / "pairing" / "history.csv").write_text(_history_csv(self.history))
+        (self.root / "pairing" / "history.csv").write_text(history_csv(self.history))
         # one value per run is no curve: intervals, chance levels and p-values are run-level summaries (tags),
         # so the run page charts only what changes over epochs
-        summary(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": self.eval_s,
+        log_summaries(logger, {**final.statistics, "time/train_s": train_s, "time/eval_s": self.eval_s,
                          "time/setup_s": setup_s, "pair/epochs_to_90": formed.epochs_to_90,
                          "pair/epochs_to_90_after": formed.epochs_to_90_after,
                          "pair/locked_epoch": formed.locked_epoch, "pair/locked_rows": formed.locked_rows,
@@ -237,12 +215,12 @@ class TrackedRun:
                          "model/generator_params": generator_params(result.nets),
                          "stop/epoch": epoch, "stop/g_steps": epoch * self.config.g_steps_per_epoch()})
         logger.pending_tags["stop/reason"] = self.stop_reason
-        _write_final_artifacts(self.root, result, final, strip, data, epoch, self.weights,
+        write_final_artifacts(self.root, result, final, strip, data, epoch, self.weights,
                                self.history[0][1] if self.initial is not None else None)
         self.close()
         timing = {"train_s": train_s, "eval_s": self.eval_s, "setup_s": setup_s, "log_s": logger.log_seconds,
                   "total_s": time.perf_counter() - started}
-        summary(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
+        log_summaries(logger, {"time/log_s": logger.log_seconds, "time/trial_s": timing["total_s"]})
         logger.pending_tags.update(resolved_tags(result.config, result.device, result.precision, result.execution))
         return TrialOutcome(metrics, result.sec_per_epoch, epoch, self.pruned, self.stop_reason, timing,
                             checkpointed=self.stored_checkpoints > 0, resumed_from=result.resumed_from_epoch)
@@ -258,77 +236,57 @@ class TrackedRun:
                 self.staging = None
 
 
-def run_trial(config: RunConfig, logger: RunLogger, eval_every: int = 10, report: Report | None = None,
-              desc: str = "train", progress: bool = True, data: Domains | None = None,
-              weights: bool = True, checkpoint_s: float = 0.0, resume: bool = False,
-              keep_checkpoint: bool = False, drop: bool = True,
-              alive: Callable[[], None] | None = None) -> TrialOutcome:
-    """Train and track one run. With `checkpoint_s`, its whole state goes to the run every so many seconds of
-    training; with `resume`, the run goes on from its last whole checkpoint in the same MLflow run, and logs only
-    the steps the run does not hold yet (each metric keeps one row per epoch). The
-    checkpoint is deleted at the end unless kept, or unless `drop` is false: a sweep deletes it itself, once
-    Optuna holds the trial's result (study.ledger)."""
+def run_trials(configs: list[RunConfig], loggers: list[RunLogger], eval_every: int = 10,
+               reports: list[Report | None] | None = None, desc: str = "train", progress: bool = True,
+               data: Domains | None = None, weights: bool = True, checkpoint_s: float = 0.0, resume: bool = False,
+               keep_checkpoint: bool = False, drop: bool = True,
+               alive: list[Callable[[], None] | None] | None = None) -> list[TrialOutcome]:
+    """Train and track one MLflow run per config: one seed alone, or the K seeds of one condition as one stacked
+    model (cyclelike.fused), each run with its own evaluations, pruning decision and checkpoints (each seed's alone:
+    a killed group's retries resume one by one). With `checkpoint_s`, each run's whole state goes to it every so many
+    seconds of training; with `resume` (one seed), the run goes on from its last whole checkpoint and logs only the
+    steps it does not hold yet. Each run's train_s is the group's training time over K. The checkpoints are deleted
+    at the end unless kept, or unless `drop` is false: a sweep deletes them itself, once Optuna holds the trials'
+    results (study.ledger)."""
+    k = len(configs)
     started = time.perf_counter()
-    data = data if data is not None else shared_domains(config)
-    data_s = time.perf_counter() - started
-    run = TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume, alive=alive)
-    try:
-        checkpoints = None
-        if checkpoint_s:
-            checkpoints = run.checkpoint_plan(checkpoint_s, keep_checkpoint, run.resume() if resume else None)
-        (result,) = train([config], data, [run.on_epoch], [checkpoints], progress=progress, desc=desc)
-        fault("trained")
-        if result.resumed_from_epoch:
-            logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
-            if any(s.seeds > 1 for s in result.history):  # resumed alone from its fused group's checkpoint
-                # the series its time is read in (analysis.dynamics) follows the epochs time/sec_per_epoch is of
-                logger.pending_tags["fused_group"] = result.timing_seeds
-        outcome = run.finish(result, result.trained_seconds, started, data_s + result.build_s)
-        if drop and not keep_checkpoint:
-            drop_checkpoint(logger, outcome)
-        return outcome
-    finally:
-        run.close()
-
-
-def run_trials_fused(configs: list[RunConfig], loggers: list[RunLogger], eval_every: int = 10,
-                     reports: list[Report | None] | None = None, desc: str = "fused",
-                     progress: bool = True, weights: bool = True, checkpoint_s: float = 0.0,
-                     keep_checkpoint: bool = False, drop: bool = True,
-                     alive: list[Callable[[], None]] | None = None) -> list[TrialOutcome]:
-    """The seeds of one condition trained as one stacked model (cyclelike.fused), each its own MLflow run
-    with its own evaluations, pruning decision and checkpoints (each seed's alone: a killed group's retries
-    resume one by one). Each run's train_s is the group's training time over K, and each records
-    fuse_seeds = K."""
-    started = time.perf_counter()
-    data = shared_domains(configs[0])
-    data_s = (time.perf_counter() - started) / len(configs)
-    reports = reports or [None] * len(configs)
-    alive = alive or [None] * len(configs)
-    runs = []
+    data = data if data is not None else shared_domains(configs[0])
+    data_s = (time.perf_counter() - started) / k
+    reports, alive = reports or [None] * k, alive or [None] * k
+    runs: list[TrackedRun] = []
     try:
         for config, logger, report, check in zip(configs, loggers, reports, alive, strict=True):
-            # now, not at the end: a killed group's runs resume alone, and their early epoch times stay the group's
-            logger.set_tags({"fused_group": str(len(configs))})
-            runs.append(TrackedRun(config, logger, data, eval_every, report, weights, alive=check))
-        plans = [run.checkpoint_plan(checkpoint_s, keep_checkpoint) if checkpoint_s else None for run in runs]
-        results = train(configs, data, [r.on_epoch for r in runs], plans, progress=progress, desc=desc)
+            if k > 1:  # now, not at the end: a killed group's runs resume alone, their early epoch times the group's
+                logger.set_tags({"fused_group": str(k)})
+            runs.append(TrackedRun(config, logger, data, eval_every, report, weights, resumed=resume, alive=check))
+        plans = [run.checkpoint_plan(checkpoint_s, keep_checkpoint, run.resume() if resume else None)
+                 if checkpoint_s else None for run in runs]
+        results = train(configs, data, [run.on_epoch for run in runs], plans, progress=progress, desc=desc)
         fault("trained")
         # the group's epochs (as long as its longest-lived seed), shared by its K seeds
-        train_s = max(r.trained_seconds for r in results) / len(configs)
-        outcomes = [run.finish(result, train_s, started, data_s + result.build_s) if result.diverged is None
-                    else _diverged(run, result)
-                    for run, result in zip(runs, results, strict=True)]
-        share = (time.perf_counter() - started) / len(configs)  # each run's part of the group's wall time
+        train_s = max(r.trained_seconds for r in results) / k
+        outcomes = [_finish(run, result, train_s, started, data_s + result.build_s) if result.diverged is None
+                    else _diverged(run, result) for run, result in zip(runs, results, strict=True)]
+        share = (time.perf_counter() - started) / k  # each run's part of the group's wall time
         for run, outcome in zip(runs, outcomes, strict=True):
-            outcome.timing["total_s"] = share
-            summary(run.logger, {"time/trial_s": share})
+            if k > 1:
+                outcome.timing["total_s"] = share
+                log_summaries(run.logger, {"time/trial_s": share})
             if drop and not keep_checkpoint:
                 drop_checkpoint(run.logger, outcome)
         return outcomes
     finally:
         for run in runs:
             run.close()
+
+
+def _finish(run: TrackedRun, result: TrainResult, train_s: float, started: float, setup_s: float) -> TrialOutcome:
+    if result.resumed_from_epoch:
+        run.logger.pending_tags["resumed_from_epoch"] = result.resumed_from_epoch
+        if any(s.seeds > 1 for s in result.history):  # resumed alone from its fused group's checkpoint
+            # the series its time is read in (analysis.dynamics) follows the epochs time/sec_per_epoch is of
+            run.logger.pending_tags["fused_group"] = result.timing_seeds
+    return run.finish(result, train_s, started, setup_s)
 
 
 def _diverged(run: TrackedRun, result: TrainResult) -> TrialOutcome:
@@ -350,97 +308,3 @@ def generator_params(nets) -> int:
     return sum(p.numel() for name in ("G", "F") if name in nets for p in nets[name].parameters())
 
 
-_INPUTS: dict[tuple, list] = {}
-
-
-def _dataset_inputs(config: RunConfig, data: Domains) -> list:
-    """The trained-on images and the held-out ones as two MLflow inputs, named by N and data set (the UI tells
-    datasets of different N apart by name, not by their hash alone). Built once per data set and process:
-    hashing the images and MLflow's digest of the table cost ~10 ms a run."""
-    key = data_key(config)
-    if key not in _INPUTS:
-        synthetic = config.data == "synthetic"
-        source = f"synthetic:{config.x_domain}-{config.y_domain}" if synthetic else \
-            f"{config.data}:{Path(config.x_path).name}-{Path(config.y_path or config.x_path).name}"
-        table = _dataset_table(data)
-        if len(_INPUTS) >= 8:
-            _INPUTS.clear()
-        drawn = f"data_seed={config.data_seed}"
-        _INPUTS[key] = dataset_inputs(
-            {"training": (table[table["part"] == "train"], f"{source} N={config.n_images} {drawn}"),
-             "evaluation": (table[table["part"] == "held-out"], f"{source} held-out={config.n_holdout} {drawn}")},
-            None if synthetic else str(Path(config.x_path.split(":")[0]).resolve()))
-    return _INPUTS[key]
-
-
-def _dataset_table(data: Domains):
-    """Every image of the run: domain, part, index, name and a hash of its pixels as trained on."""
-    import hashlib
-
-    import pandas as pd
-
-    rows = []
-    for domain, part, images, names in (("X", "train", data.x, data.x_names), ("Y", "train", data.y, data.y_names),
-                                        ("X", "held-out", data.x_holdout, data.x_holdout_names),
-                                        ("Y", "held-out", data.y_holdout, data.y_holdout_names)):
-        for i, image in enumerate(images.cpu()):
-            digest = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
-            rows.append({"domain": domain, "part": part, "index": i,
-                         "name": names[i] if i < len(names) else "", "sha1": digest})
-    return pd.DataFrame(rows)
-
-
-def _strip(data: Domains, result: PairingResult) -> Image.Image:
-    """The evaluation's assignment as a picture, drawn from the outputs it measured (no forward pass)."""
-    rows = STRIP_ROWS if "G(G(x))" in result.outputs else STRIP_ROWS[:3]
-    return labelled(assignment_strip(None, data, result.a, outputs=result.outputs), rows)
-
-
-def _history_csv(history: list[tuple[int, PairingResult]]) -> str:
-    """One row per evaluation and x_i: epoch, i, a(i), b(i), the row's minimum distance and its margin over
-    the second nearest (relative)."""
-    rows = []
-    for epoch, r in history:
-        part = np.sort(r.D_xy, axis=1)
-        second = part[:, 1] if part.shape[1] > 1 else np.full(len(part), np.nan)
-        rows.append(pd.DataFrame({"epoch": epoch, "i": np.arange(len(r.a)), "a": r.a.astype(int),
-                                  "b": pd.array(r.b if r.b is not None else [None] * len(r.a), dtype="Int64"),
-                                  "row_min": part[:, 0], "margin": (second - part[:, 0]) / (part[:, 0] + 1e-12)}))
-    return pd.concat(rows).to_csv(index=False, float_format="%.6f", lineterminator="\n")
-
-
-def _samples(data: Domains, result: PairingResult) -> Image.Image:
-    rows = SAMPLE_ROWS if "G(y)" in result.outputs else SAMPLE_ROWS[:3]
-    return labelled(sample_grid(None, data, outputs=result.outputs), rows)
-
-
-def _png(picture: Image.Image, path: Path) -> None:
-    picture.save(path, **PNG_OPTIONS)
-
-
-def _write_final_artifacts(root: Path, result, final: PairingResult, strip: Image.Image, data: Domains,
-                           epoch: int, weights: bool, initial: PairingResult | None = None) -> None:
-    """The end-of-run artifacts: samples, assignment strip, distance matrices, weights, config."""
-    _png(_samples(data, final), root / "samples" / f"epoch_{epoch:04d}.png")
-    _png(strip, root / "pairing" / "strip.png")
-    held = holdout_strip(result.translator, data, outputs=final.outputs)
-    if held is not None:
-        _png(labelled(held, HOLDOUT_ROWS), root / "pairing" / "holdout.png")
-    (root / "pairing" / "D_xy.csv").write_text(_matrix_csv(final.D_xy, "x", "y"))
-    # rows x_i, columns y_j: white frames the nearest y of each x, a red dot the pair given (the report
-    # draws the same matrices labelled)
-    _png(Image.fromarray(matrix_image(final.D_xy, final.a, final.pi)), root / "pairing" / "D_xy.png")
-    if final.D_yx is not None:
-        (root / "pairing" / "D_yx.csv").write_text(_matrix_csv(final.D_yx, "y", "x"))
-        _png(Image.fromarray(matrix_image(final.D_yx, final.b, np.argsort(final.pi))), root / "pairing" / "D_yx.png")
-    (root / "pairing" / "assignment.json").write_text(json.dumps(
-        {"a": final.a.tolist(), "b": None if final.b is None else final.b.tolist(), "pi": final.pi.tolist(),
-         # the untrained map (epoch 0): where the pairs started from
-         "a0": None if initial is None else initial.a.tolist(),
-         "b0": None if initial is None or initial.b is None else initial.b.tolist(),
-         "partners": {name: p.tolist() for name, p in final.partners.items()},
-         "x_names": data.x_names, "y_names": data.y_names}, indent=1))
-    (root / "config.json").write_text(json.dumps(result.config.to_dict(), indent=2))
-    for name, net in result.nets.items():
-        if weights and name in ("G", "F"):
-            torch.save({k: v.cpu() for k, v in net.state_dict().items()}, root / "model" / f"{name}.pt")

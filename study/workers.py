@@ -1,5 +1,6 @@
-"""A worker: claim a trial (study.ledger), train and track it (study.trial), tell Optuna what it returns
-(`objective`), until the queue or the budget is empty. Several workers run as processes side by side.
+"""A worker: `objective` asks for a trial (study.ledger.claim), trains and tracks it (study.trial.run_trials) and
+tells Optuna what it returned (study.ledger.conclude), until the queue or the budget is empty. Several workers run as
+processes side by side. Retraining a run left hollow (`repair_hollow`) is here too: the worker is what trains.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from analysis.store import first_line, tracking_uri
-from cyclelike.config import ConfigError, DataError, NonFiniteLossError
+from cyclelike.config import ConfigError, DataError, NonFiniteLossError, RunConfig
 from cyclelike.fused import check_fusable
 from cyclelike.train import timed_text
 
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
-from .ledger import claim_group, conclude, count_configs, recover_dead
+from .ledger import claim_group, conclude, count_configs, hollow_runs, recover_dead
 from .owners import lease, owner_alive
+from .retries import KILLED_STALE
 from .spec import SweepSpec
-from .storage import (
-    KILLED_STALE,
+from .stores.mlflow import Client
+from .stores.optuna import (
     OUTAGE_EXIT,
     StoreOutage,
     coordinator_lock,
@@ -38,34 +40,8 @@ from .storage import (
     open_storage,
     outage_reason,
 )
-from .tracking import Client, RunLogger, reproduce_command
-from .trial import TrialOutcome, run_trial, run_trials_fused
-
-
-def objective(outcome: TrialOutcome, spec: SweepSpec) -> list[float]:
-    """What a trial returns to Optuna: each of the sweep's objectives as the trial's final evaluation
-    measured it (NaN where the scheme does not define it, which fails the trial)."""
-    return [outcome.metrics.get(m, float("nan")) for m in spec.objectives]
-
-
-SHORT_NAMES = {"n_images": "N", "lambda_cyc": "cyc", "lambda_l1": "l1", "lambda_adv": "adv", "lambda_id": "id",
-               "base_filters": "w", "image_size": "px", "batch_size": "bs"}
-
-
-NAME_ORDER = ("pairing", "direction_schedule", "scheme", "arch")
-
-
-def run_name(spec: SweepSpec, params: dict[str, Any], seed: int | str) -> str:
-    """What the MLflow UI lists: N and the seed first, so that they survive the UI's truncation of long names,
-    then the rest of the condition, e.g. N10-s0-fixed-unet-cyc1."""
-    keys = [k for k in NAME_ORDER if k in params] + sorted(k for k in params if k not in NAME_ORDER)
-    parts = []
-    for k in keys:
-        v = params[k]
-        text = f"{v:g}" if isinstance(v, float) else str(v)
-        parts.append(text if isinstance(v, str) else f"{SHORT_NAMES.get(k, k)}{text}")
-    lead = [p for p in parts if p.startswith("N") and p[1:].isdigit()]
-    return "-".join([*lead, f"s{seed}", *[p for p in parts if p not in lead]] or [spec.name])
+from .tracking import RunLogger, reproduce_command, run_name, shown_params
+from .trial import Report, TrialOutcome, run_trials
 
 
 @dataclass
@@ -85,6 +61,30 @@ class Context:
     current: dict = field(default_factory=dict)  # the trial this process runs, for the error that names it
 
 
+@dataclass
+class Started:
+    """A claimed trial whose MLflow run is open: what it trains and where it logs."""
+    trial: optuna.Trial
+    params: dict[str, Any]
+    config: RunConfig
+    logger: RunLogger
+    report: Report
+
+
+def objective(study: optuna.Study, storage, ctx: Context, client, reserve=lambda: False) -> int:
+    """One trial, or with fused seeds the seeds of one condition as one stacked model, as Optuna's examples write
+    an objective: ask (study.ledger.claim), train and track (study.trial), tell (the finishing protocol,
+    study.ledger.conclude). Returns how many trials ran (0: the draw was no new condition)."""
+    group = claim_group(study, ctx, reserve)
+    for batch in _batches(group, ctx.fuse):
+        started = [_start(ctx, client, study, trial, params, config) for trial, params, config in batch]
+        outcomes = _train(study, storage, ctx, started)  # None: they failed or were killed, and are told so
+        if outcomes is not None:
+            for run, outcome in zip(started, outcomes, strict=True):
+                _tell(study, ctx, run, outcome)
+    return len(group)
+
+
 def _fail(study, trial, logger, reason: str) -> None:
     try:
         trial.set_user_attr("failure", reason[-2000:])
@@ -96,30 +96,24 @@ def _fail(study, trial, logger, reason: str) -> None:
     tqdm.write(f"trial {trial.number:4d} FAILED: {reason.strip().splitlines()[-1] if reason.strip() else ''}")
 
 
-def _start(ctx: Context, client, study, trial, params, config):
+def _start(ctx: Context, client, study, trial, params, config) -> Started:
     spec, seed = ctx.spec, trial.user_attrs["seed"]
     if config.threads == 0:
         config = config.replace(threads=ctx.threads)
     logger = _reopen(client, study, trial, spec) if "resume_run" in trial.user_attrs else None
-    if logger is not None:
-        trial.set_user_attr("mlflow_run_id", logger.run_id)
-        return config, logger, _reporter(spec, trial)
-    logger = RunLogger.start(client, ctx.experiment_id, run_name(spec, params, seed), parent_run_id=ctx.parent_run_id,
-                             tags={"study": spec.name, "trial": trial.number, "seed": seed,
-                                   "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING",
-                                   "eval_every": spec.eval_every, **ctx.provenance,
-                                   # the run's description: one line, so the image cards keep their images
-                                   "mlflow.note.content": f"Trial {trial.number} of study {spec.name}, seed {seed}."},
-                             shown=shown_params(spec))
-    logger.set_tags({"reproduce": reproduce_command(logger.run_id)})
+    if logger is None:
+        logger = RunLogger.start(client, ctx.experiment_id, run_name(spec, params, seed),
+                                 parent_run_id=ctx.parent_run_id,
+                                 tags={"study": spec.name, "trial": trial.number, "seed": seed,
+                                       "config_key": trial.user_attrs["config_key"], "optuna.state": "RUNNING",
+                                       "eval_every": spec.eval_every, **ctx.provenance,
+                                       # the run's description: one line, so the image cards keep their images
+                                       "mlflow.note.content": f"Trial {trial.number} of study {spec.name}, "
+                                                              f"seed {seed}."},
+                                 shown=shown_params(spec))
+        logger.set_tags({"reproduce": reproduce_command(logger.run_id)})
     trial.set_user_attr("mlflow_run_id", logger.run_id)
-    return config, logger, _reporter(spec, trial)
-
-
-def shown_params(spec: SweepSpec) -> tuple[str, ...]:
-    """The config keys a trial's run shows as params: what its study varies (a budget per image varies epochs)."""
-    varied = sorted(spec.space, key=lambda k: (NAME_ORDER.index(k) if k in NAME_ORDER else len(NAME_ORDER), k))
-    return (*varied, *(("epochs",) if spec.epochs_per_image else ()))
+    return Started(trial, params, config, logger, _reporter(spec, trial))
 
 
 def _reopen(client, study: optuna.Study, trial, spec: SweepSpec) -> RunLogger | None:
@@ -152,93 +146,70 @@ def _reporter(spec: SweepSpec, trial):
                 trial.report(value, epoch)
             return trial.should_prune()
         except optuna.exceptions.UpdateFinishedTrialError:
-            return True  # declared stale by another worker: stop this seed; _conclude says why
+            return True  # declared stale by another worker: stop this seed; _tell says why
 
     return report
 
 
-def run_one(study: optuna.Study, storage, ctx: Context, client, reserve=lambda: False) -> int:
-    """Claim and run one trial, or with fused seeds the seeds of one condition as one stacked model; returns
-    how many trials ran (0 when the draw was no new condition)."""
-    group = claim_group(study, ctx, reserve)
-    if not group:
-        return 0
-    fused = len(group) > 1 and ctx.fuse
-    if fused:
+def _batches(group: list, fuse: bool) -> list[list]:
+    """The seeds of a condition as one stacked model, or one after another where its scheme or norm does not
+    stack (or seeds do not fuse)."""
+    if fuse and len(group) > 1:
         try:
             check_fusable([config for _, _, config in group])
+            return [group]
         except ConfigError:
-            fused = False  # a scheme or norm that does not stack: the seeds run one after another
-    if not fused and len(group) > 1:
-        return sum(_run_group(study, storage, ctx, client, [member], False) for member in group)
-    return _run_group(study, storage, ctx, client, group, fused)
+            pass
+    return [[member] for member in group]
 
 
-def _run_group(study, storage, ctx: Context, client, group, fused: bool) -> int:
-    spec = ctx.spec
-    started = [(trial, params, *_start(ctx, client, study, trial, params, config)) for trial, params, config in group]
-    ctx.current.update(number=group[0][0].number)
+def _train(study, storage, ctx: Context, started: list[Started]) -> list[TrialOutcome] | None:
+    """study.trial.run_trials under each trial's lease; None where the trials failed or were killed (and are told
+    so here)."""
+    spec, first = ctx.spec, started[0]
+    ctx.current.update(number=first.trial.number)
     study_id = storage.get_study_id_from_name(spec.name)
     try:
         with contextlib.ExitStack() as stack:
-            leases = [stack.enter_context(lease(storage, storage.get_trial_id_from_study_id_trial_number(
-                study_id, trial.number))) for trial, *_ in started]
             # each epoch first asks whether the storage still takes the trial's heartbeats: a trial it lost
             # stops (an outage), instead of training on to an end it cannot tell
-            alive = [held.check for held in leases]
-            if fused:
-                outcomes = run_trials_fused([c for _, _, c, _, _ in started], [lg for *_, lg, _ in started],
-                                            spec.eval_every, [report for *_, report in started],
-                                            desc=run_name(spec, group[0][1], "+".join(str(t.user_attrs["seed"])
-                                                                                      for t, *_ in started)),
-                                            progress=ctx.progress, weights=spec.weights == "all",
-                                            checkpoint_s=CHECKPOINT_S, keep_checkpoint=spec.keep_checkpoints,
-                                            drop=False, alive=alive)
-            else:
-                trial, params, config, logger, report = started[0]
-                outcomes = [run_trial(config, logger, spec.eval_every, report,
-                                      desc=run_name(spec, params, trial.user_attrs["seed"]), progress=ctx.progress,
-                                      weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S,
-                                      resume="resume_run" in trial.user_attrs and logger.run_id ==
-                                      trial.user_attrs["resume_run"], keep_checkpoint=spec.keep_checkpoints,
-                                      drop=False, alive=alive[0])]
+            alive = [stack.enter_context(lease(storage, storage.get_trial_id_from_study_id_trial_number(
+                study_id, run.trial.number))).check for run in started]
+            seeds = "+".join(str(run.trial.user_attrs["seed"]) for run in started)
+            return run_trials([run.config for run in started], [run.logger for run in started], spec.eval_every,
+                              [run.report for run in started], desc=run_name(spec, first.params, seeds),
+                              progress=ctx.progress, weights=spec.weights == "all", checkpoint_s=CHECKPOINT_S,
+                              resume=first.logger.run_id == first.trial.user_attrs.get("resume_run"),
+                              keep_checkpoint=spec.keep_checkpoints, drop=False, alive=alive)
     except KeyboardInterrupt:
-        # stopped, not failed: the next invocation runs these conditions again
-        for trial, _, _, logger, _ in started:
-            trial.set_user_attr("failure", "killed: interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": "killed: interrupted"})
+        _kill(study, started, "killed: interrupted")  # the next invocation runs these conditions again
         raise
     except (NonFiniteLossError, DataError, ConfigError) as err:
-        for trial, _, _, logger, _ in started:
+        for run in started:
             if isinstance(err, NonFiniteLossError):
-                logger.pending_tags.update({"stop/reason": "diverged", "summary.stop/epoch": err.epoch})
-            _fail(study, trial, logger, f"{type(err).__name__}: {err}")
-        return len(started)
+                run.logger.pending_tags.update({"stop/reason": "diverged", "summary.stop/epoch": err.epoch})
+            _fail(study, run.trial, run.logger, f"{type(err).__name__}: {err}")
     except Exception as err:
         if is_outage(err):
-            _stop_for_outage(study, started, err)
-        for trial, _, _, logger, _ in started:
-            _fail(study, trial, logger, traceback.format_exc())
-        return len(started)
+            # no retry is used up; closed where the store still answers (else the next start closes them)
+            _kill(study, started, f"killed: the store stopped answering ({outage_reason(err)})", lost=True)
+            raise StoreOutage(first_line(err)) from None
+        for run in started:
+            _fail(study, run.trial, run.logger, traceback.format_exc())
     finally:
         ctx.current.clear()
-    for (trial, params, config, logger, _), outcome in zip(started, outcomes, strict=True):
-        _conclude(study, ctx, trial, params, config, logger, outcome)
-    return len(started)
+    return None
 
 
-def _stop_for_outage(study, started, err: BaseException) -> None:
-    """The store stopped answering mid-trial: the trials are killed, not failed (no retry is used up), closed
-    where the store still answers (else the next start closes them), and this worker stops."""
-    reason = f"killed: the store stopped answering ({outage_reason(err)})"
-    for trial, _, _, logger, _ in started:
-        with contextlib.suppress(Exception):
-            trial.set_user_attr("failure", reason)
-            study.tell(trial, state=TrialState.FAIL)
-        with contextlib.suppress(Exception):
-            logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": reason})
-    raise StoreOutage(first_line(err)) from None
+def _kill(study, started: list[Started], reason: str, lost: bool = False) -> None:
+    """Stopped, not failed: the trials are failed as killed, which uses up no retry, and their runs closed as
+    KILLED; with the store `lost`, as far as it still answers."""
+    for run in started:
+        with contextlib.suppress(Exception) if lost else contextlib.nullcontext():
+            run.trial.set_user_attr("failure", reason)
+            study.tell(run.trial, state=TrialState.FAIL)
+        with contextlib.suppress(Exception) if lost else contextlib.nullcontext():
+            run.logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": reason})
 
 
 def _superseded(trial, logger) -> None:
@@ -249,16 +220,16 @@ def _superseded(trial, logger) -> None:
                "its retry runs it again")
 
 
-def _conclude(study, ctx: Context, trial, params, config, logger, outcome) -> None:
+def _tell(study, ctx: Context, run: Started, outcome: TrialOutcome) -> None:
     """Tell Optuna the trial's outcome by the finishing protocol (study.ledger.conclude)."""
     try:
-        _tell_outcome(study, ctx, trial, params, config, logger, outcome)
+        _tell_outcome(study, ctx, run, outcome)
     except optuna.exceptions.UpdateFinishedTrialError:
-        _superseded(trial, logger)  # its checkpoint stays: the retry queued for it may go on from there
+        _superseded(run.trial, run.logger)  # its checkpoint stays: the retry queued for it may go on from there
 
 
-def _tell_outcome(study, ctx: Context, trial, params, config, logger, outcome) -> None:
-    spec, seed = ctx.spec, trial.user_attrs["seed"]
+def _tell_outcome(study, ctx: Context, run: Started, outcome: TrialOutcome) -> None:
+    spec, trial, logger, seed = ctx.spec, run.trial, run.logger, run.trial.user_attrs["seed"]
     if outcome.failure is not None:  # a fused seed that diverged: it fails alone, the group's others go on
         _fail(study, trial, logger, f"{type(outcome.failure).__name__}: {outcome.failure}")
         if not spec.keep_checkpoints:
@@ -267,16 +238,17 @@ def _tell_outcome(study, ctx: Context, trial, params, config, logger, outcome) -
     # one attribute, one storage write: several per trial added up to a visible share of a short sweep
     trial.set_user_attr("timing", {**outcome.timing, "sec_per_epoch": outcome.sec_per_epoch,
                                    "invocation": ctx.invocation})
-    summary = " ".join(f"{k}={v}" for k, v in params.items())
+    cell = " ".join(f"{k}={v}" for k, v in run.params.items())
     if outcome.pruned:
         trial.set_user_attr("pruned_at_epoch", outcome.epochs_run)
         conclude(study, trial, logger, outcome, TrialState.PRUNED, None, "KILLED",
                  {"pruned_at_epoch": outcome.epochs_run}, spec.keep_checkpoints)
-        tqdm.write(f"trial {trial.number:4d} PRUNED at epoch {outcome.epochs_run}  {summary} seed={seed}")
+        tqdm.write(f"trial {trial.number:4d} PRUNED at epoch {outcome.epochs_run}  {cell} seed={seed}")
         return
-    values = objective(outcome, spec)
+    # each objective as the trial's final evaluation measured it (NaN where the scheme does not define it)
+    values = [outcome.metrics.get(m, float("nan")) for m in spec.objectives]
     if any(v != v for v in values):
-        _fail(study, trial, logger, f"objective {spec.objectives} is NaN for scheme={config.scheme} "
+        _fail(study, trial, logger, f"objective {spec.objectives} is NaN for scheme={run.config.scheme} "
                                     "(a metric this scheme does not define)")
         if not spec.keep_checkpoints:
             drop_checkpoint(logger, outcome)
@@ -287,7 +259,27 @@ def _tell_outcome(study, ctx: Context, trial, params, config, logger, outcome) -
              "collapsed": f"stopped on a collapse at epoch {outcome.epochs_run}"}.get(
         outcome.stop_reason, f"budget of {outcome.epochs_run} epochs")
     tqdm.write(f"trial {trial.number:4d} COMPLETE {scores}  {ended}  "
-               f"{timed_text(outcome.sec_per_epoch, config.warmup_epochs)}  {summary} seed={seed}")
+               f"{timed_text(outcome.sec_per_epoch, run.config.warmup_epochs)}  {cell} seed={seed}")
+
+
+def repair_hollow(study: optuna.Study, spec: SweepSpec, client) -> list[str]:
+    """Make whole the run of each COMPLETE trial that is not (study.ledger.hollow_runs): re-finished from its
+    checkpoint, or retrained from epoch 0 where it has none, in the same run, which is tagged `repaired` with
+    which. The trial's value stays what Optuna was told. Returns a line each."""
+    said = []
+    for trial, run_id in hollow_runs(study, spec, client):
+        logger = RunLogger(client, run_id)
+        client.update_run(run_id, status="RUNNING")
+        (outcome,) = run_trials([spec.config_for(trial.params, trial.user_attrs["seed"])], [logger],
+                                spec.eval_every, progress=False, weights=spec.weights == "all",
+                                checkpoint_s=CHECKPOINT_S, resume=True, drop=False)
+        how = f"re-finished from its checkpoint at epoch {outcome.resumed_from}" if outcome.resumed_from else \
+            "retrained from epoch 0 (no checkpoint)"
+        logger.finish("FINISHED", tags={"optuna.state": "COMPLETE", "repaired": how})
+        if not spec.keep_checkpoints:
+            drop_checkpoint(logger, outcome)
+        said.append(f"trial {trial.number}'s run {run_id} was COMPLETE in Optuna but not whole: {how}")
+    return said
 
 
 def worker_loop(ctx: Context, counter=None, worker: int = 0, busy=None) -> None:
@@ -311,6 +303,16 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
     spec = ctx.spec
     repeats = 0
     beat = heartbeat_enabled(storage)
+
+    def reserve() -> bool:  # one more trial of this invocation's budget: a claim's first, or a fused seed
+        if counter is None:
+            return True
+        with counter.get_lock():
+            if ctx.max_trials and counter.value >= ctx.max_trials:
+                return False
+            counter.value += 1
+            return True
+
     while repeats < 50:  # fifty repeat draws in a row: the space holds no new condition
         if ctx.deadline and time.time() > ctx.deadline:
             break
@@ -329,21 +331,9 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
                 time.sleep(2.0 if beat else 1.0)
                 continue
             break
-        if counter is not None:
-            with counter.get_lock():
-                if ctx.max_trials and counter.value >= ctx.max_trials:
-                    break
-                counter.value += 1
-        def reserve() -> bool:  # one more trial of this invocation's budget, for a fused group
-            if counter is None:
-                return True
-            with counter.get_lock():
-                if ctx.max_trials and counter.value >= ctx.max_trials:
-                    return False
-                counter.value += 1
-                return True
-
-        ran = run_one(study, storage, ctx, client, reserve)
+        if not reserve():
+            break
+        ran = objective(study, storage, ctx, client, reserve)
         if ran:
             ended.append(time.time())
         repeats = 0 if ran else repeats + 1

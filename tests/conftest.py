@@ -1,6 +1,7 @@
 import contextlib
 import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -51,8 +52,10 @@ def write_sweep(folder: Path, name: str, epochs: int = 4, extra: str = "", **cha
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # the suite runs on 2 cores; tests compete for them less with fixed thread counts
-    torch.set_num_threads(2)
+    # fixed thread counts: tests compete for the cores less; under pytest-xdist (make test: -n auto) each worker
+    # takes its share of them, never the whole machine
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // workers)))
 
 
 @pytest.fixture
@@ -68,25 +71,22 @@ def store_in(folder: Path):
     """Run inside `folder` with its own MLflow store, as `make sweep` run from there would; restored after.
 
     For module-scoped fixtures, where pytest's monkeypatch is not available."""
-    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    old_cwd, uri = os.getcwd(), f"sqlite:///{folder}/mlruns/mlflow.db"
     os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        yield uri
+        with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": uri}):
+            yield uri
     finally:
         os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_autotune_cache(tmp_path_factory):
     # --workers auto / --fuse-seeds auto read a per-machine cache in the home folder: a user's measurement
     # must not change how the tests' sweeps run, and the tests must not write it
-    os.environ["CYCLELIKE_AUTOTUNE_CACHE"] = str(tmp_path_factory.mktemp("autotune") / "autotune.json")
+    with mock.patch.dict(os.environ, {"CYCLELIKE_AUTOTUNE_CACHE": str(tmp_path_factory.mktemp("autotune") /
+                                                                     "autotune.json")}):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -95,17 +95,17 @@ def postgres_server():
     import shutil
     import tempfile
 
-    from study import postgres
+    from study.stores import servers
 
     try:
-        postgres.find_binary("initdb")
-    except postgres.PostgresError as missing:
+        servers.find_binary("initdb")
+    except servers.ServerError as missing:
         pytest.skip(str(missing))
     # under /tmp, readable by the `postgres` user the server runs as when the tests run as root
     parent = Path(tempfile.mkdtemp(prefix="cyclelike-pg-"))
     parent.chmod(0o755)
-    yield postgres.start(parent / "cluster")
-    postgres.stop(parent / "cluster")
+    yield servers.start_postgres(parent / "cluster")
+    servers.stop_postgres(parent / "cluster")
     shutil.rmtree(parent, ignore_errors=True)
 
 

@@ -124,7 +124,7 @@ def test_study_throughput_reads_the_scratch_sweep(monkeypatch):
     table.attrs["wall_s"] = 6.0
     runs = pd.DataFrame({"pair/forward_top1": [0.5, 1.0, 0.0], "pair/mutual": [1.0, 1.0, 1.0]})
     monkeypatch.setattr(bench_device, "scratch_sweep", lambda *args: (table, runs))
-    monkeypatch.setattr("study.sweep.execution", lambda spec, workers, fuse: (1, 2, False))  # it ranks 8 cells
+    monkeypatch.setattr("study.autotune.plan_workers", lambda spec, workers, fuse: (1, 2, False))  # it ranks 8 cells
     out = bench_device.study_throughput(1, {"pairing": "aligned"})
     assert out["trials"] == 3 and out["trials_per_hour"] == 1800.0 and out["workers"] == 1 and out["threads"] == 2
     assert out["planned"] == 16 and out["pairing"]["pair/forward_top1"] == 0.5

@@ -17,8 +17,9 @@ from analysis.formation import formation, is_locked
 from analysis.pairing import seed_agreement
 from analysis.runs import settings
 from cyclelike.config import ConfigError, RunConfig
-from study.tracking import RunLogger, ensure_experiment, prepare_store
-from study.trial import run_trial
+from study.stores.mlflow import ensure_experiment, prepare_store
+from study.tracking import RunLogger
+from study.trial import run_trials
 
 
 def test_two_collapsed_maps_do_not_agree():
@@ -126,7 +127,7 @@ def test_stop_locked_ends_a_tiny_paired_run_before_its_budget(tmp_path):
     with store_in(tmp_path) as uri:
         client = prepare_store(uri)
         logger = RunLogger.start(client, ensure_experiment(client, "locked"), "locked-run")
-        outcome = run_trial(config, logger, eval_every=5, progress=False)
+        (outcome,) = run_trials([config], [logger], eval_every=5, progress=False)
         logger.finish()
         run = MlflowClient(uri).get_run(logger.run_id)
         mlflow.set_tracking_uri(uri)

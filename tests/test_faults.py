@@ -19,12 +19,12 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import study.ledger
-import study.storage
+import study.stores.optuna
 import study.sweep
 import study.workers
 from study.checkpoints import CHECKPOINT_DIR
 from study.spec import load_sweep
-from study.storage import open_storage
+from study.stores.optuna import open_storage
 from study.sweep import SweepFailed, prepare, run_sweep
 from study.tracking import RunLogger
 from study.trial import FAULT_ENV, is_whole
@@ -42,12 +42,11 @@ if FULL:
 def _every_epoch_checkpointed(monkeypatch):
     # a checkpoint after every epoch: one interval is one epoch, and each instant finds one to go on from
     monkeypatch.setenv("CYCLELIKE_CHECKPOINT_S", "1e-9")  # for worker processes, which import it afresh
-    for module in (study.workers, study.ledger):
-        monkeypatch.setattr(module, "CHECKPOINT_S", 1e-9)
+    monkeypatch.setattr(study.workers, "CHECKPOINT_S", 1e-9)  # the trials' and repair_hollow's
     # PostgreSQL: a killed worker's trial is stale 2 s after its last heartbeat, not minutes
     for key, value in (("HEARTBEAT_S", 1), ("HEARTBEAT_GRACE_S", 2)):
         monkeypatch.setenv(f"CYCLELIKE_{key}", str(value))
-        monkeypatch.setattr(study.storage, key, value)
+        monkeypatch.setattr(study.stores.optuna, key, value)
 
 
 def _killed_at(folder: Path, instant: str, storage: str | None = None, workers: int = 1, before=None) -> int:
@@ -168,8 +167,7 @@ def test_a_retry_carries_its_cell(tmp_path, capsys):
     """A trial killed between ask() and its params (Optuna's stale check on PostgreSQL fails it) was queued again
     with no params: the sampler drew another cell for the retry, which was then dropped as a repeat, and the
     cell never ran while the sweep exited 0."""
-    from study.ledger import killed
-    from study.storage import KILLED_STALE
+    from study.retries import KILLED_STALE, killed
 
     path = _sweep_file(tmp_path, "carried", pairing='["aligned", "fixed", "shuffled"]')
     with store_in(tmp_path):
@@ -191,7 +189,7 @@ def test_a_sweep_that_leaves_a_cell_unrun_names_it(tmp_path, monkeypatch):
     assert _killed_at(tmp_path, "claimed") == 137
     monkeypatch.setattr(study.sweep, "queue_missing", lambda study, spec: {"queued": 0, "retries": 0, "exhausted": [],
                                                                            "changed": {}})
-    monkeypatch.setattr(study.ledger, "_retry", lambda study, trial: None)  # the recovery's own retry, too
+    monkeypatch.setattr(study.ledger, "requeue", lambda study, trial: None)  # the recovery's own retry, too
     with store_in(tmp_path), pytest.raises(SweepFailed, match=r"1 cell\(s\) of the grid did not run: "
                                                               r"pairing=aligned seed=0; the same command runs them"):
         run_sweep(load_sweep(path), probe=False)
@@ -263,7 +261,7 @@ def test_a_dead_owner_on_this_host_is_recovered_without_the_heartbeat_grace(tmp_
     whose process was known to be gone."""
     for key, value in (("HEARTBEAT_S", 15), ("HEARTBEAT_GRACE_S", 180)):  # the defaults
         monkeypatch.setenv(f"CYCLELIKE_{key}", str(value))
-        monkeypatch.setattr(study.storage, key, value)
+        monkeypatch.setattr(study.stores.optuna, key, value)
     path = _sweep_file(tmp_path, "pg-local-owner", pairing='["fixed"]')
     assert _killed_at(tmp_path, "claimed", postgres_url) == 137
     with store_in(tmp_path):

@@ -181,8 +181,8 @@ def test_auto_workers_never_oversubscribe(cores):
 
 
 def test_sweep_auto_reads_the_cached_measurement(tmp_path, monkeypatch):
+    from study.autotune import plan_workers
     from study.spec import parse_sweep
-    from study.sweep import execution
 
     # fp32: on a CPU with native bf16, precision=auto would not fuse (cyclelike.fused.vmap_autocasts)
     spec = parse_sweep({"name": "t", "seeds": [0, 1], "fixed": {"image_size": 16, "precision": "fp32"},
@@ -194,10 +194,10 @@ def test_sweep_auto_reads_the_cached_measurement(tmp_path, monkeypatch):
     entry = autotune.Tuning.from_rates(autotune.machine_key(), autotune.cell_key(cell),
                                        {(1, 4): 10.0, (2, 2): 30.0, (4, 1): 20.0}, 1.5, 4)
     cache.write_text(json.dumps({autotune.machine_key(): {autotune.cell_key(cell): vars(entry)}}))
-    assert execution(spec, "auto", "auto") == (2, 2, True)
-    assert execution(spec, "auto", "off") == (2, 2, False)
-    assert execution(spec, 1, "auto") == (1, 4, True)  # explicit workers; fusing still as measured
-    assert execution(dataclasses.replace(spec, seeds=[0]), "auto", "on")[2] is False  # one seed: nothing to fuse
+    assert plan_workers(spec, "auto", "auto") == (2, 2, True)
+    assert plan_workers(spec, "auto", "off") == (2, 2, False)
+    assert plan_workers(spec, 1, "auto") == (1, 4, True)  # explicit workers; fusing still as measured
+    assert plan_workers(dataclasses.replace(spec, seeds=[0]), "auto", "on")[2] is False  # one seed: nothing to fuse
 
 
 def test_fused_sweep_gives_each_seed_its_own_run(tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ def _hits(secret: bytes, folder: Path) -> list[str]:
 def test_a_password_in_the_storage_url_goes_nowhere(tmp_path, capsys, monkeypatch, postgres_server):
     """The password of `--storage` was in the `command` tag of every trial run and of the parent run, in the
     report's report.md and index.html, and in make worker's echoed command line."""
-    from study import postgres
+    from study.stores import servers
 
     url, secret = postgres_server.url("optuna"), postgres_server.password
     config = write_sweep(tmp_path, "leak", epochs=2, seeds="[0]", pairing='["fixed"]', threads="1", n_holdout="0")
@@ -45,7 +45,7 @@ def test_a_password_in_the_storage_url_goes_nowhere(tmp_path, capsys, monkeypatc
         code, said = _main(module, capsys, monkeypatch, tmp_path, *argv)
         assert code == 0, said[-3000:]
         printed.append(said)
-    assert postgres.main(["start", "--dir", str(postgres_server.data)]) == 0  # make db: already running
+    assert servers.main(["postgres", "start", "--dir", str(postgres_server.data)]) == 0  # make db: already running
     printed.append(capsys.readouterr().out)
     if shutil.which("make"):  # make worker's echo; -o: never (re)build the environment, PY=true: run nothing
         made = subprocess.run(["make", "-o", ".venv", "-o", ".venv/.installed", "worker", f"STORAGE={url}",
@@ -55,7 +55,7 @@ def test_a_password_in_the_storage_url_goes_nowhere(tmp_path, capsys, monkeypatc
         printed.append(made.stdout + made.stderr)
     import psycopg
 
-    with psycopg.connect(host="127.0.0.1", port=postgres_server.port, user=postgres.USER, password=secret,
+    with psycopg.connect(host="127.0.0.1", port=postgres_server.port, user=servers.USER, password=secret,
                          dbname="optuna") as con:  # the Optuna side of the store, every row as text
         tables = [r[0] for r in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
         rows = [str(r[0]) for t in tables for r in con.execute(f'SELECT t::text FROM "{t}" t')]

@@ -8,8 +8,9 @@ from PIL import Image
 
 from analysis.runs import most_recent_study
 from cyclelike.config import RunConfig
-from study.tracking import RunLogger, ensure_experiment, prepare_store
-from study.trial import run_trial
+from study.stores.mlflow import ensure_experiment, prepare_store
+from study.tracking import RunLogger
+from study.trial import run_trials
 
 
 def test_experiments_open_in_the_classic_ml_view(tmp_path):
@@ -36,7 +37,7 @@ def test_the_strip_slider_starts_at_the_untrained_map(tmp_path):
     with store_in(tmp_path) as uri:
         client = prepare_store(uri)
         logger = RunLogger.start(client, ensure_experiment(client, "strip"), "strip-run")
-        run_trial(config, logger, eval_every=2, progress=False)
+        run_trials([config], [logger], eval_every=2, progress=False)
         logger.finish()
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)

@@ -18,12 +18,12 @@ import pytest
 from conftest import tiny_sweep
 from optuna.trial import TrialState
 
-from study import postgres
+from study.stores import servers
 
 try:
-    postgres.find_binary("initdb")
-    postgres.find_binary("pg_ctl")
-except postgres.PostgresError as missing:
+    servers.find_binary("initdb")
+    servers.find_binary("pg_ctl")
+except servers.ServerError as missing:
     pytest.skip(f"{missing} (make test installs it where it can)", allow_module_level=True)
 
 SWEEP = tiny_sweep("spread", epochs=40, eval_every="20", threads="1")  # three workers share the cores
@@ -34,9 +34,9 @@ def cluster():
     # under /tmp, readable by the `postgres` user the server runs as when the tests run as root
     parent = Path(tempfile.mkdtemp(prefix="cyclelike-pg-"))
     parent.chmod(0o755)
-    server = postgres.start(parent / "cluster")
+    server = servers.start_postgres(parent / "cluster")
     yield server
-    postgres.stop(parent / "cluster")
+    servers.stop_postgres(parent / "cluster")
     shutil.rmtree(parent, ignore_errors=True)
 
 
@@ -60,8 +60,8 @@ def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
     head = tmp_path / "head"
     head.mkdir()
     head_env = {**os.environ, "CYCLELIKE_STORE": str(head / "mlruns"), "BACKEND": cluster.url("mlflow")}
-    started = subprocess.run([sys.executable, "-m", "study.server", "start"], env=head_env, capture_output=True,
-                             text=True, timeout=120)
+    started = subprocess.run([sys.executable, "-m", "study.stores.servers", "mlflow", "start"], env=head_env,
+                             capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr[-2000:]
     tracking = started.stdout.split("MLflow tracking server on ")[1].split()[0]
     storage = cluster.url("optuna")
@@ -128,7 +128,8 @@ def test_workers_on_two_machines_share_only_the_urls(cluster, tmp_path):
         assert "A = pairing=aligned" in md and "| pair given |" in md and "could not be drawn" not in md
         assert ". Parameter importance" in md and "study was not at hand" not in md  # it read the PostgreSQL study
     finally:
-        subprocess.run([sys.executable, "-m", "study.server", "stop"], env=head_env, capture_output=True, timeout=60)
+        subprocess.run([sys.executable, "-m", "study.stores.servers", "mlflow", "stop"], env=head_env,
+                       capture_output=True, timeout=60)
 
 
 def test_an_unreachable_database_is_one_line_naming_host_and_port(capsys, monkeypatch, tmp_path):
@@ -146,8 +147,8 @@ def test_an_unreachable_database_is_one_line_naming_host_and_port(capsys, monkey
 def test_db_restarts_with_its_studies(cluster):
     storage = cluster.url("optuna")
     optuna.create_study(study_name="kept", storage=storage, load_if_exists=True)
-    postgres.stop(cluster.data)
-    restarted = postgres.start(cluster.data)
+    servers.stop_postgres(cluster.data)
+    restarted = servers.start_postgres(cluster.data)
     assert restarted.port == cluster.port
     assert "kept" in [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
     assert oct(cluster.data.with_name("cluster.password").stat().st_mode & 0o777) == "0o600"
@@ -206,14 +207,14 @@ def test_a_database_outage_ends_the_sweep_with_one_line_and_the_next_start_goes_
                 if any("mlflow_run_id" in t.user_attrs for t in optuna.load_study(study_name="dbout",
                                                                                   storage=storage).trials):
                     break
-        postgres.stop(cluster.data)
+        servers.stop_postgres(cluster.data)
         lost = time.monotonic()
         _, err = sweep.communicate(timeout=240)
         print(f"database lost: exit {sweep.returncode} after {time.monotonic() - lost:.1f} s")
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
-        postgres.start(cluster.data)  # the module's other tests need it
+        servers.start_postgres(cluster.data)  # the module's other tests need it
     last = err.strip().splitlines()[-1]
     assert sweep.returncode == 3, err[-3000:]
     assert "Traceback" not in err and last.startswith("error:") and "stopped answering" in last, err[-3000:]

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from study.spec import load_sweep
-from study.storage import open_storage
+from study.stores.optuna import open_storage
 from study.sweep import run_sweep
 from study.trial import is_whole
 
@@ -36,11 +36,9 @@ MATRIX = [(i, s, w) for i in INSTANTS for s in ("journal", "postgresql") for w i
 @pytest.fixture(autouse=True)
 def _every_epoch_checkpointed(monkeypatch):
     monkeypatch.setenv("CYCLELIKE_CHECKPOINT_S", "1e-9")  # one interval is one epoch, for the commands too
-    import study.ledger
     import study.workers
 
-    for module in (study.workers, study.ledger):
-        monkeypatch.setattr(module, "CHECKPOINT_S", 1e-9)
+    monkeypatch.setattr(study.workers, "CHECKPOINT_S", 1e-9)  # the trials' and repair_hollow's
 
 
 def _sweep_file(folder: Path, name: str, epochs: int = EPOCHS) -> Path:

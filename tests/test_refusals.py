@@ -162,7 +162,8 @@ def test_a_sweep_file_that_is_a_folder_says_so(tmp_path):
 
 def test_a_report_on_a_study_without_a_finished_run_exits_1(tmp_path, capsys, monkeypatch):
     """It wrote a page of notes and exited 0: a script took it for an answer."""
-    from study.tracking import RunLogger, ensure_experiment, prepare_store
+    from study.stores.mlflow import ensure_experiment, prepare_store
+    from study.tracking import RunLogger
 
     with store_in(tmp_path) as uri:
         client = prepare_store(uri)

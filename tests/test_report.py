@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import build_report
 from study.spec import load_sweep
+from study.stores.mlflow import ensure_experiment, prepare_store
 from study.sweep import run_sweep
-from study.tracking import RunLogger, ensure_experiment, prepare_store
-from study.trial import run_trial
+from study.tracking import RunLogger
+from study.trial import run_trials
 
 SWEEP = tiny_sweep("rep", epochs=5, extra="n_images = [4, 6]", eval_every="0",
                    pairing='["aligned", "shuffled"]').replace("n_images = 4\n", "", 1)  # swept, so not fixed
@@ -88,8 +89,8 @@ def test_report_on_missing_empty_and_single_run_experiments(store, tmp_path):
     logger = RunLogger.start(client, experiment_id, "run-1", tags={"study": "single"})
     from cyclelike.config import RunConfig
 
-    run_trial(RunConfig(image_size=16, n_images=4, n_holdout=1, base_filters=8, d_filters=8, epochs=2), logger,
-              eval_every=0, progress=False)
+    run_trials([RunConfig(image_size=16, n_images=4, n_holdout=1, base_filters=8, d_filters=8, epochs=2)], [logger],
+               eval_every=0, progress=False)
     logger.finish()
     out = build_report("single", tmp_path / "single", client=client)
     md = (out / "report.md").read_text()

@@ -10,8 +10,9 @@ from analysis.runs import load_curves, summaries
 from cyclelike.config import RunConfig
 from cyclelike.data import load_domains
 from study.checkpoints import CHECKPOINT_DIR
-from study.tracking import RunLogger, ensure_experiment, prepare_store
-from study.trial import run_trial
+from study.stores.mlflow import ensure_experiment, prepare_store
+from study.tracking import RunLogger
+from study.trial import run_trials
 
 CELL = RunConfig(image_size=16, n_images=4, n_holdout=0, batch_size=2, base_filters=4, d_filters=4, epochs=6,
                  precision="fp32", fused_adam=False, threads=1)
@@ -39,14 +40,15 @@ def test_a_resumed_trial_is_the_trial_without_the_kill_in_float64(tmp_path):
             client = prepare_store(uri)
             experiment = ensure_experiment(client, "resume")
             whole = RunLogger.start(client, experiment, "whole")
-            run_trial(CELL, whole, eval_every=2, data=data, progress=False, checkpoint_s=1e-9)
+            run_trials([CELL], [whole], eval_every=2, data=data, progress=False, checkpoint_s=1e-9)
             whole.finish()
             cut = RunLogger.start(client, experiment, "cut")
             with pytest.raises(Killed):  # killed at the evaluation of epoch 4, after epoch 3's checkpoint
-                run_trial(CELL, cut, eval_every=2, report=_kill_at(4), data=data, progress=False, checkpoint_s=1e-9)
+                run_trials([CELL], [cut], eval_every=2, reports=[_kill_at(4)], data=data, progress=False,
+                           checkpoint_s=1e-9)
             cut.flush()
             resumed = RunLogger(client, cut.run_id)
-            run_trial(CELL, resumed, eval_every=2, data=data, progress=False, checkpoint_s=1e-9, resume=True)
+            run_trials([CELL], [resumed], eval_every=2, data=data, progress=False, checkpoint_s=1e-9, resume=True)
             resumed.finish()
             runs = {r.info.run_name: r for r in client.search_runs([experiment])}
             curves = load_curves(client, _ids(runs))

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from analysis.runs import settings, summaries
 from study.ledger import claim
 from study.spec import SweepError, load_sweep, parse_sweep
-from study.storage import load_study, open_storage
+from study.stores.optuna import load_study, open_storage
 from study.sweep import SweepFailed, run_sweep
 from study.workers import Context
 
@@ -366,7 +366,7 @@ def test_mlflow_server_serves_the_runs(swept):
 
 def test_pruned_trials_end_pruned_and_tagged(tmp_path, monkeypatch):
     """Pruning decisions are Optuna's; what is ours is ending the trial and its run correctly."""
-    import study.storage as storage_module
+    import study.stores.optuna as storage_module
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -495,7 +495,7 @@ def _disk_full(monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(study.workers, "run_trial", full)
+    monkeypatch.setattr(study.workers, "run_trials", full)
 
 
 def test_failed_trials_are_retried_once_their_cause_is_gone(tmp_path, capsys, monkeypatch):
@@ -616,7 +616,7 @@ def test_resuming_train_with_other_settings_names_them_and_keeps_the_config(tmp_
 
 
 def test_run_names_say_the_condition_and_seed():
-    from study.workers import run_name
+    from study.tracking import run_name
 
     spec = parse_sweep(GOOD, "names.toml")
     params = {"n_images": 10, "arch": "unet", "lambda_cyc": 1.0, "pairing": "fixed"}
@@ -670,7 +670,7 @@ def test_assignment_history_round_trips_through_mlflow(swept, tmp_path):
 
 
 def test_an_unwritable_mlflow_store_is_one_line():
-    from study.tracking import prepare_store
+    from study.stores.mlflow import prepare_store
 
     with pytest.raises(SweepError, match=r"cannot open the MLflow store sqlite:////proc/no-such/mlflow.db"):
         prepare_store("sqlite:////proc/no-such/mlflow.db")
@@ -681,7 +681,8 @@ def test_dataset_input_survives_the_race_between_two_workers(tmp_path):
     fail its whole trial with an IntegrityError. The first log_inputs call here loses that race."""
     import pandas as pd
 
-    from study.tracking import RunLogger, dataset_inputs, ensure_experiment, prepare_store
+    from study.stores.mlflow import ensure_experiment, prepare_store
+    from study.tracking import RunLogger, dataset_inputs
 
     client = prepare_store(f"sqlite:///{tmp_path}/mlflow.db")
     logger = RunLogger.start(client, ensure_experiment(client, "race"), "r")
@@ -709,12 +710,12 @@ def test_a_sweep_ends_with_the_time_it_took_beside_the_time_it_planned():
 
 def test_a_fixed_thread_count_is_the_one_the_sweep_says_it_runs(monkeypatch):
     from study import autotune
-    from study.sweep import execution
+    from study.autotune import plan_workers
 
     monkeypatch.setattr(autotune, "cores", lambda: 4)
     spec = parse_sweep(GOOD, "threads.toml", {"threads": 1})
-    assert execution(spec, 1, "off") == (1, 1, False)  # each trial sets its threads=1, whatever the cores
-    assert execution(parse_sweep(GOOD, "cores.toml"), 2, "off") == (2, 2, False)  # else the cores shared out
+    assert plan_workers(spec, 1, "off") == (1, 1, False)  # each trial sets its threads=1, whatever the cores
+    assert plan_workers(parse_sweep(GOOD, "cores.toml"), 2, "off") == (2, 2, False)  # else the cores shared out
 
 
 def test_estimate_probes_the_largest_queued_condition(tmp_path):
@@ -771,17 +772,17 @@ def test_a_worker_whose_trial_was_declared_stale_ends_it_with_one_line(tmp_path,
     import study.workers as sweep
 
     config = write_sweep(tmp_path, "stale", epochs=2)
-    real = sweep.run_trial
+    real = sweep.run_trials
 
-    def declared_stale_meanwhile(config, logger, *args, **kwargs):
-        outcome = real(config, logger, *args, **kwargs)
+    def declared_stale_meanwhile(configs, loggers, *args, **kwargs):
+        outcomes = real(configs, loggers, *args, **kwargs)
         storage = open_storage(None)
         for t in optuna.load_study(study_name="stale", storage=storage).get_trials(states=(TrialState.RUNNING,)):
             if t.number == 0:  # as another worker's stale check does
                 storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        return outcome
+        return outcomes
 
-    monkeypatch.setattr(sweep, "run_trial", declared_stale_meanwhile)
+    monkeypatch.setattr(sweep, "run_trials", declared_stale_meanwhile)
     code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config), "--workers", "1")
     assert code == 0 and "Traceback" not in said, said[-3000:]
     assert len([line for line in said.splitlines() if "trial    0" in line and "stale" in line]) == 1, said[-3000:]
@@ -869,7 +870,7 @@ def test_a_killed_trial_counts_as_run_again_once_a_retry_of_it_finishes():
     retry still waits, or was killed in turn without a finished retry, has."""
     from optuna.trial import create_trial
 
-    from study.ledger import not_rerun
+    from study.retries import not_rerun
 
     study = optuna.create_study()
     killed = {"failure": "killed: its worker stopped sending heartbeats"}
@@ -890,7 +891,7 @@ def test_a_trial_whose_heartbeats_no_longer_reach_the_storage_stops_within_the_o
     a quarter of an hour), and the trial, asked every epoch, stops at the next."""
     import study.owners
     from study.owners import Lease
-    from study.storage import StoreOutage, is_outage, outage_reason
+    from study.stores.optuna import StoreOutage, is_outage, outage_reason
 
     class Down:  # a storage that stopped answering
         def set_trial_user_attr(self, *args):

@@ -7,8 +7,8 @@ import pytest
 from analysis import dynamics
 from cyclelike.execution import identity
 from study import autotune
+from study.autotune import plan_workers
 from study.spec import load_sweep, parse_sweep
-from study.sweep import execution
 
 SCALING = "study/configs/scaling.toml"
 ALONE = 'CYCLELIKE_STORE=mlruns/alone make sweep CONFIG=study/configs/scaling.toml ARGS="--workers 1"'
@@ -25,14 +25,14 @@ def test_a_timing_study_under_auto_runs_one_trial_at_a_time_with_every_thread(mo
     # what auto measured there: two workers finish the most trials per hour
     monkeypatch.setattr(autotune, "tune", lambda *a, **k: autotune.Tuning("m", "c", {"2x2": 9.0}, 0.0, 2, 2, False))
     monkeypatch.setattr(autotune, "typical_cell", lambda configs: configs[0])
-    assert execution(parse_sweep(sweep()), "auto", "auto") == (2, 2, False)  # any other study fills the machine
+    assert plan_workers(parse_sweep(sweep()), "auto", "auto") == (2, 2, False)  # any other study fills the machine
     capsys.readouterr()
     by_objective = parse_sweep(sweep(objectives=["time/sec_per_epoch"], directions=["minimize"]))
-    assert execution(by_objective, "auto", "auto") == (1, 4, False)
+    assert plan_workers(by_objective, "auto", "auto") == (1, 4, False)
     by_mark = parse_sweep(sweep(timing=True))
-    assert execution(by_mark, "auto", "auto") == (1, 4, False)
+    assert plan_workers(by_mark, "auto", "auto") == (1, 4, False)
     assert capsys.readouterr().out == ""
-    assert execution(by_mark, 2, "off") == (2, 2, False)  # asked for: run as asked, and said in one line
+    assert plan_workers(by_mark, 2, "off") == (2, 2, False)  # asked for: run as asked, and said in one line
     said = capsys.readouterr().out
     assert said.count("\n") == 1 and "timing study" in said and "contention" in said
 

@@ -15,14 +15,15 @@ import warnings
 from pathlib import Path
 
 import optuna
+from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from analysis.store import DB_CONNECT_ARGS, first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
 
-from .spec import SweepError, SweepSpec
-from .tracking import file_lock
+from ..retries import KILLED_STALE, killed
+from ..spec import SweepError, SweepSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says more
 # heartbeats and fail_stale_trials are marked experimental in Optuna; they are what the RDB path relies on
@@ -32,21 +33,12 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run" links, twice per trial
 
 
-def _killed(study, trial) -> None:
-    from .ledger import killed  # the ledger decides what a dead trial's retry is
-
-    killed(study, trial)
-
-
 # RDB storages (PostgreSQL, many machines): Optuna's heartbeat, which this harness sends for its ask/tell trials;
 # often enough that a database gone is seen well within ledger.OUTAGE_S of its last answer
 HEARTBEAT_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_S", 15))
 
 
 HEARTBEAT_GRACE_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_GRACE_S", 180))
-
-
-KILLED_STALE = "killed: its worker stopped sending heartbeats"
 
 
 def open_storage(url: str | None, workers: int = 1):
@@ -69,9 +61,9 @@ def open_storage(url: str | None, workers: int = 1):
         if url.startswith("sqlite"):
             return RDBStorage(url)
         # PostgreSQL for several machines: no process can tell another machine's live trial from a dead one,
-        # so heartbeats decide, and Optuna hands each dead trial to `_killed` as it fails it
+        # so heartbeats decide, and Optuna hands each dead trial to `retries.killed` as it fails it
         return HeartbeatStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S,
-                                heartbeat_stale_trial_callback=_killed,
+                                heartbeat_stale_trial_callback=killed,
                                 engine_kwargs={"pool_pre_ping": True, "connect_args": db_connect_args(url)})
     except Exception as err:  # SQLAlchemy and the drivers raise many types for a bad URL or a server that is down
         raise SweepError(f"--storage {safe_url(url)}: cannot open it: {first_line(err)}") from None
@@ -118,11 +110,11 @@ def coordinator_lock(storage_url: str | None):
     """One coordinator at a time per store: recovery and queueing read, then write."""
     url = optuna_storage(storage_url)
     if "://" not in url:
-        return file_lock(Path(url + ".coordinator"))  # not ".lock": the journal backend takes that name
+        return FileLock(Path(url + ".coordinator"))  # not ".lock": the journal backend takes that name
     if url.startswith("postgresql"):
         return advisory_lock(url)
     db = sqlite_path(tracking_uri())
-    return file_lock(db.parent / ".coordinator.lock") if db is not None else contextlib.nullcontext()
+    return FileLock(db.parent / ".coordinator.lock") if db is not None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

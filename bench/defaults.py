@@ -1,5 +1,5 @@
-"""`python -m study.device_defaults BENCH_JSON [--out FOLDER]`: the defaults file `cyclelike/defaults/<kind>.json` that
-a bench.json of study/bench_cuda.py (`scripts/gpu_check.sh` on a GPU) sets for the kind of device it ran on.
+"""`python -m bench.defaults BENCH_JSON [--out FOLDER]`: the defaults file `cyclelike/defaults/<kind>.json` that
+a bench.json of bench/device.py (`scripts/gpu_check.sh` on a GPU) sets for the kind of device it ran on.
 
 One rule per key, applied where the bench.json holds that key's figures; a key it did not measure keeps its value and
 its basis. A key the bench decided names this measurement as its basis, and the figures go in beside it.
@@ -120,7 +120,7 @@ def derive(results: dict, current: dict) -> dict:
         new["measurements"][ident] = {
             "device": machine.get("device"), "torch": machine.get("torch"), "cuda": machine.get("cuda"),
             "commit": machine.get("git_commit"), "time": machine.get("time"),
-            "command": results.get("settings", {}).get("command", "python -m study.bench_cuda"),
+            "command": results.get("settings", {}).get("command", "python -m bench device"),
             "figures": figures(results)}
     kept = set(new["basis"].values())
     new["measurements"] = {k: v for k, v in new["measurements"].items() if k in kept}
@@ -128,9 +128,9 @@ def derive(results: dict, current: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.device_defaults", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.defaults", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench_json", type=Path, help="a bench.json of study/bench_cuda.py (scripts/gpu_check.sh)")
+    parser.add_argument("bench_json", type=Path, help="a bench.json of bench/device.py (scripts/gpu_check.sh)")
     parser.add_argument("--out", type=Path, default=DEFAULTS_DIR, help="the folder to write <kind>.json into "
                                                                       "(default: cyclelike/defaults, what auto reads)")
     args = parser.parse_args(argv)

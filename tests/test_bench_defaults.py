@@ -1,4 +1,4 @@
-"""study/device_defaults.py turns a bench.json (scripts/gpu_check.sh on a GPU) into the defaults file of its kind of
+"""bench/defaults.py turns a bench.json (scripts/gpu_check.sh on a GPU) into the defaults file of its kind of
 device: each key the bench measured takes the measured value and names the measurement, and replay goes on only where
 the replayed pairs equal eager's, it gains, and no replayed run fell back."""
 
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from bench.defaults import derive, main
 from cyclelike.execution import AUTO_KEYS, DEFAULTS, load_defaults
-from study.device_defaults import derive, main
 
 ID = "nvidia-h100-80gb-hbm3-abcdef0"
 
@@ -22,7 +22,7 @@ def bench(replay=0.5, same=3, kept=True, bf16=1.2, sections=("ways", "switches",
     results = {
         "machine": {"device": "NVIDIA H100 80GB HBM3", "kind": "cuda", "git_commit": "abcdef0123", "torch": "2.11",
                     "time": "2026-12-01 10:00:00"},
-        "settings": {"command": "python -m study.bench_cuda --quick --out /out/bench.json"},
+        "settings": {"command": "python -m bench device --quick --out /out/bench.json"},
         "ways": {n: {"rows": {"eager fp32": {"sec_per_epoch": 1.0, "precision": "fp32"},
                               "eager bf16": {"sec_per_epoch": bf16, "precision": "bf16"}}}
                  for n in ("seed", "default")},
@@ -51,7 +51,7 @@ def test_precision_and_each_switch_take_what_was_measured_faster():
     assert list(new["measurements"]) == [ID]  # what no key rests on any more leaves
     measurement = new["measurements"][ID]
     assert measurement["device"] == "NVIDIA H100 80GB HBM3" and measurement["commit"] == "abcdef0123"
-    assert measurement["command"].startswith("python -m study.bench_cuda")
+    assert measurement["command"].startswith("python -m bench device")
     assert measurement["figures"]["seed"]["eager bf16"] == 1.2
     assert derive(bench(bf16=0.8), DEFAULTS["cuda"])["auto"]["precision"] == "bf16"
 
