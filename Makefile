@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 test: .venv browser postgres  ## ruff, the import layers (no circles) and the test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -n $(TEST_WORKERS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: .venv  ## ruff and the import layers
 	$(VENV)/bin/ruff check .

@@ -52,10 +52,19 @@ def write_sweep(folder: Path, name: str, epochs: int = 4, extra: str = "", **cha
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # fixed thread counts: tests compete for the cores less; under pytest-xdist (make test: -n auto) each worker
-    # takes its share of them, never the whole machine
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // workers)))
+    # fixed thread counts: tests compete for the cores less
+    torch.set_num_threads(min(2, len(os.sched_getaffinity(0))))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (make test: -n auto) each worker gets cores of its own: the sweeps its tests start in
+    subprocesses size their workers and threads from the cores they see (study.autotune.cores), and torch's
+    threads spinning on a core another worker uses make an epoch many times slower."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cpus = sorted(os.sched_getaffinity(0))
+    if worker and count > 1 and len(cpus) > 1:  # worker i on core i mod cores: never one worker over all of them
+        index = int(worker.removeprefix("gw"))
+        os.sched_setaffinity(0, cpus[index % len(cpus) :: count] or [cpus[index % len(cpus)]])
 
 
 @pytest.fixture
@@ -113,3 +122,20 @@ def postgres_server():
 def postgres_url(postgres_server):
     """The Optuna storage URL of postgres_server, its password in it."""
     return postgres_server.url("optuna")
+
+
+# the files whose tests start sweeps, servers and databases in subprocesses: they go first, so that under
+# pytest-xdist the short tests fill the other core at the end instead of one long test running alone
+LONG_FIRST = ("test_multimachine.py", "test_study.py", "test_outside.py", "test_bench_device.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long files first; under pytest-xdist (--dist loadgroup) the tests that share a module-scoped fixture run on
+    one worker, so it is built once."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        shared = defs and any(d.scope == "module" for fixture in defs.name2fixturedefs.values() for d in fixture)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
