@@ -218,16 +218,18 @@ def lu(t: dict, e: Evidence, claims: dict[str, Claim]) -> Verdict:
                share.p[0] < ALPHA / 2 else []) + \
             ([f"{', '.join(found)} explain{'s' * (len(found) == 1)} them"] if found else [])
         return Verdict("no", detail="; ".join(why) or "seed sharing or a predictor at p < 0.025")
-    if code == "yes":
+    one_to_one = claims["one_to_one"].images.said == "yes"  # after Holm over conditions, as its sentence says
+    if code == "yes" and one_to_one:
         return Verdict("yes", detail=f"mean kappa {kappa:.2f} < {critical:.2f}, the critical value at which seeds "
                                      f"sharing at kappa {simulate.KAPPA_MARGIN} ({margin:.1f} of {e.design.n} rows "
-                                     "beyond chance) pass in 5% of studies; one-to-one, no predictor")
+                                     "beyond chance) pass in 5% of studies; one-to-one; no data-only predictor "
+                                     "detected")
     if code == "not tested":
-        return Verdict("not tested", detail="no one-to-one map to speak of: every seed pair collapsed onto one y"
-                       if claims["one_to_one"].images.said != "yes" else "no data set with two seeds' maps")
+        return Verdict("not tested", detail="no data set with two seeds' maps" if e.design.seeds < 2 else
+                       "every seed pair collapsed onto one y, and kappa leaves collapsed pairs out")
     reasons = []
-    if claims["one_to_one"].images.said != "yes":
-        reasons.append("no one-to-one map to speak of")
+    if not one_to_one:
+        reasons.append("one-to-one not detected")
     if int(share.sets[0]) < MIN_SETS:
         reasons.append(f"{int(share.sets[0])} data set(s) with a seed pair; agreeing needs {MIN_SETS}")
     elif not kappa < critical:

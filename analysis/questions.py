@@ -134,11 +134,18 @@ def _images_clauses(said: dict[str, Claim]) -> list[str]:
     if found:
         parts.append(f"{', '.join(found)} explain{'s' * (len(found) == 1)} them")
     elif tested:
-        first = said[f"explained_{tested[0]}"].images.detail.split("; ")[-1]
-        parts.append(f"no candidate explanation detected ({len(tested)} tested; {first})")
+        power = _power(said[f"explained_{tested[0]}"].images)  # one design, one Holm family: the same for each
+        parts.append(f"no candidate explanation detected ({len(tested)} tested; each {power})" if power else
+                     f"no candidate explanation detected ({len(tested)} tested)")
     else:
         parts.append("no candidate explanation was logged")
     return parts
+
+
+def _power(v) -> str:
+    """ "power P at effect E" from a verdict's detail, or "" where it holds none."""
+    power = [part for part in v.detail.split("; ") if part.startswith("power")]
+    return power[-1] if power else ""
 
 
 def _sets_clause(said: dict[str, Claim]) -> str:
@@ -147,8 +154,12 @@ def _sets_clause(said: dict[str, Claim]) -> str:
         return f"across data sets not tested ({scope['one_to_one'].detail or scope['order'].detail})"
     names = {"one_to_one": "one-to-one", "order": "the stored order's partners", "share": "seed sharing"}
     found = [n for n in CANDIDATES if said[f"explained_{n}"].sets.said == "yes"]
-    parts = [f"{names[k]} {v.said}" for k, v in scope.items()]
-    parts.append(f"{', '.join(found)} explain{'s' * (len(found) == 1)} them" if found else "no candidate detected")
+    parts = [f"{names[k]} {v.said} ({_power(v)})" if v.said == "not detected" and _power(v) else f"{names[k]} {v.said}"
+             for k, v in scope.items()]
+    tested = [n for n in CANDIDATES if said[f"explained_{n}"].sets.tested]
+    parts.append(f"{', '.join(found)} explain{'s' * (len(found) == 1)} them" if found else
+                 f"no candidate detected ({len(tested)} tested; each {_power(said[f'explained_{tested[0]}'].sets)})"
+                 if tested else "no candidate tested")
     return "across data sets: " + ", ".join(parts) + " (the numbers and powers: the table below)"
 
 
@@ -271,7 +282,9 @@ def collapse_answers(t: pd.DataFrame) -> list[str]:
             f"targets than a random map on these images in {len(collapsed)} of {len(found)}"
             + (f" ({', '.join(collapsed)})" if collapsed and len(found) > 1 else "")
             + (" (the pair is noise, and G averages it)" if collapsed else "")
-            + (f"; in {', '.join(rest)} a collapse was not detected" if rest else "") + "."]
+            + (f"; in {', '.join(rest)} a collapse was not detected" if rest else "")
+            + "".join(f" ({label}: {_power(said['collapse'].images)})" for label, _, _, said in found
+                      if label in rest and _power(said["collapse"].images)) + "."]
 
 
 def predictor_figure(u: pd.DataFrame) -> plt.Figure | None:

@@ -57,7 +57,7 @@ def test_lu_never_agrees_of_maps_that_collapsed_and_names_the_scheme_it_speaks_o
     for scheme, whose in (("cyclelike", "the one G's maps"), ("cyclegan", "cyclegan's maps")):
         text = questions.unpaired_answers(_unpaired(4, 2, maps=lambda d, s: np.full(10, 3), scheme=scheme))[0]
         assert "this study agrees" not in text and "the maps collapsed" in text
-        assert f"of {whose} here, this study could not test it (no one-to-one map to speak of" in text
+        assert f"of {whose} here, this study could not test it (every seed pair collapsed onto one y" in text
 
 
 def test_a_modest_effect_over_three_data_sets_of_three_seeds_is_found():
@@ -85,7 +85,17 @@ def test_a_test_that_ran_without_a_verdict_says_not_detected_with_its_power():
     for fact in ("no more one-to-one", "shared no more partners", "none of"):
         assert fact not in text
     assert "one-to-one against a uniformly random map not detected (" in text and "; power " in text
-    assert "seed sharing not detected (kappa " in text and "no candidate explanation detected (8 tested; power" in text
+    assert "seed sharing not detected (kappa " in text
+    assert "no candidate explanation detected (8 tested; each power" in text
+
+
+def test_lu_agrees_only_of_maps_whose_one_to_one_sentence_says_yes_after_holm(monkeypatch):
+    """The Lu rule read one-to-one's raw p while its sentence printed the Holm-corrected one: a study could say
+    "one-to-one ... not detected" and "this study agrees (... one-to-one ...)" of the same maps."""
+    monkeypatch.setattr(claims.inference, "lu_codes", lambda *args: np.array(["yes"]))  # the rule's other gates
+    said = claims.condition_claims([_unpaired(3, 2)])[0]  # random maps: one-to-one not detected
+    assert said["one_to_one"].images.said == "not detected"
+    assert said["lu"].said == "inconclusive" and "one-to-one not detected" in said["lu"].detail
 
 
 def test_primary_claims_are_holm_corrected_across_conditions():
