@@ -25,7 +25,7 @@ checkpoint left in it (`recover_stale`). A COMPLETE trial whose run is not whole
 Optuna first) is found at the next start (`hollow_runs`) and repaired by the layer that trains
 (study.workers.repair_hollow): re-finished from its checkpoint, or retrained from epoch 0 without one, in the same
 run, tagged `repaired`.
-The named instants where the fault-injection tests kill a worker (CYCLELIKE_FAULT, `trial.fault`): claimed,
+The named instants where the fault-injection tests kill a worker (CYCLELIKE_FAULT, `outcome.fault`): claimed,
 checkpoint (after the first is stored), trained (after the last epoch), whole (after 1), told (after 2),
 dropped (after 3).
 """
@@ -44,12 +44,12 @@ from cyclelike.config import EXECUTION_KEYS, RunConfig
 from cyclelike.execution import condition, identity
 
 from .checkpoints import CHECKPOINT_DIR, drop_checkpoint
+from .outcome import TrialOutcome, fault, is_whole
 from .owners import owner_alive, owner_record
 from .retries import close_run, is_killed, requeue, resumes
 from .spec import SweepSpec
 from .stores.optuna import coordinator_lock, heartbeat_enabled
 from .tracking import RunLogger
-from .trial import TrialOutcome, fault, is_whole
 
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)  # needs no new trial
 

@@ -26,6 +26,7 @@ from cyclelike.train import timed_text
 
 from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
 from .ledger import claim_group, conclude, count_configs, hollow_runs, recover_dead
+from .outcome import TrialOutcome
 from .owners import lease, owner_alive
 from .retries import KILLED_STALE
 from .spec import SweepSpec
@@ -41,7 +42,7 @@ from .stores.optuna import (
     outage_reason,
 )
 from .tracking import RunLogger, reproduce_command, run_name, shown_params
-from .trial import Report, TrialOutcome, run_trials
+from .trial import Report, run_trials
 
 
 @dataclass

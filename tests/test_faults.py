@@ -1,6 +1,6 @@
 """The finishing protocol under kills (study.ledger): a sweep killed at each of its named instants, then the same
 sweep again, leaves every cell COMPLETE once, every run whole, nothing RUNNING and at most one checkpoint interval
-trained twice. The kill is CYCLELIKE_FAULT=<instant> (study.trial.fault: os._exit(137), no cleanup) in a forked
+trained twice. The kill is CYCLELIKE_FAULT=<instant> (study.outcome.fault: os._exit(137), no cleanup) in a forked
 copy of this process, which costs no imports; the same sweep then runs here.
 
 The fast subset runs by default; FAULTS=full adds the other instants and 2 workers (and PostgreSQL where
@@ -23,11 +23,11 @@ import study.stores.optuna
 import study.sweep
 import study.workers
 from study.checkpoints import CHECKPOINT_DIR
+from study.outcome import FAULT_ENV, is_whole
 from study.spec import load_sweep
 from study.stores.optuna import open_storage
 from study.sweep import SweepFailed, prepare, run_sweep
 from study.tracking import RunLogger
-from study.trial import FAULT_ENV, is_whole
 
 EPOCHS = 4
 FAST = ["claimed", "checkpoint", "trained", "whole", "told"]

@@ -21,10 +21,10 @@ from conftest import store_in, write_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from study.outcome import is_whole
 from study.spec import load_sweep
 from study.stores.optuna import open_storage
 from study.sweep import run_sweep
-from study.trial import is_whole
 
 EPOCHS, EVAL = 6, 2
 CELLS = ["aligned", "fixed", "shuffled"]

@@ -28,13 +28,13 @@ from ..spec import SweepError, SweepSpec
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says more
 # heartbeats and fail_stale_trials are marked experimental in Optuna; they are what the RDB path relies on
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# this harness sends the heartbeats study.optimize would (see ledger.lease); said once per trial, it buried our lines
+# this harness sends the heartbeats study.optimize would (see owners.lease); said once per trial, it buried our lines
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run" links, twice per trial
 
 
 # RDB storages (PostgreSQL, many machines): Optuna's heartbeat, which this harness sends for its ask/tell trials;
-# often enough that a database gone is seen well within ledger.OUTAGE_S of its last answer
+# often enough that a database gone is seen well within owners.OUTAGE_S of its last answer
 HEARTBEAT_S = int(os.environ.get("CYCLELIKE_HEARTBEAT_S", 15))
 
 

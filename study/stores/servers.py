@@ -108,8 +108,8 @@ def start_postgres(data: str | Path | None = None, port: int | None = None, list
         data.chmod(0o700)
         _chown(data, owner)
         password = secrets.token_urlsafe(24)
-        password_file.write_text(password)
-        password_file.chmod(0o600)
+        with os.fdopen(os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(password)  # created unreadable to others: never a moment with the umask's 0644
         with tempfile.NamedTemporaryFile("w", delete=False, dir=data.parent) as pw:
             pw.write(password)
         try:
