@@ -1,5 +1,6 @@
 import contextlib
 import os
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -48,6 +49,22 @@ def write_sweep(folder: Path, name: str, epochs: int = 4, extra: str = "", **cha
     path = folder / f"{name}.toml"
     path.write_text(tiny_sweep(name, epochs, extra, **changes))
     return path
+
+
+def run_main(module: str, capsys, monkeypatch, folder: Path, *argv: str) -> tuple[int, str]:
+    """`python -m <module> ...` in this process with its store in `folder`, as a shell runs it (sys.argv is what
+    the command tag reads): its exit code and everything it printed."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
+    monkeypatch.setenv("CYCLELIKE_STORE", str(folder / "mlruns"))
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "argv", [str(repo / module.replace(".", "/") / "__main__.py"), *argv])
+    main = __import__(f"{module}.__main__", fromlist=["main"]).main
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
 
 
 @pytest.fixture(autouse=True)

@@ -8,23 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_sweep
+from conftest import run_main, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _main(module, capsys, monkeypatch, folder: Path, *argv: str) -> tuple[int, str]:
-    """`python -m <module> ...` in this process, as a shell runs it (sys.argv is what the command tag reads)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
-    monkeypatch.setenv("CYCLELIKE_STORE", str(folder / "mlruns"))
-    monkeypatch.setattr(sys, "argv", [str(REPO / module.replace(".", "/") / "__main__.py"), *argv])
-    main = __import__(f"{module}.__main__", fromlist=["main"]).main
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def _hits(secret: bytes, folder: Path) -> list[str]:
@@ -42,7 +29,7 @@ def test_a_password_in_the_storage_url_goes_nowhere(tmp_path, capsys, monkeypatc
     for module, argv in (("study", ["sweep", "--config", str(config), "--storage", url]),
                          ("analysis", ["report", "--experiment", "leak", "--storage", url, "--out",
                                        str(tmp_path / "report")])):
-        code, said = _main(module, capsys, monkeypatch, tmp_path, *argv)
+        code, said = run_main(module, capsys, monkeypatch, tmp_path, *argv)
         assert code == 0, said[-3000:]
         printed.append(said)
     assert servers.main(["postgres", "start", "--dir", str(postgres_server.data)]) == 0  # make db: already running
@@ -83,7 +70,8 @@ def test_a_study_name_that_would_leave_the_store_is_refused(tmp_path, capsys, mo
     config = write_sweep(tmp_path, "named", epochs=1, seeds="[0]", pairing='["fixed"]', threads="1")
     config.write_text(config.read_text().replace('name = "named"', f'name = "{name}"'))
     store = tmp_path / "a" / "b" / "store"
-    code, said = _main("study", capsys, monkeypatch, tmp_path, "sweep", "--config", str(config), "--store", str(store))
+    code, said = run_main("study", capsys, monkeypatch, tmp_path, "sweep", "--config", str(config),
+                          "--store", str(store))
     last = said.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: name=") and "folder name" in last, said[-2000:]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["named.toml"]  # nothing created, in or out of the store
@@ -92,7 +80,7 @@ def test_a_study_name_that_would_leave_the_store_is_refused(tmp_path, capsys, mo
 def test_an_experiment_name_stays_one_folder_of_the_store(tmp_path, capsys, monkeypatch):
     """`study run --experiment` names an experiment freely: its artifacts stay inside the store whatever it is."""
     store = tmp_path / "a" / "b" / "store"
-    code, said = _main("study", capsys, monkeypatch, tmp_path, "run", "--experiment", "../../escaped", "--store",
+    code, said = run_main("study", capsys, monkeypatch, tmp_path, "run", "--experiment", "../../escaped", "--store",
                        str(store), "--set", "image_size=16", "--set", "n_images=4", "--set", "n_holdout=0",
                        "--set", "epochs=1", "--set", "base_filters=4", "--set", "d_filters=4", "--set", "threads=1",
                        "--eval-every", "0")

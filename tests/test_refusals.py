@@ -10,26 +10,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import store_in, write_sweep
+from conftest import run_main, store_in, write_sweep
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from study.spec import SweepError, load_sweep, parse_sweep
 from study.sweep import prepare
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _main(capsys, monkeypatch, folder: Path, *argv: str, module: str = "study") -> tuple[int, str]:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
-    monkeypatch.setenv("CYCLELIKE_STORE", str(folder / "mlruns"))
-    main = __import__(f"{module}.__main__", fromlist=["main"]).main
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def _one_line_refusal(code: int, said: str, *words: str) -> None:
@@ -84,14 +70,15 @@ def test_bad_data_is_one_line_before_the_first_trial(tmp_path, capsys, monkeypat
     config = write_sweep(tmp_path, "data", epochs=1, seeds="[0]", threads="1", n_holdout="0", pairing='["fixed"]')
     lines = "".join(f'{k} = "{v}"\n' for k, v in fixed.items())
     config.write_text(config.read_text().replace("[fixed]\n", f"[fixed]\n{lines}"))
-    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config))
+    code, said = run_main("study", capsys, monkeypatch, tmp_path, "sweep", "--config", str(config))
     _one_line_refusal(code, said, *words)
     assert not (tmp_path / "mlruns").exists()  # no study, no run
 
 
 def test_a_seed_too_large_for_the_generators_is_one_line(tmp_path, capsys, monkeypatch):
     """torch's generators overflowed on it: a traceback, after the run was created."""
-    code, said = _main(capsys, monkeypatch, tmp_path, "run", "--set", f"seed={2**64}", "--set", "image_size=16")
+    code, said = run_main("study", capsys, monkeypatch, tmp_path, "run", "--set", f"seed={2**64}",
+                          "--set", "image_size=16")
     _one_line_refusal(code, said, f"seed={2**64}", str(2**63 - 1))
     assert not (tmp_path / "mlruns").exists()
 
@@ -134,7 +121,7 @@ def test_a_change_an_existing_study_cannot_absorb_is_refused_and_its_parent_run_
         study.tell(told, 0.5)
         client.set_terminated(parent, "FINISHED")
     config = _kept(tmp_path, top, **changes)
-    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config))
+    code, said = run_main("study", capsys, monkeypatch, tmp_path, "sweep", "--config", str(config))
     _one_line_refusal(code, said, *words)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert client.get_run(parent).info.status == "FINISHED"
@@ -169,7 +156,7 @@ def test_a_report_on_a_study_without_a_finished_run_exits_1(tmp_path, capsys, mo
         client = prepare_store(uri)
         run = RunLogger.start(client, ensure_experiment(client, "unfinished"), "N4-s0", tags={"trial": 0})
         run.finish("FAILED", tags={"optuna.state": "FAIL", "failure": "OSError: No space left on device"})
-    code, said = _main(capsys, monkeypatch, tmp_path, "report", "--experiment", "unfinished", "--out",
-                       str(tmp_path / "report"), module="analysis")
+    code, said = run_main("analysis", capsys, monkeypatch, tmp_path, "report", "--experiment", "unfinished", "--out",
+                          str(tmp_path / "report"))
     assert code == 1 and said.strip().splitlines()[-1].startswith("error: study 'unfinished' has no finished run")
     assert (tmp_path / "report" / "report.md").exists()  # the page says why, too
