@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from study.outcome import is_whole
 from study.spec import load_sweep
-from study.stores.optuna import open_storage
+from study.stores.optuna import JournalLock, open_storage
 from study.sweep import run_sweep
 
 EPOCHS, EVAL = 6, 2
@@ -216,3 +216,35 @@ def test_a_sweep_killed_from_outside_at_any_instant_loses_nothing(tmp_path, requ
     print(f"{instant} {store} {workers}w: killed after {killed_s:.1f} s; the same command completed in "
           f"{time.monotonic() - t0 - killed_s:.1f} s")
     _whole(tmp_path, "outside", storage)
+
+
+def test_a_journal_lock_left_by_a_killed_process_is_taken_at_once_and_another_programs_is_waited_for(
+        tmp_path, monkeypatch):
+    """A sweep killed while it appended to the journal left Optuna's lock symlink behind, and the next start waited
+    out Optuna's 30 s grace period before it could write a line (one kill in this file's suite ran 32 s, not 2)."""
+    journal = str(tmp_path / "optuna.journal")
+    optuna.create_study(study_name="locked", storage=open_storage(journal))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            JournalLock(journal).acquire()
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies holding it
+    os.waitpid(pid, 0)
+    assert os.path.islink(journal + ".lock")
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        if len(waits) > 50:
+            raise AssertionError("waited for the lock a dead process held")
+        if os.path.islink(journal + ".lock") and os.readlink(journal + ".lock") == journal:
+            os.unlink(journal + ".lock")  # the other program is done
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    study = optuna.load_study(study_name="locked", storage=open_storage(journal))
+    study.ask()
+    assert waits == [] and not os.path.islink(journal + ".lock")
+    os.symlink(journal, journal + ".lock")  # Optuna's own lock, as optuna-dashboard or plain Optuna take it
+    study.ask()
+    assert waits and len(study.trials) == 2 and not os.path.islink(journal + ".lock")

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
 from analysis.store import DB_CONNECT_ARGS, first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
@@ -50,7 +50,7 @@ def open_storage(url: str | None, workers: int = 1):
                              "or a database URL")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
+            return JournalStorage(JournalFileBackend(url, lock_obj=JournalLock(url)))
         except OSError as err:
             raise SweepError(f"the Optuna journal {url} cannot be written ({err.strerror}); "
                              "give a writable --store DIR or --storage") from None
@@ -67,6 +67,37 @@ def open_storage(url: str | None, workers: int = 1):
                                 engine_kwargs={"pool_pre_ping": True, "connect_args": db_connect_args(url)})
     except Exception as err:  # SQLAlchemy and the drivers raise many types for a bad URL or a server that is down
         raise SweepError(f"--storage {safe_url(url)}: cannot open it: {first_line(err)}") from None
+
+
+class JournalLock(JournalFileSymlinkLock):
+    """Optuna's journal lock (the symlink `<journal>.lock`, which optuna-dashboard and plain Optuna take too), taken
+    under a kernel lock of this harness's own. A sweep killed while it held Optuna's left the symlink behind, and the
+    next start waited out Optuna's 30 s grace period. The kernel lock ends with its holder, so whoever holds it and
+    finds a symlink that a harness process made (it points at the kernel lock's file) knows that process is dead.
+    A symlink another program made (it points at the journal) is waited for as Optuna waits."""
+
+    def __init__(self, journal: str) -> None:
+        super().__init__(journal)
+        self._kernel = FileLock(journal + ".flock", poll_interval=0.001)  # held for one append: milliseconds
+        self._lock_target_file = str(Path(journal + ".flock").resolve())  # the harness's mark on the symlink
+
+    def acquire(self) -> bool:
+        self._kernel.acquire()
+        try:
+            with contextlib.suppress(OSError):  # no symlink: nothing to clear
+                if os.readlink(self._lock_file) == self._lock_target_file:
+                    os.unlink(self._lock_file)
+            return super().acquire()
+        except BaseException:
+            if self._kernel.is_locked:  # Optuna's acquire may have released it already, through release()
+                self._kernel.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            super().release()
+        finally:
+            self._kernel.release()
 
 
 def db_connect_args(url: str) -> dict:
