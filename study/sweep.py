@@ -31,7 +31,7 @@ from . import autotune, preflight
 from .ledger import count_configs, queue_missing, recover_stale, unrun_cells
 from .retries import is_killed, not_rerun
 from .spec import SweepSpec
-from .stores.mlflow import ensure_experiment, prepare_store, set_trials_view
+from .stores.mlflow import ensure_experiment, prepare_store, set_trials_view, without_retries
 from .stores.optuna import (
     OUTAGE_EXIT,
     StoreOutage,
@@ -267,13 +267,15 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
     finally:
         overall()
         wall = time.time() - t0
+    lost = problem is not None and problem.code == OUTAGE_EXIT
     try:
-        study, table, overhead, mine = _close_invocation(spec, storage_url, client, parent_run_id, invocation,
-                                                          status, workers, t0, wall, busy.value)
+        with without_retries() if lost else contextlib.nullcontext():
+            study, table, overhead, mine = _close_invocation(spec, storage_url, client, parent_run_id, invocation,
+                                                              status, workers, t0, wall, busy.value)
     except Exception as err:
         if not is_outage(err):
             raise
-        why = "" if problem is not None and problem.code == OUTAGE_EXIT else f": {outage_reason(err)}"
+        why = "" if lost else f": {outage_reason(err)}"
         raise SweepFailed(f"{problem or 'the sweep'}; the store could not be reached to close it{why}; the next "
                           "start closes its runs", OUTAGE_EXIT) from None
     table.attrs.update(wall_s=wall, planned_s=planned_s, harness_overhead=overhead, trials_this_run=len(mine),

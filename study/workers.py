@@ -30,7 +30,7 @@ from .outcome import TrialOutcome
 from .owners import lease, owner_alive
 from .retries import KILLED_STALE
 from .spec import SweepSpec
-from .stores.mlflow import Client
+from .stores.mlflow import Client, without_retries
 from .stores.optuna import (
     OUTAGE_EXIT,
     StoreOutage,
@@ -209,7 +209,8 @@ def _kill(study, started: list[Started], reason: str, lost: bool = False) -> Non
         with contextlib.suppress(Exception) if lost else contextlib.nullcontext():
             run.trial.set_user_attr("failure", reason)
             study.tell(run.trial, state=TrialState.FAIL)
-        with contextlib.suppress(Exception) if lost else contextlib.nullcontext():
+        with contextlib.suppress(Exception) if lost else contextlib.nullcontext(), \
+                without_retries() if lost else contextlib.nullcontext():
             run.logger.finish("KILLED", tags={"optuna.state": "FAIL", "failure": reason})
 
 

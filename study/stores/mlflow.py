@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import urllib.error
 import urllib.parse
@@ -25,6 +26,21 @@ from ..spec import SweepError
 
 # "Creating initial MLflow database tables..." on every new store says nothing a user acts on
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def without_retries():
+    """What closes runs once the store has stopped answering tries each request once: every retry costs seconds of
+    backoff (three closing requests took 14 s to give up), and the next start closes what this one could not."""
+    key, old = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ[key] = "0"  # MLflow reads it at every request
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 class Client(MlflowClient):
