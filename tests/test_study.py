@@ -126,7 +126,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
-def test_killed_sweep_resumes_with_every_trial_once(tmp_path, sig):
+def test_killed_sweep_resumes_with_every_trial_once(tmp_path, sig, capsys, monkeypatch):
     config = write_sweep(tmp_path, "killed", epochs=30)
     config.write_text(config.read_text().replace("eval_every = 2", "eval_every = 20"))
     cmd = [sys.executable, "-m", "study", "sweep", "--config", str(config)]
@@ -161,10 +161,11 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path, sig):
     if sig == signal.SIGINT:  # interrupted: non-zero, and the trial it stopped is named
         said = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
         assert proc.returncode == 130 and f"trial(s) [{victim.number}] stopped" in said, said
-    out = subprocess.run(cmd, cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)  # the same command again, in this process: what is tested is the one it resumes
+    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config))
+    assert code == 0, said[-2000:]
     if sig == signal.SIGKILL:  # a dead process cannot close its trial: the next start does
-        assert f"recovered trial(s) [{victim.number}]" in out.stdout
+        assert f"recovered trial(s) [{victim.number}]" in said
     study = optuna.load_study(study_name="killed", storage=open_storage(str(journal)))
     killed = study.trials[victim.number]
     assert killed.state == TrialState.FAIL and "killed" in killed.user_attrs["failure"]
@@ -808,7 +809,7 @@ def _up(port: int) -> bool:
         return False
 
 
-def test_a_tracking_server_outage_ends_the_sweep_with_one_line_and_uses_no_retry(tmp_path):
+def test_a_tracking_server_outage_ends_the_sweep_with_one_line_and_uses_no_retry(tmp_path, capsys, monkeypatch):
     """An outage past MLflow's retries ended in a 120-line traceback, counted against max_retries, and left
     the run RUNNING while Optuna said FAIL."""
     port = _free_port()
@@ -850,8 +851,13 @@ def test_a_tracking_server_outage_ends_the_sweep_with_one_line_and_uses_no_retry
         assert trial.state == TrialState.FAIL and trial.user_attrs["failure"].startswith("killed:")
         server = _server(tmp_path, port)  # back again: the same command goes on, no retry used up
         _wait_for(lambda: _up(port), 90, "the MLflow server")
-        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stderr[-3000:]
+        for key in ("MLFLOW_TRACKING_URI", "CYCLELIKE_STORE"):  # the same command again, in this process
+            monkeypatch.setenv(key, env[key])
+        monkeypatch.chdir(tmp_path)
+        from study.__main__ import main
+
+        code = main(cmd[3:])
+        assert code == 0, capsys.readouterr().err[-3000:]
         states = [t.state for t in optuna.load_study(study_name="outage", storage=open_storage(str(journal))).trials]
         assert states == [TrialState.FAIL, TrialState.COMPLETE]
         client = MlflowClient(f"http://127.0.0.1:{port}")
