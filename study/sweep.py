@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing as mp
 import os
 import sys
 import threading
@@ -29,6 +28,7 @@ from cyclelike.config import RunConfig
 
 from . import autotune, preflight
 from .ledger import count_configs, queue_missing, recover_stale, unrun_cells
+from .processes import stop_fork_server, worker_context
 from .retries import is_killed, not_rerun
 from .spec import SweepSpec
 from .stores.mlflow import ensure_experiment, prepare_store, set_trials_view, without_retries
@@ -224,14 +224,16 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
         planned_s, text = estimate(study, spec, planned, ctx.threads, workers)
         print(f"planned: {planned} trial(s) in this invocation; {text}", flush=True)
     status, problem, survived = "FINISHED", None, False  # survived: some worker outlived a dead one
-    counter = mp.get_context("spawn").Value("i", 0)
-    busy = mp.get_context("spawn").Value("d", 0.0)  # the workers' seconds, start to last trial's end
+    processes = worker_context()
+    counter = processes.Value("i", 0)
+    busy = processes.Value("d", 0.0)  # the workers' seconds, start to last trial's end
     overall = overall_bar(spec, storage_url, invocation, planned)
     try:
         if workers == 1:
             worker_loop(ctx, counter, busy=busy)
         else:
-            procs = [mp.get_context("spawn").Process(target=worker_process, args=(ctx, counter, k, busy))
+            sweep_alive, held = processes.Pipe(duplex=False)  # `held` stays with the sweep: see die_with_sweep
+            procs = [processes.Process(target=worker_process, args=(ctx, counter, k, busy, sweep_alive))
                      for k in range(workers)]
             for p in procs:
                 p.start()
@@ -242,6 +244,10 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
                 for p in procs:  # they got the same Ctrl-C: let them close their trials
                     p.join()
                 raise
+            finally:
+                if not any(p.is_alive() for p in procs):
+                    stop_fork_server()
+                held.close()
             dead = [p for p in procs if p.exitcode not in (0, 130)]
             if any(p.exitcode == 130 for p in procs):
                 raise KeyboardInterrupt

@@ -6,9 +6,7 @@ processes side by side. Retraining a run left hollow (`repair_hollow`) is here t
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from .checkpoints import CHECKPOINT_DIR, CHECKPOINT_S, drop_checkpoint
 from .ledger import claim_group, conclude, count_configs, hollow_runs, recover_dead
 from .outcome import TrialOutcome
 from .owners import lease, owner_alive
+from .processes import die_with_sweep
 from .retries import KILLED_STALE
 from .spec import SweepSpec
 from .stores.mlflow import Client, without_retries
@@ -344,31 +343,8 @@ def _work(ctx: Context, counter, worker: int, ended: list[float]) -> None:
                 counter.value -= 1
 
 
-def die_with_sweep() -> None:
-    """A worker process ends when its sweep does, however the sweep ends: a SIGKILL leaves the sweep no time to
-    stop it, and an orphan went on finishing trials that the next start counts as killed and runs again."""
-    import ctypes
-    import multiprocessing
-    import signal
-
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-    try:  # Linux: the kernel sends the signal as the parent dies
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # elsewhere: look every second
-        def watch() -> None:
-            while os.getppid() == parent.pid:
-                time.sleep(1.0)
-            os._exit(137)
-
-        threading.Thread(target=watch, daemon=True, name="die-with-sweep").start()
-    if os.getppid() != parent.pid:  # the sweep died before the request took
-        os._exit(137)
-
-
-def worker_process(ctx: Context, counter, worker: int, busy) -> None:
-    die_with_sweep()
+def worker_process(ctx: Context, counter, worker: int, busy, sweep_alive) -> None:
+    die_with_sweep(sweep_alive)
     try:
         worker_loop(ctx, counter, worker, busy)
     except KeyboardInterrupt:

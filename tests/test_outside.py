@@ -147,7 +147,7 @@ def _alive(pid: int) -> bool:
 
 def test_workers_die_with_their_sweep(tmp_path):
     """After a SIGKILL of the sweep, its two workers ran on for 20-30 s, orphaned, and finished trials. The sweep
-    is a forked copy of this process; its workers are spawned, as always."""
+    is a forked copy of this process; its workers fork from its fork server, as always."""
     path = _sweep_file(tmp_path, "outside", epochs=400)
     pid = os.fork()
     if pid == 0:
