@@ -400,15 +400,15 @@ def _no_run_left_running(folder: Path, name: str) -> None:
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
 
 
-def test_random_sweep_workers_draw_different_conditions(tmp_path):
+def test_random_sweep_workers_draw_different_conditions(tmp_path, capsys, monkeypatch):
     """Every worker seeded its sampler with 0, so two workers drew the same configurations."""
     config = tmp_path / "rand.toml"
     config.write_text(TINY.format(name="rand", epochs=1, extra="lambda_l1 = { low = 1.0, high = 100.0, log = true }")
                       .replace('seeds = [0, 1]', 'seeds = [0]\nsampler = "random"\ntrials = 4\neval_every = 0')
                       .replace('eval_every = 2\n', '').replace('pairing = ["aligned", "fixed"]\n', ''))
-    out = subprocess.run(_sweep_cmd(config, "--workers", "2"), cwd=tmp_path, env=env_for(tmp_path),
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config), "--workers", "2")
+    assert code == 0, said[-2000:]
     trials = _study(tmp_path, "rand").trials
     done = [(t.user_attrs["config_key"], t.user_attrs["seed"]) for t in trials if t.state == TrialState.COMPLETE]
     why = [(t.number, t.state.name, str(t.user_attrs.get("failure", ""))[-300:]) for t in trials]
