@@ -221,7 +221,7 @@ def test_a_sweep_killed_from_outside_at_any_instant_loses_nothing(tmp_path, requ
 def test_a_journal_lock_left_by_a_killed_process_is_taken_at_once_and_another_programs_is_waited_for(
         tmp_path, monkeypatch):
     """A sweep killed while it appended to the journal left Optuna's lock symlink behind, and the next start waited
-    out Optuna's 30 s grace period before it could write a line (one kill in this file's suite ran 32 s, not 2)."""
+    out Optuna's 30 s grace period before it could write a line."""
     journal = str(tmp_path / "optuna.journal")
     optuna.create_study(study_name="locked", storage=open_storage(journal))
     pid = os.fork()
@@ -248,3 +248,54 @@ def test_a_journal_lock_left_by_a_killed_process_is_taken_at_once_and_another_pr
     os.symlink(journal, journal + ".lock")  # Optuna's own lock, as optuna-dashboard or plain Optuna take it
     study.ask()
     assert waits and len(study.trials) == 2 and not os.path.islink(journal + ".lock")
+
+
+def test_a_stale_lock_of_another_program_broken_after_its_grace_leaves_the_journal_locked(tmp_path):
+    """Optuna breaks another program's stale symlink through its own release(): the harness's lock let go of its
+    kernel lock there, and the next harness process took the journal at the same time."""
+    import warnings
+
+    from filelock import FileLock, Timeout
+
+    journal = str(tmp_path / "optuna.journal")
+    open_storage(journal)
+    os.symlink(journal, journal + ".lock")  # left by a plain Optuna that died holding it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna warns that a 1 s grace is short
+        lock = JournalLock(journal, grace_period=1)
+    assert lock.acquire()
+    try:
+        with pytest.raises(Timeout):  # another harness process must wait
+            FileLock(journal + ".flock").acquire(timeout=0)
+        assert os.readlink(journal + ".lock") != journal  # the symlink is ours now
+    finally:
+        lock.release()
+    assert not os.path.islink(journal + ".lock")
+    FileLock(journal + ".flock").acquire(timeout=0).lock.release()
+
+
+def test_once_the_tracking_server_is_gone_closing_requests_try_once(monkeypatch):
+    """Closing a study's runs after an outage went through MLflow's retries request by request: seconds of
+    backoff each before the one-line exit."""
+    import socket
+
+    import urllib3
+
+    from study.stores.mlflow import without_retries
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    backoffs = []
+    monkeypatch.setattr(urllib3.util.retry.Retry, "sleep", lambda self, response=None: backoffs.append(1))
+    client = MlflowClient(url)
+    with pytest.raises(Exception, match="(?i)connection refused|max retries"):
+        client.get_experiment("0")
+    assert backoffs  # retried as the harness bounds it (analysis.store)
+    backoffs.clear()
+    with without_retries(), pytest.raises(Exception, match="(?i)connection refused|max retries"):
+        client.get_experiment("0")
+    assert backoffs == []
+    with pytest.raises(Exception, match="(?i)connection refused|max retries"):
+        client.get_experiment("0")
+    assert backoffs  # and retried again after

@@ -18,6 +18,7 @@ import optuna
 from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal._file import BaseJournalFileLock  # the base both of its locks share; not re-exported
 from optuna.trial import TrialState
 
 from analysis.store import DB_CONNECT_ARGS, first_line, optuna_storage, safe_url, sqlite_path, tracking_uri
@@ -69,33 +70,35 @@ def open_storage(url: str | None, workers: int = 1):
         raise SweepError(f"--storage {safe_url(url)}: cannot open it: {first_line(err)}") from None
 
 
-class JournalLock(JournalFileSymlinkLock):
+class JournalLock(BaseJournalFileLock):
     """Optuna's journal lock (the symlink `<journal>.lock`, which optuna-dashboard and plain Optuna take too), taken
     under a kernel lock of this harness's own. A sweep killed while it held Optuna's left the symlink behind, and the
-    next start waited out Optuna's 30 s grace period. The kernel lock ends with its holder, so whoever holds it and
-    finds a symlink that a harness process made (it points at the kernel lock's file) knows that process is dead.
-    A symlink another program made (it points at the journal) is waited for as Optuna waits."""
+    next start waited out Optuna's grace period. The kernel lock ends with its holder, so whoever holds it and finds
+    a symlink that a harness process made (it points at the kernel lock's file) knows that process is dead. A symlink
+    another program made (it points at the journal) is waited for as Optuna waits. One machine only: flock over NFS
+    may lock on one machine alone, and the journal is for one machine (open_storage)."""
 
-    def __init__(self, journal: str) -> None:
-        super().__init__(journal)
-        self._kernel = FileLock(journal + ".flock", poll_interval=0.001)  # held for one append: milliseconds
-        self._lock_target_file = str(Path(journal + ".flock").resolve())  # the harness's mark on the symlink
+    def __init__(self, journal: str, grace_period: int = 30) -> None:
+        self._kernel = FileLock(journal + ".flock")
+        self._optuna = JournalFileSymlinkLock(journal, grace_period)  # its release() only ever removes the symlink
+        self._mark = self._optuna._lock_target_file = str(Path(journal + ".flock").resolve())
 
     def acquire(self) -> bool:
-        self._kernel.acquire()
+        self._kernel.acquire(poll_interval=0.001)  # held for one append: milliseconds
         try:
+            # a plain Optuna waiting on our symlink times its grace from the mtime of what it points at
+            Path(self._mark).touch()
             with contextlib.suppress(OSError):  # no symlink: nothing to clear
-                if os.readlink(self._lock_file) == self._lock_target_file:
-                    os.unlink(self._lock_file)
-            return super().acquire()
+                if os.readlink(self._optuna._lock_file) == self._mark:
+                    os.unlink(self._optuna._lock_file)
+            return self._optuna.acquire()
         except BaseException:
-            if self._kernel.is_locked:  # Optuna's acquire may have released it already, through release()
-                self._kernel.release()
+            self._kernel.release()
             raise
 
     def release(self) -> None:
         try:
-            super().release()
+            self._optuna.release()
         finally:
             self._kernel.release()
 
