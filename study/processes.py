@@ -1,10 +1,9 @@
 """How a sweep's worker processes start and end.
 
 They fork from a server that imported `study.workers` once: each worker starts without importing torch, MLflow and
-Optuna again (about 4 s of a core each) and shares their memory until it writes to it. The server starts with the
+Optuna again (seconds of a core each) and shares their memory until it writes to it. The server starts with the
 sweep's environment, folder and cores and stops with the sweep, so the next sweep in the same process (a notebook,
-the tests) starts its own, as spawned workers would have seen them. Where there is no fork server (Windows), the
-workers are spawned.
+the tests) starts its own, as spawned workers would have seen them. Off Linux the workers are spawned.
 """
 
 from __future__ import annotations
@@ -12,23 +11,31 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
+import sys
 import threading
 from multiprocessing import forkserver
 
 
 def worker_context():
-    if "forkserver" not in mp.get_all_start_methods():
+    if sys.platform != "linux":  # a fork after importing torch is untried elsewhere
         return mp.get_context("spawn")
+    stop_fork_server()  # one a sweep left running (its workers outlived a second Ctrl-C) has that sweep's environment
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["study.workers"])
     return context
 
 
 def stop_fork_server() -> None:
-    """After the workers have ended. Python has no public call for it; its own tests use this one."""
-    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
-    if stop is not None:
-        stop()
+    """Python has no public call for it (its own tests call _stop). Killed first: an interpreter that imported torch
+    takes a second to shut down, and the server holds nothing to save."""
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    server._stop()
 
 
 def die_with_sweep(sweep_alive) -> None:

@@ -235,19 +235,20 @@ def run_sweep(spec: SweepSpec, storage_url: str | None = None, workers: int | st
             sweep_alive, held = processes.Pipe(duplex=False)  # `held` stays with the sweep: see die_with_sweep
             procs = [processes.Process(target=worker_process, args=(ctx, counter, k, busy, sweep_alive))
                      for k in range(workers)]
-            for p in procs:
-                p.start()
             try:
+                for p in procs:
+                    p.start()
                 for p in procs:
                     p.join()
             except KeyboardInterrupt:
                 for p in procs:  # they got the same Ctrl-C: let them close their trials
-                    p.join()
+                    if p.pid is not None:
+                        p.join()
                 raise
             finally:
-                if not any(p.is_alive() for p in procs):
-                    stop_fork_server()
-                held.close()
+                sweep_alive.close()
+                held.close()  # a worker still running (a second Ctrl-C) ends now
+                stop_fork_server()
             dead = [p for p in procs if p.exitcode not in (0, 130)]
             if any(p.exitcode == 130 for p in procs):
                 raise KeyboardInterrupt

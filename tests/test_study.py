@@ -409,6 +409,9 @@ def test_random_sweep_workers_draw_different_conditions(tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     code, said = _main(capsys, monkeypatch, tmp_path, "sweep", "--config", str(config), "--workers", "2")
     assert code == 0, said[-2000:]
+    from multiprocessing import forkserver
+
+    assert forkserver._forkserver._forkserver_pid is None  # gone with its sweep: the next starts with its own env
     trials = _study(tmp_path, "rand").trials
     done = [(t.user_attrs["config_key"], t.user_attrs["seed"]) for t in trials if t.state == TrialState.COMPLETE]
     why = [(t.number, t.state.name, str(t.user_attrs.get("failure", ""))[-300:]) for t in trials]
