@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import urllib.error
 import urllib.parse
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -31,16 +31,13 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 @contextlib.contextmanager
 def without_retries():
     """What closes runs once the store has stopped answering tries each request once: every retry costs seconds of
-    backoff (three closing requests took 14 s to give up), and the next start closes what this one could not."""
-    key, old = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    os.environ[key] = "0"  # MLflow reads it at every request
+    backoff, and the next start closes what this one could not. MLflow asks the setting at each request; it is
+    answered here rather than by changing the environment, which other threads (libpq's) may be reading."""
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES.get = lambda: 0  # shadows the method on this one object
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+        vars(MLFLOW_HTTP_REQUEST_MAX_RETRIES).pop("get", None)
 
 
 class Client(MlflowClient):
